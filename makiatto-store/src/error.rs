@@ -1,0 +1,109 @@
+//! The crate's error type.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in `makiatto-store`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database file could not be opened or prepared.
+    #[error("opening database {path}")]
+    Open {
+        /// The database path.
+        path: PathBuf,
+        /// What SQLite said.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// A SQLite statement failed.
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The database was written by a newer version of the schema than this binary knows.
+    #[error(
+        "database schema version {found} is newer than this binary supports ({supported}); \
+         upgrade makiatto before opening it"
+    )]
+    SchemaTooNew {
+        /// The version recorded in the database.
+        found: u32,
+        /// The highest version this binary knows.
+        supported: u32,
+    },
+    /// A table registered for replication breaks a rule of the replication model.
+    #[error("table {table} cannot be replicated: {reason}")]
+    InvalidTable {
+        /// The table name.
+        table: String,
+        /// Which rule it breaks.
+        reason: String,
+    },
+    /// A frame or message from a peer could not be decoded or is not acceptable.
+    #[error("malformed message from peer: {0}")]
+    Malformed(String),
+    /// A frame was larger than the configured limit.
+    #[error("frame of {size} bytes exceeds the limit of {limit} bytes")]
+    FrameTooLarge {
+        /// Announced size.
+        size: usize,
+        /// Configured limit.
+        limit: usize,
+    },
+    /// A peer belongs to another cluster.
+    #[error("peer is in cluster {theirs}, we are in cluster {ours}")]
+    ClusterMismatch {
+        /// Our cluster id.
+        ours: String,
+        /// The peer's cluster id.
+        theirs: String,
+    },
+    /// A peer speaks an incompatible protocol version.
+    #[error("peer speaks protocol {theirs}, we speak {ours}")]
+    ProtocolMismatch {
+        /// Our protocol version.
+        ours: u8,
+        /// The peer's protocol version.
+        theirs: u8,
+    },
+    /// The peer is at its concurrent-session limit; try later.
+    #[error("peer is busy")]
+    Busy,
+    /// The connection ended before the exchange completed.
+    #[error("connection closed before the exchange completed")]
+    Truncated,
+    /// An I/O error on a socket or file.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// A blob's content does not match the hash it was stored under.
+    #[error("blob content hashes to {actual}, expected {expected}")]
+    BlobMismatch {
+        /// The hash the caller expected.
+        expected: String,
+        /// The hash of the bytes received.
+        actual: String,
+    },
+    /// A blob exceeded the size the caller allowed.
+    #[error("blob exceeds the limit of {limit} bytes")]
+    BlobTooLarge {
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// A blob is not in the store.
+    #[error("blob {0} not found")]
+    BlobNotFound(String),
+    /// A value read from the database does not have the expected shape.
+    #[error("corrupt value in {table}.{column}: {reason}")]
+    Corrupt {
+        /// Table.
+        table: &'static str,
+        /// Column.
+        column: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The store's writer is gone (the store is closing).
+    #[error("store is closed")]
+    Closed,
+}
+
+/// Shorthand for results in this crate.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;

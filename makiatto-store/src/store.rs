@@ -1,0 +1,1080 @@
+//! The replicated store: one writer connection, a pool of readers, change notifications.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
+use tokio::sync::{broadcast, watch};
+
+use crate::events::CommitEvent;
+use crate::ids::{Clock, Hlc, SystemClock};
+use crate::known::{Known, Ranges};
+use crate::table::{SENTINEL, TableInfo, ident};
+use crate::wire::{Cell, Change, Chunk, Frame, SyncReq};
+use crate::writer::{
+    LocalCommit, MergeCommit, Sites, Writer, get_meta, load_known, select_row, set_meta,
+};
+use crate::{Result, Schema, SiteId, StoreError, TableClass, Value};
+
+/// Options for [`Store::open`].
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The cluster this database belongs to. Stored at creation; opening it with another
+    /// id fails, and peers of other clusters are refused.
+    pub cluster_id: String,
+    /// Wall-clock source (inject a fake one in tests).
+    pub clock: Arc<dyn Clock>,
+    /// Most idle reader connections kept open.
+    pub max_readers: usize,
+    /// Capacity of the [`Store::subscribe`] and [`Store::subscribe_local`] channels.
+    pub event_capacity: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            cluster_id: "default".into(),
+            clock: Arc::new(SystemClock),
+            max_readers: 8,
+            event_capacity: 1024,
+        }
+    }
+}
+
+/// What happened to a received chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkOutcome {
+    /// The version was already known, or this part was already buffered: do not forward.
+    Duplicate,
+    /// Buffered until the rest of the version arrives: forward.
+    Buffered,
+    /// The version was applied: forward.
+    Applied,
+    /// The version names a table or column this schema lacks; kept until a migration.
+    Deferred,
+}
+
+/// Counts from one merge.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct MergeReport {
+    /// Versions applied.
+    pub applied: usize,
+    /// Versions skipped as already known.
+    pub duplicates: usize,
+    /// Versions deferred for an unknown table or column.
+    pub deferred: usize,
+}
+
+/// A multi-writer replicated SQLite database (cr-sqlite's model; see the crate docs).
+///
+/// Cheap to clone; all clones share one writer connection and one reader pool. The methods
+/// block on SQLite: from async code call them through `spawn_blocking`.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    site: SiteId,
+    cluster_id: String,
+    schema_version: u32,
+    tables: BTreeMap<String, Arc<TableInfo>>,
+    writer: Mutex<Writer>,
+    readers: Mutex<Vec<Connection>>,
+    max_readers: usize,
+    known: RwLock<BTreeMap<SiteId, Ranges>>,
+    events: broadcast::Sender<Arc<CommitEvent>>,
+    outbox: broadcast::Sender<Arc<Change>>,
+    watches: HashMap<String, watch::Sender<u64>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.inner.path)
+            .field("site", &self.inner.site)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+const META_DDL: &str = "
+CREATE TABLE IF NOT EXISTS crr_meta (key TEXT PRIMARY KEY NOT NULL, value ANY) STRICT;
+CREATE TABLE IF NOT EXISTS crr_sites (ord INTEGER PRIMARY KEY, site BLOB NOT NULL UNIQUE) STRICT;
+CREATE TABLE IF NOT EXISTS crr_known (site_ord INTEGER NOT NULL, lo INTEGER NOT NULL, hi INTEGER NOT NULL,
+    PRIMARY KEY (site_ord, lo)) WITHOUT ROWID, STRICT;
+CREATE TABLE IF NOT EXISTS crr_tables (name TEXT PRIMARY KEY NOT NULL, class TEXT NOT NULL) STRICT;
+CREATE TABLE IF NOT EXISTS crr_buffer (site_ord INTEGER NOT NULL, ver INTEGER NOT NULL, seq_lo INTEGER NOT NULL,
+    seq_hi INTEGER NOT NULL, last_seq INTEGER NOT NULL, received_ms INTEGER NOT NULL, frame BLOB NOT NULL,
+    PRIMARY KEY (site_ord, ver, seq_lo)) WITHOUT ROWID, STRICT;
+CREATE TABLE IF NOT EXISTS crr_deferred (site_ord INTEGER NOT NULL, ver INTEGER NOT NULL, frame BLOB NOT NULL,
+    PRIMARY KEY (site_ord, ver)) WITHOUT ROWID, STRICT;
+";
+
+/// Node-local `crr_meta` keys, never copied into a snapshot.
+const LOCAL_META: [&str; 4] = ["self_site", "self_ver", "hlc_last", "last_contact_ms"];
+
+impl Store {
+    /// Opens (or creates) the database at `path`, runs pending migrations of `schema` and
+    /// sets up replication for its tables.
+    ///
+    /// Fails with [`StoreError::SchemaTooNew`] when the file was written by a newer schema,
+    /// and with [`StoreError::ClusterMismatch`] when it belongs to another cluster.
+    pub fn open(path: impl AsRef<Path>, schema: &Schema, options: Options) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let open_err = |source| StoreError::Open {
+            path: path.clone(),
+            source,
+        };
+        let conn = Connection::open(&path).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "trusted_schema", "ON")?;
+        conn.pragma_update(None, "foreign_keys", "OFF")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.set_prepared_statement_cache_capacity(512);
+        conn.execute_batch(META_DDL)?;
+
+        // Identity: a database without a site id (new, or installed from a snapshot) mints one.
+        let site = match get_meta(&conn, "self_site")? {
+            Some(Value::Blob(b)) if b.len() == 16 => SiteId(b.try_into().unwrap_or([0; 16])),
+            _ => {
+                let site = SiteId::random();
+                set_meta(&conn, "self_site", &Value::Blob(site.0.to_vec()))?;
+                set_meta(&conn, "self_ver", &Value::Int(0))?;
+                conn.execute("INSERT INTO crr_sites (site) VALUES (?1)", [&site.0[..]])?;
+                site
+            }
+        };
+        match get_meta(&conn, "cluster_id")? {
+            Some(Value::Text(c)) if c != options.cluster_id => {
+                return Err(StoreError::ClusterMismatch {
+                    ours: options.cluster_id,
+                    theirs: c,
+                });
+            }
+            Some(Value::Text(_)) => {}
+            _ => set_meta(
+                &conn,
+                "cluster_id",
+                &Value::Text(options.cluster_id.clone()),
+            )?,
+        }
+        let found = meta_int(&conn, "schema_version")? as u32;
+        if found > schema.version() {
+            return Err(StoreError::SchemaTooNew {
+                found,
+                supported: schema.version(),
+            });
+        }
+        let self_ver = meta_int(&conn, "self_ver")? as u64;
+        let hlc = Hlc::new(options.clock.clone(), meta_int(&conn, "hlc_last")? as u64);
+        let mut writer = Writer::new(conn, hlc, site, self_ver)?;
+
+        let mut pending_out = Vec::new();
+        let mut tables = load_tables(&writer.conn)?;
+        for m in schema.migrations.iter().filter(|m| m.version > found) {
+            let commit = writer.local(&tables.clone(), |tx| {
+                tx.execute_batch(m.sql)?;
+                for r in m.replicate {
+                    let info = TableInfo::introspect(tx, r.table, r.class)?;
+                    tx.execute_batch(&info.clock_ddl())?;
+                    let class = match r.class {
+                        TableClass::Durable => "durable",
+                        TableClass::Ephemeral => "ephemeral",
+                    };
+                    tx.execute(
+                        "INSERT OR REPLACE INTO crr_tables (name, class) VALUES (?1, ?2)",
+                        params![r.table, class],
+                    )?;
+                    // Rows that existed before replication replicate like a write.
+                    tx.execute(&info.sql.backfill_sentinel, [])?;
+                    for sql in &info.sql.backfill_col {
+                        tx.execute(sql, [])?;
+                    }
+                }
+                let all = load_tables(tx)?;
+                for info in all.values() {
+                    tx.execute_batch(&info.trigger_ddl())?;
+                }
+                set_meta(tx, "schema_version", &Value::Int(i64::from(m.version)))?;
+                Ok(all)
+            })?;
+            // The version read back at commit must see the new tables too.
+            tables = commit.value;
+            if let Some(change) = commit.change {
+                pending_out.push(change);
+            }
+        }
+        // Triggers are regenerated on every open, so they always match the current code.
+        writer.local(&tables, |tx| {
+            for info in tables.values() {
+                tx.execute_batch(&info.trigger_ddl())?;
+            }
+            Ok(())
+        })?;
+
+        let known = writer.known.clone();
+        let watches = tables
+            .keys()
+            .map(|t| (t.clone(), watch::channel(0u64).0))
+            .collect();
+        let store = Store {
+            inner: Arc::new(Inner {
+                path,
+                site,
+                cluster_id: options.cluster_id,
+                schema_version: schema.version().max(found),
+                tables,
+                writer: Mutex::new(writer),
+                readers: Mutex::new(Vec::new()),
+                max_readers: options.max_readers,
+                known: RwLock::new(known),
+                events: broadcast::channel(options.event_capacity.max(1)).0,
+                outbox: broadcast::channel(options.event_capacity.max(1)).0,
+                watches,
+            }),
+        };
+        store.retry_deferred()?;
+        Ok(store)
+    }
+
+    /// This replica's site id.
+    pub fn site(&self) -> SiteId {
+        self.inner.site
+    }
+
+    /// The cluster id.
+    pub fn cluster_id(&self) -> &str {
+        &self.inner.cluster_id
+    }
+
+    /// The schema version of this database.
+    pub fn schema_version(&self) -> u32 {
+        self.inner.schema_version
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The names of the replicated tables.
+    pub fn tables(&self) -> impl Iterator<Item = &str> {
+        self.inner.tables.keys().map(String::as_str)
+    }
+
+    /// The versions this replica has applied, per site.
+    pub fn known(&self) -> Known {
+        let known = self
+            .inner
+            .known
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        Known(known.iter().map(|(s, r)| (*s, r.to_pairs())).collect())
+    }
+
+    /// Runs `f` in a write transaction. Changes to replicated tables are captured, stamped
+    /// with one new version of this site, broadcast to [`Store::subscribe_local`] and
+    /// announced to [`Store::subscribe`] and [`Store::watch_table`] after commit. If `f`
+    /// fails, everything is rolled back and no version is consumed.
+    ///
+    /// Do not call `write` from inside `f` (it would deadlock).
+    pub fn write<R>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<R>) -> Result<R> {
+        let mut w = lock(&self.inner.writer);
+        let LocalCommit {
+            value,
+            change,
+            event,
+        } = w.local(&self.inner.tables, f)?;
+        if let Some(change) = change {
+            self.set_known(&w);
+            drop(w);
+            if let Some(event) = event {
+                self.publish(vec![event]);
+            }
+            let _ = self.inner.outbox.send(Arc::new(change));
+        }
+        Ok(value)
+    }
+
+    /// Runs `f` on a read-only connection. Several reads run in parallel with each other
+    /// and with the writer (WAL); each sees one committed snapshot if it opens a
+    /// transaction, and never half of an origin version.
+    pub fn read<R>(&self, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
+        let conn = self.reader()?;
+        let r = f(&conn);
+        // A reader must not hold a transaction open across uses.
+        if !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        self.give_back(conn);
+        r
+    }
+
+    fn reader(&self) -> Result<Connection> {
+        if let Some(c) = lock(&self.inner.readers).pop() {
+            return Ok(c);
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI;
+        let conn = Connection::open_with_flags(&self.inner.path, flags).map_err(|source| {
+            StoreError::Open {
+                path: self.inner.path.clone(),
+                source,
+            }
+        })?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.set_prepared_statement_cache_capacity(256);
+        Ok(conn)
+    }
+
+    fn give_back(&self, conn: Connection) {
+        let mut pool = lock(&self.inner.readers);
+        if pool.len() < self.inner.max_readers {
+            pool.push(conn);
+        }
+    }
+
+    /// Merges whole remote versions (from sync or assembled chunks) in one transaction.
+    /// Malformed input is refused with [`StoreError::Malformed`] before anything is applied.
+    /// When the batch fails in SQLite it is retried in halves; a single version that still
+    /// fails is dropped (not marked known, so sync fetches it again) and logged.
+    pub fn merge(&self, changes: &[Change]) -> Result<MergeReport> {
+        self.merge_with_cleared(changes, &[])
+    }
+
+    /// Marks versions as known that have no surviving cells (a sync `Cleared` answer).
+    pub fn apply_cleared(&self, site: SiteId, ranges: &[(u64, u64)]) -> Result<()> {
+        let cleared: Vec<_> = ranges
+            .iter()
+            .filter(|(lo, hi)| lo <= hi && *lo >= 1)
+            .map(|&(lo, hi)| (site, lo, hi))
+            .collect();
+        self.merge_with_cleared(&[], &cleared).map(|_| ())
+    }
+
+    fn merge_with_cleared(
+        &self,
+        changes: &[Change],
+        cleared: &[(SiteId, u64, u64)],
+    ) -> Result<MergeReport> {
+        let mut w = lock(&self.inner.writer);
+        let mut report = MergeReport::default();
+        let mut events = Vec::new();
+        merge_split(
+            &mut w,
+            &self.inner.tables,
+            changes,
+            cleared,
+            &mut report,
+            &mut events,
+        )?;
+        self.set_known(&w);
+        drop(w);
+        self.publish(events);
+        Ok(report)
+    }
+
+    /// Handles a broadcast chunk: applies the version when it is complete, buffers it
+    /// otherwise (in `crr_buffer`, so a restart keeps what arrived).
+    pub fn receive_chunk(&self, chunk: &Chunk) -> Result<ChunkOutcome> {
+        if self.is_known(chunk.site, chunk.ver) {
+            return Ok(ChunkOutcome::Duplicate);
+        }
+        if chunk.seq_lo > chunk.seq_hi
+            || chunk.seq_hi > chunk.last_seq
+            || chunk
+                .cells
+                .iter()
+                .any(|c| c.seq < chunk.seq_lo || c.seq > chunk.seq_hi)
+        {
+            return Err(StoreError::Malformed(
+                "chunk seq range does not cover its cells".into(),
+            ));
+        }
+        if chunk.is_complete() {
+            let change = Change {
+                site: chunk.site,
+                ver: chunk.ver,
+                ts: chunk.ts,
+                cells: chunk.cells.clone(),
+            };
+            let r = self.merge(&[change])?;
+            return Ok(if r.applied > 0 {
+                ChunkOutcome::Applied
+            } else if r.deferred > 0 {
+                ChunkOutcome::Deferred
+            } else {
+                ChunkOutcome::Duplicate
+            });
+        }
+        let assembled = {
+            let mut w = lock(&self.inner.writer);
+            let now = w.hlc.now_ms();
+            let mut sites = w.sites.clone();
+            let tx = w.conn.transaction()?;
+            let ord = sites.ord_or_insert(&tx, chunk.site)?;
+            let frame =
+                postcard::to_allocvec(chunk).map_err(|e| StoreError::Malformed(e.to_string()))?;
+            let inserted = tx.execute(
+                "INSERT OR IGNORE INTO crr_buffer (site_ord, ver, seq_lo, seq_hi, last_seq, received_ms, frame) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![ord, chunk.ver as i64, chunk.seq_lo, chunk.seq_hi, chunk.last_seq, now as i64, frame],
+            )?;
+            if inserted == 0 {
+                return Ok(ChunkOutcome::Duplicate);
+            }
+            let mut parts: Vec<Chunk> = Vec::new();
+            {
+                let mut stmt = tx.prepare(
+                    "SELECT frame FROM crr_buffer WHERE site_ord = ?1 AND ver = ?2 ORDER BY seq_lo",
+                )?;
+                let rows =
+                    stmt.query_map(params![ord, chunk.ver as i64], |r| r.get::<_, Vec<u8>>(0))?;
+                for row in rows {
+                    if let Ok(c) = postcard::from_bytes::<Chunk>(&row?) {
+                        parts.push(c);
+                    }
+                }
+            }
+            tx.commit()?;
+            w.sites = sites;
+            assemble(&parts)
+        };
+        match assembled {
+            Some(change) => {
+                let r = self.merge(&[change])?;
+                Ok(if r.deferred > 0 {
+                    ChunkOutcome::Deferred
+                } else {
+                    ChunkOutcome::Applied
+                })
+            }
+            None => Ok(ChunkOutcome::Buffered),
+        }
+    }
+
+    /// Drops buffered chunks older than `max_age_ms` (sync fetches those versions instead).
+    pub fn expire_buffer(&self, max_age_ms: u64) -> Result<usize> {
+        let w = lock(&self.inner.writer);
+        let cutoff = w.hlc.now_ms().saturating_sub(max_age_ms) as i64;
+        Ok(w.conn
+            .execute("DELETE FROM crr_buffer WHERE received_ms < ?1", [cutoff])?)
+    }
+
+    /// Whether version `ver` of `site` is known here.
+    pub fn is_known(&self, site: SiteId, ver: u64) -> bool {
+        let known = self
+            .inner
+            .known
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        known.get(&site).is_some_and(|r| r.contains(ver))
+    }
+
+    /// Answers a sync request from one read snapshot: the surviving cells of every version
+    /// the requester lacks, then `Cleared` ranges for known versions without cells, until
+    /// the byte budget is spent. The last frame is always `SyncDone`.
+    pub fn serve_sync(&self, req: &SyncReq) -> Result<Vec<Frame>> {
+        let mut conn = self.reader()?;
+        let r = serve_sync(&mut conn, &self.inner.tables, req);
+        if !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        self.give_back(conn);
+        r
+    }
+
+    /// Applies a sync answer (the frames of [`Store::serve_sync`]). Versions are applied
+    /// only when all their parts arrived. Returns the responder's `SyncDone` fields.
+    pub fn apply_sync(
+        &self,
+        frames: impl IntoIterator<Item = Frame>,
+    ) -> Result<Option<(bool, Known)>> {
+        let mut session = SyncSession::default();
+        for f in frames {
+            if let Some(done) = session.feed(self, f)? {
+                return Ok(Some(done));
+            }
+        }
+        session.flush(self)?;
+        Ok(None)
+    }
+
+    /// A sync request describing everything this replica has.
+    pub fn sync_request(&self, byte_budget: u64) -> SyncReq {
+        SyncReq {
+            known: self.known(),
+            byte_budget,
+        }
+    }
+
+    /// Notifications of every committed visible change, local or remote. On
+    /// `RecvError::Lagged` a consumer must reload its state fully.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<CommitEvent>> {
+        self.inner.events.subscribe()
+    }
+
+    /// Local versions as they commit, for broadcast to peers.
+    pub fn subscribe_local(&self) -> broadcast::Receiver<Arc<Change>> {
+        self.inner.outbox.subscribe()
+    }
+
+    /// A generation counter bumped after every commit that visibly changed `table`.
+    /// `None` for a table that is not replicated.
+    pub fn watch_table(&self, table: &str) -> Option<watch::Receiver<u64>> {
+        self.inner.watches.get(table).map(watch::Sender::subscribe)
+    }
+
+    /// The surviving cells of one version of this replica (for re-broadcast).
+    pub fn local_version(&self, ver: u64) -> Result<Change> {
+        let w = lock(&self.inner.writer);
+        let ts = change_ts(&w.conn, &self.inner.tables, w.self_ord, ver)?;
+        crate::writer::read_version(
+            &w.conn,
+            &self.inner.tables,
+            &w.sites,
+            w.self_ord,
+            w.self_site,
+            ver,
+            ts,
+        )
+    }
+
+    /// Writes a consistent copy of the database to `dest` (`VACUUM INTO`) with node-local
+    /// state removed, for bootstrapping a new node. The node that opens it mints a fresh
+    /// site id, so no version is ever issued twice.
+    pub fn snapshot(&self, dest: impl AsRef<Path>) -> Result<()> {
+        let dest = dest.as_ref();
+        let dest_str = dest
+            .to_str()
+            .ok_or_else(|| StoreError::Malformed("snapshot path is not UTF-8".into()))?;
+        self.read(|c| Ok(c.execute("VACUUM INTO ?1", [dest_str])?))?;
+        let conn = Connection::open(dest).map_err(|source| StoreError::Open {
+            path: dest.to_path_buf(),
+            source,
+        })?;
+        let tx = conn.unchecked_transaction()?;
+        for key in LOCAL_META {
+            tx.execute("DELETE FROM crr_meta WHERE key = ?1", [key])?;
+        }
+        tx.execute_batch("DELETE FROM crr_buffer; DELETE FROM crr_deferred;")?;
+        tx.commit()?;
+        conn.execute_batch("VACUUM")?;
+        Ok(())
+    }
+
+    /// Prunes tombstones of ephemeral tables older than `retention_ms` whose version every
+    /// member in `members` (their known sets, this replica's included by the caller) has
+    /// contiguously applied. Returns how many were removed.
+    pub fn gc_tombstones(&self, retention_ms: u64, members: &[Known]) -> Result<usize> {
+        let mut w = lock(&self.inner.writer);
+        let cutoff = (w.hlc.now_ms().saturating_sub(retention_ms) << 16) as i64;
+        let sites = w.sites.clone();
+        let heads = |site: &SiteId| {
+            members
+                .iter()
+                .map(|k| k.ranges(site).contiguous_head())
+                .min()
+                .unwrap_or(0)
+        };
+        let tx = w.conn.transaction()?;
+        let mut removed = 0;
+        for info in self
+            .inner
+            .tables
+            .values()
+            .filter(|t| t.class == TableClass::Ephemeral)
+        {
+            let clock = crate::table::clock_table(&info.name);
+            let select = "SELECT pk, cv, site_ord, ver FROM ".to_owned()
+                + &clock
+                + " WHERE cid = '-1' AND cv % 2 = 0 AND ts < ?1";
+            let delete =
+                "DELETE FROM ".to_owned() + &clock + " WHERE pk = ?1 AND cid = '-1' AND cv = ?2";
+            let victims: Vec<(Vec<u8>, i64, i64, i64)> = {
+                let mut stmt = tx.prepare(&select)?;
+                let rows = stmt.query_map([cutoff], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })?;
+                rows.collect::<rusqlite::Result<_>>()?
+            };
+            for (pk, cv, ord, ver) in victims {
+                let Some(site) = sites.site(ord) else {
+                    continue;
+                };
+                if ver as u64 <= heads(&site) {
+                    removed += tx.execute(&delete, params![pk, cv])?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(removed)
+    }
+
+    /// A canonical hash of the replicated state: every user row and every live column
+    /// clock's winner (value, cv, causal length, origin timestamp and site), plus
+    /// tombstones. Two replicas that converged have equal hashes.
+    pub fn canonical_hash(&self) -> Result<blake3::Hash> {
+        self.read(|conn| {
+            let tx_guard = conn.unchecked_transaction()?;
+            let sites = Sites::load(conn)?;
+            let mut h = blake3::Hasher::new();
+            for info in self.inner.tables.values() {
+                h.update(info.name.as_bytes());
+                let clock = crate::table::clock_table(&info.name);
+                let sql = "SELECT c.pk, c.cid, c.cv, c.site_ord, c.ts, s.cv FROM ".to_owned()
+                    + &clock
+                    + " c JOIN "
+                    + &clock
+                    + " s ON s.pk = c.pk AND s.cid = '-1' WHERE c.cv > 0 ORDER BY c.pk, c.cid";
+                let mut stmt = conn.prepare(&sql)?;
+                let mut rows = stmt.query([])?;
+                while let Some(r) = rows.next()? {
+                    let pk: Vec<u8> = r.get(0)?;
+                    let cid: String = r.get(1)?;
+                    let cv: i64 = r.get(2)?;
+                    let cl: i64 = r.get(5)?;
+                    h.update(&pk);
+                    h.update(cid.as_bytes());
+                    h.update(&cv.to_le_bytes());
+                    h.update(&cl.to_le_bytes());
+                    // Live rows' sentinels may carry either concurrent writer's metadata
+                    // (see the crate docs); tombstones' and columns' converge exactly.
+                    if cid != SENTINEL || cl % 2 == 0 {
+                        let site = sites.site(r.get(3)?).unwrap_or(SiteId([0; 16]));
+                        h.update(&site.0);
+                        h.update(&r.get::<_, i64>(4)?.to_le_bytes());
+                    }
+                }
+                let sql = "SELECT * FROM ".to_owned()
+                    + &ident(&info.name)
+                    + " ORDER BY "
+                    + &info
+                        .pks
+                        .iter()
+                        .map(|p| ident(p))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                let mut stmt = conn.prepare(&sql)?;
+                let n = stmt.column_count();
+                let mut rows = stmt.query([])?;
+                while let Some(r) = rows.next()? {
+                    for i in 0..n {
+                        let v: Value = r.get(i)?;
+                        h.update(&postcard::to_allocvec(&v).unwrap_or_default());
+                    }
+                }
+            }
+            drop(tx_guard);
+            Ok(h.finalize())
+        })
+    }
+
+    fn set_known(&self, w: &Writer) {
+        *self
+            .inner
+            .known
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = w.known.clone();
+    }
+
+    fn publish(&self, events: Vec<CommitEvent>) {
+        let mut bumped: Vec<&str> = Vec::new();
+        for e in events {
+            for c in &e.changes {
+                if !bumped.contains(&&*c.table)
+                    && let Some((name, _)) = self.inner.watches.get_key_value(&*c.table)
+                {
+                    bumped.push(name);
+                }
+            }
+            let _ = self.inner.events.send(Arc::new(e));
+        }
+        for t in bumped {
+            if let Some(w) = self.inner.watches.get(t) {
+                w.send_modify(|g| *g += 1);
+            }
+        }
+    }
+
+    fn retry_deferred(&self) -> Result<()> {
+        let frames: Vec<Vec<u8>> = {
+            let w = lock(&self.inner.writer);
+            let mut stmt = w
+                .conn
+                .prepare("SELECT frame FROM crr_deferred ORDER BY site_ord, ver")?;
+            stmt.query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        let changes: Vec<Change> = frames
+            .iter()
+            .filter_map(|f| postcard::from_bytes(f).ok())
+            .collect();
+        if !changes.is_empty() {
+            self.merge(&changes)?;
+        }
+        Ok(())
+    }
+
+    /// Row values of a replicated table by packed key (for tests and tools).
+    pub fn row(&self, table: &str, pk: &[u8]) -> Result<Option<Vec<Value>>> {
+        let info = self
+            .inner
+            .tables
+            .get(table)
+            .ok_or_else(|| StoreError::Malformed(format!("no replicated table {table}")))?;
+        self.read(|c| select_row(c, info, pk))
+    }
+}
+
+fn merge_split(
+    w: &mut Writer,
+    tables: &BTreeMap<String, Arc<TableInfo>>,
+    changes: &[Change],
+    cleared: &[(SiteId, u64, u64)],
+    report: &mut MergeReport,
+    events: &mut Vec<CommitEvent>,
+) -> Result<()> {
+    match w.merge(tables, changes, cleared) {
+        Ok(MergeCommit {
+            applied,
+            duplicates,
+            deferred,
+            events: ev,
+            ..
+        }) => {
+            report.applied += applied.len();
+            report.duplicates += duplicates;
+            report.deferred += deferred;
+            events.extend(ev);
+            Ok(())
+        }
+        Err(StoreError::Sqlite(e)) => {
+            w.reload()?;
+            if changes.len() <= 1 {
+                if let Some(c) = changes.first() {
+                    tracing::warn!(site = %c.site, ver = c.ver, error = %e, "dropping a version that fails to apply");
+                }
+                if !cleared.is_empty() {
+                    return Err(StoreError::Sqlite(e));
+                }
+                return Ok(());
+            }
+            let (a, b) = changes.split_at(changes.len() / 2);
+            merge_split(w, tables, a, cleared, report, events)?;
+            merge_split(w, tables, b, &[], report, events)
+        }
+        Err(e) => {
+            w.reload()?;
+            Err(e)
+        }
+    }
+}
+
+/// Joins buffered chunks into a whole version when their seq ranges tile `0..=last_seq`.
+fn assemble(parts: &[Chunk]) -> Option<Change> {
+    let first = parts.first()?;
+    let mut next = 0u32;
+    let mut cells: Vec<Cell> = Vec::new();
+    for p in parts {
+        if p.last_seq != first.last_seq || p.seq_lo > next {
+            return None;
+        }
+        if p.seq_hi + 1 > next {
+            cells.extend(p.cells.iter().filter(|c| c.seq >= next).cloned());
+            next = p.seq_hi + 1;
+        }
+    }
+    if next <= first.last_seq {
+        return None;
+    }
+    cells.sort_by_key(|c| c.seq);
+    Some(Change {
+        site: first.site,
+        ver: first.ver,
+        ts: first.ts,
+        cells,
+    })
+}
+
+fn change_ts(
+    conn: &Connection,
+    tables: &BTreeMap<String, Arc<TableInfo>>,
+    ord: i64,
+    ver: u64,
+) -> Result<u64> {
+    for info in tables.values() {
+        let sql = "SELECT ts FROM ".to_owned()
+            + &crate::table::clock_table(&info.name)
+            + " WHERE site_ord = ?1 AND ver = ?2 LIMIT 1";
+        if let Some(ts) = conn
+            .query_row(&sql, params![ord, ver as i64], |r| r.get::<_, i64>(0))
+            .optional()?
+        {
+            return Ok(ts as u64);
+        }
+    }
+    Ok(0)
+}
+
+fn meta_int(conn: &Connection, key: &str) -> Result<i64> {
+    Ok(match get_meta(conn, key)? {
+        Some(Value::Int(i)) => i,
+        _ => 0,
+    })
+}
+
+fn load_tables(conn: &Connection) -> Result<BTreeMap<String, Arc<TableInfo>>> {
+    let mut stmt = conn.prepare("SELECT name, class FROM crr_tables ORDER BY name")?;
+    let rows: Vec<(String, String)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut out = BTreeMap::new();
+    for (name, class) in rows {
+        let class = if class == "ephemeral" {
+            TableClass::Ephemeral
+        } else {
+            TableClass::Durable
+        };
+        out.insert(
+            name.clone(),
+            Arc::new(TableInfo::introspect(conn, &name, class)?),
+        );
+    }
+    Ok(out)
+}
+
+/// Per-session state of a sync requester: parts of versions until their last part.
+#[derive(Debug, Default)]
+pub struct SyncSession {
+    partial: HashMap<(SiteId, u64), Vec<Cell>>,
+    ready: Vec<Change>,
+    ready_bytes: usize,
+}
+
+const APPLY_BATCH_BYTES: usize = 4 << 20;
+
+impl SyncSession {
+    /// Feeds one frame of a sync answer. Returns the `SyncDone` contents at the end.
+    pub fn feed(&mut self, store: &Store, frame: Frame) -> Result<Option<(bool, Known)>> {
+        match frame {
+            Frame::Version {
+                site,
+                ver,
+                ts,
+                part: _,
+                last_part,
+                cells,
+            } => {
+                let entry = self.partial.entry((site, ver)).or_default();
+                entry.extend(cells);
+                if last_part {
+                    let cells = self.partial.remove(&(site, ver)).unwrap_or_default();
+                    self.ready_bytes += cells.iter().map(Cell::encoded_len).sum::<usize>();
+                    self.ready.push(Change {
+                        site,
+                        ver,
+                        ts,
+                        cells,
+                    });
+                    if self.ready_bytes >= APPLY_BATCH_BYTES {
+                        self.flush(store)?;
+                    }
+                }
+                Ok(None)
+            }
+            Frame::Cleared { site, ranges } => {
+                self.flush(store)?;
+                store.apply_cleared(site, &ranges)?;
+                Ok(None)
+            }
+            Frame::SyncDone {
+                complete,
+                responder_known,
+            } => {
+                self.flush(store)?;
+                Ok(Some((complete, responder_known)))
+            }
+            Frame::Busy => Err(StoreError::Busy),
+            other => Err(StoreError::Malformed(format!(
+                "unexpected frame in a sync answer: {}",
+                frame_name(&other)
+            ))),
+        }
+    }
+
+    /// Applies the versions completed so far.
+    pub fn flush(&mut self, store: &Store) -> Result<()> {
+        if !self.ready.is_empty() {
+            let batch = std::mem::take(&mut self.ready);
+            self.ready_bytes = 0;
+            store.merge(&batch)?;
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn frame_name(f: &Frame) -> &'static str {
+    match f {
+        Frame::Hello { .. } => "Hello",
+        Frame::Chunk(_) => "Chunk",
+        Frame::SyncReq(_) => "SyncReq",
+        Frame::Version { .. } => "Version",
+        Frame::Cleared { .. } => "Cleared",
+        Frame::SyncDone { .. } => "SyncDone",
+        Frame::Busy => "Busy",
+    }
+}
+
+const VERSION_WINDOW: u64 = 4096;
+const PART_BYTES: usize = 1 << 20;
+
+fn serve_sync(
+    conn: &mut Connection,
+    tables: &BTreeMap<String, Arc<TableInfo>>,
+    req: &SyncReq,
+) -> Result<Vec<Frame>> {
+    let tx = conn.transaction()?;
+    let sites = Sites::load(&tx)?;
+    let known_b = load_known(&tx, &sites)?;
+    let mut ords: HashMap<SiteId, i64> = HashMap::new();
+    for s in known_b.keys() {
+        if let Some(o) = tx
+            .query_row(
+                "SELECT ord FROM crr_sites WHERE site = ?1",
+                [&s.0[..]],
+                |r| r.get(0),
+            )
+            .optional()?
+        {
+            ords.insert(*s, o);
+        }
+    }
+    let mut out = Vec::new();
+    let mut used: u64 = 0;
+    let mut complete = true;
+    'sites: for (site, ranges_b) in &known_b {
+        let Some(&ord) = ords.get(site) else { continue };
+        let ranges_a = req.known.ranges(site);
+        for want in ranges_b.difference(&ranges_a) {
+            let (mut lo, hi) = (*want.start(), *want.end());
+            while lo <= hi {
+                let win_hi = hi.min(lo.saturating_add(VERSION_WINDOW - 1));
+                let mut by_ver: BTreeMap<u64, Vec<(Cell, u64)>> = BTreeMap::new();
+                for info in tables.values() {
+                    let mut stmt = tx.prepare_cached(&info.sql.clock_range)?;
+                    let mut rows = stmt.query(params![ord, lo as i64, win_hi as i64])?;
+                    let mut row_cache: HashMap<Vec<u8>, Option<Vec<Value>>> = HashMap::new();
+                    while let Some(r) = rows.next()? {
+                        let ver = r.get::<_, i64>(0)? as u64;
+                        let pk: Vec<u8> = r.get(1)?;
+                        let cid: String = r.get(2)?;
+                        let val = if cid == SENTINEL {
+                            Value::Null
+                        } else {
+                            let Some(&idx) = info.col_index.get(&cid) else {
+                                continue;
+                            };
+                            if !row_cache.contains_key(&pk) {
+                                let row = select_row(&tx, info, &pk)?;
+                                row_cache.insert(pk.clone(), row);
+                            }
+                            row_cache
+                                .get(&pk)
+                                .and_then(|r| r.as_ref())
+                                .and_then(|r| r.get(idx).cloned())
+                                .unwrap_or(Value::Null)
+                        };
+                        let cell = Cell {
+                            table: info.name.clone(),
+                            pk,
+                            cid,
+                            val,
+                            cv: r.get(3)?,
+                            cl: r.get(6)?,
+                            seq: r.get(4)?,
+                        };
+                        by_ver
+                            .entry(ver)
+                            .or_default()
+                            .push((cell, r.get::<_, i64>(5)? as u64));
+                    }
+                }
+                let mut cleared: Vec<(u64, u64)> = Vec::new();
+                for v in lo..=win_hi {
+                    match by_ver.remove(&v) {
+                        None => match cleared.last_mut() {
+                            Some(last) if last.1 + 1 == v => last.1 = v,
+                            _ => cleared.push((v, v)),
+                        },
+                        Some(mut cells) => {
+                            if used >= req.byte_budget {
+                                complete = false;
+                                push_cleared(&mut out, *site, &mut cleared);
+                                break 'sites;
+                            }
+                            cells.sort_by_key(|(c, _)| c.seq);
+                            let ts = cells.first().map_or(0, |(_, ts)| *ts);
+                            let cells: Vec<Cell> = cells.into_iter().map(|(c, _)| c).collect();
+                            let mut parts: Vec<Vec<Cell>> = vec![Vec::new()];
+                            let mut size = 0;
+                            for c in cells {
+                                let len = c.encoded_len();
+                                used += len as u64;
+                                if size + len > PART_BYTES
+                                    && parts.last().is_some_and(|p| !p.is_empty())
+                                {
+                                    parts.push(Vec::new());
+                                    size = 0;
+                                }
+                                size += len;
+                                if let Some(p) = parts.last_mut() {
+                                    p.push(c);
+                                }
+                            }
+                            let n = parts.len();
+                            for (i, cells) in parts.into_iter().enumerate() {
+                                out.push(Frame::Version {
+                                    site: *site,
+                                    ver: v,
+                                    ts,
+                                    part: i as u32,
+                                    last_part: i + 1 == n,
+                                    cells,
+                                });
+                            }
+                        }
+                    }
+                }
+                push_cleared(&mut out, *site, &mut cleared);
+                if win_hi == u64::MAX {
+                    break;
+                }
+                lo = win_hi + 1;
+            }
+        }
+    }
+    let responder_known = Known(known_b.iter().map(|(s, r)| (*s, r.to_pairs())).collect());
+    out.push(Frame::SyncDone {
+        complete,
+        responder_known,
+    });
+    Ok(out)
+}
+
+fn push_cleared(out: &mut Vec<Frame>, site: SiteId, cleared: &mut Vec<(u64, u64)>) {
+    if !cleared.is_empty() {
+        out.push(Frame::Cleared {
+            site,
+            ranges: std::mem::take(cleared),
+        });
+    }
+}

@@ -1,0 +1,414 @@
+//! Replicated-table metadata: introspection, rule checks, and the SQL generated for each
+//! table (clock table, capture triggers, merge statements).
+//!
+//! Every identifier that appears in generated SQL comes from SQLite's own description of
+//! a table the embedder's migrations created, and is quoted with [`ident`]; no value ever
+//! is: values are always bound parameters.
+
+use std::collections::HashMap;
+
+use rusqlite::Connection;
+
+use crate::{Result, StoreError, TableClass};
+
+/// The reserved column id of a row's sentinel (its causal length lives in `cv`).
+pub const SENTINEL: &str = "-1";
+
+/// A replicated table as the engine sees it.
+#[derive(Debug)]
+pub(crate) struct TableInfo {
+    pub(crate) name: String,
+    pub(crate) class: TableClass,
+    pub(crate) pks: Vec<String>,
+    pub(crate) cols: Vec<String>,
+    pub(crate) col_index: HashMap<String, usize>,
+    pub(crate) sql: TableSql,
+}
+
+/// Statements generated once per table.
+#[derive(Debug)]
+pub(crate) struct TableSql {
+    pub(crate) clock_get_row: String,
+    pub(crate) clock_upsert: String,
+    pub(crate) clock_delete_cols: String,
+    pub(crate) clock_zero_cols: String,
+    pub(crate) clock_by_version: String,
+    pub(crate) clock_range: String,
+    pub(crate) row_delete: String,
+    pub(crate) row_insert_pk: String,
+    pub(crate) row_select: String,
+    /// `INSERT … ON CONFLICT DO UPDATE` of the key plus one column, per column.
+    pub(crate) row_upsert_col: Vec<String>,
+    pub(crate) backfill_sentinel: String,
+    pub(crate) backfill_col: Vec<String>,
+}
+
+/// Quotes an SQL identifier.
+pub(crate) fn ident(name: &str) -> String {
+    let mut s = String::with_capacity(name.len() + 2);
+    s.push('"');
+    s.push_str(&name.replace('"', "\"\""));
+    s.push('"');
+    s
+}
+
+/// Quotes an SQL string literal.
+fn literal(text: &str) -> String {
+    let mut s = String::with_capacity(text.len() + 2);
+    s.push('\'');
+    s.push_str(&text.replace('\'', "''"));
+    s.push('\'');
+    s
+}
+
+pub(crate) fn clock_table(table: &str) -> String {
+    ident(&(table.to_owned() + "__crr_clock"))
+}
+
+fn join(parts: impl IntoIterator<Item = String>, sep: &str) -> String {
+    parts.into_iter().collect::<Vec<_>>().join(sep)
+}
+
+impl TableInfo {
+    /// Reads a table's shape from SQLite and checks the replication rules.
+    pub(crate) fn introspect(conn: &Connection, name: &str, class: TableClass) -> Result<Self> {
+        let invalid = |reason: String| StoreError::InvalidTable {
+            table: name.to_owned(),
+            reason,
+        };
+        if name.contains("__crr") || name.starts_with("crr_") || name.starts_with("sqlite_") {
+            return Err(invalid("the name is reserved".into()));
+        }
+        let strict: Option<i64> = conn
+            .query_row(
+                "SELECT strict FROM pragma_table_list WHERE name = ?1",
+                [name],
+                |r| r.get(0),
+            )
+            .ok();
+        match strict {
+            None => return Err(invalid("no such table".into())),
+            Some(0) => return Err(invalid("it must be STRICT".into())),
+            Some(_) => {}
+        }
+        let mut stmt = conn.prepare(
+            "SELECT name, \"notnull\", dflt_value IS NOT NULL, pk FROM pragma_table_info(?1) ORDER BY cid",
+        )?;
+        let mut pks: Vec<(i64, String)> = Vec::new();
+        let mut cols = Vec::new();
+        let rows = stmt.query_map([name], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, bool>(1)?,
+                r.get::<_, bool>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })?;
+        for row in rows {
+            let (col, notnull, has_default, pk) = row?;
+            if col == SENTINEL {
+                return Err(invalid(format!("column name {col} is reserved")));
+            }
+            if pk > 0 {
+                if !notnull {
+                    return Err(invalid(format!(
+                        "primary key column {col} must be NOT NULL"
+                    )));
+                }
+                pks.push((pk, col));
+            } else {
+                if notnull && !has_default {
+                    return Err(invalid(format!("NOT NULL column {col} needs a DEFAULT")));
+                }
+                cols.push(col);
+            }
+        }
+        if pks.is_empty() {
+            return Err(invalid("it needs an explicit PRIMARY KEY".into()));
+        }
+        if pks.len() > 32 {
+            return Err(invalid("too many primary key columns".into()));
+        }
+        pks.sort();
+        let pks: Vec<String> = pks.into_iter().map(|(_, c)| c).collect();
+        let unique: i64 = conn.query_row(
+            "SELECT count(*) FROM pragma_index_list(?1) WHERE \"unique\" AND origin <> 'pk'",
+            [name],
+            |r| r.get(0),
+        )?;
+        if unique > 0 {
+            return Err(invalid(
+                "UNIQUE constraints other than the primary key are not allowed".into(),
+            ));
+        }
+        let fks: i64 = conn.query_row(
+            "SELECT count(*) FROM pragma_foreign_key_list(?1)",
+            [name],
+            |r| r.get(0),
+        )?;
+        if fks > 0 {
+            return Err(invalid("FOREIGN KEY clauses are not allowed".into()));
+        }
+        let sql = TableSql::generate(name, &pks, &cols);
+        let col_index = cols
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.clone(), i))
+            .collect();
+        Ok(TableInfo {
+            name: name.to_owned(),
+            class,
+            pks,
+            cols,
+            col_index,
+            sql,
+        })
+    }
+
+    /// DDL for the clock table and its index.
+    pub(crate) fn clock_ddl(&self) -> String {
+        let clock = clock_table(&self.name);
+        let index = ident(&(self.name.clone() + "__crr_clock_ver"));
+        // "cid" is the column name or the sentinel; "cv" the column version (for the
+        // sentinel: the causal length).
+        let mut s = String::new();
+        s.push_str("CREATE TABLE IF NOT EXISTS ");
+        s.push_str(&clock);
+        s.push_str(
+            " (pk BLOB NOT NULL, cid TEXT NOT NULL, cv INTEGER NOT NULL, site_ord INTEGER NOT NULL, \
+             ver INTEGER NOT NULL, seq INTEGER NOT NULL, ts INTEGER NOT NULL, PRIMARY KEY (pk, cid)) \
+             WITHOUT ROWID, STRICT;\nCREATE INDEX IF NOT EXISTS ",
+        );
+        s.push_str(&index);
+        s.push_str(" ON ");
+        s.push_str(&clock);
+        s.push_str(" (site_ord, ver, seq);");
+        s
+    }
+
+    /// DDL dropping and re-creating the capture triggers (run after any schema change).
+    pub(crate) fn trigger_ddl(&self) -> String {
+        let t = ident(&self.name);
+        let clock = clock_table(&self.name);
+        let trig = |suffix: &str| ident(&(self.name.clone() + "__crr_" + suffix));
+        let pack = |row: &str| {
+            let args = join(
+                self.pks.iter().map(|p| row.to_owned() + "." + &ident(p)),
+                ", ",
+            );
+            "crr_pack(".to_owned() + &args + ")"
+        };
+        let meta = "crr_self(), crr_ver(), crr_seq(), crr_ts()";
+        let set_meta = "site_ord = excluded.site_ord, ver = excluded.ver, seq = excluded.seq, ts = excluded.ts";
+        let insert_clock =
+            "INSERT INTO ".to_owned() + &clock + " (pk, cid, cv, site_ord, ver, seq, ts) ";
+
+        let mut s = String::new();
+        for suffix in ["ins", "upd", "del", "pk"] {
+            s += &("DROP TRIGGER IF EXISTS ".to_owned() + &trig(suffix) + ";\n");
+        }
+        // INSERT (also the second half of INSERT OR REPLACE): a new generation of the row.
+        s += &("CREATE TRIGGER ".to_owned()
+            + &trig("ins")
+            + " AFTER INSERT ON "
+            + &t
+            + " WHEN crr_local() BEGIN\n");
+        s += &(insert_clock.clone()
+            + "VALUES ("
+            + &pack("NEW")
+            + ", '-1', 1, "
+            + meta
+            + ") ON CONFLICT (pk, cid) DO UPDATE SET cv = cv + (CASE WHEN cv % 2 = 0 THEN 1 ELSE 2 END), "
+            + set_meta
+            + ";\n");
+        for c in &self.cols {
+            s += &(insert_clock.clone()
+                + "VALUES ("
+                + &pack("NEW")
+                + ", "
+                + &literal(c)
+                + ", 1, "
+                + meta
+                + ") ON CONFLICT (pk, cid) DO UPDATE SET cv = cv + 1, "
+                + set_meta
+                + ";\n");
+        }
+        s += "END;\n";
+        // UPDATE: one clock bump per column whose value changed.
+        if !self.cols.is_empty() {
+            s += &("CREATE TRIGGER ".to_owned()
+                + &trig("upd")
+                + " AFTER UPDATE ON "
+                + &t
+                + " WHEN crr_local() BEGIN\n");
+            for c in &self.cols {
+                s += &(insert_clock.clone()
+                    + "SELECT "
+                    + &pack("NEW")
+                    + ", "
+                    + &literal(c)
+                    + ", 1, "
+                    + meta
+                    + " WHERE OLD."
+                    + &ident(c)
+                    + " IS NOT NEW."
+                    + &ident(c)
+                    + " ON CONFLICT (pk, cid) DO UPDATE SET cv = cv + 1, "
+                    + set_meta
+                    + ";\n");
+            }
+            s += "END;\n";
+        }
+        // DELETE: the sentinel becomes even; column clocks go (values are gone).
+        s += &("CREATE TRIGGER ".to_owned()
+            + &trig("del")
+            + " AFTER DELETE ON "
+            + &t
+            + " WHEN crr_local() BEGIN\n");
+        s += &(insert_clock
+            + "VALUES ("
+            + &pack("OLD")
+            + ", '-1', 2, "
+            + meta
+            + ") ON CONFLICT (pk, cid) DO UPDATE SET cv = cv + (CASE WHEN cv % 2 = 1 THEN 1 ELSE 2 END), "
+            + set_meta
+            + ";\n");
+        s += &("DELETE FROM ".to_owned()
+            + &clock
+            + " WHERE pk = "
+            + &pack("OLD")
+            + " AND cid <> '-1';\nEND;\n");
+        // Primary keys are immutable, whoever writes.
+        let changed = join(
+            self.pks
+                .iter()
+                .map(|p| "OLD.".to_owned() + &ident(p) + " IS NOT NEW." + &ident(p)),
+            " OR ",
+        );
+        let msg = literal(
+            &("primary key of ".to_owned()
+                + &self.name
+                + " is immutable; delete and re-insert the row"),
+        );
+        s += &("CREATE TRIGGER ".to_owned()
+            + &trig("pk")
+            + " BEFORE UPDATE ON "
+            + &t
+            + " WHEN "
+            + &changed
+            + " BEGIN SELECT RAISE(ABORT, "
+            + &msg
+            + "); END;\n");
+        s
+    }
+}
+
+impl TableSql {
+    fn generate(name: &str, pks: &[String], cols: &[String]) -> Self {
+        let t = ident(name);
+        let clock = clock_table(name);
+        let pk_list = join(pks.iter().map(|p| ident(p)), ", ");
+        let params = |from: usize, n: usize| {
+            join(
+                (from..from + n).map(|i| "?".to_owned() + &i.to_string()),
+                ", ",
+            )
+        };
+        let pk_where = join(
+            pks.iter()
+                .enumerate()
+                .map(|(i, p)| ident(p) + " = ?" + &(i + 1).to_string()),
+            " AND ",
+        );
+        let pk_params = params(1, pks.len());
+        let n = pks.len();
+        let row_upsert_col = cols
+            .iter()
+            .map(|c| {
+                "INSERT INTO ".to_owned()
+                    + &t
+                    + " ("
+                    + &pk_list
+                    + ", "
+                    + &ident(c)
+                    + ") VALUES ("
+                    + &params(1, n + 1)
+                    + ") ON CONFLICT ("
+                    + &pk_list
+                    + ") DO UPDATE SET "
+                    + &ident(c)
+                    + " = excluded."
+                    + &ident(c)
+            })
+            .collect();
+        let pack_cols = "crr_pack(".to_owned() + &pk_list + ")";
+        let backfill_col = cols
+            .iter()
+            .map(|c| {
+                "INSERT INTO ".to_owned()
+                    + &clock
+                    + " (pk, cid, cv, site_ord, ver, seq, ts) SELECT "
+                    + &pack_cols
+                    + ", "
+                    + &literal(c)
+                    + ", 1, crr_self(), crr_ver(), crr_seq(), crr_ts() FROM "
+                    + &t
+                    + " WHERE true ON CONFLICT (pk, cid) DO NOTHING"
+            })
+            .collect();
+        TableSql {
+            clock_get_row: "SELECT cid, cv, site_ord, ver, seq, ts FROM ".to_owned()
+                + &clock
+                + " WHERE pk = ?1",
+            clock_upsert: "INSERT INTO ".to_owned()
+                + &clock
+                + " (pk, cid, cv, site_ord, ver, seq, ts) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+                   ON CONFLICT (pk, cid) DO UPDATE SET cv = excluded.cv, site_ord = excluded.site_ord, \
+                   ver = excluded.ver, seq = excluded.seq, ts = excluded.ts",
+            clock_delete_cols: "DELETE FROM ".to_owned()
+                + &clock
+                + " WHERE pk = ?1 AND cid <> '-1'",
+            clock_zero_cols: "UPDATE ".to_owned()
+                + &clock
+                + " SET cv = 0 WHERE pk = ?1 AND cid <> '-1'",
+            clock_by_version: "SELECT c.pk, c.cid, c.cv, c.seq, c.ts, s.cv FROM ".to_owned()
+                + &clock
+                + " c JOIN "
+                + &clock
+                + " s ON s.pk = c.pk AND s.cid = '-1' WHERE c.site_ord = ?1 AND c.ver = ?2 ORDER BY c.seq",
+            clock_range: "SELECT c.ver, c.pk, c.cid, c.cv, c.seq, c.ts, s.cv FROM ".to_owned()
+                + &clock
+                + " c JOIN "
+                + &clock
+                + " s ON s.pk = c.pk AND s.cid = '-1' WHERE c.site_ord = ?1 AND c.ver BETWEEN ?2 AND ?3 \
+                   AND c.cv > 0 ORDER BY c.ver, c.seq",
+            row_delete: "DELETE FROM ".to_owned() + &t + " WHERE " + &pk_where,
+            row_insert_pk: "INSERT INTO ".to_owned()
+                + &t
+                + " ("
+                + &pk_list
+                + ") VALUES ("
+                + &pk_params
+                + ") ON CONFLICT DO NOTHING",
+            row_select: if cols.is_empty() {
+                "SELECT 1 FROM ".to_owned() + &t + " WHERE " + &pk_where
+            } else {
+                "SELECT ".to_owned()
+                    + &join(cols.iter().map(|c| ident(c)), ", ")
+                    + " FROM "
+                    + &t
+                    + " WHERE "
+                    + &pk_where
+            },
+            row_upsert_col,
+            backfill_sentinel: "INSERT INTO ".to_owned()
+                + &clock
+                + " (pk, cid, cv, site_ord, ver, seq, ts) SELECT "
+                + &pack_cols
+                + ", '-1', 1, crr_self(), crr_ver(), crr_seq(), crr_ts() FROM "
+                + &t
+                + " WHERE true ON CONFLICT (pk, cid) DO NOTHING",
+            backfill_col,
+        }
+    }
+}

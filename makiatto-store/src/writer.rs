@@ -1,0 +1,752 @@
+//! The single writer connection: local transactions (captured by triggers) and merges of
+//! remote versions (replication.md §3.5, §3.6).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use rusqlite::functions::FunctionFlags;
+use rusqlite::{
+    Connection, OptionalExtension, Transaction, TransactionBehavior, params, params_from_iter,
+};
+
+use crate::events::{CommitEvent, Origin, RowChange, RowChangeKind};
+use crate::ids::Hlc;
+use crate::known::Ranges;
+use crate::table::{SENTINEL, TableInfo};
+use crate::value::{pack_refs, unpack};
+use crate::wire::{Cell, Change};
+use crate::{Result, SiteId, StoreError, Value};
+
+/// What the capture functions see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Outside `Store::write`: writes to replicated tables fail.
+    Idle,
+    /// Inside a local write: triggers record clocks.
+    Local,
+    /// Inside a merge: triggers stay silent.
+    Merge,
+}
+
+#[derive(Debug)]
+struct TxState {
+    mode: Mode,
+    self_ord: i64,
+    next_ver: u64,
+    ver: Option<u64>,
+    seq: u32,
+    ts: u64,
+}
+
+/// Resets the capture mode to idle however the transaction ends.
+struct ModeGuard<'a>(&'a Mutex<TxState>);
+impl Drop for ModeGuard<'_> {
+    fn drop(&mut self) {
+        lock(self.0).mode = Mode::Idle;
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Bidirectional site ↔ ordinal map (ordinals are local compression only).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Sites {
+    by_site: HashMap<SiteId, i64>,
+    by_ord: HashMap<i64, SiteId>,
+}
+
+impl Sites {
+    pub(crate) fn load(conn: &Connection) -> Result<Self> {
+        let mut s = Sites::default();
+        let mut stmt = conn.prepare("SELECT ord, site FROM crr_sites")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+        for row in rows {
+            let (ord, bytes) = row?;
+            let site = SiteId(bytes.try_into().map_err(|_| StoreError::Corrupt {
+                table: "crr_sites",
+                column: "site",
+                reason: "site id is not 16 bytes".into(),
+            })?);
+            s.by_site.insert(site, ord);
+            s.by_ord.insert(ord, site);
+        }
+        Ok(s)
+    }
+
+    pub(crate) fn site(&self, ord: i64) -> Option<SiteId> {
+        self.by_ord.get(&ord).copied()
+    }
+
+    pub(crate) fn ord_or_insert(&mut self, conn: &Connection, site: SiteId) -> Result<i64> {
+        if let Some(o) = self.by_site.get(&site) {
+            return Ok(*o);
+        }
+        conn.execute("INSERT INTO crr_sites (site) VALUES (?1)", [&site.0[..]])?;
+        let ord = conn.last_insert_rowid();
+        self.by_site.insert(site, ord);
+        self.by_ord.insert(ord, site);
+        Ok(ord)
+    }
+}
+
+/// The outcome of a committed local transaction.
+pub(crate) struct LocalCommit<R> {
+    pub(crate) value: R,
+    pub(crate) change: Option<Change>,
+    pub(crate) event: Option<CommitEvent>,
+}
+
+/// The outcome of a committed merge batch.
+#[derive(Debug, Default)]
+pub(crate) struct MergeCommit {
+    pub(crate) applied: Vec<(SiteId, u64)>,
+    pub(crate) duplicates: usize,
+    pub(crate) deferred: usize,
+    pub(crate) events: Vec<CommitEvent>,
+    pub(crate) known_added: Vec<(SiteId, u64, u64)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ClockMeta {
+    cv: i64,
+    site_ord: i64,
+    ts: u64,
+}
+
+pub(crate) struct Writer {
+    pub(crate) conn: Connection,
+    state: Arc<Mutex<TxState>>,
+    pub(crate) hlc: Hlc,
+    pub(crate) sites: Sites,
+    pub(crate) self_site: SiteId,
+    pub(crate) self_ord: i64,
+    pub(crate) self_ver: u64,
+    /// Working copy of the known sets, committed to memory only after COMMIT.
+    pub(crate) known: BTreeMap<SiteId, Ranges>,
+}
+
+impl Writer {
+    pub(crate) fn new(
+        conn: Connection,
+        hlc: Hlc,
+        self_site: SiteId,
+        self_ver: u64,
+    ) -> Result<Self> {
+        let sites = Sites::load(&conn)?;
+        let self_ord = *sites
+            .by_site
+            .get(&self_site)
+            .ok_or_else(|| StoreError::Corrupt {
+                table: "crr_sites",
+                column: "site",
+                reason: "own site id missing".into(),
+            })?;
+        let state = Arc::new(Mutex::new(TxState {
+            mode: Mode::Idle,
+            self_ord,
+            next_ver: self_ver + 1,
+            ver: None,
+            seq: 0,
+            ts: 0,
+        }));
+        register_functions(&conn, &state)?;
+        let known = load_known(&conn, &sites)?;
+        Ok(Writer {
+            conn,
+            state,
+            hlc,
+            sites,
+            self_site,
+            self_ord,
+            self_ver,
+            known,
+        })
+    }
+
+    /// Runs `f` in a local IMMEDIATE transaction with capture on.
+    pub(crate) fn local<R>(
+        &mut self,
+        tables: &BTreeMap<String, Arc<TableInfo>>,
+        f: impl FnOnce(&Transaction<'_>) -> Result<R>,
+    ) -> Result<LocalCommit<R>> {
+        let ts = self.hlc.next();
+        {
+            let mut st = lock(&self.state);
+            *st = TxState {
+                mode: Mode::Local,
+                self_ord: self.self_ord,
+                next_ver: self.self_ver + 1,
+                ver: None,
+                seq: 0,
+                ts,
+            };
+        }
+        let _guard = ModeGuard(&self.state);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let value = f(&tx)?;
+        let ver = {
+            let mut st = lock(&self.state);
+            st.mode = Mode::Idle;
+            st.ver
+        };
+        let Some(ver) = ver else {
+            tx.commit()?;
+            return Ok(LocalCommit {
+                value,
+                change: None,
+                event: None,
+            });
+        };
+        let change = read_version(
+            &tx,
+            tables,
+            &self.sites,
+            self.self_ord,
+            self.self_site,
+            ver,
+            ts,
+        )?;
+        let mut ranges = self.known.get(&self.self_site).cloned().unwrap_or_default();
+        ranges.insert(ver);
+        write_known(&tx, self.self_ord, &ranges)?;
+        set_meta(&tx, "self_ver", &Value::Int(ver as i64))?;
+        set_meta(&tx, "hlc_last", &Value::Int(self.hlc.last() as i64))?;
+        tx.commit()?;
+        self.self_ver = ver;
+        self.known.insert(self.self_site, ranges);
+        let event = local_event(&change);
+        Ok(LocalCommit {
+            value,
+            change: Some(change),
+            event,
+        })
+    }
+
+    /// Merges whole remote versions in one transaction. Malformed input is refused before
+    /// anything is written; versions naming unknown tables or columns are deferred.
+    pub(crate) fn merge(
+        &mut self,
+        tables: &BTreeMap<String, Arc<TableInfo>>,
+        changes: &[Change],
+        cleared: &[(SiteId, u64, u64)],
+    ) -> Result<MergeCommit> {
+        for c in changes {
+            validate(c)?;
+        }
+        {
+            let mut st = lock(&self.state);
+            st.mode = Mode::Merge;
+        }
+        let _guard = ModeGuard(&self.state);
+        let mut sites = self.sites.clone();
+        let mut known = self.known.clone();
+        let mut out = MergeCommit::default();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut touched: Vec<SiteId> = Vec::new();
+        let mut max_ts = 0;
+        for c in changes {
+            if c.site == self.self_site && c.ver > self.self_ver {
+                // Our own site id with a version we never issued: the id was cloned.
+                tracing::error!(site = %c.site, ver = c.ver, "received an unissued version of our own site");
+                return Err(StoreError::Malformed(
+                    "version of our own site that we never issued".into(),
+                ));
+            }
+            if known.get(&c.site).is_some_and(|r| r.contains(c.ver)) {
+                out.duplicates += 1;
+                continue;
+            }
+            let ord = sites.ord_or_insert(&tx, c.site)?;
+            if !c.cells.iter().all(|cell| {
+                tables
+                    .get(&cell.table)
+                    .is_some_and(|t| cell.is_sentinel() || t.col_index.contains_key(&cell.cid))
+            }) {
+                let frame =
+                    postcard::to_allocvec(c).map_err(|e| StoreError::Malformed(e.to_string()))?;
+                tx.execute(
+                    "INSERT OR REPLACE INTO crr_deferred (site_ord, ver, frame) VALUES (?1, ?2, ?3)",
+                    params![ord, c.ver as i64, frame],
+                )?;
+                out.deferred += 1;
+                continue;
+            }
+            let changes = merge_change(&tx, tables, &sites, ord, c)?;
+            tx.execute(
+                "DELETE FROM crr_buffer WHERE site_ord = ?1 AND ver = ?2",
+                params![ord, c.ver as i64],
+            )?;
+            tx.execute(
+                "DELETE FROM crr_deferred WHERE site_ord = ?1 AND ver = ?2",
+                params![ord, c.ver as i64],
+            )?;
+            known.entry(c.site).or_default().insert(c.ver);
+            touched.push(c.site);
+            out.applied.push((c.site, c.ver));
+            out.known_added.push((c.site, c.ver, c.ver));
+            max_ts = max_ts.max(c.ts);
+            if !changes.is_empty() {
+                out.events.push(CommitEvent {
+                    origin: Origin::Remote(c.site, c.ver),
+                    changes,
+                });
+            }
+        }
+        for &(site, lo, hi) in cleared {
+            if site == self.self_site {
+                continue;
+            }
+            sites.ord_or_insert(&tx, site)?;
+            known.entry(site).or_default().insert_range(lo..=hi);
+            touched.push(site);
+            out.known_added.push((site, lo, hi));
+        }
+        touched.sort();
+        touched.dedup();
+        for site in &touched {
+            let ord = sites.ord_or_insert(&tx, *site)?;
+            write_known(&tx, ord, &known[site])?;
+        }
+        if max_ts > 0 && !self.hlc.observe(max_ts) {
+            tracing::warn!(
+                ts = max_ts,
+                "remote timestamp too far in the future; not adopted"
+            );
+        }
+        set_meta(&tx, "hlc_last", &Value::Int(self.hlc.last() as i64))?;
+        tx.commit()?;
+        self.sites = sites;
+        self.known = known;
+        Ok(out)
+    }
+
+    /// Drops the cached state after a failed transaction so it is re-read from disk.
+    pub(crate) fn reload(&mut self) -> Result<()> {
+        self.sites = Sites::load(&self.conn)?;
+        self.known = load_known(&self.conn, &self.sites)?;
+        Ok(())
+    }
+}
+
+fn validate(c: &Change) -> Result<()> {
+    let bad = |why: &str| {
+        Err(StoreError::Malformed(format!(
+            "version {} of {}: {why}",
+            c.ver, c.site
+        )))
+    };
+    if c.ver == 0 {
+        return bad("version 0");
+    }
+    for cell in &c.cells {
+        if cell.cl < 1 {
+            return bad("causal length < 1");
+        }
+        if cell.is_sentinel() {
+            if cell.cv != cell.cl {
+                return bad("sentinel cv differs from cl");
+            }
+        } else if cell.cl % 2 == 0 || cell.cv < 1 {
+            return bad("column cell of a deleted row or with version < 1");
+        }
+        unpack(&cell.pk)?;
+    }
+    Ok(())
+}
+
+/// Merges one complete origin version (replication.md §3.6). Returns the visible changes.
+fn merge_change(
+    tx: &Transaction<'_>,
+    tables: &BTreeMap<String, Arc<TableInfo>>,
+    sites: &Sites,
+    ord: i64,
+    c: &Change,
+) -> Result<Vec<RowChange>> {
+    // Group cells by row, keeping first-appearance order; the sentinel goes first.
+    let mut order: Vec<(&str, &[u8])> = Vec::new();
+    let mut groups: HashMap<(&str, &[u8]), Vec<&Cell>> = HashMap::new();
+    for cell in &c.cells {
+        let key = (cell.table.as_str(), cell.pk.as_slice());
+        let g = groups.entry(key).or_insert_with(|| {
+            order.push(key);
+            Vec::new()
+        });
+        g.push(cell);
+    }
+    let mut out = Vec::new();
+    for key in order {
+        let mut cells = groups.remove(&key).unwrap_or_default();
+        cells.sort_by_key(|c| (!c.is_sentinel(), c.seq));
+        let Some(info) = tables.get(key.0) else {
+            continue;
+        };
+        if let Some(kind) = merge_row(tx, info, sites, ord, c, key.1, &cells)? {
+            out.push(RowChange {
+                table: Arc::from(info.name.as_str()),
+                pk: key.1.to_vec(),
+                kind,
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn merge_row(
+    tx: &Transaction<'_>,
+    info: &TableInfo,
+    sites: &Sites,
+    ord: i64,
+    c: &Change,
+    pk: &[u8],
+    cells: &[&Cell],
+) -> Result<Option<RowChangeKind>> {
+    let sql = &info.sql;
+    let mut clocks: HashMap<String, ClockMeta> = HashMap::new();
+    {
+        let mut stmt = tx.prepare_cached(&sql.clock_get_row)?;
+        let mut rows = stmt.query([pk])?;
+        while let Some(r) = rows.next()? {
+            clocks.insert(
+                r.get(0)?,
+                ClockMeta {
+                    cv: r.get(1)?,
+                    site_ord: r.get(2)?,
+                    ts: r.get::<_, i64>(5)? as u64,
+                },
+            );
+        }
+    }
+    let site_of = |m: &ClockMeta| sites.site(m.site_ord).unwrap_or(SiteId([0; 16]));
+    let mut cl_l = clocks.get(SENTINEL).map_or(0, |m| m.cv);
+    let mut pk_values: Option<Vec<Value>> = None;
+    let mut pkv = || -> Result<Vec<Value>> {
+        if pk_values.is_none() {
+            pk_values = Some(unpack(pk)?);
+        }
+        Ok(pk_values.clone().unwrap_or_default())
+    };
+    let upsert_clock = |cid: &str, cv: i64, seq: u32| -> Result<()> {
+        tx.prepare_cached(&sql.clock_upsert)?.execute(params![
+            pk,
+            cid,
+            cv,
+            ord,
+            c.ver as i64,
+            seq,
+            c.ts as i64
+        ])?;
+        Ok(())
+    };
+    let mut deleted = false;
+    let mut created = false;
+    let mut changed_cols: Vec<String> = Vec::new();
+    for cell in cells {
+        if cell.is_sentinel() {
+            let cl = cell.cv;
+            if cl < cl_l {
+                continue;
+            }
+            if cl == cl_l {
+                let local = clocks[SENTINEL];
+                if (c.ts, c.site) > (local.ts, site_of(&local)) {
+                    upsert_clock(SENTINEL, cl, cell.seq)?;
+                }
+                continue;
+            }
+            if cl % 2 == 0 {
+                tx.prepare_cached(&sql.row_delete)?
+                    .execute(params_from_iter(pkv()?))?;
+                tx.prepare_cached(&sql.clock_delete_cols)?.execute([pk])?;
+                upsert_clock(SENTINEL, cl, cell.seq)?;
+                clocks.retain(|k, _| k == SENTINEL);
+                deleted = true;
+                created = false;
+                changed_cols.clear();
+            } else {
+                resurrect(tx, info, pk, &mut pkv)?;
+                for (k, m) in &mut clocks {
+                    if k != SENTINEL {
+                        m.cv = 0;
+                    }
+                }
+                upsert_clock(SENTINEL, cl, cell.seq)?;
+                deleted = false;
+                created = true;
+            }
+            clocks.insert(
+                SENTINEL.into(),
+                ClockMeta {
+                    cv: cl,
+                    site_ord: ord,
+                    ts: c.ts,
+                },
+            );
+            cl_l = cl;
+            continue;
+        }
+        if cell.cl < cl_l {
+            continue;
+        }
+        let wins = if cell.cl > cl_l {
+            resurrect(tx, info, pk, &mut pkv)?;
+            for (k, m) in &mut clocks {
+                if k != SENTINEL {
+                    m.cv = 0;
+                }
+            }
+            upsert_clock(SENTINEL, cell.cl, cell.seq)?;
+            clocks.insert(
+                SENTINEL.into(),
+                ClockMeta {
+                    cv: cell.cl,
+                    site_ord: ord,
+                    ts: c.ts,
+                },
+            );
+            cl_l = cell.cl;
+            deleted = false;
+            created = true;
+            true
+        } else {
+            match clocks.get(&cell.cid) {
+                None => true,
+                Some(local) => (cell.cv, c.ts, c.site) > (local.cv, local.ts, site_of(local)),
+            }
+        };
+        if !wins {
+            continue;
+        }
+        let idx = info.col_index[&cell.cid];
+        let mut args = pkv()?;
+        args.push(cell.val.clone());
+        tx.prepare_cached(&sql.row_upsert_col[idx])?
+            .execute(params_from_iter(args))?;
+        upsert_clock(&cell.cid, cell.cv, cell.seq)?;
+        clocks.insert(
+            cell.cid.clone(),
+            ClockMeta {
+                cv: cell.cv,
+                site_ord: ord,
+                ts: c.ts,
+            },
+        );
+        changed_cols.push(cell.cid.clone());
+    }
+    Ok(if deleted {
+        Some(RowChangeKind::Delete)
+    } else if created || !changed_cols.is_empty() {
+        changed_cols.sort();
+        changed_cols.dedup();
+        Some(RowChangeKind::Upsert(changed_cols))
+    } else {
+        None
+    })
+}
+
+/// Makes the row exist (PK only; other columns take their defaults) and demotes the column
+/// clocks of the previous generation to version 0, so anything of the new one wins.
+fn resurrect(
+    tx: &Transaction<'_>,
+    info: &TableInfo,
+    pk: &[u8],
+    pkv: &mut impl FnMut() -> Result<Vec<Value>>,
+) -> Result<()> {
+    tx.prepare_cached(&info.sql.row_insert_pk)?
+        .execute(params_from_iter(pkv()?))?;
+    tx.prepare_cached(&info.sql.clock_zero_cols)?
+        .execute([pk])?;
+    Ok(())
+}
+
+/// Reads the surviving cells of one version of `site_ord` (inside the caller's transaction).
+pub(crate) fn read_version(
+    conn: &Connection,
+    tables: &BTreeMap<String, Arc<TableInfo>>,
+    _sites: &Sites,
+    site_ord: i64,
+    site: SiteId,
+    ver: u64,
+    ts: u64,
+) -> Result<Change> {
+    let mut cells = Vec::new();
+    for info in tables.values() {
+        let mut stmt = conn.prepare_cached(&info.sql.clock_by_version)?;
+        let mut rows = stmt.query(params![site_ord, ver as i64])?;
+        let mut row_cache: HashMap<Vec<u8>, Option<Vec<Value>>> = HashMap::new();
+        while let Some(r) = rows.next()? {
+            let pk: Vec<u8> = r.get(0)?;
+            let cid: String = r.get(1)?;
+            let cv: i64 = r.get(2)?;
+            let seq: u32 = r.get(3)?;
+            let cl: i64 = r.get(5)?;
+            let val = if cid == SENTINEL {
+                Value::Null
+            } else {
+                let idx = *info
+                    .col_index
+                    .get(&cid)
+                    .ok_or_else(|| StoreError::Corrupt {
+                        table: "clock",
+                        column: "cid",
+                        reason: format!("unknown column {cid} in {}", info.name),
+                    })?;
+                if !row_cache.contains_key(&pk) {
+                    let row = select_row(conn, info, &pk)?;
+                    row_cache.insert(pk.clone(), row);
+                }
+                row_cache
+                    .get(&pk)
+                    .and_then(|r| r.as_ref())
+                    .and_then(|r| r.get(idx).cloned())
+                    .unwrap_or(Value::Null)
+            };
+            cells.push(Cell {
+                table: info.name.clone(),
+                pk,
+                cid,
+                val,
+                cv,
+                cl,
+                seq,
+            });
+        }
+    }
+    cells.sort_by_key(|c| c.seq);
+    Ok(Change {
+        site,
+        ver,
+        ts,
+        cells,
+    })
+}
+
+pub(crate) fn select_row(
+    conn: &Connection,
+    info: &TableInfo,
+    pk: &[u8],
+) -> Result<Option<Vec<Value>>> {
+    let mut stmt = conn.prepare_cached(&info.sql.row_select)?;
+    let n = info.cols.len();
+    Ok(stmt
+        .query_row(params_from_iter(unpack(pk)?), |r| {
+            (0..n)
+                .map(|i| r.get::<_, Value>(i))
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .optional()?)
+}
+
+fn local_event(change: &Change) -> Option<CommitEvent> {
+    let mut rows: Vec<RowChange> = Vec::new();
+    let mut index: HashMap<(&str, &[u8]), usize> = HashMap::new();
+    for cell in &change.cells {
+        let key = (cell.table.as_str(), cell.pk.as_slice());
+        let i = *index.entry(key).or_insert_with(|| {
+            rows.push(RowChange {
+                table: Arc::from(cell.table.as_str()),
+                pk: cell.pk.clone(),
+                kind: RowChangeKind::Upsert(Vec::new()),
+            });
+            rows.len() - 1
+        });
+        if cell.is_sentinel() && cell.cl % 2 == 0 {
+            rows[i].kind = RowChangeKind::Delete;
+        } else if let RowChangeKind::Upsert(cols) = &mut rows[i].kind
+            && !cell.is_sentinel()
+        {
+            cols.push(cell.cid.clone());
+        }
+    }
+    (!rows.is_empty()).then_some(CommitEvent {
+        origin: Origin::Local,
+        changes: rows,
+    })
+}
+
+pub(crate) fn load_known(conn: &Connection, sites: &Sites) -> Result<BTreeMap<SiteId, Ranges>> {
+    let mut known: BTreeMap<SiteId, Ranges> = BTreeMap::new();
+    let mut stmt = conn.prepare("SELECT site_ord, lo, hi FROM crr_known")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    })?;
+    for row in rows {
+        let (ord, lo, hi) = row?;
+        let Some(site) = sites.site(ord) else {
+            continue;
+        };
+        known
+            .entry(site)
+            .or_default()
+            .insert_range(lo as u64..=hi as u64);
+    }
+    Ok(known)
+}
+
+fn write_known(conn: &Connection, ord: i64, ranges: &Ranges) -> Result<()> {
+    conn.prepare_cached("DELETE FROM crr_known WHERE site_ord = ?1")?
+        .execute([ord])?;
+    let mut ins =
+        conn.prepare_cached("INSERT INTO crr_known (site_ord, lo, hi) VALUES (?1, ?2, ?3)")?;
+    for r in ranges.iter() {
+        ins.execute(params![ord, *r.start() as i64, *r.end() as i64])?;
+    }
+    Ok(())
+}
+
+pub(crate) fn set_meta(conn: &Connection, key: &str, value: &Value) -> Result<()> {
+    conn.prepare_cached("INSERT INTO crr_meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value")?
+        .execute(params![key, value])?;
+    Ok(())
+}
+
+pub(crate) fn get_meta(conn: &Connection, key: &str) -> Result<Option<Value>> {
+    Ok(conn
+        .query_row("SELECT value FROM crr_meta WHERE key = ?1", [key], |r| {
+            r.get(0)
+        })
+        .optional()?)
+}
+
+fn register_functions(conn: &Connection, state: &Arc<Mutex<TxState>>) -> Result<()> {
+    let flags = FunctionFlags::SQLITE_UTF8;
+    let st = state.clone();
+    conn.create_scalar_function("crr_local", 0, flags, move |_| match lock(&st).mode {
+        Mode::Local => Ok(1i64),
+        Mode::Merge => Ok(0i64),
+        Mode::Idle => Err(rusqlite::Error::UserFunctionError(
+            "replicated tables can only be written inside Store::write".into(),
+        )),
+    })?;
+    let st = state.clone();
+    conn.create_scalar_function("crr_ver", 0, flags, move |_| {
+        let mut s = lock(&st);
+        let next = s.next_ver;
+        let v = *s.ver.get_or_insert(next);
+        Ok(v as i64)
+    })?;
+    let st = state.clone();
+    conn.create_scalar_function("crr_seq", 0, flags, move |_| {
+        let mut s = lock(&st);
+        let v = s.seq;
+        s.seq += 1;
+        Ok(i64::from(v))
+    })?;
+    let st = state.clone();
+    conn.create_scalar_function("crr_ts", 0, flags, move |_| Ok(lock(&st).ts as i64))?;
+    let st = state.clone();
+    conn.create_scalar_function("crr_self", 0, flags, move |_| Ok(lock(&st).self_ord))?;
+    conn.create_scalar_function("crr_pack", -1, flags, |ctx| {
+        Ok(pack_refs((0..ctx.len()).map(|i| ctx.get_raw(i))))
+    })?;
+    Ok(())
+}

@@ -1,0 +1,206 @@
+//! Local capture, sync, delete and re-insert, guards.
+
+use makiatto_store::{Origin, RowChangeKind, Store, StoreError, pack};
+
+use crate::support::*;
+
+#[test]
+fn two_replicas_converge_after_pulls() {
+    let a = node();
+    let b = node();
+    exec(
+        &a.store,
+        "INSERT INTO kv (k, a) VALUES ('x', 'from a'); INSERT INTO pair VALUES (1, 'p', x'00ff');",
+    );
+    exec(
+        &b.store,
+        "INSERT INTO kv (k, a, b) VALUES ('y', 'from b', 7);",
+    );
+    pull(&b.store, &a.store);
+    pull(&a.store, &b.store);
+    for s in [&a.store, &b.store] {
+        assert_eq!(get_kv(s, "x"), Some((Some("from a".into()), 0)));
+        assert_eq!(get_kv(s, "y"), Some((Some("from b".into()), 7)));
+    }
+    assert_eq!(
+        a.store.canonical_hash().unwrap(),
+        b.store.canonical_hash().unwrap()
+    );
+    assert_eq!(a.store.known(), b.store.known());
+}
+
+#[test]
+fn concurrent_updates_of_different_columns_both_survive() {
+    let a = node();
+    let b = node();
+    exec(
+        &a.store,
+        "INSERT INTO kv (k, a, b) VALUES ('r', 'init', 1);",
+    );
+    pull(&b.store, &a.store);
+    exec(&a.store, "UPDATE kv SET a = 'A' WHERE k = 'r';");
+    exec(&b.store, "UPDATE kv SET b = 2 WHERE k = 'r';");
+    pull(&b.store, &a.store);
+    pull(&a.store, &b.store);
+    assert_eq!(get_kv(&a.store, "r"), Some((Some("A".into()), 2)));
+    assert_eq!(get_kv(&b.store, "r"), Some((Some("A".into()), 2)));
+}
+
+#[test]
+fn same_column_more_edits_then_later_clock_wins() {
+    let clock_a = TestClock::new(1_000_000);
+    let clock_b = TestClock::new(1_000_000);
+    let a = node_with(makiatto_store::Options {
+        clock: clock_a.clone(),
+        ..Default::default()
+    });
+    let b = node_with(makiatto_store::Options {
+        clock: clock_b.clone(),
+        ..Default::default()
+    });
+    exec(&a.store, "INSERT INTO kv (k, a) VALUES ('r', 'init');");
+    pull(&b.store, &a.store);
+    // Same prior version, B writes later: B wins everywhere.
+    exec(&a.store, "UPDATE kv SET a = 'a1' WHERE k = 'r';");
+    clock_b.set(1_000_500);
+    exec(&b.store, "UPDATE kv SET a = 'b1' WHERE k = 'r';");
+    pull(&b.store, &a.store);
+    pull(&a.store, &b.store);
+    assert_eq!(get_kv(&a.store, "r").unwrap().0.as_deref(), Some("b1"));
+    assert_eq!(get_kv(&b.store, "r").unwrap().0.as_deref(), Some("b1"));
+    // Two more edits on A beat one later edit on B (causality by column version).
+    exec(&a.store, "UPDATE kv SET a = 'a2' WHERE k = 'r'; ");
+    exec(&a.store, "UPDATE kv SET a = 'a3' WHERE k = 'r'; ");
+    clock_b.set(2_000_000);
+    exec(&b.store, "UPDATE kv SET a = 'b2' WHERE k = 'r';");
+    pull(&b.store, &a.store);
+    pull(&a.store, &b.store);
+    assert_eq!(get_kv(&a.store, "r").unwrap().0.as_deref(), Some("a3"));
+    assert_eq!(get_kv(&b.store, "r").unwrap().0.as_deref(), Some("a3"));
+}
+
+#[test]
+fn delete_beats_concurrent_update_and_reinsert_beats_delete() {
+    let a = node();
+    let b = node();
+    exec(
+        &a.store,
+        "INSERT INTO kv (k, a) VALUES ('r', 'v'), ('q', 'v');",
+    );
+    pull(&b.store, &a.store);
+    exec(&a.store, "DELETE FROM kv WHERE k = 'r';");
+    exec(&b.store, "UPDATE kv SET a = 'updated' WHERE k = 'r';");
+    // B deletes and re-inserts q while A updates it.
+    exec(
+        &b.store,
+        "DELETE FROM kv WHERE k = 'q'; INSERT INTO kv (k, a) VALUES ('q', 'reborn');",
+    );
+    exec(&a.store, "UPDATE kv SET a = 'stale' WHERE k = 'q';");
+    pull(&b.store, &a.store);
+    pull(&a.store, &b.store);
+    for s in [&a.store, &b.store] {
+        assert_eq!(get_kv(s, "r"), None);
+        assert_eq!(get_kv(s, "q").unwrap().0.as_deref(), Some("reborn"));
+    }
+    assert_eq!(
+        a.store.canonical_hash().unwrap(),
+        b.store.canonical_hash().unwrap()
+    );
+}
+
+#[test]
+fn writes_outside_store_write_fail() {
+    let a = node();
+    // The writer itself outside `write`: the capture function refuses.
+    let other = rusqlite::Connection::open(a.store.path()).unwrap();
+    let err = other
+        .execute("INSERT INTO kv (k) VALUES ('sneaky')", [])
+        .unwrap_err();
+    assert!(err.to_string().contains("crr_local"), "{err}");
+    assert_eq!(get_kv(&a.store, "sneaky"), None);
+}
+
+#[test]
+fn primary_key_updates_fail() {
+    let a = node();
+    exec(&a.store, "INSERT INTO kv (k, a) VALUES ('r', 'v');");
+    let err = a
+        .store
+        .write(|tx| Ok(tx.execute("UPDATE kv SET k = 's' WHERE k = 'r'", [])?))
+        .unwrap_err();
+    assert!(err.to_string().contains("immutable"), "{err}");
+    assert!(get_kv(&a.store, "r").is_some());
+}
+
+#[test]
+fn failed_write_consumes_no_version() {
+    let a = node();
+    exec(&a.store, "INSERT INTO kv (k) VALUES ('one');");
+    let r: Result<(), StoreError> = a.store.write(|tx| {
+        tx.execute("INSERT INTO kv (k) VALUES ('two')", [])?;
+        Err(StoreError::Malformed("abort".into()))
+    });
+    assert!(r.is_err());
+    exec(&a.store, "INSERT INTO kv (k) VALUES ('three');");
+    let known = a.store.known();
+    assert_eq!(known.0[&a.store.site()], vec![(1, 2)]);
+    assert_eq!(get_kv(&a.store, "two"), None);
+}
+
+#[tokio::test]
+async fn events_only_for_visible_changes() {
+    let a = node();
+    let b = node();
+    let mut events = b.store.subscribe();
+    let mut watch_kv = b.store.watch_table("kv").unwrap();
+    let watch_pair = b.store.watch_table("pair").unwrap();
+    exec(&a.store, "INSERT INTO kv (k, a) VALUES ('r', 'v');");
+    pull(&b.store, &a.store);
+    let e = events.try_recv().unwrap();
+    assert!(matches!(e.origin, Origin::Remote(s, 1) if s == a.store.site()));
+    assert_eq!(e.changes.len(), 1);
+    assert_eq!(e.changes[0].pk, pack(&["r".into()]));
+    assert!(
+        matches!(&e.changes[0].kind, RowChangeKind::Upsert(cols) if cols == &["a".to_string(), "b".to_string()])
+    );
+    assert!(watch_kv.has_changed().unwrap());
+    watch_kv.borrow_and_update();
+    assert!(!watch_pair.has_changed().unwrap());
+    // Re-delivering the same version changes nothing and says nothing.
+    pull(&b.store, &a.store);
+    let frames = a
+        .store
+        .serve_sync(&makiatto_store::SyncReq {
+            known: Default::default(),
+            byte_budget: u64::MAX,
+        })
+        .unwrap();
+    b.store.apply_sync(frames).unwrap();
+    assert!(events.try_recv().is_err());
+    assert!(!watch_kv.has_changed().unwrap());
+    // A no-op update (same value) makes no version and no event.
+    exec(&b.store, "UPDATE kv SET a = 'v' WHERE k = 'r';");
+    assert!(events.try_recv().is_err());
+    // A local delete is an event.
+    exec(&b.store, "DELETE FROM kv WHERE k = 'r';");
+    let e = events.try_recv().unwrap();
+    assert_eq!(e.origin, Origin::Local);
+    assert_eq!(e.changes[0].kind, RowChangeKind::Delete);
+}
+
+#[test]
+fn reopen_keeps_versions_and_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let (site, known) = {
+        let s = Store::open(&path, &SCHEMA, Default::default()).unwrap();
+        exec(&s, "INSERT INTO kv (k) VALUES ('a'); ");
+        exec(&s, "INSERT INTO kv (k) VALUES ('b'); ");
+        (s.site(), s.known())
+    };
+    let s = Store::open(&path, &SCHEMA, Default::default()).unwrap();
+    assert_eq!(s.site(), site);
+    assert_eq!(s.known(), known);
+    exec(&s, "INSERT INTO kv (k) VALUES ('c'); ");
+    assert_eq!(s.known().0[&site], vec![(1, 3)]);
+}

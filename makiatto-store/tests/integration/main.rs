@@ -1,0 +1,4 @@
+//! Integration tests for makiatto-store (one binary, a module per area).
+
+mod basic;
+mod support;
