@@ -339,6 +339,10 @@ impl TableSql {
                     + &ident(c)
                     + " = excluded."
                     + &ident(c)
+                    + " WHERE "
+                    + &ident(c)
+                    + " IS NOT excluded."
+                    + &ident(c)
             })
             .collect();
         let pack_cols = "crr_pack(".to_owned() + &pk_list + ")";

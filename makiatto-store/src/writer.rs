@@ -412,39 +412,44 @@ fn merge_row(
         let mut stmt = tx.prepare_cached(&sql.clock_get_row)?;
         let mut rows = stmt.query([pk])?;
         while let Some(r) = rows.next()? {
-            clocks.insert(
-                r.get(0)?,
-                ClockMeta {
-                    cv: r.get(1)?,
-                    site_ord: r.get(2)?,
-                    ts: r.get::<_, i64>(5)? as u64,
-                },
-            );
+            let meta = ClockMeta {
+                cv: r.get(1)?,
+                site_ord: r.get(2)?,
+                ts: r.get::<_, i64>(5)? as u64,
+            };
+            clocks.insert(r.get(0)?, meta);
         }
     }
     let site_of = |m: &ClockMeta| sites.site(m.site_ord).unwrap_or(SiteId([0; 16]));
+    let pk_values = unpack(pk)?;
     let mut cl_l = clocks.get(SENTINEL).map_or(0, |m| m.cv);
-    let mut pk_values: Option<Vec<Value>> = None;
-    let mut pkv = || -> Result<Vec<Value>> {
-        if pk_values.is_none() {
-            pk_values = Some(unpack(pk)?);
-        }
-        Ok(pk_values.clone().unwrap_or_default())
+    let existed_before = cl_l % 2 == 1;
+    let this = |cv: i64| ClockMeta {
+        cv,
+        site_ord: ord,
+        ts: c.ts,
     };
     let upsert_clock = |cid: &str, cv: i64, seq: u32| -> Result<()> {
-        tx.prepare_cached(&sql.clock_upsert)?.execute(params![
-            pk,
-            cid,
-            cv,
-            ord,
-            c.ver as i64,
-            seq,
-            c.ts as i64
-        ])?;
+        let args = params![pk, cid, cv, ord, c.ver as i64, seq, c.ts as i64];
+        tx.prepare_cached(&sql.clock_upsert)?.execute(args)?;
         Ok(())
     };
-    let mut deleted = false;
-    let mut created = false;
+    // A new generation of the row: make it exist (PK only, other columns at their
+    // defaults) and demote the previous generation's column clocks to version 0, so that
+    // anything of the new generation wins.
+    let resurrect = |clocks: &mut HashMap<String, ClockMeta>, cl: i64, seq: u32| -> Result<()> {
+        tx.prepare_cached(&sql.row_insert_pk)?
+            .execute(params_from_iter(&pk_values))?;
+        tx.prepare_cached(&sql.clock_zero_cols)?.execute([pk])?;
+        for (k, m) in clocks.iter_mut() {
+            if k != SENTINEL {
+                m.cv = 0;
+            }
+        }
+        upsert_clock(SENTINEL, cl, seq)?;
+        clocks.insert(SENTINEL.into(), this(cl));
+        Ok(())
+    };
     let mut changed_cols: Vec<String> = Vec::new();
     for cell in cells {
         if cell.is_sentinel() {
@@ -453,40 +458,26 @@ fn merge_row(
                 continue;
             }
             if cl == cl_l {
-                let local = clocks[SENTINEL];
-                if (c.ts, c.site) > (local.ts, site_of(&local)) {
+                // Same generation: only the metadata converges (to the greatest writer).
+                if let Some(local) = clocks.get(SENTINEL).copied()
+                    && (c.ts, c.site) > (local.ts, site_of(&local))
+                {
                     upsert_clock(SENTINEL, cl, cell.seq)?;
+                    clocks.insert(SENTINEL.into(), this(cl));
                 }
                 continue;
             }
             if cl % 2 == 0 {
                 tx.prepare_cached(&sql.row_delete)?
-                    .execute(params_from_iter(pkv()?))?;
+                    .execute(params_from_iter(&pk_values))?;
                 tx.prepare_cached(&sql.clock_delete_cols)?.execute([pk])?;
                 upsert_clock(SENTINEL, cl, cell.seq)?;
                 clocks.retain(|k, _| k == SENTINEL);
-                deleted = true;
-                created = false;
+                clocks.insert(SENTINEL.into(), this(cl));
                 changed_cols.clear();
             } else {
-                resurrect(tx, info, pk, &mut pkv)?;
-                for (k, m) in &mut clocks {
-                    if k != SENTINEL {
-                        m.cv = 0;
-                    }
-                }
-                upsert_clock(SENTINEL, cl, cell.seq)?;
-                deleted = false;
-                created = true;
+                resurrect(&mut clocks, cl, cell.seq)?;
             }
-            clocks.insert(
-                SENTINEL.into(),
-                ClockMeta {
-                    cv: cl,
-                    site_ord: ord,
-                    ts: c.ts,
-                },
-            );
             cl_l = cl;
             continue;
         }
@@ -494,24 +485,9 @@ fn merge_row(
             continue;
         }
         let wins = if cell.cl > cl_l {
-            resurrect(tx, info, pk, &mut pkv)?;
-            for (k, m) in &mut clocks {
-                if k != SENTINEL {
-                    m.cv = 0;
-                }
-            }
-            upsert_clock(SENTINEL, cell.cl, cell.seq)?;
-            clocks.insert(
-                SENTINEL.into(),
-                ClockMeta {
-                    cv: cell.cl,
-                    site_ord: ord,
-                    ts: c.ts,
-                },
-            );
+            // A column of a newer generation resurrects the row even if its sentinel is late.
+            resurrect(&mut clocks, cell.cl, cell.seq)?;
             cl_l = cell.cl;
-            deleted = false;
-            created = true;
             true
         } else {
             match clocks.get(&cell.cid) {
@@ -522,46 +498,32 @@ fn merge_row(
         if !wins {
             continue;
         }
-        let idx = info.col_index[&cell.cid];
-        let mut args = pkv()?;
+        let idx = *info.col_index.get(&cell.cid).ok_or_else(|| {
+            StoreError::Malformed(format!("unknown column {} of {}", cell.cid, info.name))
+        })?;
+        let mut args = pk_values.clone();
         args.push(cell.val.clone());
-        tx.prepare_cached(&sql.row_upsert_col[idx])?
-            .execute(params_from_iter(args))?;
+        // The upsert skips identical values, so its change count tells visibility.
+        let visible = tx
+            .prepare_cached(&sql.row_upsert_col[idx])?
+            .execute(params_from_iter(args))?
+            > 0;
         upsert_clock(&cell.cid, cell.cv, cell.seq)?;
-        clocks.insert(
-            cell.cid.clone(),
-            ClockMeta {
-                cv: cell.cv,
-                site_ord: ord,
-                ts: c.ts,
-            },
-        );
-        changed_cols.push(cell.cid.clone());
+        clocks.insert(cell.cid.clone(), this(cell.cv));
+        if visible {
+            changed_cols.push(cell.cid.clone());
+        }
     }
-    Ok(if deleted {
-        Some(RowChangeKind::Delete)
-    } else if created || !changed_cols.is_empty() {
-        changed_cols.sort();
-        changed_cols.dedup();
-        Some(RowChangeKind::Upsert(changed_cols))
-    } else {
-        None
+    let exists_after = cl_l % 2 == 1;
+    changed_cols.sort();
+    changed_cols.dedup();
+    Ok(match (existed_before, exists_after) {
+        (false, false) => None,
+        (true, false) => Some(RowChangeKind::Delete),
+        // A new row: every column is new.
+        (false, true) => Some(RowChangeKind::Upsert(info.cols.clone())),
+        (true, true) => (!changed_cols.is_empty()).then_some(RowChangeKind::Upsert(changed_cols)),
     })
-}
-
-/// Makes the row exist (PK only; other columns take their defaults) and demotes the column
-/// clocks of the previous generation to version 0, so anything of the new one wins.
-fn resurrect(
-    tx: &Transaction<'_>,
-    info: &TableInfo,
-    pk: &[u8],
-    pkv: &mut impl FnMut() -> Result<Vec<Value>>,
-) -> Result<()> {
-    tx.prepare_cached(&info.sql.row_insert_pk)?
-        .execute(params_from_iter(pkv()?))?;
-    tx.prepare_cached(&info.sql.clock_zero_cols)?
-        .execute([pk])?;
-    Ok(())
 }
 
 /// Reads the surviving cells of one version of `site_ord` (inside the caller's transaction).
