@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 
 use crate::{Result, StoreError, TableClass};
 
@@ -85,7 +85,7 @@ impl TableInfo {
                 [name],
                 |r| r.get(0),
             )
-            .ok();
+            .optional()?;
         match strict {
             None => return Err(invalid("no such table".into())),
             Some(0) => return Err(invalid("it must be STRICT".into())),

@@ -1,0 +1,470 @@
+//! Bad input, schema evolution, snapshots, tombstone GC, buffering and atomicity.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use makiatto_store::{
+    Cell, Change, ChunkOutcome, Known, Migration, Options, Replicate, Schema, SiteId, Store,
+    StoreError, TableClass, Value, pack,
+};
+
+use crate::support::*;
+
+const V1: &[Migration] = SCHEMA.migrations;
+
+const SCHEMA_V2: Schema = Schema {
+    migrations: &[
+        V1[0],
+        Migration {
+            version: 2,
+            sql: "ALTER TABLE kv ADD COLUMN c TEXT;
+                  CREATE TABLE extra (id TEXT PRIMARY KEY NOT NULL, n INTEGER NOT NULL DEFAULT 0) STRICT;",
+            replicate: &[Replicate { table: "extra", class: TableClass::Durable }],
+        },
+    ],
+};
+
+fn one_change(store: &Store) -> Change {
+    let mut rx = store.subscribe_local();
+    exec(store, "INSERT OR REPLACE INTO kv (k, a) VALUES ('m', 'v')");
+    (*rx.try_recv().unwrap()).clone()
+}
+
+#[test]
+fn newer_schema_refuses_to_open_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    drop(Store::open(&path, &SCHEMA_V2, Options::default()).unwrap());
+    let err = Store::open(&path, &SCHEMA, Options::default()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::SchemaTooNew {
+                found: 2,
+                supported: 1
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("upgrade"), "{err}");
+}
+
+#[test]
+fn another_cluster_id_refuses_to_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    drop(
+        Store::open(
+            &path,
+            &SCHEMA,
+            Options {
+                cluster_id: "blue".into(),
+                ..Options::default()
+            },
+        )
+        .unwrap(),
+    );
+    let err = Store::open(
+        &path,
+        &SCHEMA,
+        Options {
+            cluster_id: "green".into(),
+            ..Options::default()
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(err, StoreError::ClusterMismatch { .. }), "{err}");
+}
+
+#[test]
+fn tables_that_break_the_rules_are_refused() {
+    let cases: [(&str, &str); 5] = [
+        (
+            "CREATE TABLE t (k TEXT PRIMARY KEY NOT NULL, v TEXT)",
+            "STRICT",
+        ),
+        (
+            "CREATE TABLE t (k TEXT PRIMARY KEY NOT NULL, v TEXT UNIQUE) STRICT",
+            "UNIQUE",
+        ),
+        (
+            "CREATE TABLE t (k TEXT PRIMARY KEY NOT NULL, v TEXT NOT NULL) STRICT",
+            "DEFAULT",
+        ),
+        (
+            "CREATE TABLE t (k TEXT PRIMARY KEY NOT NULL, v TEXT REFERENCES t(k)) STRICT",
+            "FOREIGN KEY",
+        ),
+        ("CREATE TABLE t (k TEXT, v TEXT) STRICT", "PRIMARY KEY"),
+    ];
+    for (sql, why) in cases {
+        let migrations = vec![Migration {
+            version: 1,
+            sql: Box::leak(sql.to_owned().into_boxed_str()),
+            replicate: &[Replicate {
+                table: "t",
+                class: TableClass::Durable,
+            }],
+        }];
+        let schema = Schema {
+            migrations: Box::leak(migrations.into_boxed_slice()),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let err = Store::open(dir.path().join("db"), &schema, Options::default()).unwrap_err();
+        assert!(
+            matches!(&err, StoreError::InvalidTable { reason, .. } if reason.contains(why)),
+            "{sql}: {err}"
+        );
+    }
+}
+
+#[test]
+fn malformed_versions_apply_nothing() {
+    let a = node();
+    let b = node();
+    let good = one_change(&a.store);
+    let hash = b.store.canonical_hash().unwrap();
+    let mut bad_cl = good.clone();
+    bad_cl.ver = 2;
+    bad_cl
+        .cells
+        .iter_mut()
+        .filter(|c| !c.is_sentinel())
+        .for_each(|c| c.cl = 2);
+    let mut bad_pk = good.clone();
+    bad_pk.ver = 2;
+    bad_pk.cells[0].pk = vec![1, 9, 9];
+    let mut bad_sentinel = good.clone();
+    bad_sentinel.ver = 2;
+    bad_sentinel
+        .cells
+        .iter_mut()
+        .filter(|c| c.is_sentinel())
+        .for_each(|c| c.cv = 7);
+    let zero = Change {
+        ver: 0,
+        ..good.clone()
+    };
+    for bad in [bad_cl, bad_pk, bad_sentinel, zero] {
+        // The good version in the same batch is not applied either.
+        let err = b.store.merge(&[good.clone(), bad]).unwrap_err();
+        assert!(matches!(err, StoreError::Malformed(_)), "{err}");
+        assert_eq!(b.store.canonical_hash().unwrap(), hash);
+        assert!(!b.store.is_known(good.site, good.ver));
+    }
+    // Our own site with a version we never issued means a cloned site id.
+    let mut forged = good.clone();
+    forged.site = b.store.site();
+    forged.ver = 99;
+    assert!(matches!(
+        b.store.merge(&[forged]),
+        Err(StoreError::Malformed(_))
+    ));
+    b.store.merge(&[good.clone()]).unwrap();
+    assert!(b.store.is_known(good.site, good.ver));
+}
+
+#[test]
+fn versions_naming_unknown_columns_wait_for_the_migration() {
+    let dir = tempfile::tempdir().unwrap();
+    let new = Store::open(dir.path().join("new"), &SCHEMA_V2, Options::default()).unwrap();
+    let old_path = dir.path().join("old");
+    let old = Store::open(&old_path, &SCHEMA, Options::default()).unwrap();
+    exec(
+        &new,
+        "INSERT INTO kv (k, a, c) VALUES ('r', 'a', 'new column'); INSERT INTO extra (id, n) VALUES ('e', 5);",
+    );
+    // An insert writes every column, so new nodes' kv inserts name `c` too; a version that
+    // touches only tables the old schema has applies at once.
+    exec(
+        &new,
+        "INSERT INTO pair (x, y) VALUES (1, 'old tables only');",
+    );
+    let frames = new.serve_sync(&old.sync_request(u64::MAX)).unwrap();
+    old.apply_sync(frames).unwrap();
+    // The version touching the new column and table is deferred, not known; the other
+    // one is applied.
+    assert_eq!(get_kv(&old, "r"), None);
+    let pairs = |s: &Store| {
+        s.read(|c| Ok(c.query_row("SELECT count(*) FROM pair", [], |r| r.get::<_, i64>(0))?))
+            .unwrap()
+    };
+    assert_eq!(pairs(&old), 1);
+    assert!(!old.is_known(new.site(), 1));
+    assert!(old.is_known(new.site(), 2));
+    drop(old);
+    // After the upgrade the deferred version applies on open.
+    let old = Store::open(&old_path, &SCHEMA_V2, Options::default()).unwrap();
+    assert!(old.is_known(new.site(), 1));
+    let c: String = old
+        .read(|c| Ok(c.query_row("SELECT c FROM kv WHERE k = 'r'", [], |r| r.get(0))?))
+        .unwrap();
+    assert_eq!(c, "new column");
+    pull(&old, &new);
+    pull(&new, &old);
+    assert_eq!(old.canonical_hash().unwrap(), new.canonical_hash().unwrap());
+}
+
+#[test]
+fn rows_present_before_replication_replicate_like_a_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch("CREATE TABLE pre (k TEXT PRIMARY KEY NOT NULL, v TEXT) STRICT; INSERT INTO pre VALUES ('x', 'seed');").unwrap();
+    }
+    let schema = Schema {
+        migrations: &[Migration {
+            version: 1,
+            sql: "CREATE TABLE IF NOT EXISTS pre (k TEXT PRIMARY KEY NOT NULL, v TEXT) STRICT;",
+            replicate: &[Replicate {
+                table: "pre",
+                class: TableClass::Durable,
+            }],
+        }],
+    };
+    let a = Store::open(&path, &schema, Options::default()).unwrap();
+    let b = Store::open(dir.path().join("b"), &schema, Options::default()).unwrap();
+    assert!(a.is_known(a.site(), 1));
+    pull(&b, &a);
+    let v: String = b
+        .read(|c| Ok(c.query_row("SELECT v FROM pre WHERE k = 'x'", [], |r| r.get(0))?))
+        .unwrap();
+    assert_eq!(v, "seed");
+}
+
+#[test]
+fn chunks_buffer_until_complete_across_a_restart() {
+    let a = node();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b");
+    let mut rx = a.store.subscribe_local();
+    exec(
+        &a.store,
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 40)
+         INSERT INTO pair (x, y, v) SELECT i, 'big', zeroblob(500) FROM n",
+    );
+    let change = rx.try_recv().unwrap();
+    let chunks = change.to_chunks(4096, 3);
+    assert!(chunks.len() >= 4);
+    let b = Store::open(&path, &SCHEMA, Options::default()).unwrap();
+    // Out of order, with a duplicate, and a restart half way.
+    let mut order: Vec<usize> = (0..chunks.len()).rev().collect();
+    let last = order.pop().unwrap();
+    assert_eq!(
+        b.receive_chunk(&chunks[order[0]]).unwrap(),
+        ChunkOutcome::Buffered
+    );
+    assert_eq!(
+        b.receive_chunk(&chunks[order[0]]).unwrap(),
+        ChunkOutcome::Duplicate
+    );
+    drop(b);
+    let b = Store::open(&path, &SCHEMA, Options::default()).unwrap();
+    for &i in &order[1..] {
+        assert_eq!(b.receive_chunk(&chunks[i]).unwrap(), ChunkOutcome::Buffered);
+    }
+    let n = |s: &Store| {
+        s.read(|c| Ok(c.query_row("SELECT count(*) FROM pair", [], |r| r.get::<_, i64>(0))?))
+            .unwrap()
+    };
+    assert_eq!(n(&b), 0, "nothing visible before the version is whole");
+    assert_eq!(
+        b.receive_chunk(&chunks[last]).unwrap(),
+        ChunkOutcome::Applied
+    );
+    assert_eq!(n(&b), 40);
+    assert_eq!(
+        b.receive_chunk(&chunks[last]).unwrap(),
+        ChunkOutcome::Duplicate
+    );
+    let buffered: i64 = b
+        .read(|c| Ok(c.query_row("SELECT count(*) FROM crr_buffer", [], |r| r.get(0))?))
+        .unwrap();
+    assert_eq!(buffered, 0);
+    // A chunk whose cells lie outside its seq range is refused.
+    let mut bad = chunks[0].clone();
+    bad.ver += 1;
+    bad.seq_hi = 0;
+    bad.cells.push(Cell {
+        table: "kv".into(),
+        pk: pack(&["z".into()]),
+        cid: "a".into(),
+        val: Value::Null,
+        cv: 1,
+        cl: 1,
+        seq: 9,
+    });
+    assert!(matches!(
+        b.receive_chunk(&bad),
+        Err(StoreError::Malformed(_))
+    ));
+}
+
+#[test]
+fn small_budgets_still_complete_over_several_sessions() {
+    let a = node();
+    let b = node();
+    for i in 0..50 {
+        a.store
+            .write(|tx| {
+                Ok(tx.execute(
+                    "INSERT INTO kv (k, a) VALUES (?1, 'some value')",
+                    [format!("k{i}")],
+                )?)
+            })
+            .unwrap();
+    }
+    exec(&a.store, "DELETE FROM kv WHERE k IN ('k1', 'k2')");
+    let mut sessions = 0;
+    loop {
+        sessions += 1;
+        let frames = a.store.serve_sync(&b.store.sync_request(300)).unwrap();
+        let (complete, _) = b.store.apply_sync(frames).unwrap().unwrap();
+        if complete {
+            break;
+        }
+        assert!(sessions < 100);
+    }
+    assert!(
+        sessions > 3,
+        "budget cut the answer into sessions ({sessions})"
+    );
+    assert_eq!(
+        a.store.canonical_hash().unwrap(),
+        b.store.canonical_hash().unwrap()
+    );
+    assert_eq!(a.store.known(), b.store.known());
+}
+
+#[test]
+fn snapshot_bootstrap_mints_a_new_site_and_syncs_the_delta() {
+    let a = node();
+    exec(
+        &a.store,
+        "INSERT INTO kv (k, a) VALUES ('x', '1'), ('y', '2'); DELETE FROM kv WHERE k = 'y';",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("snap.db");
+    a.store.snapshot(&snap).unwrap();
+    exec(
+        &a.store,
+        "INSERT INTO kv (k, a) VALUES ('after', 'snapshot')",
+    );
+    let c = Store::open(&snap, &SCHEMA, Options::default()).unwrap();
+    assert_ne!(c.site(), a.store.site());
+    assert_eq!(get_kv(&c, "x").unwrap().0.as_deref(), Some("1"));
+    assert!(c.is_known(a.store.site(), 1));
+    assert!(!c.is_known(c.site(), 1));
+    exec(&c, "INSERT INTO kv (k, a) VALUES ('from c', 'new')");
+    assert_eq!(c.known().0[&c.site()], vec![(1, 1)]);
+    pull(&c, &a.store);
+    pull(&a.store, &c);
+    assert_eq!(
+        a.store.canonical_hash().unwrap(),
+        c.canonical_hash().unwrap()
+    );
+    assert!(get_kv(&c, "after").is_some() && get_kv(&a.store, "from c").is_some());
+}
+
+#[test]
+fn ephemeral_tombstones_are_pruned_only_when_every_member_has_them() {
+    let clock = TestClock::new(1_800_000_000_000);
+    let opts = || Options {
+        clock: clock.clone(),
+        ..Options::default()
+    };
+    let a = node_with(opts());
+    let b = node_with(opts());
+    exec(
+        &a.store,
+        "INSERT INTO ev (id, note) VALUES ('e1', 'x'), ('e2', 'y')",
+    );
+    exec(&a.store, "DELETE FROM ev WHERE id = 'e1'");
+    let tombstones = |s: &Store| -> i64 {
+        s.read(|c| {
+            Ok(c.query_row(
+                "SELECT count(*) FROM ev__crr_clock WHERE cid = '-1' AND cv % 2 = 0",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .unwrap()
+    };
+    assert_eq!(tombstones(&a.store), 1);
+    clock.set(1_800_000_000_000 + 8 * 86_400_000);
+    // B has not seen the delete yet: nothing is pruned.
+    let members = [a.store.known(), b.store.known()];
+    assert_eq!(a.store.gc_tombstones(7 * 86_400_000, &members).unwrap(), 0);
+    pull(&b.store, &a.store);
+    // Too young: nothing pruned.
+    let members = [a.store.known(), b.store.known()];
+    assert_eq!(a.store.gc_tombstones(30 * 86_400_000, &members).unwrap(), 0);
+    assert_eq!(a.store.gc_tombstones(7 * 86_400_000, &members).unwrap(), 1);
+    assert_eq!(tombstones(&a.store), 0);
+    // A fresh node syncing from the pruned replica never sees the row come back.
+    let c = node_with(opts());
+    pull(&c.store, &a.store);
+    let n: i64 = c
+        .store
+        .read(|c| Ok(c.query_row("SELECT count(*) FROM ev", [], |r| r.get(0))?))
+        .unwrap();
+    assert_eq!(n, 1);
+    assert!(c.store.known().is_superset(&a.store.known()));
+    // Durable tables keep their tombstones.
+    exec(
+        &a.store,
+        "INSERT INTO kv (k) VALUES ('d'); DELETE FROM kv WHERE k = 'd';",
+    );
+    clock.set(1_800_000_000_000 + 100 * 86_400_000);
+    let members = [a.store.known()];
+    assert_eq!(a.store.gc_tombstones(0, &members).unwrap(), 0);
+    let _ = Known::default();
+    let _ = SiteId([0; 16]);
+}
+
+#[test]
+fn readers_never_see_half_of_a_version() {
+    let a = node();
+    let b = Arc::new(node());
+    let mut rx = a.store.subscribe_local();
+    let mut changes = Vec::new();
+    for i in 0..60 {
+        let tag = format!("t{i}");
+        a.store
+            .write(|tx| {
+                for x in 0..8 {
+                    tx.execute(
+                        "INSERT INTO pair (x, y) VALUES (?1, ?2)",
+                        rusqlite::params![x, &tag],
+                    )?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        changes.push((*rx.try_recv().unwrap()).clone());
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (b, stop) = (b.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut checks = 0;
+            while !stop.load(Ordering::Relaxed) || checks == 0 {
+                let bad: i64 = b.store.read(|c| Ok(c.query_row(
+                    "SELECT count(*) FROM (SELECT y FROM pair GROUP BY y HAVING count(*) <> 8)", [], |r| r.get(0))?)).unwrap();
+                assert_eq!(bad, 0, "a reader saw part of a version");
+                checks += 1;
+            }
+            checks
+        })
+    };
+    for c in &changes {
+        b.store.merge(std::slice::from_ref(c)).unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    assert!(reader.join().unwrap() > 0);
+    assert_eq!(
+        a.store.canonical_hash().unwrap(),
+        b.store.canonical_hash().unwrap()
+    );
+}
