@@ -103,6 +103,26 @@ pub enum StoreError {
     /// The store's writer is gone (the store is closing).
     #[error("store is closed")]
     Closed,
+    /// A network operation did not finish in time.
+    #[error("{op} timed out after {after_ms} ms")]
+    Timeout {
+        /// What timed out (`"connect"`, `"sync session"`, ...).
+        op: &'static str,
+        /// The limit that was exceeded, in milliseconds.
+        after_ms: u64,
+    },
+    /// A peer cannot be reached: unknown, stopped, or across a network partition.
+    #[error("peer {peer} is unreachable")]
+    Unreachable {
+        /// The peer, as its transport names it.
+        peer: String,
+    },
+    /// A background task running store work panicked or was cancelled.
+    #[error("background task failed: {0}")]
+    Task(#[source] tokio::task::JoinError),
+    /// A string is not a valid blob hash (64 lowercase hexadecimal characters).
+    #[error("invalid blob hash {0:?}: expected 64 lowercase hexadecimal characters")]
+    InvalidHash(String),
 }
 
 /// Shorthand for results in this crate.

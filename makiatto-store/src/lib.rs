@@ -64,7 +64,7 @@ mod value;
 pub mod wire;
 mod writer;
 
-// pub use blob::BlobStore;
+pub use blob::{BlobHash, BlobStore, GcStats, Partial};
 pub use error::{Result, StoreError};
 pub use events::{CommitEvent, Origin, RowChange, RowChangeKind};
 pub use ids::{Clock, MAX_DRIFT_MS, SiteId, SystemClock};

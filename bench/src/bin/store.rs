@@ -76,7 +76,7 @@ async fn main() {
     let dir = tempfile::tempdir().unwrap();
     println!(
         "# makiatto-store benchmark (release build, {} cores)",
-        std::thread::available_parallelism().map_or(1, |n| n.get())
+        std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
     );
 
     println!(

@@ -171,7 +171,7 @@ async fn events_only_for_visible_changes() {
     let frames = a
         .store
         .serve_sync(&makiatto_store::SyncReq {
-            known: Default::default(),
+            known: makiatto_store::Known::default(),
             byte_budget: u64::MAX,
         })
         .unwrap();
@@ -193,12 +193,12 @@ fn reopen_keeps_versions_and_identity() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
     let (site, known) = {
-        let s = Store::open(&path, &SCHEMA, Default::default()).unwrap();
+        let s = Store::open(&path, &SCHEMA, makiatto_store::Options::default()).unwrap();
         exec(&s, "INSERT INTO kv (k) VALUES ('a'); ");
         exec(&s, "INSERT INTO kv (k) VALUES ('b'); ");
         (s.site(), s.known())
     };
-    let s = Store::open(&path, &SCHEMA, Default::default()).unwrap();
+    let s = Store::open(&path, &SCHEMA, makiatto_store::Options::default()).unwrap();
     assert_eq!(s.site(), site);
     assert_eq!(s.known(), known);
     exec(&s, "INSERT INTO kv (k) VALUES ('c'); ");

@@ -14,6 +14,7 @@ const ROWS_PER_TX: i64 = 5;
 /// The child: commits transactions of 5 rows each, locally and by merging versions made
 /// by a second store, printing each committed local version, forever.
 #[test]
+#[allow(clippy::print_stdout)] // the parent reads the child's stdout
 fn crash_child_writer() {
     let Ok(path) = std::env::var(CHILD_ENV) else {
         return;

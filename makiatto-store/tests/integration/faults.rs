@@ -160,7 +160,7 @@ fn malformed_versions_apply_nothing() {
         b.store.merge(&[forged]),
         Err(StoreError::Malformed(_))
     ));
-    b.store.merge(&[good.clone()]).unwrap();
+    b.store.merge(std::slice::from_ref(&good)).unwrap();
     assert!(b.store.is_known(good.site, good.ver));
 }
 

@@ -16,6 +16,9 @@ use crate::support::{SCHEMA, TestClock};
 
 const BASE_MS: u64 = 1_800_000_000_000;
 
+/// In-flight messages: (delivery time, sequence number, destination, encoded chunk).
+type Queue = BinaryHeap<Reverse<(u64, u64, usize, Vec<u8>)>>;
+
 struct SimNode {
     path: PathBuf,
     store: Option<Store>,
@@ -76,7 +79,7 @@ pub(crate) fn simulate(cfg: SimConfig) -> SimReport {
         })
         .collect();
     // In-flight messages ordered by delivery time (ties broken by a sequence number).
-    let mut queue: BinaryHeap<Reverse<(u64, u64, usize, Vec<u8>)>> = BinaryHeap::new();
+    let mut queue: Queue = BinaryHeap::new();
     let mut msg_seq = 0u64;
     let mut report = SimReport::default();
     // Two partitions during the run: a random half split off, then one node isolated.
@@ -269,7 +272,7 @@ pub(crate) fn simulate(cfg: SimConfig) -> SimReport {
 fn send(
     rng: &mut StdRng,
     cfg: &SimConfig,
-    queue: &mut BinaryHeap<Reverse<(u64, u64, usize, Vec<u8>)>>,
+    queue: &mut Queue,
     msg_seq: &mut u64,
     report: &mut SimReport,
     now: u64,
