@@ -1,5 +1,34 @@
-//! Makiatto's web server.
+//! Makiatto's web server: static sites over HTTP/1.1 and HTTP/2, TLS with SNI, and
+//! certificates over ACME.
 //!
-//! This crate will hold the axum/rustls server for ports 80 and 443: host routing with
-//! aliases, static files of the active deployment, SNI certificates, and the ACME manager.
-//! Nothing is implemented yet.
+//! The server is [`HttpServer`]. What it serves comes from pluggable traits, so a node
+//! plugs in its replicated store while tests and standalone use take the in-memory
+//! versions:
+//!
+//! | trait | answers | in-memory version |
+//! |---|---|---|
+//! | [`SiteResolver`] | host → site root and settings | [`StaticSites`] |
+//! | [`CertSource`] | SNI → certificate | [`MemoryCerts`] |
+//! | [`ChallengeStore`] | ACME HTTP-01 / DNS-01 answers | [`MemoryChallenges`] |
+
+mod challenge;
+mod config;
+mod error;
+mod files;
+mod host;
+mod path;
+mod serve;
+mod server;
+mod site;
+mod tls;
+
+pub mod acme;
+
+pub use challenge::{ChallengeStore, MemoryChallenges};
+pub use config::ServerConfig;
+pub use error::HttpError;
+pub use host::normalize_host;
+pub use path::{SafePath, sanitize};
+pub use server::{HttpServer, bind};
+pub use site::{Site, SiteResolver, SiteSettings, StaticSites};
+pub use tls::{CertSource, Certificate, MemoryCerts, server_config};

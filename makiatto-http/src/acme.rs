@@ -1,0 +1,1 @@
+//! ACME (placeholder during build-up).

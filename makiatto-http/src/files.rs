@@ -1,0 +1,430 @@
+//! The file cache: resolved files with their headers precomputed, small files held in
+//! memory, so the hot path makes no file system call.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::HeaderValue;
+use http_body::Frame;
+use quick_cache::Weighter;
+use tokio::io::{AsyncRead, ReadBuf};
+
+use crate::path::SafePath;
+use crate::site::Site;
+
+/// A content coding we can serve from a precompressed sibling file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Encoding {
+    Br,
+    Zstd,
+    Gzip,
+}
+
+impl Encoding {
+    /// In order of preference.
+    pub(crate) const ALL: [Encoding; 3] = [Encoding::Br, Encoding::Zstd, Encoding::Gzip];
+
+    pub(crate) fn token(self) -> &'static str {
+        match self {
+            Encoding::Br => "br",
+            Encoding::Zstd => "zstd",
+            Encoding::Gzip => "gzip",
+        }
+    }
+
+    fn suffix(self) -> &'static str {
+        match self {
+            Encoding::Br => "br",
+            Encoding::Zstd => "zst",
+            Encoding::Gzip => "gz",
+        }
+    }
+}
+
+/// What identifies a file's content on disk without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Ident {
+    len: u64,
+    mtime_ns: i128,
+    ino: u64,
+    dev: u64,
+}
+
+impl Ident {
+    fn of(m: &fs::Metadata) -> Self {
+        Ident {
+            len: m.len(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+            ino: m.ino(),
+            dev: m.dev(),
+        }
+    }
+}
+
+/// One representation of a file (the file itself or a precompressed sibling).
+#[derive(Debug)]
+pub(crate) struct Repr {
+    pub(crate) path: PathBuf,
+    pub(crate) len: u64,
+    /// The whole content when small enough to keep in memory.
+    pub(crate) body: Option<Bytes>,
+    pub(crate) etag: HeaderValue,
+    pub(crate) len_header: HeaderValue,
+}
+
+/// A resolved file, ready to answer from.
+#[derive(Debug)]
+pub(crate) struct FileEntry {
+    ident: Ident,
+    pub(crate) identity: Repr,
+    /// Precompressed siblings, in order of preference.
+    pub(crate) variants: Vec<(Encoding, Repr)>,
+    pub(crate) mtime_secs: u64,
+    pub(crate) last_modified: HeaderValue,
+    pub(crate) content_type: HeaderValue,
+    pub(crate) cache_control: HeaderValue,
+}
+
+/// A cache slot: a file, or the knowledge that nothing is there.
+#[derive(Debug)]
+struct Slot {
+    checked_ms: AtomicU64,
+    file: Option<Arc<FileEntry>>,
+}
+
+#[derive(Debug, Clone)]
+struct SlotWeight;
+
+impl Weighter<String, Arc<Slot>> for SlotWeight {
+    fn weight(&self, key: &String, val: &Arc<Slot>) -> u64 {
+        let mut w = key.len() as u64 + 128;
+        if let Some(f) = &val.file {
+            w += f.identity.body.as_ref().map_or(0, |b| b.len() as u64);
+            for (_, v) in &f.variants {
+                w += v.body.as_ref().map_or(0, |b| b.len() as u64);
+            }
+        }
+        w
+    }
+}
+
+/// Settings of the file cache.
+#[derive(Debug, Clone)]
+pub(crate) struct FileCacheConfig {
+    pub(crate) memory_bytes: u64,
+    pub(crate) memory_file_max_bytes: u64,
+    pub(crate) revalidate_after: Duration,
+}
+
+/// Resolved files keyed by (deployment root, request path).
+#[derive(Debug)]
+pub(crate) struct FileCache {
+    slots: quick_cache::sync::Cache<String, Arc<Slot>, SlotWeight>,
+    hashes: quick_cache::sync::Cache<(PathBuf, Ident), blake3::Hash>,
+    epoch: Instant,
+    cfg: FileCacheConfig,
+}
+
+impl FileCache {
+    pub(crate) fn new(cfg: FileCacheConfig) -> Self {
+        let items = (cfg.memory_bytes / 4096).clamp(1024, 1 << 20) as usize;
+        FileCache {
+            slots: quick_cache::sync::Cache::with_weighter(
+                items,
+                cfg.memory_bytes.max(1 << 16),
+                SlotWeight,
+            ),
+            hashes: quick_cache::sync::Cache::new(65_536),
+            epoch: Instant::now(),
+            cfg,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// The file a request path names under the site's root, following the site rules
+    /// (index.html, `.html`, `/index.html`), or `None`.
+    pub(crate) async fn lookup(
+        self: &Arc<Self>,
+        site: &Arc<Site>,
+        safe: &SafePath,
+    ) -> Option<Arc<FileEntry>> {
+        let mut key = String::with_capacity(site.root.as_os_str().len() + safe.rel.len() + 3);
+        key.push_str(&site.root.to_string_lossy());
+        key.push('\n');
+        key.push_str(&safe.rel);
+        if safe.trailing_slash {
+            key.push('/');
+        }
+        let prev = self.slots.get(&key);
+        if let Some(slot) = &prev {
+            let now = self.now_ms();
+            let checked = slot.checked_ms.load(Ordering::Relaxed);
+            let revalidate = self.cfg.revalidate_after.as_millis() as u64;
+            if now.saturating_sub(checked) < revalidate
+                || (revalidate > 0
+                    && slot
+                        .checked_ms
+                        .compare_exchange(checked, now, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_err())
+            {
+                // Fresh, or another request is revalidating it right now.
+                return slot.file.clone();
+            }
+        }
+        let this = Arc::clone(self);
+        let site = Arc::clone(site);
+        let safe = safe.clone();
+        let prev_file = prev.and_then(|s| s.file.clone());
+        tokio::task::spawn_blocking(move || {
+            let file = this.resolve_blocking(&site, &safe, prev_file.as_ref());
+            let slot = Arc::new(Slot {
+                checked_ms: AtomicU64::new(this.now_ms()),
+                file: file.clone(),
+            });
+            this.slots.insert(key, slot);
+            file
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    fn resolve_blocking(
+        &self,
+        site: &Site,
+        safe: &SafePath,
+        prev: Option<&Arc<FileEntry>>,
+    ) -> Option<Arc<FileEntry>> {
+        let root = fs::canonicalize(&site.root).ok()?;
+        let rel = safe.rel.as_str();
+        let candidates: Vec<String> = if rel.is_empty() {
+            vec!["index.html".into()]
+        } else if safe.trailing_slash {
+            vec![format!("{rel}/index.html")]
+        } else {
+            vec![
+                rel.to_owned(),
+                format!("{rel}.html"),
+                format!("{rel}/index.html"),
+            ]
+        };
+        for c in candidates {
+            let Some((path, meta)) = regular_file_under(&root, &root.join(&c)) else {
+                continue;
+            };
+            let ident = Ident::of(&meta);
+            if let Some(p) = prev
+                && p.ident == ident
+                && p.identity.path == path
+            {
+                return Some(Arc::clone(p));
+            }
+            let manifest_hash = site.manifest.as_ref().and_then(|m| m.get(&c)).copied();
+            match self.load_entry(&root, &path, &meta, manifest_hash) {
+                Ok(e) => return Some(Arc::new(e)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading a site file");
+                    return None;
+                }
+            }
+        }
+        None
+    }
+
+    fn load_entry(
+        &self,
+        root: &Path,
+        path: &Path,
+        meta: &fs::Metadata,
+        hash: Option<blake3::Hash>,
+    ) -> io::Result<FileEntry> {
+        let ident = Ident::of(meta);
+        let body = self.read_small(path, meta.len())?;
+        let hash = match (hash, &body) {
+            (Some(h), _) => h,
+            (None, Some(b)) => blake3::hash(b),
+            (None, None) => self.hash_file(path, ident)?,
+        };
+        let tag = hex_prefix(hash.as_bytes());
+        let identity = Repr {
+            len_header: HeaderValue::from(meta.len()),
+            etag: etag_value(&tag, None),
+            len: meta.len(),
+            body,
+            path: path.to_path_buf(),
+        };
+        let mut variants = Vec::new();
+        for enc in Encoding::ALL {
+            let mut name = path.as_os_str().to_owned();
+            name.push(".");
+            name.push(enc.suffix());
+            let Some((vpath, vmeta)) = regular_file_under(root, Path::new(&name)) else {
+                continue;
+            };
+            let vbody = self.read_small(&vpath, vmeta.len())?;
+            variants.push((
+                enc,
+                Repr {
+                    len_header: HeaderValue::from(vmeta.len()),
+                    etag: etag_value(&tag, Some(enc)),
+                    len: vmeta.len(),
+                    body: vbody,
+                    path: vpath,
+                },
+            ));
+        }
+        let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+        let mtime_secs = mtime
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mime = mime_guess::from_path(path)
+            .first_raw()
+            .unwrap_or("application/octet-stream");
+        let text = mime.starts_with("text/")
+            || mime == "application/javascript"
+            || mime == "application/json"
+            || mime == "image/svg+xml";
+        let content_type = if text && !mime.contains("charset") {
+            HeaderValue::from_str(&format!("{mime}; charset=utf-8"))
+        } else {
+            HeaderValue::from_str(mime)
+        }
+        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+        let cache_control = HeaderValue::from_static(if mime == "text/html" {
+            "public, max-age=0, must-revalidate"
+        } else {
+            "public, max-age=3600"
+        });
+        Ok(FileEntry {
+            ident,
+            identity,
+            variants,
+            mtime_secs,
+            last_modified: HeaderValue::from_str(&httpdate::fmt_http_date(mtime))
+                .unwrap_or(HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT")),
+            content_type,
+            cache_control,
+        })
+    }
+
+    fn read_small(&self, path: &Path, len: u64) -> io::Result<Option<Bytes>> {
+        if len > self.cfg.memory_file_max_bytes {
+            return Ok(None);
+        }
+        let data = fs::read(path)?;
+        Ok(Some(Bytes::from(data)))
+    }
+
+    fn hash_file(&self, path: &Path, ident: Ident) -> io::Result<blake3::Hash> {
+        let key = (path.to_path_buf(), ident);
+        if let Some(h) = self.hashes.get(&key) {
+            return Ok(h);
+        }
+        let mut hasher = blake3::Hasher::new();
+        hasher.update_reader(fs::File::open(path)?)?;
+        let h = hasher.finalize();
+        self.hashes.insert(key, h);
+        Ok(h)
+    }
+}
+
+/// `candidate` resolved through symlinks, if it is a regular file that stays under `root`.
+fn regular_file_under(root: &Path, candidate: &Path) -> Option<(PathBuf, fs::Metadata)> {
+    let real = fs::canonicalize(candidate).ok()?;
+    if !real.starts_with(root) {
+        return None;
+    }
+    let meta = fs::metadata(&real).ok()?;
+    meta.is_file().then_some((real, meta))
+}
+
+fn hex_prefix(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(32);
+    for b in &bytes[..16] {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+fn etag_value(tag: &str, enc: Option<Encoding>) -> HeaderValue {
+    let s = match enc {
+        Some(e) => format!("\"{tag}-{}\"", e.token()),
+        None => format!("\"{tag}\""),
+    };
+    HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static("\"0\""))
+}
+
+/// Streams `remaining` bytes of a file from its current position.
+#[derive(Debug)]
+pub(crate) struct FileBody {
+    file: tokio::fs::File,
+    remaining: u64,
+    buf: Vec<u8>,
+}
+
+const CHUNK: usize = 256 * 1024;
+
+impl FileBody {
+    pub(crate) fn new(file: tokio::fs::File, remaining: u64) -> Self {
+        FileBody {
+            file,
+            remaining,
+            buf: Vec::new(),
+        }
+    }
+}
+
+impl http_body::Body for FileBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = self.get_mut();
+        if this.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        let want = this.remaining.min(CHUNK as u64) as usize;
+        if this.buf.len() < want {
+            this.buf.resize(want, 0);
+        }
+        let mut rb = ReadBuf::new(&mut this.buf[..want]);
+        match Pin::new(&mut this.file).poll_read(cx, &mut rb) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(Ok(())) => {
+                let n = rb.filled().len();
+                if n == 0 {
+                    return Poll::Ready(Some(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "file shrank while being sent",
+                    ))));
+                }
+                this.remaining -= n as u64;
+                Poll::Ready(Some(Ok(Frame::data(Bytes::copy_from_slice(rb.filled())))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.remaining)
+    }
+}

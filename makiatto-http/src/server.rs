@@ -1,0 +1,227 @@
+//! Listeners and connections: limits, TLS, HTTP/1.1 and HTTP/2.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::HttpError;
+use crate::challenge::ChallengeStore;
+use crate::config::ServerConfig;
+use crate::files::{FileCache, FileCacheConfig};
+use crate::serve::{Shared, router};
+use crate::site::SiteResolver;
+use crate::tls::{CertSource, server_config};
+
+/// The web server of a node: plain HTTP and HTTPS listeners sharing one connection limit.
+#[derive(Clone)]
+pub struct HttpServer {
+    shared: Arc<Shared>,
+    cfg: Arc<ServerConfig>,
+    tls: TlsAcceptor,
+    conns: Arc<Semaphore>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    tracker: TaskTracker,
+}
+
+impl std::fmt::Debug for HttpServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpServer")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpServer {
+    /// A server answering for the sites of `sites` with certificates from `certs` and
+    /// ACME HTTP-01 answers from `challenges`.
+    pub fn new(
+        cfg: ServerConfig,
+        sites: Arc<dyn SiteResolver>,
+        certs: Arc<dyn CertSource>,
+        challenges: Arc<dyn ChallengeStore>,
+    ) -> Result<Self, HttpError> {
+        if cfg.max_connections == 0 {
+            return Err(HttpError::Config(
+                "max_connections must be at least 1".into(),
+            ));
+        }
+        let files = Arc::new(FileCache::new(FileCacheConfig {
+            memory_bytes: cfg.memory_cache_bytes,
+            memory_file_max_bytes: cfg.memory_file_max_bytes,
+            revalidate_after: Duration::from_millis(cfg.revalidate_ms),
+        }));
+        let hsts = (cfg.hsts_max_age_secs > 0)
+            .then(|| {
+                http::HeaderValue::from_str(&format!("max-age={}", cfg.hsts_max_age_secs)).ok()
+            })
+            .flatten();
+        let tls = TlsAcceptor::from(server_config(Arc::clone(&certs))?);
+        let shared = Arc::new(Shared {
+            sites,
+            certs,
+            challenges,
+            files,
+            hsts,
+            https_port: cfg.https_redirect_port,
+        });
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(cfg.header_read_timeout())
+            .max_buf_size(cfg.max_header_bytes.max(8192));
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(cfg.h2_max_concurrent_streams)
+            .keep_alive_interval(Some(Duration::from_secs(30)));
+        Ok(HttpServer {
+            conns: Arc::new(Semaphore::new(cfg.max_connections)),
+            cfg: Arc::new(cfg),
+            shared,
+            tls,
+            builder: Arc::new(builder),
+            tracker: TaskTracker::new(),
+        })
+    }
+
+    /// The axum router used for plain HTTP (`https == false`) or HTTPS, for embedding
+    /// into another server.
+    pub fn router(&self, https: bool) -> axum::Router {
+        router(Arc::clone(&self.shared), https)
+    }
+
+    /// Binds every listener of the configuration and serves until `shutdown`, then waits
+    /// for open connections to finish.
+    pub async fn run(&self, shutdown: CancellationToken) -> Result<(), HttpError> {
+        let mut tasks = Vec::new();
+        for (addrs, https) in [(&self.cfg.http_addrs, false), (&self.cfg.https_addrs, true)] {
+            for addr in addrs {
+                let l = bind(*addr)?;
+                let this = self.clone();
+                let token = shutdown.clone();
+                tasks.push(tokio::spawn(async move {
+                    if https {
+                        this.serve_https(l, token).await;
+                    } else {
+                        this.serve_http(l, token).await;
+                    }
+                }));
+            }
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        self.drain(Duration::from_secs(10)).await;
+        Ok(())
+    }
+
+    /// Serves plain HTTP on `listener` until `shutdown`.
+    pub async fn serve_http(&self, listener: TcpListener, shutdown: CancellationToken) {
+        self.accept_loop(listener, false, shutdown).await;
+    }
+
+    /// Serves HTTPS on `listener` until `shutdown`.
+    pub async fn serve_https(&self, listener: TcpListener, shutdown: CancellationToken) {
+        self.accept_loop(listener, true, shutdown).await;
+    }
+
+    /// Waits up to `limit` for open connections to end after a shutdown.
+    pub async fn drain(&self, limit: Duration) {
+        self.tracker.close();
+        let _ = tokio::time::timeout(limit, self.tracker.wait()).await;
+    }
+
+    async fn accept_loop(&self, listener: TcpListener, https: bool, shutdown: CancellationToken) {
+        let app = router(Arc::clone(&self.shared), https);
+        loop {
+            let (stream, peer) = tokio::select! {
+                () = shutdown.cancelled() => break,
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // EMFILE and friends: back off briefly instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                },
+            };
+            let Ok(permit) = Arc::clone(&self.conns).try_acquire_owned() else {
+                tracing::debug!(%peer, "connection limit reached, closing");
+                drop(stream);
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let this = self.clone();
+            let app = app.clone();
+            let token = shutdown.clone();
+            self.tracker.spawn(async move {
+                let _permit = permit;
+                if https {
+                    let hs = tokio::time::timeout(
+                        this.cfg.tls_handshake_timeout(),
+                        this.tls.accept(stream),
+                    )
+                    .await;
+                    match hs {
+                        Ok(Ok(tls)) => this.serve_conn(tls, app, token).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "tls handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
+                    }
+                } else {
+                    this.serve_conn(stream, app, token).await;
+                }
+            });
+        }
+    }
+
+    async fn serve_conn<S>(&self, io: S, app: axum::Router, shutdown: CancellationToken)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let conn = self
+            .builder
+            .serve_connection(TokioIo::new(io), TowerToHyperService::new(app));
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::trace!(error = %e, "connection ended with an error");
+                }
+            }
+            () = shutdown.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+        }
+    }
+}
+
+/// Binds a listener the way a server should: `SO_REUSEADDR`, IPv6 sockets IPv6-only (so
+/// `0.0.0.0` and `::` can both be bound), a deep backlog.
+pub fn bind(addr: SocketAddr) -> Result<TcpListener, HttpError> {
+    let err = |source| HttpError::Bind { addr, source };
+    let domain = socket2::Domain::for_address(addr);
+    let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))
+        .map_err(err)?;
+    s.set_reuse_address(true).map_err(err)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true).map_err(err)?;
+    }
+    s.set_nonblocking(true).map_err(err)?;
+    s.bind(&addr.into()).map_err(err)?;
+    s.listen(4096).map_err(err)?;
+    TcpListener::from_std(std::net::TcpListener::from(s)).map_err(err)
+}
