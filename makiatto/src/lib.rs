@@ -7,16 +7,36 @@
 //! | module | crate | what it holds |
 //! |---|---|---|
 //! | [`store`] | `makiatto-store` | replicated SQLite (cr-sqlite model), cluster schema, blobs |
-//! | [`dns`] | `makiatto-dns` | GeoDNS authority (placeholder) |
-//! | [`mesh`] | `makiatto-mesh` | WireGuard mesh and membership (placeholder) |
-//! | [`http`] | `makiatto-http` | web server and ACME (placeholder) |
 //!
-//! The `Node` type, node configuration, deploy client, profiles and provisioning arrive with
-//! issues 6 and 7.
+//! `dns`, `mesh` and `http` (makiatto-dns, makiatto-mesh, makiatto-http) join as modules
+//! when the node composes them (issue 6); until then the SDK does not depend on them.
+//!
+//! The SDK's own modules:
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`project`] | `makiatto.toml`: parsing and validation with diagnostics that point into the file |
+//! | [`manifest`] | the file manifest of a domain directory (blake3, size, mode), its digest and diffs |
+//! | [`config`] | the node daemon's configuration file |
+//! | [`profile`] | CLI profiles: the machines of a cluster (public data only) |
+//! | [`nameserver`] | the `maki dns nameserver-setup` instructions |
+//! | [`plan`] | what `maki sync` would deploy (the dry run) |
+//!
+//! The `Node` type, the admin API and the deploy client arrive with the rest of issue 6;
+//! provisioning with issue 7.
 
-pub use makiatto_dns as dns;
-pub use makiatto_http as http;
-pub use makiatto_mesh as mesh;
+pub mod config;
+mod diag;
+mod error;
+pub mod manifest;
+pub mod nameserver;
+pub mod plan;
+pub mod profile;
+pub mod project;
+pub mod wit;
+
+pub use diag::{InvalidFile, Problem};
+pub use error::MakiattoError;
 pub use makiatto_store as store;
 
 /// The version of this build, shared by the `maki` CLI and the `makiatto` daemon.

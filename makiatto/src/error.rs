@@ -1,0 +1,48 @@
+//! [`MakiattoError`]: every error the SDK returns, for callers that handle them together.
+
+use miette::Diagnostic;
+
+use crate::{config, manifest, nameserver, plan, profile, project, wit};
+
+/// Any error of the Makiatto SDK.
+#[derive(Debug, thiserror::Error, Diagnostic)]
+#[non_exhaustive]
+pub enum MakiattoError {
+    /// makiatto.toml.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Project(#[from] project::ProjectError),
+    /// Building a manifest.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Manifest(#[from] manifest::ManifestError),
+    /// Planning a deploy.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Plan(#[from] plan::PlanError),
+    /// The node configuration.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Config(#[from] config::ConfigError),
+    /// A profile.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Profile(#[from] profile::ProfileError),
+    /// Nameserver instructions.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Nameserver(#[from] nameserver::NameserverError),
+    /// WIT files.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Wit(#[from] wit::WitError),
+    /// A command whose backend has not landed yet.
+    #[error("`maki {command}` is not available yet")]
+    #[diagnostic(help("{delivery}"))]
+    NotYet {
+        /// The command, e.g. `health`.
+        command: &'static str,
+        /// Which work delivers it.
+        delivery: &'static str,
+    },
+}
