@@ -1,0 +1,489 @@
+//! SWIM membership (foca) over UDP on the mesh.
+//!
+//! Each node runs one [`Membership`] task bound to its mesh address. The view of the
+//! other members (alive, suspect or down) is published on a `tokio::sync::watch`
+//! channel, for the DNS selector, health and the replicator's peer list.
+//!
+//! Recovery: a node that knows no active member announces itself to every seed (the
+//! mesh addresses of the known nodes) every [`MembershipOptions::reannounce_every`], so
+//! a node cut off by a partition or a restart rejoins on its own; a node declared down
+//! renews its identity (a higher generation) and rejoins (foca's auto-rejoin).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use foca::{
+    AccumulatingRuntime, Config, Foca, Identity, OwnedNotification, PostcardCodec, State, Timer,
+};
+use ipnet::Ipv4Net;
+use rand::RngCore as _;
+use rand_foca::SeedableRng as _;
+use rand_foca::rngs::StdRng;
+use serde::{Deserialize, Serialize};
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{debug, info, trace};
+
+/// Default UDP port of the membership protocol.
+pub const DEFAULT_PORT: u16 = 7947;
+/// Largest datagram read.
+const MAX_DATAGRAM: usize = 1500;
+
+/// A member's identity: its name, where it listens, and a generation that grows each
+/// time it starts or rejoins (the newer identity at an address wins).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MemberId {
+    /// Node name.
+    pub name: String,
+    /// Membership address (mesh address and port).
+    pub addr: SocketAddr,
+    /// Grows on every start and rejoin.
+    pub generation: u64,
+}
+
+impl Identity for MemberId {
+    // foca accepts an announce addressed to any identity with our address, which is how
+    // seeds known only by address are contacted.
+    type Addr = SocketAddr;
+
+    fn renew(&self) -> Option<Self> {
+        Some(MemberId {
+            generation: self.generation.wrapping_add(1).max(now_ms()),
+            ..self.clone()
+        })
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn win_addr_conflict(&self, adversary: &Self) -> bool {
+        self.generation > adversary.generation
+    }
+}
+
+/// Liveness of a member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Liveness {
+    /// Answering probes.
+    Alive,
+    /// Missed a probe; being checked.
+    Suspect,
+    /// Declared down by the cluster.
+    Down,
+}
+
+/// One member as seen from this node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    /// Membership address.
+    pub addr: SocketAddr,
+    /// Liveness.
+    pub liveness: Liveness,
+}
+
+/// This node's view of the others, keyed by name (this node excluded).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembershipView {
+    /// Members by name.
+    pub members: BTreeMap<String, MemberInfo>,
+}
+
+impl MembershipView {
+    /// Names of the members currently alive.
+    pub fn alive(&self) -> impl Iterator<Item = (&str, &MemberInfo)> {
+        self.members
+            .iter()
+            .filter(|(_, m)| m.liveness == Liveness::Alive)
+            .map(|(n, m)| (n.as_str(), m))
+    }
+
+    /// Whether `name` is alive.
+    pub fn is_alive(&self, name: &str) -> bool {
+        self.members
+            .get(name)
+            .is_some_and(|m| m.liveness == Liveness::Alive)
+    }
+}
+
+/// Tuning of the membership protocol.
+#[derive(Debug, Clone)]
+pub struct MembershipOptions {
+    /// How often a random member is probed (default 1 s).
+    pub probe_period: Duration,
+    /// How long to wait for a probe's answer (default 500 ms).
+    pub probe_rtt: Duration,
+    /// How long a suspect has to refute before it is declared down (default 4 s).
+    pub suspect_to_down_after: Duration,
+    /// How long down members are remembered (default 60 s).
+    pub remove_down_after: Duration,
+    /// How often a node without active peers announces itself to the seeds, and how
+    /// often down members are contacted again (default 2 s).
+    pub reannounce_every: Duration,
+    /// Expected cluster size, for foca's retransmission counts (default 16).
+    pub cluster_size: NonZeroU32,
+}
+
+impl Default for MembershipOptions {
+    fn default() -> Self {
+        MembershipOptions {
+            probe_period: Duration::from_secs(1),
+            probe_rtt: Duration::from_millis(500),
+            suspect_to_down_after: Duration::from_secs(4),
+            remove_down_after: Duration::from_secs(60),
+            reannounce_every: Duration::from_secs(2),
+            cluster_size: NonZeroU32::MIN.saturating_add(15),
+        }
+    }
+}
+
+impl MembershipOptions {
+    fn foca_config(&self) -> Config {
+        let mut c = Config::new_lan(self.cluster_size);
+        c.probe_period = self.probe_period;
+        c.probe_rtt = self.probe_rtt;
+        c.suspect_to_down_after = self.suspect_to_down_after;
+        c.remove_down_after = Some(self.remove_down_after);
+        if let Some(p) = c.periodic_announce_to_down_members.as_mut() {
+            p.frequency = self.reannounce_every;
+        }
+        if let Some(p) = c.periodic_announce.as_mut() {
+            p.frequency = self.reannounce_every * 5;
+        }
+        c
+    }
+}
+
+/// Where the seeds come from: called whenever the node has to announce itself.
+pub type Seeds = Arc<dyn Fn() -> Vec<SocketAddr> + Send + Sync>;
+
+/// A running membership protocol.
+pub struct Membership {
+    socket: UdpSocket,
+    id: MemberId,
+    seeds: Seeds,
+    allow: Option<Ipv4Net>,
+    options: MembershipOptions,
+    view: watch::Sender<MembershipView>,
+}
+
+impl fmt::Debug for Membership {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Membership")
+            .field("id", &self.id)
+            .field("allow", &self.allow)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Membership {
+    /// Membership for node `name` on `socket` (bound to its mesh address). Datagrams from
+    /// outside `allow` (the mesh CIDR) are dropped when it is set.
+    pub fn new(
+        name: impl Into<String>,
+        socket: UdpSocket,
+        seeds: Seeds,
+        allow: Option<Ipv4Net>,
+        options: MembershipOptions,
+    ) -> std::io::Result<Self> {
+        let addr = socket.local_addr()?;
+        let (view, _) = watch::channel(MembershipView::default());
+        Ok(Membership {
+            socket,
+            id: MemberId {
+                name: name.into(),
+                addr,
+                generation: now_ms(),
+            },
+            seeds,
+            allow,
+            options,
+            view,
+        })
+    }
+
+    /// The view, updated on every change.
+    pub fn subscribe(&self) -> watch::Receiver<MembershipView> {
+        self.view.subscribe()
+    }
+
+    /// Runs until `shutdown` completes, then leaves the cluster (best effort).
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) {
+        let Membership {
+            socket,
+            id,
+            seeds,
+            allow,
+            options,
+            view,
+        } = self;
+        let mut seed = [0u8; 32];
+        rand::rng().fill_bytes(&mut seed);
+        let mut foca: Swim = Foca::new(
+            id.clone(),
+            options.foca_config(),
+            StdRng::from_seed(seed),
+            PostcardCodec,
+        );
+        let mut rt = AccumulatingRuntime::<MemberId>::new();
+        let mut timers: BTreeMap<(Instant, u64), Timer<MemberId>> = BTreeMap::new();
+        let mut seq = 0u64;
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        let mut reannounce = tokio::time::interval(options.reannounce_every);
+        reannounce.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        let placeholder = |addr: SocketAddr| MemberId {
+            name: String::new(),
+            addr,
+            generation: 0,
+        };
+        loop {
+            // Flush what foca asked for.
+            while let Some((to, data)) = rt.to_send() {
+                if let Err(error) = socket.send_to(&data, to.addr).await {
+                    trace!(%error, peer = %to.addr, "membership send failed");
+                }
+            }
+            let mut changed = false;
+            while let Some((after, timer)) = rt.to_schedule() {
+                seq += 1;
+                timers.insert((Instant::now() + after, seq), timer);
+            }
+            while let Some(n) = rt.to_notify() {
+                changed = true;
+                match n {
+                    OwnedNotification::MemberUp(m) => info!(peer = %m.name, "member up"),
+                    OwnedNotification::MemberDown(m) => info!(peer = %m.name, "member down"),
+                    OwnedNotification::Rejoin(m) => {
+                        info!(generation = m.generation, "rejoined the cluster")
+                    }
+                    OwnedNotification::Idle => info!("no active members left"),
+                    other => debug!(?other, "membership"),
+                }
+            }
+            // Suspect transitions emit no notification: rebuild the (small) view each
+            // turn and publish it only when it differs.
+            let _ = changed;
+            publish(&view, &foca, &id.name);
+            let next_timer = timers.keys().next().map(|(at, _)| *at);
+            tokio::select! {
+                () = &mut shutdown => break,
+                received = socket.recv_from(&mut buf) => match received {
+                    Ok((n, from)) => {
+                        if let Some(net) = allow {
+                            let inside = match from.ip() { IpAddr::V4(v4) => net.contains(&v4), IpAddr::V6(_) => false };
+                            if !inside {
+                                debug!(peer = %from, "dropping membership datagram from outside the mesh");
+                                continue;
+                            }
+                        }
+                        if let Err(error) = foca.handle_data(&buf[..n], &mut rt) {
+                            debug!(%error, peer = %from, "bad membership datagram");
+                        }
+                    }
+                    Err(error) => {
+                        debug!(%error, "membership recv failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                () = sleep_until_opt(next_timer) => {
+                    let now = Instant::now();
+                    while let Some(entry) = timers.first_entry() {
+                        if entry.key().0 > now { break; }
+                        let timer = entry.remove();
+                        if let Err(error) = foca.handle_timer(timer, &mut rt) {
+                            debug!(%error, "membership timer failed");
+                        }
+                    }
+                },
+                _ = reannounce.tick() => {
+                    if foca.iter_members().next().is_none() {
+                        for addr in seeds() {
+                            if addr == id.addr { continue; }
+                            if let Err(error) = foca.announce(placeholder(addr), &mut rt) {
+                                debug!(%error, peer = %addr, "announce failed");
+                            }
+                        }
+                    }
+                },
+            }
+        }
+        if foca.leave_cluster(&mut rt).is_ok() {
+            while let Some((to, data)) = rt.to_send() {
+                let _ = socket.send_to(&data, to.addr).await;
+            }
+        }
+    }
+}
+
+type Swim = Foca<MemberId, PostcardCodec, StdRng, foca::NoCustomBroadcast>;
+
+fn snapshot(foca: &Swim, own: &str) -> MembershipView {
+    let mut members: BTreeMap<String, MemberInfo> = BTreeMap::new();
+    for m in foca.iter_membership_state() {
+        let id = m.id();
+        if id.name == own || id.name.is_empty() {
+            continue;
+        }
+        let liveness = match m.state() {
+            State::Alive => Liveness::Alive,
+            State::Suspect => Liveness::Suspect,
+            State::Down => Liveness::Down,
+        };
+        let info = MemberInfo {
+            addr: id.addr,
+            liveness,
+        };
+        // Several identities of one name may be listed: the best liveness wins.
+        members
+            .entry(id.name.clone())
+            .and_modify(|e| {
+                if info.liveness < e.liveness {
+                    *e = info.clone();
+                }
+            })
+            .or_insert(info);
+    }
+    MembershipView { members }
+}
+
+fn publish(view: &watch::Sender<MembershipView>, foca: &Swim, own: &str) {
+    let next = snapshot(foca, own);
+    view.send_if_modified(|v| {
+        if *v == next {
+            false
+        } else {
+            *v = next;
+            true
+        }
+    });
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn member(name: &str, seeds: Vec<SocketAddr>) -> (Membership, SocketAddr) {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        let options = MembershipOptions {
+            probe_period: Duration::from_millis(200),
+            probe_rtt: Duration::from_millis(100),
+            suspect_to_down_after: Duration::from_millis(800),
+            reannounce_every: Duration::from_millis(300),
+            ..MembershipOptions::default()
+        };
+        let m = Membership::new(
+            name,
+            socket,
+            Arc::new(move || seeds.clone()),
+            Some("127.0.0.0/8".parse().unwrap()),
+            options,
+        )
+        .unwrap();
+        (m, addr)
+    }
+
+    async fn wait_view(
+        rx: &mut watch::Receiver<MembershipView>,
+        what: &str,
+        f: impl Fn(&MembershipView) -> bool,
+    ) {
+        let ok = tokio::time::timeout(Duration::from_secs(15), rx.wait_for(|v| f(v)))
+            .await
+            .is_ok();
+        assert!(ok, "timed out waiting for {what}: {:?}", *rx.borrow());
+    }
+
+    #[tokio::test]
+    async fn three_members_join_detect_a_death_and_see_it_return() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let (a, a_addr) = member("a", vec![]).await;
+        let (b, _) = member("b", vec![a_addr]).await;
+        let (c, c_addr) = member("c", vec![a_addr]).await;
+        let mut va = a.subscribe();
+        let mut vb = b.subscribe();
+        let (stop_c_tx, stop_c) = tokio::sync::oneshot::channel::<()>();
+        let (stop_tx, stop) = watch::channel(false);
+        let wait = |mut s: watch::Receiver<bool>| async move {
+            let _ = s.wait_for(|s| *s).await;
+        };
+        let ta = tokio::spawn(a.run(wait(stop.clone())));
+        let tb = tokio::spawn(b.run(wait(stop.clone())));
+        let tc = tokio::spawn(c.run(async move {
+            let _ = stop_c.await;
+        }));
+        wait_view(&mut va, "a sees b and c", |v| {
+            v.is_alive("b") && v.is_alive("c")
+        })
+        .await;
+        wait_view(&mut vb, "b sees a and c", |v| {
+            v.is_alive("a") && v.is_alive("c")
+        })
+        .await;
+        // Kill c without a goodbye: abort its task.
+        drop(stop_c_tx);
+        tc.abort();
+        let _ = tc.await;
+        wait_view(&mut va, "a sees c gone", |v| !v.is_alive("c")).await;
+        // c comes back on the same address with a new generation.
+        let socket = UdpSocket::bind(c_addr).await.unwrap();
+        let c2 = Membership::new(
+            "c",
+            socket,
+            Arc::new(move || vec![a_addr]),
+            None,
+            MembershipOptions {
+                reannounce_every: Duration::from_millis(300),
+                ..MembershipOptions::default()
+            },
+        )
+        .unwrap();
+        let mut vc = c2.subscribe();
+        let tc2 = tokio::spawn(c2.run(wait(stop.clone())));
+        wait_view(&mut va, "a sees c again", |v| v.is_alive("c")).await;
+        wait_view(&mut vc, "c sees a and b", |v| {
+            v.is_alive("a") && v.is_alive("b")
+        })
+        .await;
+        stop_tx.send(true).unwrap();
+        for t in [ta, tb, tc2] {
+            t.await.unwrap();
+        }
+    }
+
+    #[test]
+    fn newer_generation_wins() {
+        let id = MemberId {
+            name: "a".into(),
+            addr: "127.0.0.1:1".parse().unwrap(),
+            generation: 5,
+        };
+        let renewed = id.renew().unwrap();
+        assert!(renewed.win_addr_conflict(&id));
+        assert!(!id.win_addr_conflict(&renewed));
+        assert_eq!(renewed.addr(), id.addr());
+    }
+}

@@ -1,0 +1,739 @@
+//! A mesh node: tunnel, membership, replication and blob service driven by the store.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ipnet::Ipv4Net;
+use makiatto_store::cluster::{self, external_peers, nodes};
+use makiatto_store::transport::ReplicatorOptions;
+use makiatto_store::{BlobHash, BlobStore, Options, Store};
+use serde::{Deserialize, Serialize};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use crate::addr::{self, Claim, Claimant};
+use crate::blobs::{self, FetchOptions, FetchReport};
+use crate::membership::{self, Membership, MembershipOptions, MembershipView};
+use crate::tunnel::{self, Direct, PeerConfig, Tunnel, WireGuardConfig, WireGuardTunnel};
+use crate::{MeshError, PrivateKey, PublicKey, Result, replication};
+
+/// Which tunnel a node uses.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum TunnelKind {
+    /// Userspace WireGuard (boringtun).
+    WireGuard {
+        /// Interface name.
+        interface: String,
+        /// Listen port (default 51880).
+        #[serde(default = "default_wg_port")]
+        listen_port: u16,
+        /// MTU (default 1420).
+        #[serde(default = "default_mtu")]
+        mtu: u32,
+        /// boringtun threads (default 1).
+        #[serde(default = "default_threads")]
+        threads: usize,
+    },
+    /// No tunnel: the mesh address is the node's own address.
+    Direct,
+}
+
+fn default_wg_port() -> u16 {
+    tunnel::DEFAULT_LISTEN_PORT
+}
+fn default_mtu() -> u32 {
+    tunnel::DEFAULT_MTU
+}
+fn default_threads() -> usize {
+    1
+}
+fn default_keepalive() -> Option<u16> {
+    Some(25)
+}
+fn default_cidr() -> Ipv4Net {
+    addr::default_mesh_net()
+}
+fn default_reconcile_ms() -> u64 {
+    2000
+}
+
+/// A peer known before the store knows it (how a new node reaches the cluster).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedPeer {
+    /// Node name.
+    pub name: String,
+    /// WireGuard public key (base64).
+    pub public_key: String,
+    /// WireGuard endpoint `host:port`.
+    pub endpoint: String,
+    /// Its mesh address.
+    pub mesh_address: Ipv4Addr,
+}
+
+/// Configuration of a [`MeshNode`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Node name.
+    pub name: String,
+    /// Cluster id of the store.
+    pub cluster_id: String,
+    /// Where the store (`store.db`) and blobs (`blobs/`) live.
+    pub data_dir: PathBuf,
+    /// WireGuard private key (base64).
+    pub private_key: String,
+    /// The tunnel.
+    pub tunnel: TunnelKind,
+    /// Mesh range (default 10.44.44.0/24).
+    #[serde(default = "default_cidr")]
+    pub mesh_cidr: Ipv4Net,
+    /// Mesh address; when absent, the one in the store for this node, else allocated.
+    /// Required for [`TunnelKind::Direct`] (the node's own address).
+    #[serde(default)]
+    pub mesh_address: Option<Ipv4Addr>,
+    /// The WireGuard endpoint other nodes use, `host:port`.
+    pub endpoint: String,
+    /// Public IPv4 address recorded in the `nodes` row.
+    #[serde(default)]
+    pub public_ipv4: String,
+    /// PersistentKeepalive for every peer (default 25 s).
+    #[serde(default = "default_keepalive")]
+    pub persistent_keepalive_secs: Option<u16>,
+    /// Seed peers.
+    #[serde(default)]
+    pub seeds: Vec<SeedPeer>,
+    /// Replication port (default 7946).
+    #[serde(default = "replication_port")]
+    pub replication_port: u16,
+    /// Membership port (default 7947).
+    #[serde(default = "membership_port")]
+    pub membership_port: u16,
+    /// Blob port (default 7948).
+    #[serde(default = "blob_port")]
+    pub blob_port: u16,
+    /// How often WireGuard peers are reconciled with the store, besides on changes
+    /// (default 2000 ms).
+    #[serde(default = "default_reconcile_ms")]
+    pub reconcile_every_ms: u64,
+    /// Shortest pause between anti-entropy rounds, ms (default: the store's).
+    #[serde(default)]
+    pub sync_interval_ms: Option<u64>,
+}
+
+fn replication_port() -> u16 {
+    replication::DEFAULT_PORT
+}
+fn membership_port() -> u16 {
+    membership::DEFAULT_PORT
+}
+fn blob_port() -> u16 {
+    blobs::DEFAULT_PORT
+}
+
+/// A running node. Dropping it without [`MeshNode::shutdown`] aborts its tasks.
+#[derive(Debug)]
+pub struct MeshNode {
+    config: NodeConfig,
+    store: Store,
+    blobs: BlobStore,
+    tunnel: Arc<dyn Tunnel>,
+    view: watch::Receiver<MembershipView>,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+    mesh_address: Ipv4Addr,
+}
+
+/// Shared list of the known nodes' mesh addresses (membership seeds).
+type Known = Arc<Mutex<BTreeMap<String, Ipv4Addr>>>;
+
+impl MeshNode {
+    /// Opens the store, picks the mesh address, brings the tunnel up, records this node in
+    /// the `nodes` table and starts membership, replication, the blob server and the peer
+    /// reconciliation loop.
+    pub async fn start(config: NodeConfig) -> Result<Self> {
+        let key = PrivateKey::from_base64(&config.private_key)?;
+        let public = key.public_key();
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| MeshError::io(format!("creating {}", config.data_dir.display()), e))?;
+        let store = Store::open(
+            config.data_dir.join("store.db"),
+            &cluster::SCHEMA,
+            Options {
+                cluster_id: config.cluster_id.clone(),
+                ..Options::default()
+            },
+        )?;
+        let blobs = BlobStore::open(config.data_dir.join("blobs"))?;
+        let net = config.mesh_cidr;
+        let me = Claimant {
+            name: config.name.clone(),
+            public_key: public.to_base64(),
+        };
+        let mesh_address = match config.mesh_address {
+            Some(a) => a,
+            None => choose_address(&store, net, &me, &config.seeds)?,
+        };
+        if !addr::is_host(net, mesh_address)
+            && matches!(config.tunnel, TunnelKind::WireGuard { .. })
+        {
+            return Err(MeshError::Config(format!(
+                "mesh address {mesh_address} is not a host of {net}"
+            )));
+        }
+        let tunnel: Arc<dyn Tunnel> = match &config.tunnel {
+            TunnelKind::Direct => Arc::new(Direct::new(mesh_address, net)),
+            TunnelKind::WireGuard {
+                interface,
+                listen_port,
+                mtu,
+                threads,
+            } => {
+                let wg = WireGuardConfig {
+                    listen_port: *listen_port,
+                    mtu: *mtu,
+                    threads: *threads,
+                    ..WireGuardConfig::new(interface.clone(), key.clone(), mesh_address, net)
+                };
+                let t = tokio::task::spawn_blocking(move || WireGuardTunnel::create(wg))
+                    .await
+                    .map_err(|e| MeshError::Config(format!("tunnel task failed: {e}")))??;
+                Arc::new(t)
+            }
+        };
+        // Record ourselves.
+        let row = nodes::Node {
+            name: config.name.clone(),
+            wg_public_key: public.to_base64(),
+            wg_endpoint: config.endpoint.clone(),
+            mesh_address: mesh_address.to_string(),
+            ipv4: config.public_ipv4.clone(),
+            ipv6: None,
+            latitude: 0.0,
+            longitude: 0.0,
+            is_nameserver: false,
+            site_id: store.site().to_string(),
+            created_ms: now_ms(),
+        };
+        let existing = store.read(|c| nodes::get(c, &config.name))?;
+        let unchanged = existing.as_ref().is_some_and(|e| {
+            e.wg_public_key == row.wg_public_key
+                && e.wg_endpoint == row.wg_endpoint
+                && e.mesh_address == row.mesh_address
+                && e.site_id == row.site_id
+        });
+        if !unchanged {
+            store.write(|tx| nodes::upsert(tx, &row))?;
+        }
+
+        let known: Known = Arc::new(Mutex::new(BTreeMap::new()));
+        reconcile(&store, &tunnel, &config, &known).await;
+
+        let (stop, stop_rx) = watch::channel(false);
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let mut tasks = JoinSet::new();
+
+        // Membership.
+        let udp = UdpSocket::bind(SocketAddrV4::new(mesh_address, config.membership_port))
+            .await
+            .map_err(|e| MeshError::io(format!("binding membership UDP on {mesh_address}"), e))?;
+        let seeds_known = known.clone();
+        let mport = config.membership_port;
+        let seeds: membership::Seeds = Arc::new(move || {
+            lock(&seeds_known)
+                .values()
+                .map(|a| SocketAddr::V4(SocketAddrV4::new(*a, mport)))
+                .collect()
+        });
+        let m = Membership::new(
+            config.name.clone(),
+            udp,
+            seeds,
+            Some(net),
+            MembershipOptions::default(),
+        )
+        .map_err(|e| MeshError::io("starting membership", e))?;
+        let view = m.subscribe();
+        tasks.spawn(m.run(stopped(stop_rx.clone())));
+
+        // Replication.
+        let listener = TcpListener::bind(SocketAddrV4::new(mesh_address, config.replication_port))
+            .await
+            .map_err(|e| MeshError::io(format!("binding replication TCP on {mesh_address}"), e))?;
+        let rport = config.replication_port;
+        let peer_view = view.clone();
+        let peers: replication::Peers = Arc::new(move || {
+            peer_view
+                .borrow()
+                .alive()
+                .map(|(_, m)| SocketAddr::new(m.addr.ip(), rport))
+                .collect()
+        });
+        let mut ropts = ReplicatorOptions::default();
+        if let Some(ms) = config.sync_interval_ms {
+            ropts.sync_interval_min = Duration::from_millis(ms);
+            ropts.sync_interval_max = Duration::from_millis(ms * 2);
+        }
+        let rstore = store.clone();
+        let rstop = stop_rx.clone();
+        tasks.spawn(async move {
+            if let Err(error) =
+                replication::run(rstore, listener, net, peers, ropts, stopped(rstop)).await
+            {
+                warn!(%error, "replication stopped");
+            }
+        });
+
+        // Blobs.
+        let blob_listener = TcpListener::bind(SocketAddrV4::new(mesh_address, config.blob_port))
+            .await
+            .map_err(|e| MeshError::io(format!("binding blob TCP on {mesh_address}"), e))?;
+        tasks.spawn(blobs::serve(
+            blob_listener,
+            blobs.clone(),
+            net,
+            blobs::ServeOptions::default(),
+            stopped(stop_rx.clone()),
+        ));
+
+        // Peer reconciliation: on changes to nodes / external_peers, and periodically.
+        {
+            let (store, tunnel, config, known) =
+                (store.clone(), tunnel.clone(), config.clone(), known.clone());
+            let mut stop = stop_rx.clone();
+            let mut nodes_changed = store.watch_table("nodes");
+            let mut peers_changed = store.watch_table("external_peers");
+            tasks.spawn(async move {
+                let every = Duration::from_millis(config.reconcile_every_ms.max(100));
+                loop {
+                    tokio::select! {
+                        _ = stop.wait_for(|s| *s) => break,
+                        () = tokio::time::sleep(every) => {}
+                        () = changed(&mut nodes_changed) => {}
+                        () = changed(&mut peers_changed) => {}
+                    }
+                    reconcile(&store, &tunnel, &config, &known).await;
+                }
+            });
+        }
+        info!(node = %config.name, %mesh_address, "mesh node started");
+        Ok(MeshNode {
+            config,
+            store,
+            blobs,
+            tunnel,
+            view,
+            stop,
+            tasks,
+            mesh_address,
+        })
+    }
+
+    /// The replicated store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The blob store.
+    pub fn blobs(&self) -> &BlobStore {
+        &self.blobs
+    }
+
+    /// The tunnel.
+    pub fn tunnel(&self) -> &Arc<dyn Tunnel> {
+        &self.tunnel
+    }
+
+    /// This node's mesh address.
+    pub fn mesh_address(&self) -> Ipv4Addr {
+        self.mesh_address
+    }
+
+    /// The membership view.
+    pub fn membership(&self) -> watch::Receiver<MembershipView> {
+        self.view.clone()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// Fetches `hashes` from the alive peers (blob port on their mesh addresses).
+    pub async fn fetch_blobs(
+        &self,
+        hashes: &[BlobHash],
+        options: &FetchOptions,
+    ) -> Vec<(BlobHash, Result<FetchReport>)> {
+        let port = self.config.blob_port;
+        let peers: Vec<SocketAddr> = self
+            .view
+            .borrow()
+            .alive()
+            .map(|(_, m)| SocketAddr::new(m.addr.ip(), port))
+            .collect();
+        blobs::fetch_many(&self.blobs, hashes, &peers, options).await
+    }
+
+    /// Stops every task (leaving the membership cluster) and waits for them, at most 10 s.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        let drained = tokio::time::timeout(Duration::from_secs(10), async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            self.tasks.shutdown().await;
+        }
+    }
+}
+
+async fn changed(rx: &mut Option<watch::Receiver<u64>>) {
+    match rx {
+        Some(r) => {
+            if r.changed().await.is_err() {
+                *rx = None;
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Picks this node's address: the one the store already has for it, else [`addr::allocate`]
+/// avoiding every address in the store and the seeds. A collision with a claimant that
+/// wins ([`addr::resolve_collisions`]) moves it.
+fn choose_address(
+    store: &Store,
+    net: Ipv4Net,
+    me: &Claimant,
+    seeds: &[SeedPeer],
+) -> Result<Ipv4Addr> {
+    let claims = store_claims(store)?;
+    let mut claims: Vec<Claim> = claims;
+    for s in seeds {
+        claims.push(Claim {
+            claimant: Claimant {
+                name: s.name.clone(),
+                public_key: s.public_key.clone(),
+            },
+            address: s.mesh_address,
+        });
+    }
+    if let Some(mine) = claims.iter().find(|c| &c.claimant == me).map(|c| c.address) {
+        let moves = addr::resolve_collisions(net, &claims)?;
+        return Ok(moves
+            .iter()
+            .find(|m| &m.claimant == me)
+            .map_or(mine, |m| m.to));
+    }
+    let used: BTreeSet<Ipv4Addr> = claims.iter().map(|c| c.address).collect();
+    addr::allocate(net, me, &used)
+}
+
+/// Every mesh address claim in the store (nodes and external peers).
+pub fn store_claims(store: &Store) -> Result<Vec<Claim>> {
+    let (ns, ps) = store.read(|c| Ok((nodes::list(c)?, external_peers::list(c)?)))?;
+    let mut claims = Vec::new();
+    for n in ns {
+        if let Ok(address) = n.mesh_address.parse() {
+            claims.push(Claim {
+                claimant: Claimant {
+                    name: n.name,
+                    public_key: n.wg_public_key,
+                },
+                address,
+            });
+        }
+    }
+    for p in ps {
+        if let Ok(address) = p.mesh_address.parse() {
+            claims.push(Claim {
+                claimant: Claimant {
+                    name: p.name,
+                    public_key: p.wg_public_key,
+                },
+                address,
+            });
+        }
+    }
+    Ok(claims)
+}
+
+/// The WireGuard peers this node should have: every other node and external peer in the
+/// store, plus seeds the store does not know yet (the store wins for a name it has).
+pub fn desired_peers(
+    own_name: &str,
+    nodes: &[nodes::Node],
+    external: &[external_peers::ExternalPeer],
+    seeds: &[SeedPeer],
+    keepalive: Option<u16>,
+) -> Vec<PeerConfig> {
+    let mut by_name: BTreeMap<String, PeerConfig> = BTreeMap::new();
+    let mut add = |name: &str, key: &str, endpoint: Option<&str>, mesh: &str| {
+        if name == own_name {
+            return;
+        }
+        let (Ok(public_key), Ok(mesh)) = (PublicKey::from_base64(key), mesh.parse::<Ipv4Addr>())
+        else {
+            debug!(
+                peer = name,
+                "skipping a peer without a valid key or mesh address"
+            );
+            return;
+        };
+        by_name.insert(
+            name.to_owned(),
+            PeerConfig {
+                public_key,
+                endpoint: endpoint.filter(|e| !e.is_empty()).map(|e| {
+                    if e.contains(':') {
+                        e.to_owned()
+                    } else {
+                        format!("{e}:{}", tunnel::DEFAULT_LISTEN_PORT)
+                    }
+                }),
+                allowed_ips: vec![Ipv4Net::from(mesh)],
+                persistent_keepalive: keepalive,
+            },
+        );
+    };
+    for s in seeds {
+        add(
+            &s.name,
+            &s.public_key,
+            Some(&s.endpoint),
+            &s.mesh_address.to_string(),
+        );
+    }
+    for n in nodes {
+        add(
+            &n.name,
+            &n.wg_public_key,
+            Some(&n.wg_endpoint),
+            &n.mesh_address,
+        );
+    }
+    for p in external {
+        add(
+            &p.name,
+            &p.wg_public_key,
+            p.endpoint.as_deref(),
+            &p.mesh_address,
+        );
+    }
+    // One peer per key: the last name wins (a key moved to a new name).
+    let mut by_key: BTreeMap<PublicKey, PeerConfig> = BTreeMap::new();
+    for p in by_name.into_values() {
+        by_key.insert(p.public_key, p);
+    }
+    by_key.into_values().collect()
+}
+
+async fn reconcile(store: &Store, tunnel: &Arc<dyn Tunnel>, config: &NodeConfig, known: &Known) {
+    let read = store.read(|c| Ok((nodes::list(c)?, external_peers::list(c)?)));
+    let (ns, ps) = match read {
+        Ok(r) => r,
+        Err(error) => {
+            warn!(%error, "reading peers from the store failed");
+            return;
+        }
+    };
+    {
+        let mut k = lock(known);
+        k.clear();
+        for s in &config.seeds {
+            k.insert(s.name.clone(), s.mesh_address);
+        }
+        for n in &ns {
+            if let Ok(a) = n.mesh_address.parse() {
+                k.insert(n.name.clone(), a);
+            }
+        }
+        k.remove(&config.name);
+    }
+    let desired = desired_peers(
+        &config.name,
+        &ns,
+        &ps,
+        &config.seeds,
+        config.persistent_keepalive_secs,
+    );
+    // The tunnel call may resolve names and talk to the UAPI socket: keep it off the
+    // async workers.
+    let t = tunnel.clone();
+    let result = tokio::task::spawn_blocking(move || t.set_peers(&desired))
+        .await
+        .unwrap_or_else(|e| Err(MeshError::Config(format!("reconcile task failed: {e}"))));
+    match result {
+        Ok(changes) if !changes.is_empty() => info!(?changes, "WireGuard peers updated"),
+        Ok(_) => {}
+        Err(error) => warn!(%error, "reconciling WireGuard peers failed"),
+    }
+}
+
+/// A standard `wg-quick` configuration for an external peer (e.g. an `o11y` box) that
+/// joins the mesh: its `[Interface]` with its mesh address, and one `[Peer]` per node
+/// with the node's endpoint and mesh address. `private_key` is left as a placeholder
+/// when `None` (the store never holds private keys).
+pub fn wg_quick_config(
+    peer: &external_peers::ExternalPeer,
+    private_key: Option<&PrivateKey>,
+    mesh_net: Ipv4Net,
+    nodes: &[nodes::Node],
+    persistent_keepalive: Option<u16>,
+) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# {} (generated by makiatto)", peer.name);
+    let _ = writeln!(s, "[Interface]");
+    let _ = writeln!(
+        s,
+        "PrivateKey = {}",
+        private_key.map_or_else(
+            || "<private key of this peer>".to_owned(),
+            PrivateKey::to_base64
+        )
+    );
+    let _ = writeln!(
+        s,
+        "Address = {}/{}",
+        peer.mesh_address,
+        mesh_net.prefix_len()
+    );
+    if let Some(port) = peer
+        .endpoint
+        .as_deref()
+        .and_then(|e| e.rsplit_once(':'))
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+    {
+        let _ = writeln!(s, "ListenPort = {port}");
+    }
+    let _ = writeln!(s, "MTU = {}", tunnel::DEFAULT_MTU);
+    for n in nodes {
+        if n.wg_public_key.is_empty() || n.mesh_address.is_empty() {
+            continue;
+        }
+        let _ = writeln!(s, "\n# {}", n.name);
+        let _ = writeln!(s, "[Peer]");
+        let _ = writeln!(s, "PublicKey = {}", n.wg_public_key);
+        if !n.wg_endpoint.is_empty() {
+            let _ = writeln!(s, "Endpoint = {}", n.wg_endpoint);
+        }
+        let _ = writeln!(s, "AllowedIPs = {}/32", n.mesh_address);
+        if let Some(k) = persistent_keepalive {
+            let _ = writeln!(s, "PersistentKeepalive = {k}");
+        }
+    }
+    s
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, key: &PublicKey, mesh: &str) -> nodes::Node {
+        nodes::Node {
+            name: name.into(),
+            wg_public_key: key.to_base64(),
+            wg_endpoint: format!("{name}.example:51880"),
+            mesh_address: mesh.into(),
+            ipv4: String::new(),
+            ipv6: None,
+            latitude: 0.0,
+            longitude: 0.0,
+            is_nameserver: false,
+            site_id: String::new(),
+            created_ms: 0,
+        }
+    }
+
+    #[test]
+    fn desired_peers_merge_store_and_seeds() {
+        let (a, b, c) = (
+            PrivateKey::generate().public_key(),
+            PrivateKey::generate().public_key(),
+            PrivateKey::generate().public_key(),
+        );
+        let ns = vec![
+            node("a", &a, "10.44.44.1"),
+            node("b", &b, "10.44.44.2"),
+            node("bad", &c, "nope"),
+        ];
+        let ext = vec![external_peers::ExternalPeer {
+            name: "o11y".into(),
+            wg_public_key: c.to_base64(),
+            endpoint: Some("192.0.2.9".into()),
+            mesh_address: "10.44.44.9".into(),
+            created_ms: 0,
+        }];
+        let seeds = vec![SeedPeer {
+            name: "b".into(),
+            public_key: b.to_base64(),
+            endpoint: "old:1".into(),
+            mesh_address: "10.44.44.2".parse().unwrap(),
+        }];
+        let peers = desired_peers("a", &ns, &ext, &seeds, Some(25));
+        assert_eq!(peers.len(), 2, "{peers:?}");
+        let pb = peers.iter().find(|p| p.public_key == b).unwrap();
+        assert_eq!(
+            pb.endpoint.as_deref(),
+            Some("b.example:51880"),
+            "the store wins over the seed"
+        );
+        let pc = peers.iter().find(|p| p.public_key == c).unwrap();
+        assert_eq!(
+            pc.endpoint.as_deref(),
+            Some("192.0.2.9:51880"),
+            "a bare host gets the default port"
+        );
+        assert_eq!(
+            pc.allowed_ips,
+            vec!["10.44.44.9/32".parse::<Ipv4Net>().unwrap()]
+        );
+    }
+
+    #[test]
+    fn wg_quick_config_lists_every_node() {
+        let key = PrivateKey::generate();
+        let a = PrivateKey::generate().public_key();
+        let peer = external_peers::ExternalPeer {
+            name: "o11y".into(),
+            wg_public_key: key.public_key().to_base64(),
+            endpoint: Some("10.77.0.50:51820".into()),
+            mesh_address: "10.44.44.200".into(),
+            created_ms: 0,
+        };
+        let conf = wg_quick_config(
+            &peer,
+            Some(&key),
+            addr::default_mesh_net(),
+            &[node("a", &a, "10.44.44.1")],
+            Some(25),
+        );
+        assert!(conf.contains(&format!("PrivateKey = {}", key.to_base64())));
+        assert!(conf.contains("Address = 10.44.44.200/24"));
+        assert!(conf.contains("ListenPort = 51820"));
+        assert!(conf.contains(&format!("[Peer]\nPublicKey = {a}\nEndpoint = a.example:51880\nAllowedIPs = 10.44.44.1/32\nPersistentKeepalive = 25")));
+        let placeholder = wg_quick_config(&peer, None, addr::default_mesh_net(), &[], None);
+        assert!(!placeholder.contains(&key.to_base64()));
+    }
+}

@@ -1,0 +1,90 @@
+//! Store replication over the mesh: makiatto-store's TCP transport and `Replicator`,
+//! bound to the mesh address and refusing connections from outside the mesh CIDR.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use ipnet::Ipv4Net;
+use makiatto_store::Store;
+use makiatto_store::transport::{
+    Replicator, ReplicatorOptions, ServeOptions, TcpTransport, serve_tcp,
+};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+use crate::{MeshError, Result};
+
+/// Default TCP port of store replication on the mesh.
+pub const DEFAULT_PORT: u16 = 7946;
+/// Capacity of the queue of chunks pushed by peers.
+const INBOUND_CAPACITY: usize = 1024;
+
+/// Where the live peers come from (replication addresses, this node excluded).
+pub type Peers = Arc<dyn Fn() -> Vec<SocketAddr> + Send + Sync>;
+
+/// An address filter accepting only `net` (IPv4 only).
+pub fn mesh_filter(net: Ipv4Net) -> Arc<dyn Fn(SocketAddr) -> bool + Send + Sync> {
+    Arc::new(move |peer: SocketAddr| match peer.ip() {
+        IpAddr::V4(v4) => net.contains(&v4),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some_and(|v4| net.contains(&v4)),
+    })
+}
+
+/// Serves replication on `listener` and runs a [`Replicator`] against `peers` until
+/// `shutdown` completes. Connections from outside `mesh_net` are closed before any byte
+/// is exchanged.
+pub async fn run(
+    store: Store,
+    listener: TcpListener,
+    mesh_net: Ipv4Net,
+    peers: Peers,
+    options: ReplicatorOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    let local = listener
+        .local_addr()
+        .map_err(|e| MeshError::io("reading the replication listener's address", e))?;
+    tracing::info!(%local, "replication listening");
+    let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_CAPACITY);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let serve_options = ServeOptions {
+        allow: Some(mesh_filter(mesh_net)),
+        ..ServeOptions::default()
+    };
+    let mut stop = stop_rx.clone();
+    let server = tokio::spawn(serve_tcp(
+        listener,
+        store.clone(),
+        inbound_tx,
+        serve_options,
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        },
+    ));
+    let replicator = Replicator::new(
+        store.clone(),
+        TcpTransport::for_store(&store),
+        peers,
+        inbound_rx,
+        options,
+    );
+    replicator.run(shutdown).await;
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_accepts_only_the_mesh() {
+        let f = mesh_filter("10.44.44.0/24".parse().unwrap());
+        assert!(f("10.44.44.9:1".parse().unwrap()));
+        assert!(f("[::ffff:10.44.44.9]:1".parse().unwrap()));
+        assert!(!f("10.44.45.9:1".parse().unwrap()));
+        assert!(!f("[::1]:1".parse().unwrap()));
+    }
+}
