@@ -47,6 +47,19 @@ impl TestCa {
         Certificate::from_der(vec![cert.der().clone()], &der).unwrap()
     }
 
+    /// A leaf whose validity ended in 2021.
+    pub fn expired_leaf(&self, names: &[&str]) -> Certificate {
+        let mut params =
+            CertificateParams::new(names.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
+                .unwrap();
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        Certificate::from_der(vec![cert.der().clone()], &der).unwrap()
+    }
+
     pub fn root_der(&self) -> CertificateDer<'static> {
         self.issuer.der().clone()
     }
@@ -245,7 +258,10 @@ pub async fn raw(addr: SocketAddr, req: &[u8]) -> Resp {
 pub fn request(method: &str, host: &str, path: &str, headers: &[(&str, &str)]) -> Vec<u8> {
     let mut r = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
     for (k, v) in headers {
-        r.push_str(&format!("{k}: {v}\r\n"));
+        r.push_str(k);
+        r.push_str(": ");
+        r.push_str(v);
+        r.push_str("\r\n");
     }
     r.push_str("\r\n");
     r.into_bytes()

@@ -1,0 +1,140 @@
+//! Limits: header size, slow clients, connection cap; listeners on IPv4 and IPv6.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{get, raw, request, start};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[tokio::test]
+async fn oversized_headers_get_431() {
+    let s = start(|c| c.max_header_bytes = 8192).await;
+    let big = "x".repeat(20_000);
+    let r = raw(
+        s.http,
+        &request("GET", "site.test", "/", &[("X-Big", &big)]),
+    )
+    .await;
+    assert_eq!(r.status, 431);
+    // Just under the limit is fine.
+    let ok = "x".repeat(6000);
+    assert_eq!(
+        raw(s.http, &request("GET", "site.test", "/", &[("X-Ok", &ok)]))
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn slow_clients_are_cut_off() {
+    let s = start(|c| c.header_read_timeout_ms = 300).await;
+    let mut c = TcpStream::connect(s.http).await.unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: site.test\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    // The server must close the connection (EOF or a 408) well before our 10 s guard.
+    let r = tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut buf)).await;
+    assert!(r.is_ok(), "server kept a slow client open");
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "closed before the timeout"
+    );
+    let text = String::from_utf8_lossy(&buf);
+    assert!(buf.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+
+    // A slow TLS handshake is cut off too.
+    let s = start(|c| c.tls_handshake_timeout_ms = 300).await;
+    let mut c = TcpStream::connect(s.https).await.unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut buf)).await;
+    assert!(r.is_ok(), "server kept a silent TLS client open");
+}
+
+#[tokio::test]
+async fn connection_cap() {
+    let s = start(|c| c.max_connections = 2).await;
+    // Two keep-alive connections that each completed a request hold both slots.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut c = TcpStream::connect(s.http).await.unwrap();
+        c.write_all(b"GET /about HTTP/1.1\r\nHost: site.test\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = c.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        held.push(c);
+    }
+    // A third is closed without an answer.
+    let mut third = TcpStream::connect(s.http).await.unwrap();
+    let _ = third
+        .write_all(b"GET /about HTTP/1.1\r\nHost: site.test\r\n\r\n")
+        .await;
+    let mut buf = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(10), third.read_to_end(&mut buf)).await;
+    assert!(r.is_ok(), "over-cap connection was left open");
+    assert!(buf.is_empty(), "over-cap connection got an answer");
+    // Once one closes, new connections are served again.
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let c = TcpStream::connect(s.http).await.unwrap();
+        let out = common::exchange(c, &request("GET", "site.test", "/about", &[])).await;
+        if out.starts_with(b"HTTP/1.1 200") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "slot was never released");
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test]
+async fn ipv4_and_ipv6_listeners() {
+    let s = start(|_| {}).await;
+    let v6 = makiatto_http::bind("[::1]:0".parse().unwrap())
+        .expect("IPv6 loopback is required for this test");
+    let addr = v6.local_addr().unwrap();
+    let server = s.server.clone();
+    let token = s.token.clone();
+    tokio::spawn(async move { server.serve_http(v6, token).await });
+    let r = get(addr, "site.test", "/about", &[]).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "<h1>about</h1>\n"));
+    let v4 = makiatto_http::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    assert!(v4.local_addr().unwrap().is_ipv4());
+}
+
+#[tokio::test]
+async fn run_binds_configured_addresses_and_shuts_down() {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = probe.local_addr().unwrap().port();
+    drop(probe);
+    let s = start(|_| {}).await;
+    let cfg = makiatto_http::ServerConfig {
+        http_addrs: vec![format!("127.0.0.1:{port}").parse().unwrap()],
+        https_addrs: vec![],
+        ..Default::default()
+    };
+    let server =
+        makiatto_http::HttpServer::new(cfg, s.sites.clone(), s.certs.clone(), s.challenges.clone())
+            .unwrap();
+    let token = tokio_util::sync::CancellationToken::new();
+    let t2 = token.clone();
+    let task = tokio::spawn(async move { server.run(t2).await });
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).await.is_err() {
+        assert!(Instant::now() < deadline, "run() never listened");
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(get(addr, "site.test", "/about", &[]).await.status, 200);
+    token.cancel();
+    tokio::time::timeout(Duration::from_secs(15), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
