@@ -1,0 +1,8 @@
+//! Integration tests against a running server, with real `dig` and `kdig` and the real DB-IP
+//! city database (see scripts/setup.d/20-dns.sh). Missing prerequisites fail the tests.
+
+mod geo;
+mod malformed;
+mod semantics;
+mod support;
+mod swap;
