@@ -231,6 +231,50 @@ impl Profile {
         self.machines.iter().filter(|m| m.is_nameserver)
     }
 
+    /// The machines as a table for `maki machine list`, or a hint when there are none.
+    pub fn table(&self) -> String {
+        if self.machines.is_empty() {
+            return "no machines in this profile; add one with `maki machine init <name> <user>@<ip>`\n".into();
+        }
+        let rows: Vec<[String; 5]> = self
+            .machines
+            .iter()
+            .map(|m| {
+                let ipv6 = m.ipv6.map_or_else(|| "-".into(), |a| a.to_string());
+                let ns = if m.is_nameserver { "yes" } else { "no" };
+                let place = match (m.latitude, m.longitude) {
+                    (Some(lat), Some(lon)) => format!("{lat:.2}, {lon:.2}"),
+                    _ => "-".into(),
+                };
+                [
+                    m.name.clone(),
+                    format!("{}:{}", m.ssh_target, m.ssh_port),
+                    format!("{} {ipv6}", m.ipv4),
+                    ns.into(),
+                    place,
+                ]
+            })
+            .collect();
+        let head = ["NAME", "SSH", "ADDRESSES", "NAMESERVER", "LOCATION"];
+        let mut widths = head.map(str::len);
+        for row in &rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.len());
+            }
+        }
+        let mut out = String::new();
+        for row in std::iter::once(head.map(String::from)).chain(rows) {
+            let cells: Vec<String> = row
+                .iter()
+                .zip(widths)
+                .map(|(c, w)| format!("{c:<w$}"))
+                .collect();
+            out.push_str(cells.join("  ").trim_end());
+            out.push('\n');
+        }
+        out
+    }
+
     /// Problems: names that are not DNS labels or repeat, malformed SSH targets. Placed at
     /// the file start: the profile is usually written by `maki`, not by hand.
     fn validate(&self) -> Vec<Problem> {
@@ -371,6 +415,17 @@ mod tests {
             .collect();
         assert_eq!(names, [OsStr::new("default.toml")]);
         assert_eq!(profile.nameservers().count(), 2);
+        let table = profile.table();
+        assert_eq!(table.lines().count(), 3, "{table}");
+        assert!(
+            table
+                .lines()
+                .nth(2)
+                .unwrap()
+                .starts_with("klukai  root@198.51.100.1:22  198.51.100.1 2001:db8::1"),
+            "{table}"
+        );
+        assert!(Profile::default().table().contains("maki machine init"));
         assert_eq!(
             profile.machine("klukai").unwrap().ipv4,
             Ipv4Addr::new(198, 51, 100, 1)

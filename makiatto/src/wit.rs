@@ -45,6 +45,17 @@ pub fn write(dir: &Path, force: bool) -> Result<Vec<PathBuf>, WitError> {
     write_files(dir, FILES, force)
 }
 
+/// [`write`], then one line per file written, for `maki wasm fetch`.
+pub fn fetch(dir: &Path, force: bool) -> Result<String, WitError> {
+    let mut out = String::new();
+    for path in write(dir, force)? {
+        out.push_str("wrote ");
+        out.push_str(&path.display().to_string());
+        out.push('\n');
+    }
+    Ok(out)
+}
+
 fn write_files(dir: &Path, files: &[(&str, &str)], force: bool) -> Result<Vec<PathBuf>, WitError> {
     if files.is_empty() {
         return Err(WitError::NotBundled);
