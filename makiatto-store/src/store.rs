@@ -935,6 +935,7 @@ pub(crate) fn frame_name(f: &Frame) -> &'static str {
 }
 
 const VERSION_WINDOW: u64 = 4096;
+const FIRST_WINDOW: u64 = 8;
 const PART_BYTES: usize = 1 << 20;
 
 fn serve_sync(
@@ -961,13 +962,16 @@ fn serve_sync(
     let mut out = Vec::new();
     let mut used: u64 = 0;
     let mut complete = true;
+    // Versions are read a window at a time; windows start small and double, so a session
+    // cut short by its byte budget reads at most about twice what it sends.
+    let mut window = FIRST_WINDOW;
     'sites: for (site, ranges_b) in &known_b {
         let Some(&ord) = ords.get(site) else { continue };
         let ranges_a = req.known.ranges(site);
         for want in ranges_b.difference(&ranges_a) {
             let (mut lo, hi) = (*want.start(), *want.end());
             while lo <= hi {
-                let win_hi = hi.min(lo.saturating_add(VERSION_WINDOW - 1));
+                let win_hi = hi.min(lo.saturating_add(window - 1));
                 let mut by_ver: BTreeMap<u64, Vec<(Cell, u64)>> = BTreeMap::new();
                 for info in tables.values() {
                     let mut stmt = tx.prepare_cached(&info.sql.clock_range)?;
@@ -1059,6 +1063,7 @@ fn serve_sync(
                     break;
                 }
                 lo = win_hi + 1;
+                window = (window * 2).min(VERSION_WINDOW);
             }
         }
     }

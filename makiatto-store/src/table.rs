@@ -6,6 +6,7 @@
 //! is: values are always bound parameters.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use rusqlite::{Connection, OptionalExtension};
 
@@ -29,7 +30,6 @@ pub(crate) struct TableInfo {
 #[derive(Debug)]
 pub(crate) struct TableSql {
     pub(crate) clock_get_row: String,
-    pub(crate) clock_upsert: String,
     pub(crate) clock_delete_cols: String,
     pub(crate) clock_zero_cols: String,
     pub(crate) clock_by_version: String,
@@ -37,8 +37,14 @@ pub(crate) struct TableSql {
     pub(crate) row_delete: String,
     pub(crate) row_insert_pk: String,
     pub(crate) row_select: String,
-    /// `INSERT … ON CONFLICT DO UPDATE` of the key plus one column, per column.
-    pub(crate) row_upsert_col: Vec<String>,
+    /// `INSERT … ON CONFLICT DO UPDATE` of the key plus a subset of the columns, generated
+    /// on first use per subset (a merge writes each row once, with every winning column).
+    row_upsert: Mutex<HashMap<Vec<usize>, Arc<str>>>,
+    /// Multi-row clock upserts by row count (parameters: pk, site_ord, ver, ts, then
+    /// cid, cv, seq per row).
+    clock_upsert_rows: Mutex<HashMap<usize, Arc<str>>>,
+    clock: String,
+    pk_list: String,
     pub(crate) backfill_sentinel: String,
     pub(crate) backfill_col: Vec<String>,
 }
@@ -304,47 +310,77 @@ impl TableInfo {
 }
 
 impl TableSql {
+    /// The upsert writing the key and the columns at `cols` (indexes into the table's
+    /// non-key columns, ascending): parameters are the key values, then the columns' values.
+    pub(crate) fn row_upsert(&self, table: &TableInfo, cols: &[usize]) -> Arc<str> {
+        let mut cache = self
+            .row_upsert
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(sql) = cache.get(cols) {
+            return sql.clone();
+        }
+        let names: Vec<String> = cols.iter().map(|&i| ident(&table.cols[i])).collect();
+        let n = table.pks.len() + cols.len();
+        let mut sql = "INSERT INTO ".to_owned()
+            + &ident(&table.name)
+            + " ("
+            + &self.pk_list
+            + ", "
+            + &names.join(", ")
+            + ") VALUES ("
+            + &join((1..=n).map(|i| "?".to_owned() + &i.to_string()), ", ")
+            + ") ON CONFLICT ("
+            + &self.pk_list
+            + ") DO UPDATE SET ";
+        sql += &join(names.iter().map(|c| c.clone() + " = excluded." + c), ", ");
+        let sql: Arc<str> = Arc::from(sql);
+        cache.insert(cols.to_vec(), sql.clone());
+        sql
+    }
+
+    /// The upsert of `n` clock rows of one key, all of one origin version.
+    pub(crate) fn clock_upsert_rows(&self, n: usize) -> Arc<str> {
+        let mut cache = self
+            .clock_upsert_rows
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(sql) = cache.get(&n) {
+            return sql.clone();
+        }
+        let rows = join(
+            (0..n).map(|i| {
+                let p = |k: usize| "?".to_owned() + &(5 + 3 * i + k).to_string();
+                "(?1, ".to_owned() + &p(0) + ", " + &p(1) + ", ?2, ?3, " + &p(2) + ", ?4)"
+            }),
+            ", ",
+        );
+        let sql: Arc<str> = Arc::from(
+            "INSERT INTO ".to_owned()
+                + &self.clock
+                + " (pk, cid, cv, site_ord, ver, seq, ts) VALUES "
+                + &rows
+                + " ON CONFLICT (pk, cid) DO UPDATE SET cv = excluded.cv, site_ord = excluded.site_ord, \
+                   ver = excluded.ver, seq = excluded.seq, ts = excluded.ts",
+        );
+        cache.insert(n, sql.clone());
+        sql
+    }
+
     fn generate(name: &str, pks: &[String], cols: &[String]) -> Self {
         let t = ident(name);
         let clock = clock_table(name);
         let pk_list = join(pks.iter().map(|p| ident(p)), ", ");
-        let params = |from: usize, n: usize| {
-            join(
-                (from..from + n).map(|i| "?".to_owned() + &i.to_string()),
-                ", ",
-            )
-        };
         let pk_where = join(
             pks.iter()
                 .enumerate()
                 .map(|(i, p)| ident(p) + " = ?" + &(i + 1).to_string()),
             " AND ",
         );
-        let pk_params = params(1, pks.len());
-        let n = pks.len();
-        let row_upsert_col = cols
-            .iter()
-            .map(|c| {
-                "INSERT INTO ".to_owned()
-                    + &t
-                    + " ("
-                    + &pk_list
-                    + ", "
-                    + &ident(c)
-                    + ") VALUES ("
-                    + &params(1, n + 1)
-                    + ") ON CONFLICT ("
-                    + &pk_list
-                    + ") DO UPDATE SET "
-                    + &ident(c)
-                    + " = excluded."
-                    + &ident(c)
-                    + " WHERE "
-                    + &ident(c)
-                    + " IS NOT excluded."
-                    + &ident(c)
-            })
-            .collect();
+        let pk_params = join(
+            (1..=pks.len()).map(|i| "?".to_owned() + &i.to_string()),
+            ", ",
+        );
         let pack_cols = "crr_pack(".to_owned() + &pk_list + ")";
         let backfill_col = cols
             .iter()
@@ -364,11 +400,6 @@ impl TableSql {
             clock_get_row: "SELECT cid, cv, site_ord, ver, seq, ts FROM ".to_owned()
                 + &clock
                 + " WHERE pk = ?1",
-            clock_upsert: "INSERT INTO ".to_owned()
-                + &clock
-                + " (pk, cid, cv, site_ord, ver, seq, ts) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
-                   ON CONFLICT (pk, cid) DO UPDATE SET cv = excluded.cv, site_ord = excluded.site_ord, \
-                   ver = excluded.ver, seq = excluded.seq, ts = excluded.ts",
             clock_delete_cols: "DELETE FROM ".to_owned()
                 + &clock
                 + " WHERE pk = ?1 AND cid <> '-1'",
@@ -404,7 +435,10 @@ impl TableSql {
                     + " WHERE "
                     + &pk_where
             },
-            row_upsert_col,
+            row_upsert: Mutex::default(),
+            clock_upsert_rows: Mutex::default(),
+            clock: clock.clone(),
+            pk_list,
             backfill_sentinel: "INSERT INTO ".to_owned()
                 + &clock
                 + " (pk, cid, cv, site_ord, ver, seq, ts) SELECT "

@@ -1,6 +1,7 @@
 //! The single writer connection: local transactions (captured by triggers) and merges of
 //! remote versions (replication.md §3.5, §3.6).
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -429,28 +430,97 @@ fn merge_row(
         site_ord: ord,
         ts: c.ts,
     };
+    // Clock writes of this row, issued as one multi-row upsert per row (`flush_clocks`);
+    // the latest write of a cell wins, as it would statement by statement.
+    let clock_writes: RefCell<BTreeMap<String, (i64, u32)>> = RefCell::default();
     let upsert_clock = |cid: &str, cv: i64, seq: u32| -> Result<()> {
-        let args = params![pk, cid, cv, ord, c.ver as i64, seq, c.ts as i64];
-        tx.prepare_cached(&sql.clock_upsert)?.execute(args)?;
+        clock_writes.borrow_mut().insert(cid.to_owned(), (cv, seq));
+        Ok(())
+    };
+    let flush_clocks = || -> Result<()> {
+        let writes = std::mem::take(&mut *clock_writes.borrow_mut());
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let mut args: Vec<rusqlite::types::Value> = Vec::with_capacity(4 + 3 * writes.len());
+        args.push(rusqlite::types::Value::Blob(pk.to_vec()));
+        args.push(ord.into());
+        args.push((c.ver as i64).into());
+        args.push((c.ts as i64).into());
+        let n = writes.len();
+        for (cid, (cv, seq)) in writes {
+            args.push(cid.into());
+            args.push(cv.into());
+            args.push(i64::from(seq).into());
+        }
+        tx.prepare_cached(&sql.clock_upsert_rows(n))?
+            .execute(params_from_iter(args))?;
+        Ok(())
+    };
+    // Winning column values, written to the row in one statement per row (`flush`).
+    let mut pending: BTreeMap<usize, Value> = BTreeMap::new();
+    // Whether the base row exists in the table as far as the writes so far go.
+    let mut row_exists = existed_before;
+    let mut changed_cols: Vec<String> = Vec::new();
+    let flush = |pending: &mut BTreeMap<usize, Value>,
+                 row_exists: &mut bool,
+                 changed: &mut Vec<String>|
+     -> Result<()> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        // Visible changes of an existing row are told by comparing it before and after,
+        // both as SQLite stores them (so type coercion cannot fake a change).
+        let before = if *row_exists {
+            select_row(tx, info, pk)?
+        } else {
+            None
+        };
+        let idx: Vec<usize> = pending.keys().copied().collect();
+        let mut args = pk_values.clone();
+        args.extend(std::mem::take(pending).into_values());
+        tx.prepare_cached(&sql.row_upsert(info, &idx))?
+            .execute(params_from_iter(args))?;
+        if let Some(before) = before {
+            let after = select_row(tx, info, pk)?.unwrap_or_default();
+            for i in idx {
+                if before.get(i) != after.get(i) {
+                    changed.push(info.cols[i].clone());
+                }
+            }
+        }
+        *row_exists = true;
         Ok(())
     };
     // A new generation of the row: make it exist (PK only, other columns at their
     // defaults) and demote the previous generation's column clocks to version 0, so that
-    // anything of the new generation wins.
-    let resurrect = |clocks: &mut HashMap<String, ClockMeta>, cl: i64, seq: u32| -> Result<()> {
-        tx.prepare_cached(&sql.row_insert_pk)?
-            .execute(params_from_iter(&pk_values))?;
-        tx.prepare_cached(&sql.clock_zero_cols)?.execute([pk])?;
-        for (k, m) in clocks.iter_mut() {
-            if k != SENTINEL {
-                m.cv = 0;
+    // anything of the new generation wins. A row never seen here needs neither.
+    let resurrect = |clocks: &mut HashMap<String, ClockMeta>,
+                     row_exists: &mut bool,
+                     cl: i64,
+                     seq: u32|
+     -> Result<()> {
+        if clocks.is_empty() {
+            // Nothing of this row exists locally: the row is written with its columns.
+            *row_exists = false;
+        } else {
+            tx.prepare_cached(&sql.row_insert_pk)?
+                .execute(params_from_iter(&pk_values))?;
+            *row_exists = true;
+            if clocks.keys().any(|k| k != SENTINEL) {
+                flush_clocks()?;
+                tx.prepare_cached(&sql.clock_zero_cols)?.execute([pk])?;
+                for (k, m) in clocks.iter_mut() {
+                    if k != SENTINEL {
+                        m.cv = 0;
+                    }
+                }
             }
         }
         upsert_clock(SENTINEL, cl, seq)?;
         clocks.insert(SENTINEL.into(), this(cl));
         Ok(())
     };
-    let mut changed_cols: Vec<String> = Vec::new();
     for cell in cells {
         if cell.is_sentinel() {
             let cl = cell.cv;
@@ -467,16 +537,19 @@ fn merge_row(
                 }
                 continue;
             }
+            flush(&mut pending, &mut row_exists, &mut changed_cols)?;
             if cl % 2 == 0 {
                 tx.prepare_cached(&sql.row_delete)?
                     .execute(params_from_iter(&pk_values))?;
+                flush_clocks()?;
                 tx.prepare_cached(&sql.clock_delete_cols)?.execute([pk])?;
                 upsert_clock(SENTINEL, cl, cell.seq)?;
                 clocks.retain(|k, _| k == SENTINEL);
                 clocks.insert(SENTINEL.into(), this(cl));
                 changed_cols.clear();
+                row_exists = false;
             } else {
-                resurrect(&mut clocks, cl, cell.seq)?;
+                resurrect(&mut clocks, &mut row_exists, cl, cell.seq)?;
             }
             cl_l = cl;
             continue;
@@ -486,7 +559,8 @@ fn merge_row(
         }
         let wins = if cell.cl > cl_l {
             // A column of a newer generation resurrects the row even if its sentinel is late.
-            resurrect(&mut clocks, cell.cl, cell.seq)?;
+            flush(&mut pending, &mut row_exists, &mut changed_cols)?;
+            resurrect(&mut clocks, &mut row_exists, cell.cl, cell.seq)?;
             cl_l = cell.cl;
             true
         } else {
@@ -501,20 +575,18 @@ fn merge_row(
         let idx = *info.col_index.get(&cell.cid).ok_or_else(|| {
             StoreError::Malformed(format!("unknown column {} of {}", cell.cid, info.name))
         })?;
-        let mut args = pk_values.clone();
-        args.push(cell.val.clone());
-        // The upsert skips identical values, so its change count tells visibility.
-        let visible = tx
-            .prepare_cached(&sql.row_upsert_col[idx])?
-            .execute(params_from_iter(args))?
-            > 0;
+        pending.insert(idx, cell.val.clone());
         upsert_clock(&cell.cid, cell.cv, cell.seq)?;
         clocks.insert(cell.cid.clone(), this(cell.cv));
-        if visible {
-            changed_cols.push(cell.cid.clone());
-        }
     }
     let exists_after = cl_l % 2 == 1;
+    flush_clocks()?;
+    flush(&mut pending, &mut row_exists, &mut changed_cols)?;
+    if exists_after && !row_exists {
+        // A new row whose version carried none of its columns (all superseded since).
+        tx.prepare_cached(&sql.row_insert_pk)?
+            .execute(params_from_iter(&pk_values))?;
+    }
     changed_cols.sort();
     changed_cols.dedup();
     Ok(match (existed_before, exists_after) {
