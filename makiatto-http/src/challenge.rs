@@ -35,6 +35,11 @@ impl MemoryChallenges {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// How many HTTP-01 answers are open.
+    pub fn http01_count(&self) -> usize {
+        self.http.read().map_or(0, |m| m.len())
+    }
 }
 
 fn poisoned<T>(_: T) -> HttpError {

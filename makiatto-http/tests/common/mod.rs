@@ -47,6 +47,33 @@ impl TestCa {
         Certificate::from_der(vec![cert.der().clone()], &der).unwrap()
     }
 
+    /// A leaf for `names` as (certificate PEM, key PEM).
+    pub fn leaf_pem(&self, names: &[&str]) -> (String, String) {
+        let params =
+            CertificateParams::new(names.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
+                .unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// A leaf valid now but past two thirds of its lifetime (due for renewal).
+    pub fn due_leaf(&self, names: &[&str]) -> Certificate {
+        let mut params =
+            CertificateParams::new(names.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
+                .unwrap();
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after =
+            rcgen::date_time_ymd(1970, 1, 1) + since_epoch + Duration::from_secs(30 * 86_400);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        Certificate::from_der(vec![cert.der().clone()], &der).unwrap()
+    }
+
     /// A leaf whose validity ended in 2021.
     pub fn expired_leaf(&self, names: &[&str]) -> Certificate {
         let mut params =
