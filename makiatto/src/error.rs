@@ -2,7 +2,7 @@
 
 use miette::Diagnostic;
 
-use crate::{config, manifest, nameserver, plan, profile, project, wit};
+use crate::{config, deploy, manifest, nameserver, plan, profile, project, wit};
 
 /// Any error of the Makiatto SDK.
 #[derive(Debug, thiserror::Error, Diagnostic)]
@@ -20,6 +20,10 @@ pub enum MakiattoError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Plan(#[from] plan::PlanError),
+    /// Assembling a deployment.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Deploy(#[from] deploy::DeployError),
     /// The node configuration.
     #[error(transparent)]
     #[diagnostic(transparent)]

@@ -21,11 +21,13 @@
 //! | [`profile`] | CLI profiles: the machines of a cluster (public data only) |
 //! | [`nameserver`] | the `maki dns nameserver-setup` instructions |
 //! | [`plan`] | what `maki sync` would deploy (the dry run) |
+//! | [`deploy`] | a plan as cluster rows: insert a deployment, activate it, find removed domains |
 //!
 //! The `Node` type, the admin API and the deploy client arrive with the rest of issue 6;
 //! provisioning with issue 7.
 
 pub mod config;
+pub mod deploy;
 mod diag;
 mod error;
 pub mod manifest;

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use miette::Diagnostic;
 use rayon::prelude::*;
@@ -180,26 +180,26 @@ impl Manifest {
         let found = walk(&root, options)?;
         let files_total = found.len() as u64;
         let bytes_total = found.iter().map(|f| f.size).sum();
-        let files_done = AtomicU64::new(0);
-        let bytes_done = AtomicU64::new(0);
-        progress(Progress {
+        let start = Progress {
             files_done: 0,
             files_total,
             bytes_done: 0,
             bytes_total,
-        });
+        };
+        progress(start);
+        // Counters and the callback share one lock, so reports arrive in order and each
+        // pairs a file count with the matching byte count.
+        let done = Mutex::new(start);
         let entries = found
             .par_iter()
             .map(|f| {
                 let (hash, size) = hash_file(&f.source).map_err(read_err(&f.source))?;
-                let files = files_done.fetch_add(1, Ordering::Relaxed) + 1;
-                let bytes = bytes_done.fetch_add(size, Ordering::Relaxed) + size;
-                progress(Progress {
-                    files_done: files,
-                    files_total,
-                    bytes_done: bytes,
-                    bytes_total,
-                });
+                {
+                    let mut done = done.lock().unwrap_or_else(PoisonError::into_inner);
+                    done.files_done += 1;
+                    done.bytes_done += size;
+                    progress(*done);
+                }
                 Ok(Entry {
                     path: f.path.clone(),
                     hash,

@@ -86,7 +86,11 @@ fn progress_reaches_the_totals() {
     .unwrap();
     let seen = seen.into_inner().unwrap();
     assert_eq!(seen.len(), m.len() + 1);
-    let last = seen.iter().max_by_key(|p| p.files_done).unwrap();
+    for pair in seen.windows(2) {
+        assert_eq!(pair[1].files_done, pair[0].files_done + 1, "{seen:?}");
+        assert!(pair[1].bytes_done >= pair[0].bytes_done, "{seen:?}");
+    }
+    let last = seen.last().unwrap();
     assert_eq!(last.files_done, m.len() as u64);
     assert_eq!(last.files_total, m.len() as u64);
     assert_eq!(last.bytes_done, m.total_bytes());

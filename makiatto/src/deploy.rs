@@ -1,0 +1,232 @@
+//! A planned domain as the cluster stores it: the rows of one deployment (files, records,
+//! functions, transforms, and the domain's configuration), how to insert them, how to make
+//! a deployment the active one, and which cluster domains no longer appear in the project.
+//!
+//! Deployments are immutable: every row is keyed by the deployment id and insert-only. A
+//! domain switches deployment in one column ([`activate`]), which also re-points the
+//! domain's aliases, so a rollback restores them too.
+
+use std::collections::BTreeSet;
+
+use miette::Diagnostic;
+use rusqlite::Connection;
+use serde::{Deserialize, Serialize};
+
+use crate::plan::DomainPlan;
+use crate::project::Project;
+use crate::store::cluster::{
+    aliases, deployment_files::DeploymentFile, deployments::Deployment, dns_records, domains,
+    functions, transforms,
+};
+
+/// The per-deployment settings that have no table of their own, stored (postcard, with a
+/// version tag) in the deployment's `config` column.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentConfig {
+    /// The `path` of the domain in makiatto.toml, for display.
+    pub path: String,
+    /// The domain's aliases, applied when the deployment becomes active.
+    pub aliases: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+enum Envelope {
+    V1(DeploymentConfig),
+}
+
+impl DeploymentConfig {
+    /// The stored form.
+    pub fn encode(&self) -> Vec<u8> {
+        // Serialising owned strings to a Vec cannot fail.
+        postcard::to_stdvec(&Envelope::V1(self.clone())).unwrap_or_default()
+    }
+
+    /// Reads the stored form.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DeployError> {
+        match postcard::from_bytes(bytes) {
+            Ok(Envelope::V1(config)) => Ok(config),
+            Err(e) => Err(DeployError::Config(e.to_string())),
+        }
+    }
+}
+
+/// Every row of one deployment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeploymentRows {
+    /// The deployment.
+    pub deployment: Deployment,
+    /// Its files.
+    pub files: Vec<DeploymentFile>,
+    /// Its DNS records.
+    pub records: Vec<dns_records::Record>,
+    /// Its WASM handlers.
+    pub functions: Vec<functions::Function>,
+    /// Its WASM transforms, in order.
+    pub transforms: Vec<transforms::Transform>,
+    /// Its settings (also encoded in `deployment.config`).
+    pub config: DeploymentConfig,
+}
+
+/// Why a deployment could not be assembled or stored.
+#[derive(Debug, thiserror::Error, Diagnostic)]
+#[non_exhaustive]
+pub enum DeployError {
+    /// A WASM module named by makiatto.toml is not among the domain's files.
+    #[error("{domain}: the module {path} is not among the deployed files")]
+    #[diagnostic(help("modules must be visible files inside the domain directory"))]
+    ModuleMissing {
+        /// The domain.
+        domain: String,
+        /// The module path.
+        path: String,
+    },
+    /// A stored configuration could not be read.
+    #[error("a deployment's stored configuration is unreadable: {0}")]
+    Config(String),
+}
+
+impl DomainPlan {
+    /// The rows of a deployment of this domain with id `deployment_id` (from
+    /// [`new_id`](crate::store::cluster::new_id)).
+    pub fn rows(
+        &self,
+        deployment_id: &str,
+        created_ms: i64,
+        created_by: &str,
+    ) -> Result<DeploymentRows, DeployError> {
+        let domain = &self.domain;
+        let wasm = |path: &str| {
+            self.manifest
+                .get(path)
+                .map(|e| e.hash.to_string())
+                .ok_or_else(|| DeployError::ModuleMissing {
+                    domain: domain.name.clone(),
+                    path: path.to_owned(),
+                })
+        };
+        let config = DeploymentConfig {
+            path: domain.path.clone(),
+            aliases: domain.aliases.clone(),
+        };
+        let records = domain
+            .records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| dns_records::Record {
+                // Unique because the deployment id is never reused.
+                id: format!("{deployment_id}-{i:04}"),
+                domain: domain.name.clone(),
+                name: r.name.clone(),
+                rtype: r.rtype.as_str().to_owned(),
+                value: r.value.clone(),
+                ttl: i64::from(r.ttl),
+                priority: r.priority.map(i64::from),
+                deployment_id: Some(deployment_id.to_owned()),
+            })
+            .collect();
+        let functions = domain
+            .functions
+            .iter()
+            .map(|f| {
+                Ok(functions::Function {
+                    deployment_id: deployment_id.to_owned(),
+                    route: f.route.clone(),
+                    wasm: wasm(&f.path)?,
+                    config: functions::FunctionConfig {
+                        methods: f.methods.clone(),
+                        env: f.env.0.clone(),
+                        timeout_ms: f.timeout_ms,
+                        max_memory_mb: f.max_memory_mb,
+                    },
+                })
+            })
+            .collect::<Result<_, DeployError>>()?;
+        let transforms = domain
+            .transforms
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                Ok(transforms::Transform {
+                    deployment_id: deployment_id.to_owned(),
+                    ordinal: i as i64,
+                    wasm: wasm(&t.path)?,
+                    files: t.files.clone(),
+                    config: transforms::TransformConfig {
+                        env: t.env.0.clone(),
+                        timeout_ms: t.timeout_ms,
+                        max_memory_mb: t.max_memory_mb,
+                        max_file_size_kb: t.max_file_size_kb,
+                    },
+                })
+            })
+            .collect::<Result<_, DeployError>>()?;
+        Ok(DeploymentRows {
+            deployment: Deployment {
+                id: deployment_id.to_owned(),
+                domain: domain.name.clone(),
+                created_ms,
+                created_by: created_by.to_owned(),
+                config: config.encode(),
+                manifest_hash: self.manifest.digest().to_string(),
+            },
+            files: self.manifest.to_deployment_files(deployment_id),
+            records,
+            functions,
+            transforms,
+            config,
+        })
+    }
+}
+
+/// Inserts every row of a deployment (run inside [`Store::write`](crate::store::Store::write)).
+/// Inserting the same deployment twice changes nothing.
+pub fn insert(conn: &Connection, rows: &DeploymentRows) -> crate::store::Result<()> {
+    crate::store::cluster::deployments::insert(conn, &rows.deployment)?;
+    crate::store::cluster::deployment_files::insert_many(conn, &rows.files)?;
+    for r in &rows.records {
+        dns_records::upsert(conn, r)?;
+    }
+    for f in &rows.functions {
+        functions::insert(conn, f)?;
+    }
+    for t in &rows.transforms {
+        transforms::insert(conn, t)?;
+    }
+    Ok(())
+}
+
+/// Makes `deployment` the active one of its domain and points the domain's aliases at it
+/// (those of other domains are re-pointed, those no longer listed are removed).
+pub fn activate(
+    conn: &Connection,
+    deployment: &Deployment,
+    now_ms: i64,
+) -> crate::store::Result<()> {
+    let config = DeploymentConfig::decode(&deployment.config).map_err(|e| {
+        crate::store::StoreError::Corrupt {
+            table: "deployments",
+            column: "config",
+            reason: e.to_string(),
+        }
+    })?;
+    domains::set_active(conn, &deployment.domain, Some(&deployment.id), now_ms)?;
+    aliases::replace_for_domain(conn, &deployment.domain, &config.aliases)?;
+    Ok(())
+}
+
+/// The domains the cluster serves that the project no longer declares, sorted: `maki sync`
+/// removes them.
+pub fn removed_domains<'a>(
+    cluster: impl IntoIterator<Item = &'a str>,
+    project: &Project,
+) -> Vec<String> {
+    let declared: BTreeSet<&str> = project.domains.iter().map(|d| d.name.as_str()).collect();
+    let gone: BTreeSet<&str> = cluster
+        .into_iter()
+        .filter(|d| !declared.contains(d))
+        .collect();
+    gone.into_iter().map(str::to_owned).collect()
+}
+
+#[cfg(test)]
+mod tests;

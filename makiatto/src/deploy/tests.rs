@@ -1,0 +1,166 @@
+use std::fs;
+use std::path::Path;
+
+use super::*;
+use crate::manifest::{self, Manifest};
+use crate::plan::Plan;
+use crate::store::cluster::{self, deployment_files, deployments};
+use crate::store::{BlobStore, Options, Store};
+
+const TOML: &str = r#"
+[[domain]]
+name = "example.com"
+path = "site"
+aliases = ["www.example.com"]
+
+[[domain.records]]
+type = "MX"
+name = "@"
+value = "mail.example.com"
+priority = 10
+
+[[domain.functions]]
+path = "api/hello.wasm"
+env = { KEY = "v" }
+
+[[domain.transforms]]
+path = "t.wasm"
+files = "**/*.html"
+"#;
+
+fn plan(dir: &Path) -> Plan {
+    fs::create_dir_all(dir.join("site/api")).unwrap();
+    fs::write(dir.join("site/index.html"), "<h1>hi</h1>").unwrap();
+    fs::write(dir.join("site/api/hello.wasm"), "\0asm-hello").unwrap();
+    fs::write(dir.join("site/t.wasm"), "\0asm-t").unwrap();
+    let project = Project::parse(Path::new("makiatto.toml"), TOML, dir).unwrap();
+    Plan::build(&project, &manifest::Options::default(), &|_, _| {}).unwrap()
+}
+
+#[test]
+fn rows_reference_the_manifest_and_the_config_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = plan(dir.path());
+    let d = &plan.domains[0];
+    let rows = d.rows("dep1", 1_000, "tester").unwrap();
+    assert_eq!(
+        rows.deployment.manifest_hash,
+        d.manifest.digest().to_string()
+    );
+    assert_eq!(rows.files.len(), 3);
+    assert_eq!(rows.functions[0].route, "/api/hello");
+    assert_eq!(
+        rows.functions[0].wasm,
+        d.manifest.get("api/hello.wasm").unwrap().hash.to_string()
+    );
+    assert_eq!(
+        rows.transforms[0].wasm,
+        d.manifest.get("t.wasm").unwrap().hash.to_string()
+    );
+    assert_eq!(rows.records[0].rtype, "MX");
+    assert_eq!(rows.records[0].priority, Some(10));
+    let config = DeploymentConfig::decode(&rows.deployment.config).unwrap();
+    assert_eq!(config.aliases, ["www.example.com"]);
+    assert!(DeploymentConfig::decode(b"junk").is_err());
+}
+
+#[test]
+fn a_module_missing_from_the_manifest_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut plan = plan(dir.path());
+    let d = &mut plan.domains[0];
+    let kept: Vec<_> = d
+        .manifest
+        .entries()
+        .iter()
+        .filter(|e| e.path != "t.wasm")
+        .cloned()
+        .collect();
+    d.manifest = Manifest::from_entries(kept);
+    assert!(matches!(
+        d.rows("dep1", 0, "t"),
+        Err(DeployError::ModuleMissing { .. })
+    ));
+}
+
+#[test]
+fn rows_insert_into_a_real_store_and_activate() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = plan(dir.path());
+    let d = &plan.domains[0];
+    let store = Store::open(
+        dir.path().join("cluster.db"),
+        &cluster::SCHEMA,
+        Options::default(),
+    )
+    .unwrap();
+    let rows = d.rows("dep1", 1_000, "tester").unwrap();
+    store
+        .write(|tx| {
+            insert(tx, &rows)
+                .map_err(|e| crate::store::StoreError::Io(std::io::Error::other(e.to_string())))?;
+            Ok(())
+        })
+        .unwrap();
+    // Inserting twice is harmless.
+    store.write(|tx| Ok(insert(tx, &rows).is_ok())).unwrap();
+    let (files, live_before) = store
+        .read(|c| {
+            Ok((
+                deployment_files::list_for_deployment(c, "dep1")?,
+                dns_records::live_for_domain(c, "example.com")?,
+            ))
+        })
+        .unwrap();
+    assert_eq!(Manifest::from_deployment_files(&files).unwrap(), d.manifest);
+    assert!(live_before.is_empty(), "records go live with activation");
+
+    store
+        .write(|tx| Ok(activate(tx, &rows.deployment, 2_000).is_ok()))
+        .unwrap();
+    let (live, aliases, active, fns) = store
+        .read(|c| {
+            Ok((
+                dns_records::live_for_domain(c, "example.com")?,
+                aliases::list_for_domain(c, "example.com")?,
+                domains::get(c, "example.com")?.and_then(|d| d.active_deployment),
+                functions::active_for_domain(c, "example.com")?,
+            ))
+        })
+        .unwrap();
+    assert_eq!(live.len(), 1);
+    assert_eq!(aliases.len(), 1);
+    assert_eq!(active.as_deref(), Some("dep1"));
+    assert_eq!(fns.len(), 1);
+    assert_eq!(
+        store
+            .read(|c| deployments::list_for_domain(c, "example.com"))
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // Blobs the cluster lacks: all of them in an empty blob store, none once uploaded.
+    let blobs = BlobStore::open(dir.path().join("blobs")).unwrap();
+    assert_eq!(d.manifest.missing(|h| blobs.contains(h)).blobs.len(), 3);
+    for e in d.manifest.entries() {
+        blobs
+            .put_bytes(&fs::read(d.manifest.source(&e.path).unwrap()).unwrap())
+            .unwrap();
+    }
+    assert!(d.manifest.missing(|h| blobs.contains(h)).blobs.is_empty());
+}
+
+#[test]
+fn removed_domains_are_those_no_longer_declared() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = plan(dir.path());
+    let project = Project {
+        file: "makiatto.toml".into(),
+        dir: dir.path().to_owned(),
+        domains: plan.domains.iter().map(|d| d.domain.clone()).collect(),
+    };
+    let cluster = ["old.org", "example.com", "gone.net", "old.org"];
+    assert_eq!(removed_domains(cluster, &project), ["gone.net", "old.org"]);
+    assert!(removed_domains(["example.com"], &project).is_empty());
+}
