@@ -426,3 +426,55 @@ fn load_reads_relative_to_the_files_directory() {
     let err = Project::load(&dir.path().join("nope.toml")).unwrap_err();
     assert!(matches!(err, ProjectError::Read { .. }));
 }
+
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn config() -> ProptestConfig {
+        ProptestConfig {
+            cases: 256,
+            ..ProptestConfig::default()
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        /// Any text is accepted or rejected with problems, never a panic; every problem
+        /// with a place points inside the text.
+        #[test]
+        fn parse_does_not_panic_on_any_text(text in "\\PC{0,200}") {
+            let dir = project_dir();
+            if let Err(ProjectError::Invalid(file)) = parse(&dir, &text) {
+                prop_assert!(!file.problems().is_empty());
+                for p in file.problems() {
+                    prop_assert!(p.offset().unwrap_or(0) <= text.len());
+                }
+            }
+        }
+
+        /// Arbitrary record fields inside a valid file: never a panic, and an accepted
+        /// record has a known type and a TTL in bounds.
+        #[test]
+        fn records_do_not_panic(
+            rtype in "[A-Za-z]{0,6}",
+            name in "[@*_a-zA-Z0-9.\\- ]{0,30}",
+            value in "\\PC{0,60}",
+            ttl in proptest::option::of(any::<i64>()),
+            priority in proptest::option::of(any::<i64>()),
+        ) {
+            let mut text = format!("{HEAD}[[domain.records]]\ntype = {rtype:?}\nname = {name:?}\nvalue = {value:?}\n");
+            if let Some(t) = ttl { text.push_str(&format!("ttl = {t}\n")); }
+            if let Some(p) = priority { text.push_str(&format!("priority = {p}\n")); }
+            let dir = project_dir();
+            if let Ok(project) = parse(&dir, &text) {
+                let r = &project.domains[0].records[0];
+                prop_assert!(RecordType::parse(&rtype) == Some(r.rtype));
+                prop_assert!((records::MIN_TTL..=records::MAX_TTL).contains(&r.ttl));
+                prop_assert_eq!(r.priority.is_some(), r.rtype.has_priority());
+            }
+        }
+    }
+}
