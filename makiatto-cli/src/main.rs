@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use makiatto::MakiattoError::{self, NotYet};
 use makiatto::{manifest, nameserver, plan::Plan, profile, project::Project, wit};
 use miette::IntoDiagnostic;
@@ -64,6 +64,8 @@ enum Command {
     },
     /// List a domain's deployments.
     Deployments { domain: String },
+    /// Print a shell completion script.
+    Completions { shell: clap_complete::Shell },
     /// Run a local multi-node cluster serving examples/site.
     Demo {
         /// Number of nodes.
@@ -147,10 +149,8 @@ const NODE_API: &str = "it needs the node's admin API, which arrives with issue 
 const PROVISIONING: &str = "provisioning over SSH arrives with issue 7";
 
 fn main() -> miette::Result<()> {
-    let text = run(&Cli::parse())?;
     std::io::stdout()
-        .lock()
-        .write_all(text.as_bytes())
+        .write_all(run(&Cli::parse())?.as_bytes())
         .into_diagnostic()
 }
 
@@ -170,6 +170,11 @@ fn run(cli: &Cli) -> Result<String, MakiattoError> {
         Command::Machine(Machine::List) => Ok(load_profile()?.table()),
         Command::Machine(_) => not_yet("machine init|add|upgrade|remove|restart", PROVISIONING),
         Command::Wasm(Wasm::Fetch { force }) => Ok(wit::fetch(Path::new("wit"), *force)?),
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "maki", &mut script);
+            Ok(String::from_utf8_lossy(&script).into_owned())
+        }
         Command::Health { .. } => not_yet("health", NODE_API),
         Command::Peer(_) => not_yet("peer", NODE_API),
         Command::Rollback { .. } => not_yet("rollback", NODE_API),
@@ -185,10 +190,7 @@ fn check(config: &Path) -> Result<String, MakiattoError> {
     let progress = |domain: &str, p: manifest::Progress| {
         bar.set_length(p.bytes_total);
         bar.set_position(p.bytes_done);
-        bar.set_message(format!(
-            "{domain}: {}/{} files",
-            p.files_done, p.files_total
-        ));
+        bar.set_message(format!("{domain}: {}/{}", p.files_done, p.files_total));
     };
     let plan = Plan::build(&project, &manifest::Options::default(), &progress);
     bar.finish_and_clear();

@@ -235,6 +235,20 @@ fn wasm_fetch_writes_nothing_while_no_wit_is_bundled() {
 }
 
 #[test]
+fn completions_cover_the_commands() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = maki(tmp.path(), tmp.path(), None, &["completions", "bash"]);
+    let script = stdout(&out);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for word in ["nameserver-setup", "wg-config", "--dry-run", "--profile"] {
+        assert!(
+            script.contains(word),
+            "{word} missing from the bash completions"
+        );
+    }
+}
+
+#[test]
 fn version_and_usage_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let out = maki(tmp.path(), tmp.path(), None, &["--version"]);

@@ -466,8 +466,8 @@ mod props {
             priority in proptest::option::of(any::<i64>()),
         ) {
             let mut text = format!("{HEAD}[[domain.records]]\ntype = {rtype:?}\nname = {name:?}\nvalue = {value:?}\n");
-            if let Some(t) = ttl { text.push_str(&format!("ttl = {t}\n")); }
-            if let Some(p) = priority { text.push_str(&format!("priority = {p}\n")); }
+            text += &ttl.map(|t| format!("ttl = {t}\n")).unwrap_or_default();
+            text += &priority.map(|p| format!("priority = {p}\n")).unwrap_or_default();
             let dir = project_dir();
             if let Ok(project) = parse(&dir, &text) {
                 let r = &project.domains[0].records[0];
