@@ -147,13 +147,10 @@ async fn serve_one(
     let mut off = [0u8; 8];
     off.copy_from_slice(&req[36..]);
     let offset = u64::from_be_bytes(off);
-    let file = match blobs.open_blob(&hash) {
-        Ok(f) => f,
-        Err(_) => {
-            let mut answer = [STATUS_UNKNOWN; 9];
-            answer[1..].copy_from_slice(&0u64.to_be_bytes());
-            return stream.write_all(&answer).await;
-        }
+    let Ok(file) = blobs.open_blob(&hash) else {
+        let mut answer = [STATUS_UNKNOWN; 9];
+        answer[1..].copy_from_slice(&0u64.to_be_bytes());
+        return stream.write_all(&answer).await;
     };
     let total = file.metadata()?.len();
     let mut answer = [0u8; 9];
@@ -313,7 +310,14 @@ pub async fn fetch_many(
 ) -> Vec<(BlobHash, Result<FetchReport>)> {
     let permits = Arc::new(Semaphore::new(options.concurrency.max(1)));
     let mut tasks = JoinSet::new();
+    // One transfer per distinct hash: two appending to the same partial file would
+    // corrupt it.
+    let mut first_of: std::collections::HashMap<BlobHash, usize> = std::collections::HashMap::new();
     for (i, hash) in hashes.iter().enumerate() {
+        if first_of.contains_key(hash) {
+            continue;
+        }
+        first_of.insert(*hash, i);
         let mut order = peers.to_vec();
         if !order.is_empty() {
             let n = order.len();
@@ -344,6 +348,27 @@ pub async fn fetch_many(
     while let Some(done) = tasks.join_next().await {
         if let Ok((i, hash, result)) = done {
             out[i] = Some((hash, result));
+        }
+    }
+    for (i, hash) in hashes.iter().enumerate() {
+        let first = first_of.get(hash).copied().unwrap_or(i);
+        if first != i {
+            let copy = match &out[first] {
+                Some((_, Ok(report))) => Ok(FetchReport {
+                    bytes: 0,
+                    already_present: true,
+                    ..report.clone()
+                }),
+                Some((_, Err(e))) => Err(MeshError::Blob {
+                    peer: "-".into(),
+                    message: e.to_string(),
+                }),
+                None => Err(MeshError::Blob {
+                    peer: "-".into(),
+                    message: "task panicked".into(),
+                }),
+            };
+            out[i] = Some((*hash, copy));
         }
     }
     out.into_iter()
@@ -389,6 +414,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[allow(clippy::many_single_char_names)]
     async fn fetches_many_from_several_peers_and_skips_a_bad_one() {
         let dir = tempfile::tempdir().unwrap();
         let a = BlobStore::open(dir.path().join("a")).unwrap();
@@ -412,9 +438,14 @@ mod tests {
             concurrency: 3,
             ..FetchOptions::default()
         };
+        // The same hash twice is fetched once.
+        hashes.push(hashes[0]);
         let results = fetch_many(&c, &hashes, &[pa, dead, pb], &options).await;
         assert_eq!(results.len(), hashes.len());
-        for (h, r) in &results {
+        assert!(results[8].1.as_ref().unwrap().already_present);
+        hashes.pop();
+        let results = &results[..8];
+        for (h, r) in results {
             let report = r.as_ref().unwrap();
             assert!(report.bytes > 0);
             assert_eq!(c.read(h).unwrap(), a.read(h).unwrap());
@@ -431,6 +462,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[allow(clippy::many_single_char_names)]
     async fn resumes_a_partial_download_and_rejects_corruption() {
         let dir = tempfile::tempdir().unwrap();
         let a = BlobStore::open(dir.path().join("a")).unwrap();

@@ -52,9 +52,9 @@ impl PrivateKey {
         let mut bytes = [0u8; 32];
         rand::rng().fill_bytes(&mut bytes);
         // Clamp as `wg genkey` does, so the stored form is canonical.
-        bytes[0] &= 248;
-        bytes[31] &= 127;
-        bytes[31] |= 64;
+        bytes[0] &= 0b1111_1000;
+        bytes[31] &= 0b0111_1111;
+        bytes[31] |= 0b0100_0000;
         PrivateKey(bytes)
     }
 

@@ -261,7 +261,7 @@ impl Membership {
                     OwnedNotification::MemberUp(m) => info!(peer = %m.name, "member up"),
                     OwnedNotification::MemberDown(m) => info!(peer = %m.name, "member down"),
                     OwnedNotification::Rejoin(m) => {
-                        info!(generation = m.generation, "rejoined the cluster")
+                        info!(generation = m.generation, "rejoined the cluster");
                     }
                     OwnedNotification::Idle => info!("no active members left"),
                     other => debug!(?other, "membership"),

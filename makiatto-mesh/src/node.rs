@@ -54,6 +54,7 @@ fn default_mtu() -> u32 {
 fn default_threads() -> usize {
     1
 }
+#[allow(clippy::unnecessary_wraps)] // serde's `default` wants the field's type
 fn default_keepalive() -> Option<u16> {
     Some(25)
 }

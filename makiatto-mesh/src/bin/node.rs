@@ -40,6 +40,8 @@ enum Cmd {
         endpoint: Option<String>,
         mesh_address: String,
     },
+    /// Delete an external peer.
+    RemoveExternal { name: String },
     /// A wg-quick config for external peer `name`, with `private_key` filled in.
     WgQuick { name: String, private_key: String },
     /// Store a pseudo-random blob of `size` bytes.
@@ -181,6 +183,7 @@ async fn handle(node: &MeshNode, cmd: Cmd) -> Result<Value, Box<dyn std::error::
             store.write(|tx| external_peers::upsert(tx, &peer))?;
             Value::Null
         }
+        Cmd::RemoveExternal { name } => json!(store.write(|tx| external_peers::delete(tx, &name))?),
         Cmd::WgQuick { name, private_key } => {
             let key = PrivateKey::from_base64(&private_key)?;
             let (peer, ns) =
@@ -195,7 +198,7 @@ async fn handle(node: &MeshNode, cmd: Cmd) -> Result<Value, Box<dyn std::error::
             ))
         }
         Cmd::PutBlob { size, seed } => {
-            let mut x = seed | 1;
+            let mut x = seed.wrapping_mul(2).wrapping_add(1);
             let data: Vec<u8> = (0..size)
                 .map(|_| {
                     x ^= x << 13;
