@@ -10,6 +10,11 @@
 //! | [`SiteResolver`] | host → site root and settings | [`StaticSites`] |
 //! | [`CertSource`] | SNI → certificate | [`MemoryCerts`] |
 //! | [`ChallengeStore`] | ACME HTTP-01 / DNS-01 answers | [`MemoryChallenges`] |
+//! | [`acme::AcmeAccountStore`] | the cluster's ACME account | [`acme::MemoryAccountStore`], [`acme::FileAccountStore`] |
+//! | [`acme::Lease`] | one certificate orderer at a time | [`acme::LocalLease`] |
+//! | [`acme::DnsChallenge`] | DNS-01 TXT publishing | [`acme::NoDns`] |
+//!
+//! The standalone example is `examples/static_site.rs`.
 
 mod challenge;
 mod config;
