@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::plan::DomainPlan;
 use crate::project::Project;
+use crate::store::cluster::deployment_activations::{Activation, ActivationStatus};
 use crate::store::cluster::{
     aliases, deployment_files::DeploymentFile, deployments::Deployment, dns_records, domains,
     functions, transforms,
@@ -79,6 +80,22 @@ pub enum DeployError {
         domain: String,
         /// The module path.
         path: String,
+    },
+    /// `maki rollback` named a deployment the domain does not have.
+    #[error("{domain} has no deployment {id}")]
+    #[diagnostic(help("list the domain's deployments with `maki deployments {domain}`"))]
+    UnknownDeployment {
+        /// The domain.
+        domain: String,
+        /// The id asked for.
+        id: String,
+    },
+    /// `maki rollback` without an id, and nothing older than the active deployment.
+    #[error("{domain} has no deployment older than the active one")]
+    #[diagnostic(help("name the deployment to activate: `maki rollback {domain} <id>`"))]
+    NothingToRollBack {
+        /// The domain.
+        domain: String,
     },
     /// A stored configuration could not be read.
     #[error("a deployment's stored configuration is unreadable: {0}")]
@@ -212,6 +229,90 @@ pub fn activate(
     domains::set_active(conn, &deployment.domain, Some(&deployment.id), now_ms)?;
     aliases::replace_for_domain(conn, &deployment.domain, &config.aliases)?;
     Ok(())
+}
+
+/// The deployment `maki rollback domain [requested]` activates: `requested` when the
+/// domain has it, else the newest deployment created before the active one (or the newest
+/// when none is active). `deployments` are the domain's, in any order.
+pub fn rollback_target<'a>(
+    domain: &str,
+    deployments: &'a [Deployment],
+    active: Option<&str>,
+    requested: Option<&str>,
+) -> Result<&'a Deployment, DeployError> {
+    let mine = || deployments.iter().filter(|d| d.domain == domain);
+    if let Some(id) = requested {
+        return mine()
+            .find(|d| d.id == id)
+            .ok_or_else(|| DeployError::UnknownDeployment {
+                domain: domain.to_owned(),
+                id: id.to_owned(),
+            });
+    }
+    let newest_first =
+        |a: &&Deployment, b: &&Deployment| (b.created_ms, &b.id).cmp(&(a.created_ms, &a.id));
+    let mut sorted: Vec<&Deployment> = mine().collect();
+    sorted.sort_by(newest_first);
+    let older = match active.and_then(|id| sorted.iter().position(|d| d.id == id)) {
+        Some(i) => sorted.get(i + 1),
+        None => sorted.first(),
+    };
+    older
+        .copied()
+        .ok_or_else(|| DeployError::NothingToRollBack {
+            domain: domain.to_owned(),
+        })
+}
+
+/// Where the cluster is with one deployment, over the nodes expected to activate it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rollout {
+    /// Nodes serving it.
+    pub active: Vec<String>,
+    /// Nodes not there yet (no report, pending or fetching).
+    pub waiting: Vec<String>,
+    /// Nodes that failed, with their error.
+    pub failed: Vec<(String, String)>,
+}
+
+impl Rollout {
+    /// Sorts the reports of `activations` by the `expected` nodes (the healthy ones);
+    /// reports from other nodes are ignored.
+    pub fn of(activations: &[Activation], expected: &[String]) -> Self {
+        let mut rollout = Self::default();
+        for node in expected {
+            let report = activations.iter().find(|a| &a.node == node);
+            match report.map(|a| (&a.status, &a.error)) {
+                Some((ActivationStatus::Active, _)) => rollout.active.push(node.clone()),
+                Some((ActivationStatus::Failed, error)) => {
+                    let error = error.clone().unwrap_or_else(|| "unknown error".into());
+                    rollout.failed.push((node.clone(), error));
+                }
+                _ => rollout.waiting.push(node.clone()),
+            }
+        }
+        rollout
+    }
+
+    /// Every expected node serves the deployment.
+    pub fn is_complete(&self) -> bool {
+        self.waiting.is_empty() && self.failed.is_empty()
+    }
+
+    /// Nodes expected.
+    pub fn total(&self) -> usize {
+        self.active.len() + self.waiting.len() + self.failed.len()
+    }
+}
+
+impl std::fmt::Display for Rollout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{} nodes activated", self.active.len(), self.total())?;
+        if !self.failed.is_empty() {
+            write!(f, ", {} failed", self.failed.len())?;
+        }
+        Ok(())
+    }
 }
 
 /// The domains the cluster serves that the project no longer declares, sorted: `maki sync`

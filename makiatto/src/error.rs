@@ -2,7 +2,7 @@
 
 use miette::Diagnostic;
 
-use crate::{config, deploy, manifest, nameserver, plan, profile, project, wit};
+use crate::{config, deploy, manifest, nameserver, peer, plan, profile, project, wit};
 
 /// Any error of the Makiatto SDK.
 #[derive(Debug, thiserror::Error, Diagnostic)]
@@ -36,6 +36,10 @@ pub enum MakiattoError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Nameserver(#[from] nameserver::NameserverError),
+    /// External peers.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Peer(#[from] peer::PeerError),
     /// WIT files.
     #[error(transparent)]
     #[diagnostic(transparent)]

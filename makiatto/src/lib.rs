@@ -19,6 +19,7 @@
 //! | [`manifest`] | the file manifest of a domain directory (blake3, size, mode), its digest and diffs |
 //! | [`config`] | the node daemon's configuration file |
 //! | [`profile`] | CLI profiles: the machines of a cluster (public data only) |
+//! | [`peer`] | external WireGuard peers: checks and the `maki peer wg-config` output |
 //! | [`nameserver`] | the `maki dns nameserver-setup` instructions |
 //! | [`plan`] | what `maki sync` would deploy (the dry run) |
 //! | [`deploy`] | a plan as cluster rows: insert a deployment, activate it, find removed domains |
@@ -32,6 +33,7 @@ mod diag;
 mod error;
 pub mod manifest;
 pub mod nameserver;
+pub mod peer;
 pub mod plan;
 pub mod profile;
 pub mod project;

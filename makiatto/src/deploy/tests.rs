@@ -4,6 +4,7 @@ use std::path::Path;
 use super::*;
 use crate::manifest::{self, Manifest};
 use crate::plan::Plan;
+use crate::store::cluster::deployment_activations::{Activation, ActivationStatus};
 use crate::store::cluster::{self, deployment_files, deployments};
 use crate::store::{BlobStore, Options, Store};
 
@@ -163,4 +164,71 @@ fn removed_domains_are_those_no_longer_declared() {
     let cluster = ["old.org", "example.com", "gone.net", "old.org"];
     assert_eq!(removed_domains(cluster, &project), ["gone.net", "old.org"]);
     assert!(removed_domains(["example.com"], &project).is_empty());
+}
+
+fn deployment(id: &str, domain: &str, created_ms: i64) -> Deployment {
+    Deployment {
+        id: id.into(),
+        domain: domain.into(),
+        created_ms,
+        created_by: "t".into(),
+        config: Vec::new(),
+        manifest_hash: String::new(),
+    }
+}
+
+#[test]
+fn rollback_picks_the_requested_or_the_previous_deployment() {
+    let list = [
+        deployment("d2", "example.com", 200),
+        deployment("d1", "example.com", 100),
+        deployment("d3", "example.com", 300),
+        deployment("x9", "other.org", 250),
+    ];
+    let pick = |active, requested| {
+        rollback_target("example.com", &list, active, requested).map(|d| d.id.as_str())
+    };
+    assert_eq!(pick(Some("d3"), None).unwrap(), "d2");
+    assert_eq!(pick(Some("d2"), None).unwrap(), "d1");
+    assert!(matches!(
+        pick(Some("d1"), None),
+        Err(DeployError::NothingToRollBack { .. })
+    ));
+    assert_eq!(pick(None, None).unwrap(), "d3");
+    assert_eq!(pick(Some("d3"), Some("d1")).unwrap(), "d1");
+    assert!(matches!(
+        pick(Some("d3"), Some("x9")),
+        Err(DeployError::UnknownDeployment { .. })
+    ));
+    assert!(matches!(
+        rollback_target("none.net", &list, None, None),
+        Err(DeployError::NothingToRollBack { .. })
+    ));
+}
+
+#[test]
+fn rollout_counts_expected_nodes_only() {
+    let report = |node: &str, status: ActivationStatus, error: Option<&str>| Activation {
+        deployment_id: "d1".into(),
+        node: node.into(),
+        activated_ms: 0,
+        status,
+        error: error.map(str::to_owned),
+    };
+    let activations = [
+        report("a", ActivationStatus::Active, None),
+        report("b", ActivationStatus::Fetching, None),
+        report("c", ActivationStatus::Failed, Some("disk full")),
+        report("gone", ActivationStatus::Active, None),
+    ];
+    let expected: Vec<String> = ["a", "b", "c", "d"].map(String::from).to_vec();
+    let r = Rollout::of(&activations, &expected);
+    assert_eq!(r.active, ["a"]);
+    assert_eq!(r.waiting, ["b", "d"]);
+    assert_eq!(r.failed, [("c".to_owned(), "disk full".to_owned())]);
+    assert!(!r.is_complete());
+    assert_eq!(r.to_string(), "1/4 nodes activated, 1 failed");
+    let done = Rollout::of(&activations, &["a".to_owned(), "gone".to_owned()]);
+    assert!(done.is_complete());
+    assert_eq!(done.to_string(), "2/2 nodes activated");
 }
