@@ -12,7 +12,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use makiatto_http::{Certificate, HttpServer, MemoryCerts, MemoryChallenges, ServerConfig, Site, StaticSites};
+use makiatto_http::{
+    Certificate, HttpServer, MemoryCerts, MemoryChallenges, ServerConfig, Site, StaticSites,
+};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Default)]
@@ -62,7 +64,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = args.dir.clone().ok_or("--dir is required")?;
     let host = args.host.clone().ok_or("--host is required")?;
     let rt = if args.threads <= 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
     } else {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(args.threads)
