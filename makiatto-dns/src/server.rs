@@ -189,6 +189,7 @@ impl DnsServerBuilder {
     }
 }
 
+#[cfg(not(target_os = "linux"))]
 fn udp_loop(socket: &UdpSocket, engine: &Engine, stop: &AtomicBool) {
     let mut buf = [0u8; 4096];
     let mut out = Vec::with_capacity(4096);
@@ -198,21 +199,135 @@ fn udp_loop(socket: &UdpSocket, engine: &Engine, stop: &AtomicBool) {
                 if src.port() == 0 {
                     continue;
                 }
-                let query = &buf[..n];
-                if engine.respond(query, src.ip(), Transport::Udp, &mut out)
+                if engine.respond(&buf[..n], src.ip(), Transport::Udp, &mut out)
                     && let Err(error) = socket.send_to(&out, src)
                 {
                     tracing::debug!(%error, peer = %src, "udp send failed");
                 }
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
-                ) => {}
+            Err(e) if is_timeout(&e) => {}
             Err(error) => tracing::debug!(%error, "udp receive failed"),
         }
     }
+}
+
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+    )
+}
+
+/// Queries received and answers sent per system call on Linux.
+#[cfg(target_os = "linux")]
+const BATCH: usize = 32;
+
+/// The UDP fast path on Linux: `recvmmsg` (waiting for the first datagram, then taking what is
+/// queued, up to [`BATCH`]) and one `sendmmsg` for all the answers.
+#[cfg(target_os = "linux")]
+fn udp_loop(socket: &UdpSocket, engine: &Engine, stop: &AtomicBool) {
+    use std::{
+        io::{IoSlice, IoSliceMut},
+        os::fd::AsRawFd,
+    };
+
+    use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg};
+
+    let fd = socket.as_raw_fd();
+    let mut recv_headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
+    let mut send_headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
+    let mut bufs = vec![[0u8; 4096]; BATCH];
+    let mut outs: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(1232)).collect();
+    let mut received: Vec<(usize, Option<SockaddrStorage>)> = Vec::with_capacity(BATCH);
+    let mut replies: Vec<usize> = Vec::with_capacity(BATCH);
+    let mut addrs: Vec<Option<SockaddrStorage>> = Vec::with_capacity(BATCH);
+    while !stop.load(Ordering::Relaxed) {
+        received.clear();
+        {
+            let mut iovs: Vec<[IoSliceMut<'_>; 1]> =
+                bufs.iter_mut().map(|b| [IoSliceMut::new(b)]).collect();
+            match recvmmsg(
+                fd,
+                &mut recv_headers,
+                iovs.iter_mut(),
+                MsgFlags::MSG_WAITFORONE,
+                None,
+            ) {
+                Ok(results) => {
+                    for msg in results {
+                        let truncated = msg.flags.contains(MsgFlags::MSG_TRUNC);
+                        received.push((if truncated { 0 } else { msg.bytes }, msg.address));
+                    }
+                }
+                Err(errno) => {
+                    let e = std::io::Error::from(errno);
+                    if !is_timeout(&e) {
+                        tracing::debug!(error = %e, "udp receive failed");
+                    }
+                    continue;
+                }
+            }
+        }
+        replies.clear();
+        addrs.clear();
+        for (i, (len, addr)) in received.iter().enumerate() {
+            let Some(addr) = addr else { continue };
+            let ip = if let Some(v4) = addr.as_sockaddr_in() {
+                if v4.port() == 0 {
+                    continue;
+                }
+                std::net::IpAddr::V4(v4.ip())
+            } else if let Some(v6) = addr.as_sockaddr_in6() {
+                if v6.port() == 0 {
+                    continue;
+                }
+                std::net::IpAddr::V6(v6.ip())
+            } else {
+                continue;
+            };
+            if *len >= 12 && engine.respond(&bufs[i][..*len], ip, Transport::Udp, &mut outs[i]) {
+                replies.push(i);
+                addrs.push(Some(*addr));
+            }
+        }
+        if replies.is_empty() {
+            continue;
+        }
+        let slices: Vec<[IoSlice<'_>; 1]> =
+            replies.iter().map(|&i| [IoSlice::new(&outs[i])]).collect();
+        let sent = match sendmmsg(
+            fd,
+            &mut send_headers,
+            slices.iter(),
+            &addrs,
+            [],
+            MsgFlags::empty(),
+        ) {
+            Ok(results) => results.count(),
+            Err(errno) => {
+                tracing::debug!(error = %std::io::Error::from(errno), "udp send failed");
+                0
+            }
+        };
+        // Whatever sendmmsg did not take goes out one by one.
+        for (k, &i) in replies.iter().enumerate().skip(sent) {
+            let Some(addr) = addrs[k].as_ref().and_then(to_std) else {
+                continue;
+            };
+            if let Err(error) = socket.send_to(&outs[i], addr) {
+                tracing::debug!(%error, peer = %addr, "udp send failed");
+            }
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn to_std(addr: &nix::sys::socket::SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = addr.as_sockaddr_in() {
+        return Some(SocketAddr::from((v4.ip(), v4.port())));
+    }
+    addr.as_sockaddr_in6()
+        .map(|v6| SocketAddr::from((v6.ip(), v6.port())))
 }
 
 /// A running GeoDNS server. Dropping it without [`shutdown`](Self::shutdown) leaves the UDP

