@@ -17,6 +17,40 @@
 //! - [`node`]: [`MeshNode`] wires them together from the store's `nodes` and
 //!   `external_peers` tables; [`wg_quick_config`] writes a standard config for an
 //!   external peer.
+//!
+//! # Example
+//! ```no_run
+//! # async fn run() -> makiatto_mesh::Result<()> {
+//! use makiatto_mesh::node::{NodeConfig, TunnelKind};
+//! use makiatto_mesh::{MeshNode, PrivateKey};
+//!
+//! let node = MeshNode::start(NodeConfig {
+//!     name: "ams1".into(),
+//!     cluster_id: "prod".into(),
+//!     data_dir: "/var/lib/makiatto".into(),
+//!     private_key: PrivateKey::generate().to_base64(),
+//!     tunnel: TunnelKind::WireGuard { interface: "wg-maki".into(), listen_port: 51880, mtu: 1420, threads: 1 },
+//!     mesh_cidr: makiatto_mesh::addr::default_mesh_net(),
+//!     mesh_address: None, // allocated from the store
+//!     endpoint: "ams1.example.net:51880".into(),
+//!     public_ipv4: "192.0.2.1".into(),
+//!     persistent_keepalive_secs: Some(25),
+//!     seeds: vec![],
+//!     replication_port: 7946,
+//!     membership_port: 7947,
+//!     blob_port: 7948,
+//!     reconcile_every_ms: 2000,
+//!     sync_interval_ms: None,
+//! })
+//! .await?;
+//! let alive: Vec<String> = node.membership().borrow().alive().map(|(n, _)| n.to_owned()).collect();
+//! # let _ = alive;
+//! node.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! # Feature flags
+//! None.
 
 pub mod addr;
 pub mod blobs;

@@ -566,6 +566,9 @@ async fn reconcile(store: &Store, tunnel: &Arc<dyn Tunnel>, config: &NodeConfig,
         }
         k.remove(&config.name);
     }
+    if config.mesh_address.is_none() {
+        check_collision(store, config, &ns, &ps);
+    }
     let desired = desired_peers(
         &config.name,
         &ns,
@@ -583,6 +586,59 @@ async fn reconcile(store: &Store, tunnel: &Arc<dyn Tunnel>, config: &NodeConfig,
         Ok(changes) if !changes.is_empty() => info!(?changes, "WireGuard peers updated"),
         Ok(_) => {}
         Err(error) => warn!(%error, "reconciling WireGuard peers failed"),
+    }
+}
+
+/// Detects that this node lost its mesh address to a concurrent joiner
+/// ([`addr::resolve_collisions`]: every node computes the same winner) and records the
+/// address it moves to in its `nodes` row. The interface keeps the old address until the
+/// node restarts (the next start picks the recorded one); the log says so.
+fn check_collision(
+    store: &Store,
+    config: &NodeConfig,
+    ns: &[nodes::Node],
+    ps: &[external_peers::ExternalPeer],
+) {
+    let Ok(key) = PrivateKey::from_base64(&config.private_key) else {
+        return;
+    };
+    let me = Claimant {
+        name: config.name.clone(),
+        public_key: key.public_key().to_base64(),
+    };
+    let claims: Vec<Claim> = ns
+        .iter()
+        .map(|n| (&n.name, &n.wg_public_key, &n.mesh_address))
+        .chain(
+            ps.iter()
+                .map(|p| (&p.name, &p.wg_public_key, &p.mesh_address)),
+        )
+        .filter_map(|(name, key, mesh)| {
+            Some(Claim {
+                claimant: Claimant {
+                    name: name.clone(),
+                    public_key: key.clone(),
+                },
+                address: mesh.parse().ok()?,
+            })
+        })
+        .collect();
+    let Ok(moves) = addr::resolve_collisions(config.mesh_cidr, &claims) else {
+        return;
+    };
+    let Some(m) = moves.iter().find(|m| m.claimant == me) else {
+        return;
+    };
+    warn!(from = %m.from, to = %m.to, "mesh address taken by a node that wins the tie; moving (applied at the next start)");
+    let moved = store.write(|tx| {
+        if let Some(mut row) = nodes::get(tx, &config.name)? {
+            row.mesh_address = m.to.to_string();
+            nodes::upsert(tx, &row)?;
+        }
+        Ok(())
+    });
+    if let Err(error) = moved {
+        warn!(%error, "recording the new mesh address failed");
     }
 }
 
@@ -710,6 +766,58 @@ mod tests {
             pc.allowed_ips,
             vec!["10.44.44.9/32".parse::<Ipv4Net>().unwrap()]
         );
+    }
+
+    #[test]
+    fn the_loser_of_an_address_collision_records_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            dir.path().join("s.db"),
+            &cluster::SCHEMA,
+            Options::default(),
+        )
+        .unwrap();
+        let (ka, kb) = (PrivateKey::generate(), PrivateKey::generate());
+        let shared = "10.44.44.5";
+        store
+            .write(|tx| {
+                nodes::upsert(tx, &node("a", &ka.public_key(), shared))?;
+                nodes::upsert(tx, &node("b", &kb.public_key(), shared))
+            })
+            .unwrap();
+        let config = |name: &str, key: &PrivateKey| NodeConfig {
+            name: name.into(),
+            cluster_id: "default".into(),
+            data_dir: dir.path().into(),
+            private_key: key.to_base64(),
+            tunnel: TunnelKind::Direct,
+            mesh_cidr: addr::default_mesh_net(),
+            mesh_address: None,
+            endpoint: String::new(),
+            public_ipv4: String::new(),
+            persistent_keepalive_secs: None,
+            seeds: vec![],
+            replication_port: 0,
+            membership_port: 0,
+            blob_port: 0,
+            reconcile_every_ms: 1000,
+            sync_interval_ms: None,
+        };
+        let read = || store.read(nodes::list).unwrap();
+        // "a" < "b": a keeps the address and changes nothing.
+        check_collision(&store, &config("a", &ka), &read(), &[]);
+        assert!(read().iter().all(|n| n.mesh_address == shared));
+        check_collision(&store, &config("b", &kb), &read(), &[]);
+        let rows = read();
+        assert_eq!(rows[0].mesh_address, shared);
+        assert_ne!(rows[1].mesh_address, shared);
+        assert!(addr::is_host(
+            addr::default_mesh_net(),
+            rows[1].mesh_address.parse().unwrap()
+        ));
+        // Resolved: a second check moves nothing.
+        check_collision(&store, &config("b", &kb), &rows, &[]);
+        assert_eq!(read(), rows);
     }
 
     #[test]
