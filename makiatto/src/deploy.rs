@@ -231,6 +231,14 @@ pub fn activate(
     Ok(())
 }
 
+/// Stops serving `domain`: deletes its row and its aliases. Its deployments stay until
+/// garbage collection (a later `maki sync` declaring it again starts afresh). Returns
+/// whether the domain existed.
+pub fn remove_domain(conn: &Connection, domain: &str) -> crate::store::Result<bool> {
+    aliases::replace_for_domain(conn, domain, &[])?;
+    domains::delete(conn, domain)
+}
+
 /// The deployment `maki rollback domain [requested]` activates: `requested` when the
 /// domain has it, else the newest deployment created before the active one (or the newest
 /// when none is active). `deployments` are the domain's, in any order.

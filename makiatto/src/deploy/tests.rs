@@ -141,6 +141,19 @@ fn rows_insert_into_a_real_store_and_activate() {
         1
     );
 
+    // A domain dropped from makiatto.toml stops being served, aliases included.
+    assert!(store.write(|tx| remove_domain(tx, "example.com")).unwrap());
+    let (domain, aliases) = store
+        .read(|c| {
+            Ok((
+                domains::get(c, "example.com")?,
+                aliases::list_for_domain(c, "example.com")?,
+            ))
+        })
+        .unwrap();
+    assert!(domain.is_none() && aliases.is_empty());
+    assert!(!store.write(|tx| remove_domain(tx, "example.com")).unwrap());
+
     // Blobs the cluster lacks: all of them in an empty blob store, none once uploaded.
     let blobs = BlobStore::open(dir.path().join("blobs")).unwrap();
     assert_eq!(d.manifest.missing(|h| blobs.contains(h)).blobs.len(), 3);
