@@ -284,13 +284,30 @@ impl FileCache {
                 },
             ));
         }
+        let mime = mime_guess::from_path(path)
+            .first_raw()
+            .unwrap_or("application/octet-stream");
+        if let Some(b) = &identity.body
+            && !variants.iter().any(|(e, _)| *e == Encoding::Gzip)
+            && compressible(mime)
+            && let Some(gz) = gzip(b)
+        {
+            // No precompressed sibling: gzip once now and keep it with the entry.
+            variants.push((
+                Encoding::Gzip,
+                Repr {
+                    len_header: HeaderValue::from(gz.len() as u64),
+                    etag: etag_value(&tag, Some(Encoding::Gzip)),
+                    len: gz.len() as u64,
+                    body: Some(gz),
+                    path: path.to_path_buf(),
+                },
+            ));
+        }
         let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
         let mtime_secs = mtime
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let mime = mime_guess::from_path(path)
-            .first_raw()
-            .unwrap_or("application/octet-stream");
         let text = mime.starts_with("text/")
             || mime == "application/javascript"
             || mime == "application/json"
@@ -337,6 +354,34 @@ impl FileCache {
         self.hashes.insert(key, h);
         Ok(h)
     }
+}
+
+/// Types worth compressing on the fly.
+fn compressible(mime: &str) -> bool {
+    mime.starts_with("text/")
+        || matches!(
+            mime,
+            "application/javascript"
+                | "application/json"
+                | "application/xml"
+                | "image/svg+xml"
+                | "application/wasm"
+        )
+}
+
+/// gzip of `data` when it saves at least a tenth; `None` for small or incompressible data.
+fn gzip(data: &[u8]) -> Option<Bytes> {
+    use std::io::Write;
+    if data.len() < 256 {
+        return None;
+    }
+    let mut enc = flate2::write::GzEncoder::new(
+        Vec::with_capacity(data.len() / 3),
+        flate2::Compression::new(6),
+    );
+    enc.write_all(data).ok()?;
+    let out = enc.finish().ok()?;
+    (out.len() < data.len() - data.len() / 10).then(|| Bytes::from(out))
 }
 
 /// `candidate` resolved through symlinks, if it is a regular file that stays under `root`.

@@ -326,13 +326,34 @@ async fn precompressed_variants() {
     assert_eq!(r.status, 304);
     let r = get(s.http, H, "/style.css", &[("If-None-Match", &br_tag)]).await;
     assert_eq!(r.status, 200);
-    // Files without variants do not vary.
-    assert_eq!(
-        get(s.http, H, "/about", &[("Accept-Encoding", "br")])
-            .await
-            .header("vary"),
-        None
+    // Files too small to compress do not vary.
+    let r = get(s.http, H, "/about", &[("Accept-Encoding", "br, gzip")]).await;
+    assert_eq!(r.header("vary"), None);
+}
+
+#[tokio::test]
+async fn compressible_files_are_gzipped_once_without_a_sibling() {
+    use std::io::Read;
+    let s = start(|_| {}).await;
+    let r = get(s.http, H, "/long.html", &[("Accept-Encoding", "br, gzip")]).await;
+    assert_eq!(r.header("content-encoding"), Some("gzip"));
+    assert_eq!(r.header("vary"), Some("Accept-Encoding"));
+    let want = common::long_html();
+    assert!(
+        r.body.len() < want.len() / 2,
+        "not compressed: {} bytes",
+        r.body.len()
     );
+    let mut plain = String::new();
+    flate2::read::GzDecoder::new(r.body.as_slice())
+        .read_to_string(&mut plain)
+        .unwrap();
+    assert_eq!(plain, want);
+    let r = get(s.http, H, "/long.html", &[]).await;
+    assert_eq!((r.header("content-encoding"), r.text()), (None, want));
+    // Incompressible types are left alone.
+    let r = get(s.http, H, "/big.bin", &[("Accept-Encoding", "gzip")]).await;
+    assert_eq!(r.header("content-encoding"), None);
 }
 
 #[tokio::test]

@@ -131,6 +131,7 @@ impl Tree {
         w("style.css.br", b"BROTLI-BYTES");
         w("style.css.gz", b"GZIP-BYTES");
         w("data.json", b"{\"a\":1}");
+        w("long.html", long_html().as_bytes());
         w("404.html", b"<h1>custom not found</h1>\n");
         w("big.bin", &big_content());
         std::fs::write(outside.join("secret.txt"), SECRET).unwrap();
@@ -147,6 +148,20 @@ impl Tree {
     pub fn plain_root(&self) -> PathBuf {
         self.dir.path().join("plain")
     }
+}
+
+/// A compressible page with no precompressed sibling.
+pub fn long_html() -> String {
+    let mut s = String::new();
+    for i in 0..100 {
+        s.push_str("<p>paragraph ");
+        s.push_str(&i.to_string());
+        s.push_str(
+            " of a long page</p>
+",
+        );
+    }
+    s
 }
 
 /// 1 MiB + 7 bytes of a position-dependent pattern.
