@@ -144,11 +144,12 @@ async fn three_node_mesh_replicates_and_admits_a_wireguard_go_peer() {
         assert_eq!(n.count().await, 10_001, "{}", n.name);
     }
 
-    // Blobs: 3 x 8 MiB made on n0, fetched by n1, then by n2 from n0 and n1 in parallel.
+    // Blobs: 100 MiB (4 x 25 MiB) made on n0, fetched by n1, then by n2 from n0 and n1
+    // in parallel; each is verified against its hash before it is kept.
     let mut hashes = Vec::new();
-    for seed in 1..=3u64 {
+    for seed in 1..=4u64 {
         let h = c.nodes[0]
-            .cmd(json!({"cmd": "put_blob", "size": 8 << 20, "seed": seed}))
+            .cmd(json!({"cmd": "put_blob", "size": 25 << 20, "seed": seed}))
             .await;
         hashes.push(h);
     }
@@ -158,7 +159,7 @@ async fn three_node_mesh_replicates_and_admits_a_wireguard_go_peer() {
             .await;
         assert_eq!(
             bytes.as_u64(),
-            Some(3 * (8 << 20)),
+            Some(4 * (25 << 20)),
             "node {i} received every byte"
         );
     }
