@@ -31,6 +31,10 @@ pub(crate) struct Shared {
     pub(crate) https_port: Option<u16>,
 }
 
+/// The TLS server name of the connection a request came on.
+#[derive(Debug, Clone)]
+pub(crate) struct TlsSni(pub(crate) Arc<str>);
+
 #[derive(Debug, Clone)]
 struct AppState {
     shared: Arc<Shared>,
@@ -95,6 +99,18 @@ async fn static_site(State(st): State<AppState>, req: Request) -> Response {
             plain(StatusCode::NOT_FOUND, "unknown host\n")
         };
     };
+    if st.https
+        && let Some(TlsSni(sni)) = req.extensions.get::<TlsSni>()
+        && **sni != *host
+        && !same_cert(shared, sni, &host)
+    {
+        // The connection's certificate does not cover this host (domain fronting, or a
+        // reused HTTP/2 connection): RFC 9110 §15.5.20.
+        return plain(
+            StatusCode::MISDIRECTED_REQUEST,
+            "host not covered by this connection\n",
+        );
+    }
     if !st.https && shared.certs.resolve(&host).is_some() {
         return redirect(&host, shared.https_port, &req);
     }
@@ -106,6 +122,17 @@ async fn static_site(State(st): State<AppState>, req: Request) -> Response {
             .insert(header::STRICT_TRANSPORT_SECURITY, h.clone());
     }
     resp
+}
+
+fn same_cert(shared: &Shared, sni: &str, host: &str) -> bool {
+    let sni = normalize_host(sni);
+    match (
+        sni.and_then(|s| shared.certs.resolve(&s)),
+        shared.certs.resolve(host),
+    ) {
+        (Some(a), Some(b)) => Arc::ptr_eq(&a, &b),
+        _ => false,
+    }
 }
 
 fn redirect(host: &str, port: Option<u16>, req: &Parts) -> Response {

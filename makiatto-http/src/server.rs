@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -18,7 +17,7 @@ use crate::HttpError;
 use crate::challenge::ChallengeStore;
 use crate::config::ServerConfig;
 use crate::files::{FileCache, FileCacheConfig};
-use crate::serve::{Shared, router};
+use crate::serve::{Shared, TlsSni, router};
 use crate::site::SiteResolver;
 use crate::tls::{CertSource, server_config};
 
@@ -176,24 +175,40 @@ impl HttpServer {
                     )
                     .await;
                     match hs {
-                        Ok(Ok(tls)) => this.serve_conn(tls, app, token).await,
+                        Ok(Ok(tls)) => {
+                            let sni = tls.get_ref().1.server_name().map(|s| TlsSni(Arc::from(s)));
+                            this.serve_conn(tls, app, sni, token).await;
+                        }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "tls handshake failed"),
                         Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
                     }
                 } else {
-                    this.serve_conn(stream, app, token).await;
+                    this.serve_conn(stream, app, None, token).await;
                 }
             });
         }
     }
 
-    async fn serve_conn<S>(&self, io: S, app: axum::Router, shutdown: CancellationToken)
-    where
+    async fn serve_conn<S>(
+        &self,
+        io: S,
+        app: axum::Router,
+        sni: Option<TlsSni>,
+        shutdown: CancellationToken,
+    ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let conn = self
-            .builder
-            .serve_connection(TokioIo::new(io), TowerToHyperService::new(app));
+        // Every request of a TLS connection carries the handshake's server name, so the
+        // handler can refuse a Host that the connection's certificate does not cover.
+        let svc =
+            hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                if let Some(s) = &sni {
+                    req.extensions_mut().insert(s.clone());
+                }
+                let mut app = app.clone();
+                tower_service::Service::call(&mut app, req)
+            });
+        let conn = self.builder.serve_connection(TokioIo::new(io), svc);
         tokio::pin!(conn);
         tokio::select! {
             r = conn.as_mut() => {

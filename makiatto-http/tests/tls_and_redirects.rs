@@ -57,6 +57,14 @@ async fn sni_exact_and_wildcard_with_hsts() {
     // A known SNI but a Host the server does not serve: 421.
     let r = tls_get(&s, "example.test", "unknown.test", "/").await;
     assert_eq!(r.status, 421);
+    // A Host served here but not covered by the connection's certificate: 421 too.
+    let r = tls_get(&s, "example.test", "plain.test", "/").await;
+    assert_eq!(r.status, 421);
+    let r = tls_get(&s, "example.test", "a.wild.test", "/").await;
+    assert_eq!(r.status, 421);
+    // Another name on the same certificate is fine.
+    let r = tls_get(&s, "example.test", "www.example.test", "/about").await;
+    assert_eq!((r.status, r.text().as_str()), (200, "<h1>about</h1>\n"));
 }
 
 #[tokio::test]
