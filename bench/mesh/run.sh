@@ -142,6 +142,9 @@ echo "| case | 1 stream Gbit/s | 4 streams Gbit/s |"
 echo "|---|---|---|"
 for c in veth "${CASES[@]}"; do echo "| $c | $(mean $c 1) | $(mean $c 4) |"; done
 for p in 1 4; do
-  awk -v m="$(mean mesh $p)" -v w="$(mean wggo $p)" -v s="$p" 'BEGIN{ if (w+0 > 0) printf "ratio mesh/wireguard-go, %s stream(s): %.2fx\n", s, m/w }'
+  for other in wggo btcli; do
+    awk -v m="$(mean mesh $p)" -v w="$(mean $other $p)" -v o="$other" -v s="$p" \
+      'BEGIN{ if (w+0 > 0) printf "ratio mesh/%s, %s stream(s): %.2fx\n", o, s, m/w }'
+  done
 done
 log "results: $OUTDIR/results.txt"
