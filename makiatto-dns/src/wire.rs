@@ -7,7 +7,11 @@ use std::{
     sync::Arc,
 };
 
-use moka::sync::Cache;
+use quick_cache::{
+    UnitWeighter,
+    sync::{Cache, DefaultLifecycle},
+};
+use rustc_hash::FxBuildHasher;
 
 use crate::{
     GeoLocator, GeoPoint, Selector, ZoneHandle,
@@ -250,13 +254,16 @@ fn parse(b: &[u8]) -> Parsed<'_> {
     }
 }
 
+/// Client locations per (locator generation, /24 or /56 prefix, is IPv6).
+pub(crate) type GeoCache = Cache<(u64, u128, bool), Option<GeoPoint>, UnitWeighter, FxBuildHasher>;
+
 /// Answers queries from the current zone snapshot.
 #[derive(Debug, Clone)]
 pub(crate) struct Engine {
     pub(crate) zones: ZoneHandle,
     pub(crate) locator: Arc<dyn GeoLocator>,
     pub(crate) selector: Arc<dyn Selector>,
-    pub(crate) cache: Cache<(u64, u128, bool), Option<GeoPoint>>,
+    pub(crate) cache: Arc<GeoCache>,
     pub(crate) max_udp_payload: u16,
 }
 
@@ -287,7 +294,13 @@ impl Engine {
             zones,
             locator,
             selector,
-            cache: Cache::new(cache_entries),
+            cache: Arc::new(Cache::with(
+                cache_entries as usize,
+                cache_entries,
+                UnitWeighter,
+                FxBuildHasher,
+                DefaultLifecycle::default(),
+            )),
             max_udp_payload: max_udp_payload.max(512),
         }
     }
