@@ -51,8 +51,8 @@ impl DeploymentConfig {
     }
 }
 
-/// Every row of one deployment.
-#[derive(Debug, Clone, PartialEq)]
+/// Every row of one deployment: what a client sends to create it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeploymentRows {
     /// The deployment.
     pub deployment: Deployment,

@@ -2,12 +2,16 @@
 
 use miette::Diagnostic;
 
-use crate::{config, deploy, manifest, nameserver, peer, plan, profile, project, wit};
+use crate::{admin, config, deploy, manifest, nameserver, peer, plan, profile, project, wit};
 
 /// Any error of the Makiatto SDK.
 #[derive(Debug, thiserror::Error, Diagnostic)]
 #[non_exhaustive]
 pub enum MakiattoError {
+    /// An admin operation.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Admin(#[from] admin::AdminError),
     /// makiatto.toml.
     #[error(transparent)]
     #[diagnostic(transparent)]

@@ -17,6 +17,7 @@
 //! |---|---|
 //! | [`project`] | `makiatto.toml`: parsing and validation with diagnostics that point into the file |
 //! | [`manifest`] | the file manifest of a domain directory (blake3, size, mode), its digest and diffs |
+//! | [`admin`] | the admin operations a node offers `maki` (blobs, deployments, rollback), over the store |
 //! | [`config`] | the node daemon's configuration file |
 //! | [`profile`] | CLI profiles: the machines of a cluster (public data only) |
 //! | [`peer`] | external WireGuard peers: checks and the `maki peer wg-config` output |
@@ -27,6 +28,7 @@
 //! The `Node` type, the admin API and the deploy client arrive with the rest of issue 6;
 //! provisioning with issue 7.
 
+pub mod admin;
 pub mod config;
 pub mod deploy;
 mod diag;

@@ -479,19 +479,32 @@ fn relative_name(root: &Path, full: &Path) -> Result<String, ManifestError> {
         parts.push(part);
     }
     let path = parts.join("/");
+    match check_path(&path) {
+        Ok(()) => Ok(path),
+        Err(reason) => Err(ManifestError::BadName { path, reason }),
+    }
+}
+
+/// Checks a manifest path received from elsewhere (a client, a peer) before it is used to
+/// name a file: relative, `/`-separated, no empty, `.` or `..` segment, no backslash or
+/// control character. On failure, the reason.
+pub fn check_path(path: &str) -> Result<(), &'static str> {
+    if path.is_empty() {
+        return Err("the path is empty");
+    }
     if path.chars().any(char::is_control) {
-        return Err(ManifestError::BadName {
-            path,
-            reason: "its name holds a control character",
-        });
+        return Err("its name holds a control character");
     }
     if path.contains('\\') {
-        return Err(ManifestError::BadName {
-            path,
-            reason: "its name holds a backslash",
-        });
+        return Err("its name holds a backslash");
     }
-    Ok(path)
+    if path
+        .split('/')
+        .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
+        return Err("it is not a plain relative path");
+    }
+    Ok(())
 }
 
 /// Hashes a file, returning its hash and the number of bytes read.

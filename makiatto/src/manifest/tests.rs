@@ -264,3 +264,23 @@ fn a_missing_root_is_a_read_error() {
         Err(ManifestError::Read { .. })
     ));
 }
+
+#[test]
+fn check_path_accepts_only_plain_relative_paths() {
+    for ok in ["index.html", "css/site.css", ".well-known/x", "a b/ü.txt"] {
+        assert_eq!(check_path(ok), Ok(()), "{ok}");
+    }
+    for bad in [
+        "",
+        "/etc/passwd",
+        "a//b",
+        "../x",
+        "a/../../x",
+        "./a",
+        "a/",
+        "a\\b",
+        "a\nb",
+    ] {
+        assert!(check_path(bad).is_err(), "{bad:?} accepted");
+    }
+}

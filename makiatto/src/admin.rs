@@ -1,0 +1,212 @@
+//! The admin operations a node offers `maki`, over the node's store and blob store. The
+//! admin API (JSON under `/v1` on a Unix socket) is a thin layer over these; everything a
+//! client sends is checked here before it touches the store or the file system.
+
+use std::io::Read;
+
+use miette::Diagnostic;
+use serde::{Deserialize, Serialize};
+
+use crate::deploy::{self, DeployError, DeploymentConfig, DeploymentRows};
+use crate::manifest::{self, Manifest};
+use crate::store::cluster::{deployment_files, deployments, domains};
+use crate::store::{BlobHash, BlobStore, Store, StoreError};
+
+/// Largest blob accepted from a client, bytes (1 GiB).
+pub const MAX_BLOB_BYTES: u64 = 1 << 30;
+
+/// One deployment as `maki deployments` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentSummary {
+    /// Its id.
+    pub id: String,
+    /// When it was created (unix ms).
+    pub created_ms: i64,
+    /// Who created it.
+    pub created_by: String,
+    /// Number of files.
+    pub files: usize,
+    /// Total size of the files, bytes.
+    pub bytes: u64,
+    /// Whether the domain serves it.
+    pub active: bool,
+}
+
+/// Why an admin operation was refused or failed.
+#[derive(Debug, thiserror::Error, Diagnostic)]
+#[non_exhaustive]
+pub enum AdminError {
+    /// The request contradicts itself or the rules (client error).
+    #[error("invalid deployment: {0}")]
+    Invalid(String),
+    /// Blobs the deployment needs are not uploaded (client error: upload them first).
+    #[error("{} blobs of the deployment are not uploaded", .0.len())]
+    #[diagnostic(help("upload the missing blobs, then create the deployment again"))]
+    MissingBlobs(Vec<BlobHash>),
+    /// Rollback target problems.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Deploy(#[from] DeployError),
+    /// The store failed (server error).
+    #[error("node store")]
+    Store(#[from] StoreError),
+}
+
+/// The admin operations of one node.
+#[derive(Debug, Clone, Copy)]
+pub struct Admin<'a> {
+    store: &'a Store,
+    blobs: &'a BlobStore,
+}
+
+impl<'a> Admin<'a> {
+    /// Operations over `store` and `blobs`.
+    pub fn new(store: &'a Store, blobs: &'a BlobStore) -> Self {
+        Self { store, blobs }
+    }
+
+    /// The hashes among `hashes` that this node lacks, each once, in the order given.
+    pub fn missing(&self, hashes: &[BlobHash]) -> Vec<BlobHash> {
+        let mut seen = std::collections::HashSet::new();
+        hashes
+            .iter()
+            .filter(|h| seen.insert(**h) && !self.blobs.contains(h))
+            .copied()
+            .collect()
+    }
+
+    /// Stores a blob streamed from `reader`, which must hash to `expected` and be at most
+    /// [`MAX_BLOB_BYTES`]; returns its length. A wrong or oversized body stores nothing.
+    pub fn put_blob(&self, expected: BlobHash, reader: impl Read) -> Result<u64, AdminError> {
+        if self.blobs.contains(&expected) {
+            return Ok(self.blobs.len(&expected)?);
+        }
+        let (_, len) = self
+            .blobs
+            .put_reader(reader, Some(expected), Some(MAX_BLOB_BYTES))?;
+        Ok(len)
+    }
+
+    /// Checks a deployment sent by a client and inserts its rows. Nothing is written unless
+    /// every row belongs to the deployment, every path is a plain relative path, the
+    /// manifest hash matches the files, the configuration decodes, and every blob it
+    /// references is present.
+    pub fn create_deployment(&self, rows: &DeploymentRows) -> Result<(), AdminError> {
+        check_rows(rows)?;
+        let mut needed: Vec<BlobHash> = Vec::new();
+        for hash in rows
+            .files
+            .iter()
+            .map(|f| &f.hash)
+            .chain(rows.functions.iter().map(|f| &f.wasm))
+            .chain(rows.transforms.iter().map(|t| &t.wasm))
+        {
+            needed.push(
+                hash.parse()
+                    .map_err(|_| invalid(format!("`{hash}` is not a blob hash")))?,
+            );
+        }
+        let missing = self.missing(&needed);
+        if !missing.is_empty() {
+            return Err(AdminError::MissingBlobs(missing));
+        }
+        self.store.write(|tx| deploy::insert(tx, rows))?;
+        Ok(())
+    }
+
+    /// The deployments of `domain`, newest first.
+    pub fn deployments(&self, domain: &str) -> Result<Vec<DeploymentSummary>, AdminError> {
+        Ok(self.store.read(|c| {
+            let active = domains::get(c, domain)?.and_then(|d| d.active_deployment);
+            let mut out = Vec::new();
+            for d in deployments::list_for_domain(c, domain)? {
+                let files = deployment_files::list_for_deployment(c, &d.id)?;
+                out.push(DeploymentSummary {
+                    active: active.as_deref() == Some(d.id.as_str()),
+                    files: files.len(),
+                    bytes: files
+                        .iter()
+                        .map(|f| u64::try_from(f.size).unwrap_or(0))
+                        .sum(),
+                    id: d.id,
+                    created_ms: d.created_ms,
+                    created_by: d.created_by,
+                });
+            }
+            Ok(out)
+        })?)
+    }
+
+    /// Activates `requested`, or the deployment before the active one, for `domain`;
+    /// returns the id now active.
+    pub fn rollback(
+        &self,
+        domain: &str,
+        requested: Option<&str>,
+        now_ms: i64,
+    ) -> Result<String, AdminError> {
+        let (list, active) = self.store.read(|c| {
+            Ok((
+                deployments::list_for_domain(c, domain)?,
+                domains::get(c, domain)?.and_then(|d| d.active_deployment),
+            ))
+        })?;
+        let target = deploy::rollback_target(domain, &list, active.as_deref(), requested)?;
+        self.store
+            .write(|tx| deploy::activate(tx, target, now_ms))?;
+        Ok(target.id.clone())
+    }
+}
+
+fn invalid(message: String) -> AdminError {
+    AdminError::Invalid(message)
+}
+
+/// The consistency rules of [`Admin::create_deployment`] that need no store.
+fn check_rows(rows: &DeploymentRows) -> Result<(), AdminError> {
+    let d = &rows.deployment;
+    let id = d.id.as_str();
+    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
+        return Err(invalid(format!(
+            "deployment id `{id}` is not 1 to 64 letters, digits and hyphens"
+        )));
+    }
+    if d.domain.is_empty() {
+        return Err(invalid("the deployment names no domain".into()));
+    }
+    let foreign = rows.files.iter().any(|f| f.deployment_id != id)
+        || rows.functions.iter().any(|f| f.deployment_id != id)
+        || rows.transforms.iter().any(|t| t.deployment_id != id)
+        || rows
+            .records
+            .iter()
+            .any(|r| r.deployment_id.as_deref() != Some(id) || r.domain != d.domain);
+    if foreign {
+        return Err(invalid(
+            "rows belong to another deployment or domain".into(),
+        ));
+    }
+    for f in &rows.files {
+        manifest::check_path(&f.path)
+            .map_err(|why| invalid(format!("file {:?}: {why}", f.path)))?;
+    }
+    let manifest =
+        Manifest::from_deployment_files(&rows.files).map_err(|e| invalid(e.to_string()))?;
+    if manifest.len() != rows.files.len() {
+        return Err(invalid("a file path appears twice".into()));
+    }
+    if manifest.digest().to_string() != d.manifest_hash {
+        return Err(invalid("the manifest hash does not match the files".into()));
+    }
+    let config = DeploymentConfig::decode(&d.config).map_err(|e| invalid(e.to_string()))?;
+    if config != rows.config {
+        return Err(invalid(
+            "the encoded configuration differs from the sent one".into(),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

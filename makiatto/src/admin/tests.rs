@@ -1,0 +1,169 @@
+use std::fs;
+use std::path::Path;
+
+use super::*;
+use crate::plan::{DomainPlan, Plan};
+use crate::project::Project;
+use crate::store::Options;
+use crate::store::cluster;
+
+/// A named change that makes a deployment invalid.
+type Tamper = (&'static str, fn(&mut DeploymentRows));
+
+struct Node {
+    _dir: tempfile::TempDir,
+    store: Store,
+    blobs: BlobStore,
+}
+
+fn node() -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("db"), &cluster::SCHEMA, Options::default()).unwrap();
+    let blobs = BlobStore::open(dir.path().join("blobs")).unwrap();
+    Node {
+        _dir: dir,
+        store,
+        blobs,
+    }
+}
+
+/// A one-domain plan over a site with `index` as index.html.
+fn plan(dir: &Path, index: &str) -> DomainPlan {
+    fs::create_dir_all(dir.join("site/css")).unwrap();
+    fs::write(dir.join("site/index.html"), index).unwrap();
+    fs::write(dir.join("site/css/a.css"), "body{}").unwrap();
+    fs::write(dir.join("site/same.html"), index).unwrap();
+    let text =
+        "[[domain]]\nname = \"example.com\"\npath = \"site\"\naliases = [\"www.example.com\"]\n";
+    let project = Project::parse(Path::new("makiatto.toml"), text, dir).unwrap();
+    let mut plan = Plan::build(&project, &manifest::Options::default(), &|_, _| {}).unwrap();
+    plan.domains.remove(0)
+}
+
+fn upload(admin: &Admin<'_>, plan: &DomainPlan) {
+    for e in plan.manifest.entries() {
+        let bytes = fs::read(plan.manifest.source(&e.path).unwrap()).unwrap();
+        assert_eq!(admin.put_blob(e.hash, bytes.as_slice()).unwrap(), e.size);
+    }
+}
+
+#[test]
+fn only_missing_blobs_are_asked_for_and_uploads_are_verified() {
+    let n = node();
+    let admin = Admin::new(&n.store, &n.blobs);
+    let a = BlobHash::of(b"a");
+    let b = BlobHash::of(b"b");
+    assert_eq!(admin.missing(&[a, b, a]), [a, b]);
+    assert_eq!(admin.put_blob(a, &b"a"[..]).unwrap(), 1);
+    assert_eq!(admin.missing(&[a, b, a]), [b]);
+    // A body that does not hash to its name is refused and nothing is stored.
+    assert!(admin.put_blob(b, &b"not b"[..]).is_err());
+    assert!(!n.blobs.contains(&b));
+    assert_eq!(admin.missing(&[b]), [b]);
+}
+
+#[test]
+fn a_deployment_needs_its_blobs_then_lists() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = plan(dir.path(), "v1");
+    let rows = plan.rows("d1", 100, "me").unwrap();
+    let n = node();
+    let admin = Admin::new(&n.store, &n.blobs);
+    match admin.create_deployment(&rows) {
+        Err(AdminError::MissingBlobs(missing)) => {
+            assert_eq!(missing.len(), 2, "index and same.html share a blob");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(admin.deployments("example.com").unwrap().is_empty());
+    upload(&admin, &plan);
+    admin.create_deployment(&rows).unwrap();
+    let list = admin.deployments("example.com").unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(
+        (
+            list[0].id.as_str(),
+            list[0].files,
+            list[0].bytes,
+            list[0].active
+        ),
+        ("d1", 3, 10, false)
+    );
+}
+
+#[test]
+fn tampered_deployments_are_refused_before_any_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = plan(dir.path(), "v1");
+    let rows = plan.rows("d1", 100, "me").unwrap();
+    let n = node();
+    let admin = Admin::new(&n.store, &n.blobs);
+    upload(&admin, &plan);
+    let tamper: [Tamper; 7] = [
+        ("traversal", |r| {
+            r.files[0].path = "../../etc/cron.d/x".into();
+        }),
+        ("absolute", |r| r.files[0].path = "/etc/passwd".into()),
+        ("hash", |r| r.deployment.manifest_hash = "00".repeat(32)),
+        ("foreign row", |r| r.files[1].deployment_id = "other".into()),
+        ("duplicate", |r| r.files[1].path = r.files[0].path.clone()),
+        ("config", |r| {
+            r.config.aliases.push("evil.example.org".into());
+        }),
+        ("id", |r| r.deployment.id = "../x".into()),
+    ];
+    for (what, f) in tamper {
+        let mut bad = rows.clone();
+        f(&mut bad);
+        assert!(
+            matches!(admin.create_deployment(&bad), Err(AdminError::Invalid(_))),
+            "{what} accepted"
+        );
+    }
+    assert!(admin.deployments("example.com").unwrap().is_empty());
+}
+
+#[test]
+fn rollback_moves_between_deployments() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = node();
+    let admin = Admin::new(&n.store, &n.blobs);
+    // Each version is uploaded before the next overwrites the site.
+    for (index, id, at) in [("v1", "d1", 100), ("v2-longer", "d2", 200)] {
+        let plan = plan(dir.path(), index);
+        upload(&admin, &plan);
+        admin
+            .create_deployment(&plan.rows(id, at, "me").unwrap())
+            .unwrap();
+    }
+    assert_eq!(
+        admin.rollback("example.com", Some("d2"), 300).unwrap(),
+        "d2"
+    );
+    assert_eq!(admin.rollback("example.com", None, 400).unwrap(), "d1");
+    let list = admin.deployments("example.com").unwrap();
+    assert_eq!(
+        list.iter()
+            .filter(|d| d.active)
+            .map(|d| d.id.as_str())
+            .collect::<Vec<_>>(),
+        ["d1"]
+    );
+    assert!(matches!(
+        admin.rollback("example.com", None, 500),
+        Err(AdminError::Deploy(DeployError::NothingToRollBack { .. }))
+    ));
+    assert!(matches!(
+        admin.rollback("example.com", Some("nope"), 500),
+        Err(AdminError::Deploy(DeployError::UnknownDeployment { .. }))
+    ));
+}
+
+#[test]
+fn deployment_rows_survive_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows = plan(dir.path(), "v1").rows("d1", 1, "me").unwrap();
+    let json = serde_json::to_string(&rows).unwrap();
+    let back: DeploymentRows = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, rows);
+}
