@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::{TestServer, exchange, request, start, tls_connect};
 use makiatto_http::acme::{
-    AcmeConfig, AcmeManager, CertOrder, CertSink, ChallengeKind, DnsChallenge, LocalLease,
+    AcmeConfig, AcmeManager, CertOrder, CertSink, ChallengeKind, DnsChallenge, Lease, LocalLease,
     MemoryAccountStore, NoDns, Outcome, renewal_due,
 };
 use makiatto_http::{ChallengeStore, HttpError, MemoryChallenges, Site};
@@ -398,6 +398,60 @@ async fn pebble_http01_dns01_renewal_and_backoff() {
     assert_ne!(renewed.key.cert[0].as_ref(), due_der.as_slice());
     let out = https_home(&srv, verified.clone(), "renew.acme.test").await;
     assert!(out.starts_with(b"HTTP/1.1 200"));
+
+    // run(): while another node holds the lease nothing is ordered; once its lease
+    // expires this node takes over and issues.
+    let other = lease.handle("node-x");
+    assert!(other.acquire(Duration::from_millis(400)).await.unwrap());
+    srv.sites
+        .insert(Site::new("run.acme.test", srv.tree.root()), &[]);
+    let runner = AcmeManager::new(
+        AcmeConfig {
+            check_interval_ms: 50,
+            ..acme_cfg(&p, Some(srv.http))
+        },
+        accounts.clone(),
+        srv.challenges.clone(),
+        certs.clone(),
+        lease.handle("node-b"),
+        NoDns,
+    );
+    let token = tokio_util::sync::CancellationToken::new();
+    let t2 = token.clone();
+    let started = Instant::now();
+    let task = tokio::spawn(async move {
+        let orders = || {
+            vec![CertOrder {
+                names: vec!["run.acme.test".into()],
+                challenge: ChallengeKind::Http01,
+            }]
+        };
+        runner.run(orders, t2).await;
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while certs.current("run.acme.test").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "run() never issued after the lease expired"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(350),
+        "ordered while another node held the lease"
+    );
+    assert!(
+        !other.acquire(Duration::from_secs(1)).await.unwrap(),
+        "node-b should hold the lease now"
+    );
+    token.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap();
+    // Stopping released the lease.
+    assert!(other.acquire(Duration::from_secs(1)).await.unwrap());
+    other.release().await.unwrap();
 
     // Failing validation: retried with backoff within the budget, then an error; the
     // valid certificate stays and the wrong answers are withdrawn.
