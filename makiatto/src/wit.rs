@@ -1,7 +1,7 @@
 //! `maki wasm fetch`: the WIT interfaces of Makiatto's WASM worlds, bundled in the binary
 //! and written to `./wit`.
 //!
-//! The repository holds no WIT files yet, so [`FILES`] is empty and [`write`] says so; the
+//! The repository holds no WIT files yet, so [`FILES`] is empty and [`write()`] says so; the
 //! writing logic is ready for when they land.
 
 use std::path::{Path, PathBuf};
@@ -45,7 +45,7 @@ pub fn write(dir: &Path, force: bool) -> Result<Vec<PathBuf>, WitError> {
     write_files(dir, FILES, force)
 }
 
-/// [`write`], then one line per file written, for `maki wasm fetch`.
+/// [`write()`], then one line per file written, for `maki wasm fetch`.
 pub fn fetch(dir: &Path, force: bool) -> Result<String, WitError> {
     let mut out = String::new();
     for path in write(dir, force)? {
