@@ -649,7 +649,6 @@ fn check_collision(
 pub fn wg_quick_config(
     peer: &external_peers::ExternalPeer,
     private_key: Option<&PrivateKey>,
-    mesh_net: Ipv4Net,
     nodes: &[nodes::Node],
     persistent_keepalive: Option<u16>,
 ) -> String {
@@ -659,25 +658,18 @@ pub fn wg_quick_config(
     let _ = writeln!(
         s,
         "PrivateKey = {}",
-        private_key.map_or_else(
-            || "<private key of this peer>".to_owned(),
-            PrivateKey::to_base64
-        )
+        private_key.map_or_else(|| "<private-key>".to_owned(), PrivateKey::to_base64)
     );
-    let _ = writeln!(
-        s,
-        "Address = {}/{}",
-        peer.mesh_address,
-        mesh_net.prefix_len()
-    );
-    if let Some(port) = peer
+    // A /32, as in the user guide: wg-quick routes each node's /32 from `AllowedIPs`.
+    let _ = writeln!(s, "Address = {}/32", peer.mesh_address);
+    // Nodes dial the peer's endpoint port, or the mesh default when it names none.
+    let port = peer
         .endpoint
         .as_deref()
         .and_then(|e| e.rsplit_once(':'))
         .and_then(|(_, p)| p.parse::<u16>().ok())
-    {
-        let _ = writeln!(s, "ListenPort = {port}");
-    }
+        .unwrap_or(tunnel::DEFAULT_LISTEN_PORT);
+    let _ = writeln!(s, "ListenPort = {port}");
     let _ = writeln!(s, "MTU = {}", tunnel::DEFAULT_MTU);
     for n in nodes {
         if n.wg_public_key.is_empty() || n.mesh_address.is_empty() {
@@ -831,18 +823,18 @@ mod tests {
             mesh_address: "10.44.44.200".into(),
             created_ms: 0,
         };
-        let conf = wg_quick_config(
-            &peer,
-            Some(&key),
-            addr::default_mesh_net(),
-            &[node("a", &a, "10.44.44.1")],
-            Some(25),
-        );
+        let conf = wg_quick_config(&peer, Some(&key), &[node("a", &a, "10.44.44.1")], Some(25));
         assert!(conf.contains(&format!("PrivateKey = {}", key.to_base64())));
-        assert!(conf.contains("Address = 10.44.44.200/24"));
+        assert!(conf.contains("Address = 10.44.44.200/32"));
         assert!(conf.contains("ListenPort = 51820"));
         assert!(conf.contains(&format!("[Peer]\nPublicKey = {a}\nEndpoint = a.example:51880\nAllowedIPs = 10.44.44.1/32\nPersistentKeepalive = 25")));
-        let placeholder = wg_quick_config(&peer, None, addr::default_mesh_net(), &[], None);
+        let bare = external_peers::ExternalPeer {
+            endpoint: Some("o11y.example".into()),
+            ..peer
+        };
+        let placeholder = wg_quick_config(&bare, None, &[], None);
         assert!(!placeholder.contains(&key.to_base64()));
+        assert!(placeholder.contains("PrivateKey = <private-key>"));
+        assert!(placeholder.contains("ListenPort = 51880"));
     }
 }

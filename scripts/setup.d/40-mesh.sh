@@ -1,4 +1,4 @@
 # Sourced by scripts/test: what makiatto-mesh's tests and bench/mesh need.
 # wireguard-tools gives `wg` (reads our UAPI socket), wireguard-go is the interop peer,
 # iproute2 and nftables build and partition the test namespaces, iperf3 drives the bench.
-ensure_packages wireguard-tools wireguard-go iproute2 nftables iperf3 procps
+ensure_packages wireguard-tools wireguard-go iproute2 nftables iperf3 jq procps

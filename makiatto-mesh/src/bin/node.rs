@@ -192,7 +192,6 @@ async fn handle(node: &MeshNode, cmd: Cmd) -> Result<Value, Box<dyn std::error::
             json!(makiatto_mesh::wg_quick_config(
                 &peer,
                 Some(&key),
-                node.config().mesh_cidr,
                 &ns,
                 Some(25)
             ))

@@ -240,19 +240,29 @@ async fn three_node_mesh_replicates_and_admits_a_wireguard_go_peer() {
             stripped_path.to_str().unwrap(),
         ],
     );
-    let cidr = format!("{x_mesh}/{}", c.mesh_net.prefix_len());
-    sh(
-        "ip",
-        &[
-            "netns", "exec", &x_ns, "ip", "addr", "add", &cidr, "dev", &x_iface,
-        ],
-    );
-    sh(
-        "ip",
-        &[
-            "netns", "exec", &x_ns, "ip", "link", "set", &x_iface, "mtu", "1420", "up",
-        ],
-    );
+    // What `wg-quick up` does with the rest of the file: Address, MTU, a route per
+    // AllowedIPs (done by hand so wireguard-go is used even where the kernel module is).
+    let value = |key: &str| -> Vec<String> {
+        conf.lines()
+            .filter_map(|l| l.split_once('='))
+            .filter(|(k, _)| k.trim() == key)
+            .map(|(_, v)| v.trim().to_owned())
+            .collect()
+    };
+    let address = value("Address");
+    assert_eq!(address, vec![format!("{x_mesh}/32")], "{conf}");
+    let ns_ip = |args: &[&str]| {
+        let mut full = vec!["netns", "exec", x_ns.as_str(), "ip"];
+        full.extend_from_slice(args);
+        sh("ip", &full);
+    };
+    ns_ip(&["addr", "add", &address[0], "dev", &x_iface]);
+    ns_ip(&["link", "set", &x_iface, "mtu", &value("MTU")[0], "up"]);
+    let allowed = value("AllowedIPs");
+    assert_eq!(allowed.len(), 3, "{conf}");
+    for route in &allowed {
+        ns_ip(&["route", "add", route, "dev", &x_iface]);
+    }
     for n in &c.nodes {
         let target = format!("exec 3<>/dev/tcp/{}/7946", n.mesh);
         wait_for(
