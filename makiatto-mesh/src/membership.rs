@@ -250,13 +250,11 @@ impl Membership {
                     trace!(%error, peer = %to.addr, "membership send failed");
                 }
             }
-            let mut changed = false;
             while let Some((after, timer)) = rt.to_schedule() {
                 seq += 1;
                 timers.insert((Instant::now() + after, seq), timer);
             }
             while let Some(n) = rt.to_notify() {
-                changed = true;
                 match n {
                     OwnedNotification::MemberUp(m) => info!(peer = %m.name, "member up"),
                     OwnedNotification::MemberDown(m) => info!(peer = %m.name, "member down"),
@@ -269,7 +267,6 @@ impl Membership {
             }
             // Suspect transitions emit no notification: rebuild the (small) view each
             // turn and publish it only when it differs.
-            let _ = changed;
             publish(&view, &foca, &id.name);
             let next_timer = timers.keys().next().map(|(at, _)| *at);
             tokio::select! {

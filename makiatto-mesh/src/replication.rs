@@ -77,7 +77,53 @@ pub async fn run(
 
 #[cfg(test)]
 mod tests {
+    use makiatto_store::transport::SyncTransport as _;
+    use makiatto_store::{Options, cluster};
+
     use super::*;
+
+    async fn serving(
+        dir: &std::path::Path,
+        name: &str,
+        mesh: &str,
+    ) -> (Store, SocketAddr, watch::Sender<bool>) {
+        let store = Store::open(dir.join(name), &cluster::SCHEMA, Options::default()).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, mut rx) = watch::channel(false);
+        let s = store.clone();
+        let net: Ipv4Net = mesh.parse().unwrap();
+        tokio::spawn(async move {
+            run(
+                s,
+                listener,
+                net,
+                Arc::new(Vec::new),
+                ReplicatorOptions::default(),
+                async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                },
+            )
+            .await
+        });
+        (store, addr, stop)
+    }
+
+    #[tokio::test]
+    async fn serves_the_mesh_and_refuses_everyone_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let client =
+            Store::open(dir.path().join("c"), &cluster::SCHEMA, Options::default()).unwrap();
+        let transport = TcpTransport::for_store(&client);
+        // Loopback is inside 127.0.0.0/8: served.
+        let (_a, inside, _stop_a) = serving(dir.path(), "a", "127.0.0.0/8").await;
+        let frames = transport.pull(&inside, client.sync_request(1 << 20)).await;
+        assert!(frames.is_ok(), "{frames:?}");
+        // The same client is outside 10.44.44.0/24: closed before any byte.
+        let (_b, outside, _stop_b) = serving(dir.path(), "b", "10.44.44.0/24").await;
+        let refused = transport.pull(&outside, client.sync_request(1 << 20)).await;
+        assert!(refused.is_err(), "a client outside the mesh was served");
+    }
 
     #[test]
     fn filter_accepts_only_the_mesh() {

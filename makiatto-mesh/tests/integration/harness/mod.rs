@@ -49,7 +49,7 @@ pub fn require_root_tools() {
         Path::new("/dev/net/tun").exists(),
         "cluster tests need /dev/net/tun"
     );
-    for tool in ["ip", "wg", "wg-quick", "wireguard-go", "nft"] {
+    for tool in ["ip", "wg", "wg-quick", "wireguard-go", "bash", "timeout"] {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .stdout(Stdio::null())
@@ -57,7 +57,7 @@ pub fn require_root_tools() {
             .is_ok_and(|s| s.success());
         assert!(
             found,
-            "cluster tests need `{tool}`: run scripts/setup.d/40-mesh.sh (apt: wireguard-tools wireguard-go iproute2 nftables)"
+            "cluster tests need `{tool}`: run scripts/setup.d/40-mesh.sh (apt: wireguard-tools wireguard-go iproute2)"
         );
     }
 }
