@@ -1,6 +1,9 @@
 //! The admin operations a node offers `maki`, over the node's store and blob store. The
-//! admin API (JSON under `/v1` on a Unix socket) is a thin layer over these; everything a
-//! client sends is checked here before it touches the store or the file system.
+//! admin API ([`socket`]: JSON under `/v1` on a Unix socket) is a thin layer over these;
+//! everything a client sends is checked here before it touches the store or the file
+//! system.
+
+pub mod socket;
 
 use std::io::Read;
 

@@ -1,0 +1,286 @@
+//! The admin API: JSON under `/v1` on a Unix socket (never TCP), reached by `maki` through
+//! an SSH-forwarded socket. The socket is created with mode `0660` (root and the makiatto
+//! group). Store work runs on the blocking pool.
+//!
+//! | method and path | body | answer |
+//! |---|---|---|
+//! | `GET /v1/version` | | `{"version"}` |
+//! | `POST /v1/blobs/missing` | `{"hashes": [..]}` | `{"missing": [..]}` |
+//! | `PUT /v1/blobs/{hash}` | the blob's bytes | `{"size"}` |
+//! | `POST /v1/deployments` | [`DeploymentRows`] | `201 {"id"}`; `409 {"error", "missing"}` while blobs are missing |
+//! | `GET /v1/domains/{domain}/deployments` | | `[`[`DeploymentSummary`]`]` |
+//! | `POST /v1/domains/{domain}/rollback` | `{"deployment": id or null}` | `{"active"}` |
+//!
+//! Client mistakes answer 4xx with `{"error"}`; store failures answer a generic 500.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::net::UnixListener;
+use tokio::task::JoinSet;
+
+use super::{Admin, AdminError, DeploymentSummary, MAX_BLOB_BYTES};
+use crate::deploy::{DeployError, DeploymentRows};
+use crate::store::{BlobHash, BlobStore, Store, StoreError};
+
+/// Permission bits of the socket: owner (root) and group (makiatto) only.
+pub const SOCKET_MODE: u32 = 0o660;
+/// Largest JSON body accepted, bytes.
+const MAX_JSON_BYTES: usize = 64 << 20;
+/// How long open connections may finish after shutdown.
+const DRAIN: Duration = Duration::from_secs(5);
+/// Pause after a failed `accept` (e.g. out of file descriptors), so the loop never spins.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// What the handlers work on.
+#[derive(Debug)]
+pub struct AdminState {
+    /// The node's store.
+    pub store: Arc<Store>,
+    /// The node's blobs.
+    pub blobs: Arc<BlobStore>,
+}
+
+/// `POST /v1/blobs/missing` body.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MissingRequest {
+    /// Hashes the client will need.
+    pub hashes: Vec<BlobHash>,
+}
+
+/// `POST /v1/blobs/missing` answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MissingResponse {
+    /// Those the node lacks.
+    pub missing: Vec<BlobHash>,
+}
+
+/// `POST /v1/domains/{domain}/rollback` body.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct RollbackRequest {
+    /// The deployment to activate; `None`: the one before the active one.
+    pub deployment: Option<String>,
+}
+
+/// Binds the admin socket at `path` (replacing a stale one, creating the directory) with
+/// mode [`SOCKET_MODE`].
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))?;
+    Ok(listener)
+}
+
+/// Serves the admin API on `listener` until `shutdown` completes, then lets open
+/// connections finish for a few seconds.
+pub async fn serve(
+    listener: UnixListener,
+    state: Arc<AdminState>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut conns = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else {
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                };
+                let state = Arc::clone(&state);
+                conns.spawn(async move {
+                    let service = service_fn(move |req| handle(Arc::clone(&state), req));
+                    // A connection that fails only concerns its client.
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    let _ = tokio::time::timeout(DRAIN, async { while conns.join_next().await.is_some() {} }).await;
+    conns.abort_all();
+}
+
+/// A failed request, mapped to a status in one place.
+enum Failure {
+    BadRequest(String),
+    NotFound,
+    Admin(AdminError),
+}
+
+impl From<AdminError> for Failure {
+    fn from(e: AdminError) -> Self {
+        Self::Admin(e)
+    }
+}
+
+async fn handle(
+    state: Arc<AdminState>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    Ok(route(state, req).await.unwrap_or_else(|f| failure(&f)))
+}
+
+async fn route(
+    state: Arc<AdminState>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Failure> {
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_owned();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (&parts.method, segments.as_slice()) {
+        (&Method::GET, ["v1", "version"]) => Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({ "version": crate::VERSION }),
+        )),
+        (&Method::POST, ["v1", "blobs", "missing"]) => {
+            let request: MissingRequest = read_json(body).await?;
+            let missing = blocking(state, move |a| Ok(a.missing(&request.hashes))).await?;
+            Ok(json(StatusCode::OK, &MissingResponse { missing }))
+        }
+        (&Method::PUT, ["v1", "blobs", hash]) => {
+            let hash: BlobHash = hash
+                .parse()
+                .map_err(|_| Failure::BadRequest(format!("`{hash}` is not a blob hash")))?;
+            let limit = usize::try_from(MAX_BLOB_BYTES).unwrap_or(usize::MAX);
+            let bytes = read_body(body, limit).await?;
+            let size = blocking(state, move |a| a.put_blob(hash, bytes.as_ref())).await?;
+            Ok(json(StatusCode::OK, &serde_json::json!({ "size": size })))
+        }
+        (&Method::POST, ["v1", "deployments"]) => {
+            let rows: DeploymentRows = read_json(body).await?;
+            let id = rows.deployment.id.clone();
+            blocking(state, move |a| a.create_deployment(&rows)).await?;
+            Ok(json(StatusCode::CREATED, &serde_json::json!({ "id": id })))
+        }
+        (&Method::GET, ["v1", "domains", domain, "deployments"]) => {
+            let domain = (*domain).to_owned();
+            let list: Vec<DeploymentSummary> =
+                blocking(state, move |a| a.deployments(&domain)).await?;
+            Ok(json(StatusCode::OK, &list))
+        }
+        (&Method::POST, ["v1", "domains", domain, "rollback"]) => {
+            let domain = (*domain).to_owned();
+            let request: RollbackRequest = read_json(body).await?;
+            let now = now_ms();
+            let active = blocking(state, move |a| {
+                a.rollback(&domain, request.deployment.as_deref(), now)
+            })
+            .await?;
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({ "active": active }),
+            ))
+        }
+        _ => Err(Failure::NotFound),
+    }
+}
+
+/// Runs `f` with the node's [`Admin`] on the blocking pool (SQLite and file I/O).
+async fn blocking<T: Send + 'static>(
+    state: Arc<AdminState>,
+    f: impl FnOnce(Admin<'_>) -> Result<T, AdminError> + Send + 'static,
+) -> Result<T, Failure> {
+    let joined =
+        tokio::task::spawn_blocking(move || f(Admin::new(&state.store, &state.blobs))).await;
+    match joined {
+        Ok(result) => result.map_err(Failure::Admin),
+        Err(_) => Err(Failure::Admin(AdminError::Store(StoreError::Io(
+            std::io::Error::other("admin task failed"),
+        )))),
+    }
+}
+
+async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, Failure> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) => Err(Failure::BadRequest(format!("cannot read the body: {e}"))),
+    }
+}
+
+async fn read_json<T: DeserializeOwned>(body: Incoming) -> Result<T, Failure> {
+    let bytes = read_body(body, MAX_JSON_BYTES).await?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| Failure::BadRequest(format!("invalid JSON body: {e}")))
+}
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
+    // Serialising these plain types cannot fail; fall back to an empty object regardless.
+    let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn failure(f: &Failure) -> Response<Full<Bytes>> {
+    let error = |status: StatusCode, message: String| {
+        json(status, &serde_json::json!({ "error": message }))
+    };
+    match f {
+        Failure::BadRequest(message) => error(StatusCode::BAD_REQUEST, message.clone()),
+        Failure::NotFound => error(StatusCode::NOT_FOUND, "no such endpoint".into()),
+        Failure::Admin(e) => match e {
+            AdminError::MissingBlobs(missing) => json(
+                StatusCode::CONFLICT,
+                &serde_json::json!({ "error": e.to_string(), "missing": missing }),
+            ),
+            AdminError::Deploy(DeployError::UnknownDeployment { .. }) => {
+                error(StatusCode::NOT_FOUND, e.to_string())
+            }
+            AdminError::Deploy(DeployError::NothingToRollBack { .. }) => {
+                error(StatusCode::CONFLICT, e.to_string())
+            }
+            AdminError::Invalid(_) | AdminError::Deploy(_) => {
+                error(StatusCode::BAD_REQUEST, e.to_string())
+            }
+            AdminError::Store(
+                StoreError::BlobMismatch { .. } | StoreError::BlobTooLarge { .. },
+            ) => error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "{e}: {}",
+                    std::error::Error::source(e)
+                        .map(ToString::to_string)
+                        .unwrap_or_default()
+                ),
+            ),
+            AdminError::Store(_) => {
+                error(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into())
+            }
+        },
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests;

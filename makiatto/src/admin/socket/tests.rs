@@ -1,0 +1,154 @@
+use std::path::Path;
+
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::net::UnixStream;
+
+use super::*;
+use crate::manifest;
+use crate::plan::Plan;
+use crate::project::Project;
+use crate::store::Options;
+use crate::store::cluster;
+
+/// Sends one request over a fresh connection; returns the status and the JSON answer.
+async fn call(socket: &Path, method: Method, path: &str, body: Vec<u8>) -> (StatusCode, Value) {
+    let stream = UnixStream::connect(socket).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::HOST, "makiatto")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_over_a_unix_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("run/admin.sock");
+    let state = Arc::new(AdminState {
+        store: Arc::new(
+            Store::open(dir.path().join("db"), &cluster::SCHEMA, Options::default()).unwrap(),
+        ),
+        blobs: Arc::new(BlobStore::open(dir.path().join("blobs")).unwrap()),
+    });
+    let listener = bind(&socket).unwrap();
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, SOCKET_MODE);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, state, async {
+        let _ = stopped.await;
+    }));
+
+    let (status, body) = call(&socket, Method::GET, "/v1/version", Vec::new()).await;
+    assert_eq!(
+        (status, body["version"].as_str()),
+        (StatusCode::OK, Some(crate::VERSION))
+    );
+
+    // A site and its deployment rows.
+    std::fs::create_dir_all(dir.path().join("site")).unwrap();
+    std::fs::write(dir.path().join("site/index.html"), "hello").unwrap();
+    let text = "[[domain]]\nname = \"example.com\"\npath = \"site\"\n";
+    let project = Project::parse(Path::new("makiatto.toml"), text, dir.path()).unwrap();
+    let plan = Plan::build(&project, &manifest::Options::default(), &|_, _| {}).unwrap();
+    let rows = plan.domains[0].rows("d1", 1, "test").unwrap();
+    let rows_json = serde_json::to_vec(&rows).unwrap();
+    let hash = BlobHash::of(b"hello");
+
+    let missing = serde_json::to_vec(&MissingRequest { hashes: vec![hash] }).unwrap();
+    let (status, body) = call(&socket, Method::POST, "/v1/blobs/missing", missing.clone()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["missing"][0].as_str(), Some(hash.to_string().as_str()));
+
+    let (status, body) = call(&socket, Method::POST, "/v1/deployments", rows_json.clone()).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["missing"].as_array().map(Vec::len), Some(1));
+
+    let blob_path = format!("/v1/blobs/{hash}");
+    let (status, _) = call(&socket, Method::PUT, &blob_path, b"tampered".to_vec()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, body) = call(&socket, Method::PUT, &blob_path, b"hello".to_vec()).await;
+    assert_eq!((status, body["size"].as_u64()), (StatusCode::OK, Some(5)));
+    let (_, body) = call(&socket, Method::POST, "/v1/blobs/missing", missing).await;
+    assert_eq!(body["missing"].as_array().map(Vec::len), Some(0));
+
+    let (status, body) = call(&socket, Method::POST, "/v1/deployments", rows_json).await;
+    assert_eq!(
+        (status, body["id"].as_str()),
+        (StatusCode::CREATED, Some("d1")),
+        "{body}"
+    );
+    let (status, body) = call(
+        &socket,
+        Method::GET,
+        "/v1/domains/example.com/deployments",
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body[0]["id"].as_str(), Some("d1"));
+    assert_eq!(body[0]["active"].as_bool(), Some(false));
+
+    let rollback = |id: &str| {
+        serde_json::to_vec(&RollbackRequest {
+            deployment: Some(id.into()),
+        })
+        .unwrap()
+    };
+    let (status, body) = call(
+        &socket,
+        Method::POST,
+        "/v1/domains/example.com/rollback",
+        rollback("d1"),
+    )
+    .await;
+    assert_eq!(
+        (status, body["active"].as_str()),
+        (StatusCode::OK, Some("d1"))
+    );
+    let (status, _) = call(
+        &socket,
+        Method::POST,
+        "/v1/domains/example.com/rollback",
+        rollback("zz"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = call(
+        &socket,
+        Method::POST,
+        "/v1/domains/example.com/rollback",
+        b"{}".to_vec(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "nothing older than d1");
+
+    let (status, _) = call(
+        &socket,
+        Method::POST,
+        "/v1/deployments",
+        b"{not json".to_vec(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = call(&socket, Method::GET, "/v1/nothing", Vec::new()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = call(&socket, Method::PUT, "/v1/blobs/not-a-hash", Vec::new()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .unwrap()
+        .unwrap();
+}
