@@ -234,6 +234,7 @@ impl Membership {
         let mut rt = AccumulatingRuntime::<MemberId>::new();
         let mut timers: BTreeMap<(Instant, u64), Timer<MemberId>> = BTreeMap::new();
         let mut seq = 0u64;
+        let mut ticks = 0u64;
         let mut buf = vec![0u8; MAX_DATAGRAM];
         let mut reannounce = tokio::time::interval(options.reannounce_every);
         reannounce.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -300,12 +301,25 @@ impl Membership {
                     }
                 },
                 _ = reannounce.tick() => {
-                    if foca.iter_members().next().is_none() {
-                        for addr in seeds() {
-                            if addr == id.addr { continue; }
-                            if let Err(error) = foca.announce(placeholder(addr), &mut rt) {
-                                debug!(%error, peer = %addr, "announce failed");
-                            }
+                    ticks = ticks.wrapping_add(1);
+                    let active: Vec<SocketAddr> = foca.iter_members().map(|m| m.id().addr).collect();
+                    let missing: Vec<SocketAddr> = seeds()
+                        .into_iter()
+                        .filter(|a| *a != id.addr && !active.contains(a))
+                        .collect();
+                    // Alone: announce to every seed. Otherwise, every fifth tick, to one
+                    // seed that is not an active member, so two halves of a long split
+                    // (longer than `remove_down_after`) still find each other again.
+                    let targets: Vec<SocketAddr> = if active.is_empty() {
+                        missing
+                    } else if ticks.is_multiple_of(5) && !missing.is_empty() {
+                        vec![missing[(ticks / 5) as usize % missing.len()]]
+                    } else {
+                        Vec::new()
+                    };
+                    for addr in targets {
+                        if let Err(error) = foca.announce(placeholder(addr), &mut rt) {
+                            debug!(%error, peer = %addr, "announce failed");
                         }
                     }
                 },
