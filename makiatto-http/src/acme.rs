@@ -620,8 +620,7 @@ mod tests {
         let secs = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
         let to = |t: SystemTime| {
             let d = secs(t) / 86_400;
-            // Days since epoch → civil date is overkill here; rcgen takes y/m/d, so build
-            // from whole days via the 1970 epoch.
+            // Whole days after the 1970 epoch.
             rcgen::date_time_ymd(1970, 1, 1) + std::time::Duration::from_secs(d * 86_400)
         };
         params.not_before = to(not_before);

@@ -258,9 +258,11 @@ impl FileCache {
         };
         let tag = hex_prefix(hash.as_bytes());
         let identity = Repr {
-            len_header: HeaderValue::from(meta.len()),
+            // The length of what was read, not what stat said: the file may have
+            // changed in between, and ranges are cut from the bytes held.
+            len_header: HeaderValue::from(len_of(body.as_ref(), meta.len())),
             etag: etag_value(&tag, None),
-            len: meta.len(),
+            len: len_of(body.as_ref(), meta.len()),
             body,
             path: path.to_path_buf(),
         };
@@ -276,9 +278,9 @@ impl FileCache {
             variants.push((
                 enc,
                 Repr {
-                    len_header: HeaderValue::from(vmeta.len()),
+                    len_header: HeaderValue::from(len_of(vbody.as_ref(), vmeta.len())),
                     etag: etag_value(&tag, Some(enc)),
-                    len: vmeta.len(),
+                    len: len_of(vbody.as_ref(), vmeta.len()),
                     body: vbody,
                     path: vpath,
                 },
@@ -354,6 +356,10 @@ impl FileCache {
         self.hashes.insert(key, h);
         Ok(h)
     }
+}
+
+fn len_of(body: Option<&Bytes>, stat_len: u64) -> u64 {
+    body.map_or(stat_len, |b| b.len() as u64)
 }
 
 /// Types worth compressing on the fly.
