@@ -48,6 +48,33 @@ enum Cmd {
     PutBlob { size: usize, seed: u64 },
     /// Fetch blobs by hex hash from the alive peers.
     FetchBlobs { hashes: Vec<String> },
+    /// Upsert `domains(key)` and return the commit time (unix µs).
+    PutStamped { key: String },
+    /// Start watching for `domains(key)`; returns at once.
+    Arm { key: String },
+    /// When the armed `key` became visible here (unix µs); waits up to `timeout_ms`.
+    Seen { key: String, timeout_ms: u64 },
+}
+
+type Armed =
+    std::sync::Mutex<std::collections::HashMap<String, tokio::sync::watch::Receiver<Option<u128>>>>;
+
+fn now_us() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros())
+}
+
+fn has_key(store: &makiatto_store::Store, key: &str) -> bool {
+    store
+        .read(|c| {
+            Ok(
+                c.query_row("SELECT count(*) FROM domains WHERE name = ?1", [key], |r| {
+                    r.get::<_, i64>(0)
+                })?,
+            )
+        })
+        .is_ok_and(|n| n > 0)
 }
 
 fn main() -> std::process::ExitCode {
@@ -87,6 +114,7 @@ async fn run(path: &str) -> Result<(), Box<dyn std::error::Error>> {
     let text = std::fs::read_to_string(path)?;
     let config: NodeConfig = serde_json::from_str(&text)?;
     let node = MeshNode::start(config).await?;
+    let armed = Armed::default();
     let mut out = tokio::io::stdout();
     let ready = json!({"event": "ready", "mesh_address": node.mesh_address().to_string()});
     out.write_all(format!("{ready}\n").as_bytes()).await?;
@@ -94,7 +122,7 @@ async fn run(path: &str) -> Result<(), Box<dyn std::error::Error>> {
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     while let Some(line) = lines.next_line().await? {
         let answer = match serde_json::from_str::<Cmd>(&line) {
-            Ok(cmd) => match handle(&node, cmd).await {
+            Ok(cmd) => match handle(&node, &armed, cmd).await {
                 Ok(v) => json!({"ok": true, "value": v}),
                 Err(e) => json!({"ok": false, "error": e.to_string()}),
             },
@@ -107,9 +135,57 @@ async fn run(path: &str) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-async fn handle(node: &MeshNode, cmd: Cmd) -> Result<Value, Box<dyn std::error::Error>> {
+async fn handle(
+    node: &MeshNode,
+    armed: &Armed,
+    cmd: Cmd,
+) -> Result<Value, Box<dyn std::error::Error>> {
     let store = node.store().clone();
     Ok(match cmd {
+        Cmd::PutStamped { key } => {
+            store.write(|tx| {
+                tx.execute("INSERT OR REPLACE INTO domains (name) VALUES (?1)", [&key])?;
+                Ok(())
+            })?;
+            json!(now_us().to_string())
+        }
+        Cmd::Arm { key } => {
+            let mut changes = store
+                .watch_table("domains")
+                .ok_or("domains is not replicated")?;
+            let (tx, rx) = tokio::sync::watch::channel(None);
+            let k = key.clone();
+            tokio::spawn(async move {
+                loop {
+                    if has_key(&store, &k) {
+                        let _ = tx.send(Some(now_us()));
+                        return;
+                    }
+                    if changes.changed().await.is_err() {
+                        return;
+                    }
+                }
+            });
+            armed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(key, rx);
+            Value::Null
+        }
+        Cmd::Seen { key, timeout_ms } => {
+            let rx = armed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&key);
+            let mut rx = rx.ok_or("key not armed")?;
+            let seen = tokio::time::timeout(
+                Duration::from_millis(timeout_ms),
+                rx.wait_for(Option::is_some),
+            )
+            .await??
+            .unwrap_or_default();
+            json!(seen.to_string())
+        }
         Cmd::Put { key, value } => {
             store.write(|tx| {
                 tx.execute(
