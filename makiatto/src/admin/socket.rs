@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::UnixListener;
 use tokio::task::JoinSet;
 
-use super::{Admin, AdminError, DeploymentSummary, MAX_BLOB_BYTES};
+use super::{Admin, AdminError, DeploymentSummary};
 use crate::deploy::{DeployError, DeploymentRows};
 use crate::store::{BlobHash, BlobStore, Store, StoreError};
 
@@ -41,6 +41,8 @@ pub const SOCKET_MODE: u32 = 0o660;
 const MAX_JSON_BYTES: usize = 64 << 20;
 /// How long open connections may finish after shutdown.
 const DRAIN: Duration = Duration::from_secs(5);
+/// Body chunks buffered between the socket and the blob store during an upload.
+const UPLOAD_CHUNKS_IN_FLIGHT: usize = 8;
 /// Pause after a failed `accept` (e.g. out of file descriptors), so the loop never spins.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -163,9 +165,7 @@ async fn route(
             let hash: BlobHash = hash
                 .parse()
                 .map_err(|_| Failure::BadRequest(format!("`{hash}` is not a blob hash")))?;
-            let limit = usize::try_from(MAX_BLOB_BYTES).unwrap_or(usize::MAX);
-            let bytes = read_body(body, limit).await?;
-            let size = blocking(state, move |a| a.put_blob(hash, bytes.as_ref())).await?;
+            let size = upload(state, hash, body).await?;
             Ok(json(StatusCode::OK, &serde_json::json!({ "size": size })))
         }
         (&Method::POST, ["v1", "deployments"]) => {
@@ -194,6 +194,66 @@ async fn route(
             ))
         }
         _ => Err(Failure::NotFound),
+    }
+}
+
+/// Streams a request body into the blob store: the body's chunks cross a bounded channel to
+/// the blocking pool, where [`Admin::put_blob`] hashes and writes them (and enforces
+/// [`MAX_BLOB_BYTES`](super::MAX_BLOB_BYTES)), so a blob is never held in memory whole.
+async fn upload(
+    state: Arc<AdminState>,
+    hash: BlobHash,
+    mut body: Incoming,
+) -> Result<u64, Failure> {
+    let (tx, rx) = tokio::sync::mpsc::channel(UPLOAD_CHUNKS_IN_FLIGHT);
+    let store = blocking(state, move |a| {
+        a.put_blob(
+            hash,
+            ChannelReader {
+                rx,
+                current: Bytes::new(),
+            },
+        )
+    });
+    let feed = async move {
+        while let Some(frame) = body.frame().await {
+            let chunk = match frame {
+                Ok(frame) => match frame.into_data() {
+                    Ok(data) => Ok(data),
+                    Err(_) => continue, // trailers
+                },
+                Err(e) => Err(std::io::Error::other(e)),
+            };
+            let failed = chunk.is_err();
+            // A closed channel means the store side finished early (blob already present
+            // or refused): stop reading.
+            if tx.send(chunk).await.is_err() || failed {
+                break;
+            }
+        }
+    };
+    let (stored, ()) = tokio::join!(store, feed);
+    stored
+}
+
+/// A `Read` over body chunks sent from the async side.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+    current: Bytes,
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(chunk)) => self.current = chunk,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
     }
 }
 

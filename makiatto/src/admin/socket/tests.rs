@@ -79,6 +79,15 @@ async fn the_admin_api_over_a_unix_socket() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let (status, body) = call(&socket, Method::PUT, &blob_path, b"hello".to_vec()).await;
     assert_eq!((status, body["size"].as_u64()), (StatusCode::OK, Some(5)));
+    // A larger blob crosses the socket in many chunks.
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let big_hash = BlobHash::of(&big);
+    let (status, body) = call(&socket, Method::PUT, &format!("/v1/blobs/{big_hash}"), big).await;
+    assert_eq!(
+        (status, body["size"].as_u64()),
+        (StatusCode::OK, Some(3_000_000)),
+        "{body}"
+    );
     let (_, body) = call(&socket, Method::POST, "/v1/blobs/missing", missing).await;
     assert_eq!(body["missing"].as_array().map(Vec::len), Some(0));
 
