@@ -1,6 +1,6 @@
 //! Server configuration.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 /// Limits and listeners of the web server. Plain data with defaults, readable from a
@@ -12,6 +12,9 @@ pub struct ServerConfig {
     pub http_addrs: Vec<SocketAddr>,
     /// HTTPS listeners.
     pub https_addrs: Vec<SocketAddr>,
+    /// Peers whose `X-Forwarded-Host` (and `X-Forwarded-Proto: https`, which skips the
+    /// HTTPS redirect) are believed. Empty by default: forwarded headers are ignored.
+    pub trusted_proxies: Vec<IpAddr>,
     /// The port written into HTTP → HTTPS redirects; `None` means the default 443.
     pub https_redirect_port: Option<u16>,
     /// Largest request head (request line and headers) accepted; larger gets 431.
@@ -47,6 +50,7 @@ impl Default for ServerConfig {
                 SocketAddr::from((Ipv4Addr::UNSPECIFIED, 443)),
                 SocketAddr::from((Ipv6Addr::UNSPECIFIED, 443)),
             ],
+            trusted_proxies: Vec::new(),
             https_redirect_port: None,
             max_header_bytes: 16 * 1024,
             header_read_timeout_ms: 10_000,

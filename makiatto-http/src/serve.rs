@@ -35,6 +35,10 @@ pub(crate) struct Shared {
 #[derive(Debug, Clone)]
 pub(crate) struct TlsSni(pub(crate) Arc<str>);
 
+/// Marks requests that came from a configured trusted proxy.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TrustedProxy;
+
 #[derive(Debug, Clone)]
 struct AppState {
     shared: Arc<Shared>,
@@ -77,9 +81,16 @@ fn plain(status: StatusCode, msg: &'static str) -> Response {
     r
 }
 
-/// The host of a request: the URI authority (HTTP/2 `:authority`, or an absolute-form
-/// request target) or else the `Host` header.
+/// The host of a request: from a trusted proxy its `X-Forwarded-Host`; otherwise the
+/// URI authority (HTTP/2 `:authority`, or an absolute-form request target) or else the
+/// `Host` header.
 fn request_host(req: &Parts) -> Option<String> {
+    if req.extensions.get::<TrustedProxy>().is_some()
+        && let Some(fwd) = req.headers.get("x-forwarded-host")
+    {
+        // The first (client-facing) value when proxies chained.
+        return normalize_host(fwd.to_str().ok()?.split(',').next()?);
+    }
     if let Some(a) = req.uri.authority() {
         return normalize_host(a.as_str());
     }
@@ -111,7 +122,12 @@ async fn static_site(State(st): State<AppState>, req: Request) -> Response {
             "host not covered by this connection\n",
         );
     }
-    if !st.https && shared.certs.resolve(&host).is_some() {
+    let via_https_proxy = req.extensions.get::<TrustedProxy>().is_some()
+        && req
+            .headers
+            .get("x-forwarded-proto")
+            .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https"));
+    if !st.https && !via_https_proxy && shared.certs.resolve(&host).is_some() {
         return redirect(&host, shared.https_port, &req);
     }
     let mut resp = serve_site(shared, &site, &req).await;

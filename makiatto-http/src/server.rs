@@ -17,7 +17,7 @@ use crate::HttpError;
 use crate::challenge::ChallengeStore;
 use crate::config::ServerConfig;
 use crate::files::{FileCache, FileCacheConfig};
-use crate::serve::{Shared, TlsSni, router};
+use crate::serve::{Shared, TlsSni, TrustedProxy, router};
 use crate::site::SiteResolver;
 use crate::tls::{CertSource, server_config};
 
@@ -177,16 +177,26 @@ impl HttpServer {
                     match hs {
                         Ok(Ok(tls)) => {
                             let sni = tls.get_ref().1.server_name().map(|s| TlsSni(Arc::from(s)));
-                            this.serve_conn(tls, app, sni, token).await;
+                            let proxy = this.trusted(peer);
+                            this.serve_conn(tls, app, sni, proxy, token).await;
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "tls handshake failed"),
                         Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
                     }
                 } else {
-                    this.serve_conn(stream, app, None, token).await;
+                    let proxy = this.trusted(peer);
+                    this.serve_conn(stream, app, None, proxy, token).await;
                 }
             });
         }
+    }
+
+    fn trusted(&self, peer: SocketAddr) -> Option<TrustedProxy> {
+        let ip = peer.ip().to_canonical();
+        self.cfg
+            .trusted_proxies
+            .contains(&ip)
+            .then_some(TrustedProxy)
     }
 
     async fn serve_conn<S>(
@@ -194,6 +204,7 @@ impl HttpServer {
         io: S,
         app: axum::Router,
         sni: Option<TlsSni>,
+        proxy: Option<TrustedProxy>,
         shutdown: CancellationToken,
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -204,6 +215,9 @@ impl HttpServer {
             hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
                 if let Some(s) = &sni {
                     req.extensions_mut().insert(s.clone());
+                }
+                if let Some(p) = proxy {
+                    req.extensions_mut().insert(p);
                 }
                 let mut app = app.clone();
                 tower_service::Service::call(&mut app, req)

@@ -400,3 +400,52 @@ async fn curl_http1_and_h2c() {
     .await;
     assert_eq!(code, "400 1.1");
 }
+
+#[tokio::test]
+async fn forwarded_host_only_from_trusted_proxies() {
+    let fwd = [
+        ("X-Forwarded-Host", "site.test"),
+        ("X-Forwarded-Proto", "https"),
+    ];
+    // Not trusted (the default): the header is ignored, the Host decides.
+    let s = start(|_| {}).await;
+    assert_eq!(
+        get(s.http, "unknown.test", "/about", &fwd).await.status,
+        404
+    );
+    assert_eq!(
+        get(
+            s.http,
+            "example.test",
+            "/about",
+            &[("X-Forwarded-Proto", "https")]
+        )
+        .await
+        .status,
+        308
+    );
+    // Trusted: the forwarded host is served, and a proxy that terminated TLS is not
+    // redirected to HTTPS again.
+    let s = start(|c| c.trusted_proxies = vec!["127.0.0.1".parse().unwrap()]).await;
+    let r = get(s.http, "unknown.test", "/about", &fwd).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "<h1>about</h1>\n"));
+    let r = get(
+        s.http,
+        "proxy.internal",
+        "/about",
+        &[
+            ("X-Forwarded-Host", "example.test"),
+            ("X-Forwarded-Proto", "https"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let r = get(
+        s.http,
+        "proxy.internal",
+        "/about",
+        &[("X-Forwarded-Host", "example.test")],
+    )
+    .await;
+    assert_eq!(r.status, 308);
+}
