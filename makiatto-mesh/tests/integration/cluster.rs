@@ -375,9 +375,10 @@ async fn partition_heal_and_restart_converge() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn five_node_mesh_forms_and_converges() {
+async fn five_node_mesh_with_host_name_endpoints_forms_and_converges() {
     let _serial = SERIAL.lock().await;
-    let mut c = Cluster::start(5).await;
+    // Endpoints are host names, resolved when the peers are applied.
+    let mut c = Cluster::start_with(5, true).await;
     wait_all_alive(&mut c).await;
     tcp_between_every_pair(&mut c).await;
     for i in 0..5 {

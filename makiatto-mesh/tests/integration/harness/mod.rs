@@ -13,6 +13,7 @@
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
 use std::collections::BTreeSet;
+use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -263,6 +264,13 @@ pub struct Cluster {
 impl Cluster {
     /// Creates `n` namespaces with their nodes and starts every node.
     pub async fn start(n: usize) -> Cluster {
+        Self::start_with(n, false).await
+    }
+
+    /// Like [`Cluster::start`]; with `host_names`, every WireGuard endpoint is a host name
+    /// (`n<i>.underlay.test:51880`), resolved through `/etc/netns/<ns>/hosts` (which
+    /// `ip netns exec` mounts over `/etc/hosts`).
+    pub async fn start_with(n: usize, host_names: bool) -> Cluster {
         require_root_tools();
         let id = CLUSTERS.fetch_add(1, Ordering::SeqCst);
         let prefix = format!(
@@ -317,13 +325,31 @@ impl Cluster {
         // Every node starts knowing the others' keys and endpoints, as `maki machine add`
         // gives a new node the cluster's peers (WireGuard needs the key on both sides
         // before anything, replication included, can flow).
+        let endpoint = |n: &Node| {
+            if host_names {
+                format!("{}.underlay.test:{WG_PORT}", n.name)
+            } else {
+                format!("{}:{WG_PORT}", n.underlay)
+            }
+        };
+        if host_names {
+            let mut hosts = String::from("127.0.0.1 localhost\n");
+            for n in &cluster.nodes {
+                let _ = writeln!(hosts, "{} {}.underlay.test", n.underlay, n.name);
+            }
+            for n in &cluster.nodes {
+                let dir = PathBuf::from("/etc/netns").join(&n.ns);
+                std::fs::create_dir_all(&dir).expect("creating /etc/netns/<ns>");
+                std::fs::write(dir.join("hosts"), &hosts).expect("writing the namespace's hosts");
+            }
+        }
         let seeds: Vec<SeedPeer> = cluster
             .nodes
             .iter()
             .map(|n| SeedPeer {
                 name: n.name.clone(),
                 public_key: n.key.public_key().to_base64(),
-                endpoint: format!("{}:{WG_PORT}", n.underlay),
+                endpoint: endpoint(n),
                 mesh_address: n.mesh,
             })
             .collect();
@@ -343,7 +369,7 @@ impl Cluster {
                 // Explicit, so a rare collision between two concurrent first choices
                 // cannot make the test flaky (allocation is covered by unit tests).
                 mesh_address: Some(node.mesh),
-                endpoint: format!("{}:{WG_PORT}", node.underlay),
+                endpoint: endpoint(node),
                 public_ipv4: node.underlay.to_string(),
                 persistent_keepalive_secs: Some(5),
                 seeds: seeds
@@ -500,6 +526,16 @@ impl Cluster {
             }
         }
         let _ = run_out("ip", &["link", "del", &self.bridge]);
+        if let Ok(dir) = std::fs::read_dir("/etc/netns") {
+            for e in dir.flatten() {
+                if e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{}-", self.prefix))
+                {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
         if let Ok(dir) = std::fs::read_dir("/var/run/wireguard") {
             for e in dir.flatten() {
                 if e.file_name().to_string_lossy().starts_with(&self.prefix) {
