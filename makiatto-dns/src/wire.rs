@@ -14,7 +14,7 @@ use quick_cache::{
 };
 
 use crate::{
-    GeoLocator, GeoPoint, Selector, ZoneHandle,
+    GeoLocator, GeoPoint, NodeSet, Selector, ZoneHandle,
     compile::{Compiled, CompiledZone, Section, TYPE_A, TYPE_AAAA, label_starts, push_record},
     geo::cache_key,
 };
@@ -254,8 +254,17 @@ fn parse(b: &[u8]) -> Parsed<'_> {
     }
 }
 
-/// Client locations per (locator generation, /24 or /56 prefix, is IPv6).
-pub(crate) type GeoCache = Cache<(u64, u128, bool), Option<GeoPoint>, UnitWeighter, FoldHasher>;
+/// What is known about a client prefix: its location, and the node sets chosen for it (A and
+/// AAAA) from the snapshot with `serial`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct GeoEntry {
+    point: Option<GeoPoint>,
+    serial: u32,
+    sets: [Option<NodeSet>; 2],
+}
+
+/// Client prefixes per (locator generation, /24 or /56 prefix, is IPv6).
+pub(crate) type GeoCache = Cache<(u64, u128, bool), GeoEntry, UnitWeighter, FoldHasher>;
 
 /// Answers queries from the current zone snapshot.
 #[derive(Debug, Clone)]
@@ -305,15 +314,32 @@ impl Engine {
         }
     }
 
-    fn locate(&self, ip: IpAddr) -> Option<GeoPoint> {
+    /// The nodes answering a client at `ip` for A (`family` 0) or AAAA (1), from the
+    /// per-prefix cache when it holds a choice made on this snapshot.
+    fn choose(&self, ip: IpAddr, snap: &Compiled, family: usize) -> NodeSet {
         let (prefix, v6) = cache_key(ip);
         let key = (self.locator.generation(), prefix, v6);
-        if let Some(hit) = self.cache.get(&key) {
-            return hit;
+        let mut entry = self.cache.get(&key).unwrap_or_else(|| GeoEntry {
+            point: self.locator.locate(ip),
+            serial: snap.serial,
+            sets: [None, None],
+        });
+        if entry.serial != snap.serial {
+            entry.serial = snap.serial;
+            entry.sets = [None, None];
         }
-        let found = self.locator.locate(ip);
-        self.cache.insert(key, found);
-        found
+        if let Some(set) = entry.sets[family] {
+            return set;
+        }
+        let candidates = if family == 0 {
+            &snap.v4.candidates
+        } else {
+            &snap.v6.candidates
+        };
+        let set = self.selector.select(entry.point, candidates);
+        entry.sets[family] = Some(set);
+        self.cache.insert(key, entry);
+        set
     }
 
     /// Writes the response to `query` into `out` (cleared first). Returns false when the
@@ -391,27 +417,12 @@ impl Engine {
                     None => (src, None),
                 };
                 ecs_scope = scope;
-                let point = self.locate(client);
                 an = if qtype == TYPE_A {
-                    write_geo(
-                        out,
-                        &*self.selector,
-                        point,
-                        &snap.v4.candidates,
-                        &snap.v4.addrs,
-                        TYPE_A,
-                        zone.geo_ttl,
-                    )
+                    let set = self.choose(client, snap, 0);
+                    write_geo(out, set, &snap.v4.addrs, TYPE_A, zone.geo_ttl)
                 } else {
-                    write_geo(
-                        out,
-                        &*self.selector,
-                        point,
-                        &snap.v6.candidates,
-                        &snap.v6.addrs,
-                        TYPE_AAAA,
-                        zone.geo_ttl,
-                    )
+                    let set = self.choose(client, snap, 1);
+                    write_geo(out, set, &snap.v6.addrs, TYPE_AAAA, zone.geo_ttl)
                 };
                 if an == 0 {
                     // No node has an address of this family: NODATA.
@@ -560,17 +571,11 @@ fn plan<'a>(snap: &'a Compiled, lower: &[u8], qtype: u16) -> Plan<'a> {
 
 fn write_geo<const N: usize>(
     out: &mut Vec<u8>,
-    selector: &dyn Selector,
-    client: Option<GeoPoint>,
-    candidates: &[crate::Candidate],
+    chosen: NodeSet,
     addrs: &[[u8; N]],
     rtype: u16,
     ttl: u32,
 ) -> u16 {
-    if candidates.is_empty() {
-        return 0;
-    }
-    let chosen = selector.select(client, candidates);
     let mut count = 0;
     for i in chosen.iter() {
         if let Some(addr) = addrs.get(i) {
@@ -671,7 +676,14 @@ mod cache_tests {
                 if c.get(&k).is_some() {
                     hits += 1;
                 } else {
-                    c.insert(k, None);
+                    c.insert(
+                        k,
+                        GeoEntry {
+                            point: None,
+                            serial: 1,
+                            sets: [None, None],
+                        },
+                    );
                 }
             }
             assert_eq!(hits, if pass == 0 { 0 } else { 10_000 }, "pass {pass}");
