@@ -6,13 +6,17 @@
 pub mod socket;
 
 use std::io::Read;
+use std::net::Ipv4Addr;
 
 use miette::Diagnostic;
 use serde::{Deserialize, Serialize};
 
+use crate::config::Ipv4Cidr;
 use crate::deploy::{self, DeployError, DeploymentConfig, DeploymentRows};
 use crate::manifest::{self, Manifest};
-use crate::store::cluster::{deployment_files, deployments, domains};
+use crate::peer::{self, PeerError};
+use crate::store::cluster::external_peers::{self, ExternalPeer};
+use crate::store::cluster::{deployment_files, deployments, domains, nodes};
 use crate::store::{BlobHash, BlobStore, Store, StoreError};
 
 /// Largest blob accepted from a client, bytes (1 GiB).
@@ -35,6 +39,19 @@ pub struct DeploymentSummary {
     pub active: bool,
 }
 
+/// `maki peer add`: a new external peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewPeer {
+    /// Peer name.
+    pub name: String,
+    /// Its WireGuard public key.
+    pub wg_public_key: String,
+    /// Its public endpoint (host or host:port), if reachable.
+    pub endpoint: Option<String>,
+    /// The mesh address to give it; `None`: the lowest free one.
+    pub wg_address: Option<Ipv4Addr>,
+}
+
 /// Why an admin operation was refused or failed.
 #[derive(Debug, thiserror::Error, Diagnostic)]
 #[non_exhaustive]
@@ -46,6 +63,10 @@ pub enum AdminError {
     #[error("{} blobs of the deployment are not uploaded", .0.len())]
     #[diagnostic(help("upload the missing blobs, then create the deployment again"))]
     MissingBlobs(Vec<BlobHash>),
+    /// Peer problems (client errors).
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Peer(#[from] PeerError),
     /// Rollback target problems.
     #[error(transparent)]
     #[diagnostic(transparent)]
@@ -158,6 +179,86 @@ impl<'a> Admin<'a> {
         self.store
             .write(|tx| deploy::activate(tx, target, now_ms))?;
         Ok(target.id.clone())
+    }
+}
+
+impl Admin<'_> {
+    /// Registers an external peer with an address of `cidr` not used by any node or peer
+    /// (re-adding a peer replaces it, keeping its address unless another is asked for).
+    pub fn add_peer(
+        &self,
+        new: &NewPeer,
+        cidr: Ipv4Cidr,
+        now_ms: i64,
+    ) -> Result<ExternalPeer, AdminError> {
+        peer::check_name(&new.name)?;
+        peer::check_key(&new.wg_public_key)?;
+        Ok(self.store.write(|tx| {
+            let existing = external_peers::get(tx, &new.name)?;
+            let mut used: Vec<Ipv4Addr> = nodes::list(tx)?
+                .iter()
+                .filter_map(|n| n.mesh_address.parse().ok())
+                .chain(
+                    external_peers::list(tx)?
+                        .iter()
+                        .filter(|p| p.name != new.name)
+                        .filter_map(|p| p.mesh_address.parse().ok()),
+                )
+                .collect();
+            used.sort_unstable();
+            let address = match (new.wg_address, &existing) {
+                (Some(a), _) => {
+                    if !cidr.contains(a) || used.contains(&a) || a == cidr.network {
+                        return Ok(Err(PeerError::AddressTaken(a)));
+                    }
+                    a
+                }
+                (None, Some(p))
+                    if p.mesh_address
+                        .parse::<Ipv4Addr>()
+                        .is_ok_and(|a| !used.contains(&a)) =>
+                {
+                    // Checked just above.
+                    p.mesh_address.parse().unwrap_or(cidr.network)
+                }
+                (None, _) => match peer::allocate(cidr, &used) {
+                    Some(a) => a,
+                    None => return Ok(Err(PeerError::Full(cidr))),
+                },
+            };
+            let row = ExternalPeer {
+                name: new.name.clone(),
+                wg_public_key: new.wg_public_key.clone(),
+                endpoint: new.endpoint.clone(),
+                mesh_address: address.to_string(),
+                created_ms: existing.map_or(now_ms, |p| p.created_ms),
+            };
+            external_peers::upsert(tx, &row)?;
+            Ok(Ok(row))
+        })??)
+    }
+
+    /// Every external peer, by name.
+    pub fn peers(&self) -> Result<Vec<ExternalPeer>, AdminError> {
+        Ok(self.store.read(external_peers::list)?)
+    }
+
+    /// Removes a peer.
+    pub fn remove_peer(&self, name: &str) -> Result<(), AdminError> {
+        if self.store.write(|tx| external_peers::delete(tx, name))? {
+            Ok(())
+        } else {
+            Err(PeerError::Unknown(name.to_owned()).into())
+        }
+    }
+
+    /// The wg-quick configuration of a peer.
+    pub fn wg_config(&self, name: &str, mesh_port: u16) -> Result<String, AdminError> {
+        let (found, members) = self
+            .store
+            .read(|c| Ok((external_peers::get(c, name)?, nodes::list(c)?)))?;
+        let found = found.ok_or_else(|| PeerError::Unknown(name.to_owned()))?;
+        Ok(peer::wg_quick_config(&found, &members, mesh_port)?)
     }
 }
 

@@ -6,6 +6,7 @@ use std::net::Ipv4Addr;
 
 use miette::Diagnostic;
 
+use crate::config::Ipv4Cidr;
 use crate::store::cluster::{external_peers::ExternalPeer, nodes::Node};
 
 /// Keepalive sent by the peer, seconds: keeps NAT mappings open.
@@ -28,6 +29,16 @@ pub enum PeerError {
     /// The peer has no usable mesh address.
     #[error("peer `{0}` has no mesh address")]
     NoAddress(String),
+    /// The mesh network has no free address left.
+    #[error("no free address left in the mesh network {0}")]
+    Full(Ipv4Cidr),
+    /// The requested address is outside the mesh or taken.
+    #[error("{0} is outside the mesh network or already in use")]
+    AddressTaken(Ipv4Addr),
+    /// No peer of that name.
+    #[error("no external peer named `{0}`")]
+    #[diagnostic(help("list the peers with `maki peer list`"))]
+    Unknown(String),
     /// No node has a mesh address and key yet.
     #[error("no node of the cluster is on the mesh yet")]
     #[diagnostic(help("wait for the nodes to join (`maki health`), then ask again"))]
@@ -65,6 +76,20 @@ pub fn check_key(key: &str) -> Result<(), PeerError> {
     } else {
         Err(PeerError::Key(key.to_owned()))
     }
+}
+
+/// The lowest host address of `cidr` not in `used` (the network and broadcast addresses
+/// are never handed out).
+pub fn allocate(cidr: Ipv4Cidr, used: &[Ipv4Addr]) -> Option<Ipv4Addr> {
+    let network = u64::from(u32::from(cidr.network));
+    let size = 1u64 << (32 - u32::from(cidr.prefix_len));
+    if size < 4 {
+        return None;
+    }
+    let last = network + size - 2;
+    (network + 1..=last)
+        .map(|a| Ipv4Addr::from(a as u32))
+        .find(|a| !used.contains(a))
 }
 
 /// Whether telemetry is sent to this peer: its name starts or ends with `o11y`.
@@ -142,6 +167,24 @@ mod tests {
             mesh_address: mesh.into(),
             created_ms: 0,
         }
+    }
+
+    #[test]
+    fn allocation_takes_the_lowest_free_host() {
+        let cidr: Ipv4Cidr = "10.44.44.0/24".parse().unwrap();
+        let ip = |d| Ipv4Addr::new(10, 44, 44, d);
+        assert_eq!(allocate(cidr, &[]), Some(ip(1)));
+        assert_eq!(allocate(cidr, &[ip(1), ip(2), ip(4)]), Some(ip(3)));
+        let all: Vec<Ipv4Addr> = (1..=254).map(ip).collect();
+        assert_eq!(allocate(cidr, &all), None, "broadcast .255 is never given");
+        assert_eq!(allocate("10.0.0.0/31".parse().unwrap(), &[]), None);
+        assert_eq!(
+            allocate(
+                "10.0.0.4/30".parse().unwrap(),
+                &[Ipv4Addr::new(10, 0, 0, 5)]
+            ),
+            Some(Ipv4Addr::new(10, 0, 0, 6))
+        );
     }
 
     #[test]

@@ -10,6 +10,10 @@
 //! | `POST /v1/deployments` | [`DeploymentRows`] | `201 {"id"}`; `409 {"error", "missing"}` while blobs are missing |
 //! | `GET /v1/domains/{domain}/deployments` | | `[`[`DeploymentSummary`]`]` |
 //! | `POST /v1/domains/{domain}/rollback` | `{"deployment": id or null}` | `{"active"}` |
+//! | `GET /v1/peers` | | `[{"name", "wg_public_key", "endpoint", "mesh_address", "created_ms"}]` |
+//! | `POST /v1/peers` | [`NewPeer`] | `201` the peer with its mesh address |
+//! | `DELETE /v1/peers/{name}` | | `{}`; `404` when unknown |
+//! | `GET /v1/peers/{name}/wg-config` | | `{"config"}`: the wg-quick file |
 //!
 //! Client mistakes answer 4xx with `{"error"}`; store failures answer a generic 500.
 
@@ -31,8 +35,10 @@ use serde::{Deserialize, Serialize};
 use tokio::net::UnixListener;
 use tokio::task::JoinSet;
 
-use super::{Admin, AdminError, DeploymentSummary};
+use super::{Admin, AdminError, DeploymentSummary, NewPeer};
+use crate::config::Ipv4Cidr;
 use crate::deploy::{DeployError, DeploymentRows};
+use crate::peer::PeerError;
 use crate::store::{BlobHash, BlobStore, Store, StoreError};
 
 /// Permission bits of the socket: owner (root) and group (makiatto) only.
@@ -53,6 +59,10 @@ pub struct AdminState {
     pub store: Arc<Store>,
     /// The node's blobs.
     pub blobs: Arc<BlobStore>,
+    /// The mesh network peers get addresses from.
+    pub mesh_cidr: Ipv4Cidr,
+    /// The WireGuard port of nodes without a recorded endpoint.
+    pub mesh_port: u16,
 }
 
 /// `POST /v1/blobs/missing` body.
@@ -193,6 +203,28 @@ async fn route(
                 &serde_json::json!({ "active": active }),
             ))
         }
+        (&Method::GET, ["v1", "peers"]) => {
+            Ok(json(StatusCode::OK, &blocking(state, |a| a.peers()).await?))
+        }
+        (&Method::POST, ["v1", "peers"]) => {
+            let new: NewPeer = read_json(body).await?;
+            let (cidr, now) = (state.mesh_cidr, now_ms());
+            let added = blocking(state, move |a| a.add_peer(&new, cidr, now)).await?;
+            Ok(json(StatusCode::CREATED, &added))
+        }
+        (&Method::DELETE, ["v1", "peers", name]) => {
+            let name = (*name).to_owned();
+            blocking(state, move |a| a.remove_peer(&name)).await?;
+            Ok(json(StatusCode::OK, &serde_json::json!({})))
+        }
+        (&Method::GET, ["v1", "peers", name, "wg-config"]) => {
+            let (name, port) = ((*name).to_owned(), state.mesh_port);
+            let config = blocking(state, move |a| a.wg_config(&name, port)).await?;
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({ "config": config }),
+            ))
+        }
         _ => Err(Failure::NotFound),
     }
 }
@@ -309,13 +341,15 @@ fn failure(f: &Failure) -> Response<Full<Bytes>> {
                 StatusCode::CONFLICT,
                 &serde_json::json!({ "error": e.to_string(), "missing": missing }),
             ),
+            AdminError::Peer(PeerError::Unknown(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
+            AdminError::Peer(PeerError::NoNodes) => error(StatusCode::CONFLICT, e.to_string()),
             AdminError::Deploy(DeployError::UnknownDeployment { .. }) => {
                 error(StatusCode::NOT_FOUND, e.to_string())
             }
             AdminError::Deploy(DeployError::NothingToRollBack { .. }) => {
                 error(StatusCode::CONFLICT, e.to_string())
             }
-            AdminError::Invalid(_) | AdminError::Deploy(_) => {
+            AdminError::Invalid(_) | AdminError::Deploy(_) | AdminError::Peer(_) => {
                 error(StatusCode::BAD_REQUEST, e.to_string())
             }
             AdminError::Store(

@@ -167,3 +167,67 @@ fn deployment_rows_survive_json() {
     let back: DeploymentRows = serde_json::from_str(&json).unwrap();
     assert_eq!(back, rows);
 }
+
+#[test]
+fn peers_get_free_addresses_and_keep_them() {
+    let n = node();
+    let admin = Admin::new(&n.store, &n.blobs);
+    let cidr: crate::config::Ipv4Cidr = "10.44.44.0/24".parse().unwrap();
+    let key = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
+    let new = |name: &str, at: Option<&str>| NewPeer {
+        name: name.into(),
+        wg_public_key: key.into(),
+        endpoint: None,
+        wg_address: at.map(|a| a.parse().unwrap()),
+    };
+    assert_eq!(
+        admin
+            .add_peer(&new("o11y", None), cidr, 1)
+            .unwrap()
+            .mesh_address,
+        "10.44.44.1"
+    );
+    assert_eq!(
+        admin
+            .add_peer(&new("b", Some("10.44.44.9")), cidr, 2)
+            .unwrap()
+            .mesh_address,
+        "10.44.44.9"
+    );
+    assert_eq!(
+        admin
+            .add_peer(&new("c", None), cidr, 3)
+            .unwrap()
+            .mesh_address,
+        "10.44.44.2"
+    );
+    // Re-adding keeps the address and the creation time.
+    let again = admin.add_peer(&new("o11y", None), cidr, 4).unwrap();
+    assert_eq!(
+        (again.mesh_address.as_str(), again.created_ms),
+        ("10.44.44.1", 1)
+    );
+    for taken in ["10.44.44.9", "10.45.0.1", "10.44.44.0"] {
+        assert!(
+            matches!(
+                admin.add_peer(&new("d", Some(taken)), cidr, 5),
+                Err(AdminError::Peer(PeerError::AddressTaken(_)))
+            ),
+            "{taken}"
+        );
+    }
+    assert!(matches!(
+        admin.add_peer(&new("Bad Name", None), cidr, 5),
+        Err(AdminError::Peer(PeerError::Name(_)))
+    ));
+    assert_eq!(admin.peers().unwrap().len(), 3);
+    admin.remove_peer("b").unwrap();
+    assert!(matches!(
+        admin.remove_peer("b"),
+        Err(AdminError::Peer(PeerError::Unknown(_)))
+    ));
+    assert!(matches!(
+        admin.wg_config("o11y", 51880),
+        Err(AdminError::Peer(PeerError::NoNodes))
+    ));
+}

@@ -12,6 +12,8 @@ use crate::project::Project;
 use crate::store::Options;
 use crate::store::cluster;
 
+const KEY: &str = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
+
 /// Sends one request over a fresh connection; returns the status and the JSON answer.
 async fn call(socket: &Path, method: Method, path: &str, body: Vec<u8>) -> (StatusCode, Value) {
     let stream = UnixStream::connect(socket).await.unwrap();
@@ -35,11 +37,13 @@ async fn call(socket: &Path, method: Method, path: &str, body: Vec<u8>) -> (Stat
 async fn the_admin_api_over_a_unix_socket() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("run/admin.sock");
+    let store =
+        Arc::new(Store::open(dir.path().join("db"), &cluster::SCHEMA, Options::default()).unwrap());
     let state = Arc::new(AdminState {
-        store: Arc::new(
-            Store::open(dir.path().join("db"), &cluster::SCHEMA, Options::default()).unwrap(),
-        ),
+        store: Arc::clone(&store),
         blobs: Arc::new(BlobStore::open(dir.path().join("blobs")).unwrap()),
+        mesh_cidr: "10.44.44.0/24".parse().unwrap(),
+        mesh_port: 51880,
     });
     let listener = bind(&socket).unwrap();
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
@@ -154,6 +158,59 @@ async fn the_admin_api_over_a_unix_socket() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, _) = call(&socket, Method::PUT, "/v1/blobs/not-a-hash", Vec::new()).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // External peers: added with the lowest free address, listed, configured, removed.
+    let node = cluster::nodes::Node {
+        name: "vector".into(),
+        wg_public_key: KEY.into(),
+        wg_endpoint: String::new(),
+        mesh_address: "10.44.44.1".into(),
+        ipv4: "203.0.113.1".into(),
+        ipv6: None,
+        latitude: 0.0,
+        longitude: 0.0,
+        is_nameserver: true,
+        site_id: String::new(),
+        created_ms: 0,
+    };
+    store.write(|tx| cluster::nodes::upsert(tx, &node)).unwrap();
+    let new =
+        serde_json::json!({ "name": "o11y", "wg_public_key": KEY, "endpoint": "198.51.100.7" });
+    let (status, body) = call(
+        &socket,
+        Method::POST,
+        "/v1/peers",
+        serde_json::to_vec(&new).unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["mesh_address"].as_str()),
+        (StatusCode::CREATED, Some("10.44.44.2")),
+        "{body}"
+    );
+    let bad = serde_json::json!({ "name": "x", "wg_public_key": "nope", "endpoint": null });
+    let (status, _) = call(
+        &socket,
+        Method::POST,
+        "/v1/peers",
+        serde_json::to_vec(&bad).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (_, body) = call(&socket, Method::GET, "/v1/peers", Vec::new()).await;
+    assert_eq!(body.as_array().map(Vec::len), Some(1));
+    let (status, body) = call(&socket, Method::GET, "/v1/peers/o11y/wg-config", Vec::new()).await;
+    let config = body["config"].as_str().unwrap_or_default();
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        config.contains("Address = 10.44.44.2/32")
+            && config.contains("Endpoint = 203.0.113.1:51880"),
+        "{config}"
+    );
+    let (status, _) = call(&socket, Method::DELETE, "/v1/peers/o11y", Vec::new()).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = call(&socket, Method::DELETE, "/v1/peers/o11y", Vec::new()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 
     stop.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(10), server)
