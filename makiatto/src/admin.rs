@@ -208,7 +208,9 @@ impl Admin<'_> {
             used.sort_unstable();
             let address = match (new.wg_address, &existing) {
                 (Some(a), _) => {
-                    if !cidr.contains(a) || used.contains(&a) || a == cidr.network {
+                    let broadcast = peer::broadcast(cidr);
+                    if !cidr.contains(a) || used.contains(&a) || a == cidr.network || a == broadcast
+                    {
                         return Ok(Err(PeerError::AddressTaken(a)));
                     }
                     a

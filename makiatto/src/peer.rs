@@ -92,6 +92,14 @@ pub fn allocate(cidr: Ipv4Cidr, used: &[Ipv4Addr]) -> Option<Ipv4Addr> {
         .find(|a| !used.contains(a))
 }
 
+/// The broadcast (last) address of `cidr`.
+pub fn broadcast(cidr: Ipv4Cidr) -> Ipv4Addr {
+    let host_bits = u32::MAX
+        .checked_shr(u32::from(cidr.prefix_len))
+        .unwrap_or(0);
+    Ipv4Addr::from(u32::from(cidr.network) | host_bits)
+}
+
 /// Whether telemetry is sent to this peer: its name starts or ends with `o11y`.
 pub fn is_o11y(name: &str) -> bool {
     name.starts_with("o11y") || name.ends_with("o11y")
@@ -178,6 +186,12 @@ mod tests {
         let all: Vec<Ipv4Addr> = (1..=254).map(ip).collect();
         assert_eq!(allocate(cidr, &all), None, "broadcast .255 is never given");
         assert_eq!(allocate("10.0.0.0/31".parse().unwrap(), &[]), None);
+        assert_eq!(broadcast(cidr), ip(255));
+        assert_eq!(broadcast("0.0.0.0/0".parse().unwrap()), Ipv4Addr::BROADCAST);
+        assert_eq!(
+            broadcast("10.0.0.1/32".parse().unwrap()),
+            Ipv4Addr::new(10, 0, 0, 1)
+        );
         assert_eq!(
             allocate(
                 "10.0.0.4/30".parse().unwrap(),

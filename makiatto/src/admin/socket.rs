@@ -86,12 +86,21 @@ pub struct RollbackRequest {
     pub deployment: Option<String>,
 }
 
-/// Binds the admin socket at `path` (replacing a stale one, creating the directory) with
-/// mode [`SOCKET_MODE`].
+/// Binds the admin socket at `path` (replacing a stale socket, never another kind of file;
+/// creating the directory) with mode [`SOCKET_MODE`].
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-        _ => {}
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        // A socket left by an earlier run: replace it. Anything else is not ours to delete.
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)?,
+        Ok(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
+            ));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
     }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;

@@ -207,7 +207,7 @@ fn peers_get_free_addresses_and_keep_them() {
         (again.mesh_address.as_str(), again.created_ms),
         ("10.44.44.1", 1)
     );
-    for taken in ["10.44.44.9", "10.45.0.1", "10.44.44.0"] {
+    for taken in ["10.44.44.9", "10.45.0.1", "10.44.44.0", "10.44.44.255"] {
         assert!(
             matches!(
                 admin.add_peer(&new("d", Some(taken)), cidr, 5),

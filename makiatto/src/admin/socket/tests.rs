@@ -48,6 +48,11 @@ async fn the_admin_api_over_a_unix_socket() {
     let listener = bind(&socket).unwrap();
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, SOCKET_MODE);
+    // A regular file in the way is refused, never deleted.
+    let file = dir.path().join("not-a-socket");
+    std::fs::write(&file, "keep").unwrap();
+    assert!(bind(&file).is_err());
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve(listener, state, async {
         let _ = stopped.await;
