@@ -204,16 +204,20 @@ impl Tunnel for WireGuardTunnel {
             .into_iter()
             .map(|p| (p.public_key, p))
             .collect();
-        let mut applied = self.applied.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut guard = self.applied.lock().unwrap_or_else(PoisonError::into_inner);
+        // Work on a copy: it replaces the record only once the device accepted the change.
+        let mut applied = guard.clone();
         let current: BTreeMap<PublicKey, PeerConfig> = applied
             .iter()
             .map(|(k, a)| (*k, a.config.clone()))
             .collect();
         let plan = plan(&current, &desired);
-        let mut body = String::new();
+        // One UAPI request per peer operation: boringtun keeps `remove`, `endpoint` and
+        // the keepalive of one peer section for the next sections of the same request.
+        let mut requests: Vec<String> = Vec::new();
         let mut changes = PeerChanges::default();
         for key in &plan.remove {
-            let _ = writeln!(body, "public_key={}\nremove=true", key.to_hex());
+            requests.push(remove_request(key));
             applied.remove(key);
             changes.removed += 1;
         }
@@ -239,7 +243,7 @@ impl Tunnel for WireGuardTunnel {
             match resolve(endpoint) {
                 Ok(addr) if Some(addr) != prev.endpoint => {
                     info!(peer = %peer.public_key, %endpoint, %addr, "quiet peer's endpoint moved");
-                    write_peer(&mut body, peer, Some(addr), true);
+                    write_peer(&mut requests, peer, Some(addr));
                     applied.insert(
                         peer.public_key,
                         Applied {
@@ -267,15 +271,13 @@ impl Tunnel for WireGuardTunnel {
             let endpoint = match peer.endpoint.as_deref().map(resolve).transpose() {
                 Ok(e) => e,
                 Err(error) => {
+                    // A new peer is added on a later pass; a changed one keeps its old
+                    // configuration meanwhile.
                     warn!(%error, peer = %peer.public_key, "skipping a peer whose endpoint does not resolve");
-                    if replace {
-                        // Keep the old configuration rather than none.
-                        continue;
-                    }
                     continue;
                 }
             };
-            write_peer(&mut body, peer, endpoint, replace);
+            write_peer(&mut requests, peer, endpoint);
             applied.insert(
                 peer.public_key,
                 Applied {
@@ -290,10 +292,13 @@ impl Tunnel for WireGuardTunnel {
                 changes.added += 1;
             }
         }
-        if !body.is_empty() {
-            uapi_set(iface, &body)?;
+        for request in &requests {
+            uapi_set(iface, request)?;
+        }
+        if !requests.is_empty() {
             debug!(iface = %iface, ?changes, "WireGuard peers reconciled");
         }
+        *guard = applied;
         Ok(changes)
     }
 
@@ -315,14 +320,16 @@ impl Tunnel for WireGuardTunnel {
     }
 }
 
-/// Writes one peer section. boringtun cannot modify a peer in place, so a replaced peer
-/// is removed and added again in the same request.
-fn write_peer(body: &mut String, peer: &PeerConfig, endpoint: Option<SocketAddr>, replace: bool) {
-    let key = peer.public_key.to_hex();
-    if replace {
-        let _ = writeln!(body, "public_key={key}\nremove=true");
-    }
-    let _ = writeln!(body, "public_key={key}");
+fn remove_request(key: &PublicKey) -> String {
+    format!("public_key={}\nremove=true\n", key.to_hex())
+}
+
+/// The requests that (re)configure one peer: remove it, then add it. boringtun cannot
+/// modify a peer in place (it panics on an existing key), so every add is preceded by a
+/// removal, which also makes a retried add after a partial failure harmless.
+fn write_peer(requests: &mut Vec<String>, peer: &PeerConfig, endpoint: Option<SocketAddr>) {
+    requests.push(remove_request(&peer.public_key));
+    let mut body = format!("public_key={}\n", peer.public_key.to_hex());
     if let Some(e) = endpoint {
         let _ = writeln!(body, "endpoint={e}");
     }
@@ -333,6 +340,7 @@ fn write_peer(body: &mut String, peer: &PeerConfig, endpoint: Option<SocketAddr>
     for net in &peer.allowed_ips {
         let _ = writeln!(body, "allowed_ip={net}");
     }
+    requests.push(body);
 }
 
 /// Resolves `host:port` (blocking), preferring IPv4.
@@ -455,21 +463,23 @@ mod tests {
     }
 
     #[test]
-    fn peer_section_replaces_in_one_request() {
-        let mut body = String::new();
+    fn a_peer_is_removed_then_added_in_separate_requests() {
+        let mut requests = Vec::new();
         write_peer(
-            &mut body,
+            &mut requests,
             &peer(7, "x:1"),
             Some("10.0.0.7:51880".parse().unwrap()),
-            true,
         );
         let key = PublicKey([7; 32]).to_hex();
         assert_eq!(
-            body,
-            format!(
-                "public_key={key}\nremove=true\npublic_key={key}\nendpoint=10.0.0.7:51880\n\
-                 persistent_keepalive_interval=25\nreplace_allowed_ips=true\nallowed_ip=10.44.44.7/32\n"
-            )
+            requests,
+            vec![
+                format!("public_key={key}\nremove=true\n"),
+                format!(
+                    "public_key={key}\nendpoint=10.0.0.7:51880\n\
+                     persistent_keepalive_interval=25\nreplace_allowed_ips=true\nallowed_ip=10.44.44.7/32\n"
+                ),
+            ]
         );
     }
 

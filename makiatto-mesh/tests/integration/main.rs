@@ -6,3 +6,4 @@
 mod cluster;
 mod direct;
 pub mod harness;
+mod tunnel;
