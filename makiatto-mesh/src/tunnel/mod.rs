@@ -22,7 +22,7 @@ mod wireguard;
 
 pub use direct::Direct;
 pub use uapi::{UapiPeer, uapi_get};
-pub use wireguard::{WireGuardConfig, WireGuardTunnel};
+pub use wireguard::{DEFAULT_QUIET_AFTER, WireGuardConfig, WireGuardTunnel};
 
 /// Default WireGuard listen port.
 pub const DEFAULT_LISTEN_PORT: u16 = 51880;

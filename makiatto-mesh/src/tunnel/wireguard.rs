@@ -16,10 +16,9 @@ use super::{DEFAULT_LISTEN_PORT, DEFAULT_MTU, PeerChanges, PeerConfig, PeerStatu
 use crate::keys::{PrivateKey, PublicKey};
 use crate::{MeshError, Result};
 
-/// A peer that has not completed a handshake for this long is "quiet": host names in its
-/// endpoint are resolved again and a new address applied. (WireGuard rekeys every 2
-/// minutes, so a live peer handshakes more often than this.)
-pub(crate) const QUIET_AFTER: Duration = Duration::from_secs(135);
+/// Default of [`WireGuardConfig::quiet_after`]. WireGuard rekeys every 2 minutes, so a
+/// live peer handshakes more often than this.
+pub const DEFAULT_QUIET_AFTER: Duration = Duration::from_secs(135);
 
 /// Settings of a [`WireGuardTunnel`].
 #[derive(Clone)]
@@ -39,6 +38,10 @@ pub struct WireGuardConfig {
     /// boringtun worker threads (default 1: on small machines more threads are slower,
     /// see `BENCHMARKS.md`).
     pub threads: usize,
+    /// A peer without a handshake for this long is "quiet": the host name in its
+    /// endpoint is resolved again on the next [`Tunnel::set_peers`] and a new address
+    /// applied (default [`DEFAULT_QUIET_AFTER`]).
+    pub quiet_after: Duration,
 }
 
 impl WireGuardConfig {
@@ -57,6 +60,7 @@ impl WireGuardConfig {
             mesh_address,
             mesh_net,
             threads: 1,
+            quiet_after: DEFAULT_QUIET_AFTER,
         }
     }
 }
@@ -71,6 +75,7 @@ impl fmt::Debug for WireGuardConfig {
             .field("mesh_address", &self.mesh_address)
             .field("mesh_net", &self.mesh_net)
             .field("threads", &self.threads)
+            .field("quiet_after", &self.quiet_after)
             .finish()
     }
 }
@@ -234,8 +239,8 @@ impl Tunnel for WireGuardTunnel {
                 continue;
             }
             let quiet = match live.get(&peer.public_key).and_then(|s| s.since_handshake) {
-                Some(since) => since > QUIET_AFTER,
-                None => now.duration_since(prev.at) > QUIET_AFTER,
+                Some(since) => since > self.config.quiet_after,
+                None => now.duration_since(prev.at) > self.config.quiet_after,
             };
             if !quiet {
                 continue;
