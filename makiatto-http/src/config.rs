@@ -22,6 +22,9 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// Time a client has to send a complete request head; slower clients are cut off.
     pub header_read_timeout_ms: u64,
+    /// Time a write may wait for a client that stopped reading before the connection is
+    /// dropped.
+    pub write_timeout_ms: u64,
     /// Time a client has to complete a TLS handshake.
     pub tls_handshake_timeout_ms: u64,
     /// Concurrent connections over all listeners; connections beyond are closed at once.
@@ -54,6 +57,7 @@ impl Default for ServerConfig {
             https_redirect_port: None,
             max_header_bytes: 16 * 1024,
             header_read_timeout_ms: 10_000,
+            write_timeout_ms: 30_000,
             tls_handshake_timeout_ms: 10_000,
             max_connections: 10_000,
             h2_max_concurrent_streams: 128,
@@ -68,6 +72,9 @@ impl Default for ServerConfig {
 impl ServerConfig {
     pub(crate) fn header_read_timeout(&self) -> Duration {
         Duration::from_millis(self.header_read_timeout_ms)
+    }
+    pub(crate) fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_timeout_ms)
     }
     pub(crate) fn tls_handshake_timeout(&self) -> Duration {
         Duration::from_millis(self.tls_handshake_timeout_ms)

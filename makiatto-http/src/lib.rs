@@ -25,6 +25,7 @@ mod path;
 mod serve;
 mod server;
 mod site;
+mod timeout_io;
 mod tls;
 
 pub mod acme;

@@ -19,6 +19,7 @@ use crate::config::ServerConfig;
 use crate::files::{FileCache, FileCacheConfig};
 use crate::serve::{Shared, TlsSni, TrustedProxy, router};
 use crate::site::SiteResolver;
+use crate::timeout_io::WriteTimeout;
 use crate::tls::{CertSource, server_config};
 
 /// The web server of a node: plain HTTP and HTTPS listeners sharing one connection limit.
@@ -169,6 +170,7 @@ impl HttpServer {
             self.tracker.spawn(async move {
                 let _permit = permit;
                 if https {
+                    let stream = WriteTimeout::new(stream, this.cfg.write_timeout());
                     let hs = tokio::time::timeout(
                         this.cfg.tls_handshake_timeout(),
                         this.tls.accept(stream),
@@ -185,6 +187,7 @@ impl HttpServer {
                     }
                 } else {
                     let proxy = this.trusted(peer);
+                    let stream = WriteTimeout::new(stream, this.cfg.write_timeout());
                     this.serve_conn(stream, app, None, proxy, token).await;
                 }
             });

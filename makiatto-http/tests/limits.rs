@@ -55,6 +55,42 @@ async fn slow_clients_are_cut_off() {
 }
 
 #[tokio::test]
+async fn clients_that_stop_reading_are_dropped() {
+    // One slot only: it frees up only if the server gives up on the stalled reader.
+    let s = start(|c| {
+        c.max_connections = 1;
+        c.write_timeout_ms = 300;
+    })
+    .await;
+    // 64 MiB: far more than loopback socket buffers hold, so the server's writes stall.
+    let f = std::fs::File::create(s.tree.root().join("huge.bin")).unwrap();
+    f.set_len(64 << 20).unwrap();
+    let mut stalled = TcpStream::connect(s.http).await.unwrap();
+    stalled
+        .write_all(b"GET /huge.bin HTTP/1.1\r\nHost: site.test\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(20);
+    loop {
+        let out = common::try_exchange(s.http, &request("GET", "site.test", "/about", &[])).await;
+        if out.is_some_and(|o| o.starts_with(b"HTTP/1.1 200")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stalled reader kept the only slot"
+        );
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "slot freed before the write timeout"
+    );
+    drop(stalled);
+}
+
+#[tokio::test]
 async fn connection_cap() {
     let s = start(|c| c.max_connections = 2).await;
     // Two keep-alive connections that each completed a request hold both slots.
@@ -82,9 +118,8 @@ async fn connection_cap() {
     drop(held.pop());
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let c = TcpStream::connect(s.http).await.unwrap();
-        let out = common::exchange(c, &request("GET", "site.test", "/about", &[])).await;
-        if out.starts_with(b"HTTP/1.1 200") {
+        let out = common::try_exchange(s.http, &request("GET", "site.test", "/about", &[])).await;
+        if out.is_some_and(|o| o.starts_with(b"HTTP/1.1 200")) {
             break;
         }
         assert!(Instant::now() < deadline, "slot was never released");

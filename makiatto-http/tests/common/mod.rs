@@ -292,6 +292,19 @@ pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, req: &[u8]) -
     out
 }
 
+/// Like [`exchange`] on a fresh connection, but reports resets and refusals as `None`
+/// (for polling a server that may be shedding connections).
+pub async fn try_exchange(addr: SocketAddr, req: &[u8]) -> Option<Vec<u8>> {
+    let mut s = TcpStream::connect(addr).await.ok()?;
+    s.write_all(req).await.ok()?;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out))
+        .await
+        .ok()?
+        .ok()?;
+    Some(out)
+}
+
 pub async fn raw(addr: SocketAddr, req: &[u8]) -> Resp {
     let s = TcpStream::connect(addr).await.unwrap();
     parse(&exchange(s, req).await)
