@@ -3,6 +3,7 @@
 //! everything a client sends is checked here before it touches the store or the file
 //! system.
 
+pub mod client;
 pub mod socket;
 
 use std::io::Read;

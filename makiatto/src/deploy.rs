@@ -6,14 +6,18 @@
 //! domain switches deployment in one column ([`activate`]), which also re-points the
 //! domain's aliases, so a rollback restores them too.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
 
 use miette::Diagnostic;
 use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 
+use crate::admin::client::{Client, ClientError};
 use crate::plan::DomainPlan;
 use crate::project::Project;
+use crate::store::BlobHash;
 use crate::store::cluster::deployment_activations::{Activation, ActivationStatus};
 use crate::store::cluster::{
     aliases, deployment_files::DeploymentFile, deployments::Deployment, dns_records, domains,
@@ -193,6 +197,107 @@ impl DomainPlan {
             config,
         })
     }
+}
+
+/// Upload progress of [`push`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UploadProgress {
+    /// Blobs uploaded so far.
+    pub blobs_done: usize,
+    /// Blobs the node lacked.
+    pub blobs_total: usize,
+    /// Bytes uploaded so far.
+    pub bytes_done: u64,
+    /// Bytes of the blobs the node lacked.
+    pub bytes_total: u64,
+}
+
+/// Why [`push`] failed.
+#[derive(Debug, thiserror::Error, Diagnostic)]
+#[non_exhaustive]
+pub enum PushError {
+    /// The deployment could not be assembled.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Deploy(#[from] DeployError),
+    /// The node could not be reached or refused.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Client(#[from] ClientError),
+    /// A file could not be read for upload.
+    #[error("cannot read {} for upload", path.display())]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Deploys one planned domain through a node's admin API: asks which blobs the node lacks,
+/// uploads only those, then creates the deployment `deployment_id` (retrying once if blobs
+/// vanished in between). Returns the rows created. Activation is the nodes' business.
+pub async fn push(
+    client: &Client,
+    plan: &DomainPlan,
+    deployment_id: &str,
+    created_ms: i64,
+    created_by: &str,
+    progress: &(dyn Fn(UploadProgress) + Sync),
+) -> Result<DeploymentRows, PushError> {
+    let rows = plan.rows(deployment_id, created_ms, created_by)?;
+    let blobs = plan.manifest.blobs();
+    let hashes: Vec<BlobHash> = blobs.keys().copied().collect();
+    let mut missing = client.missing(&hashes).await?;
+    for _attempt in 0..2 {
+        upload(client, plan, &missing, &blobs, progress).await?;
+        match client.create_deployment(&rows).await {
+            Err(ClientError::Refused { missing: again, .. }) if !again.is_empty() => {
+                missing = again;
+            }
+            other => return other.map(|()| rows).map_err(PushError::from),
+        }
+    }
+    client.create_deployment(&rows).await?;
+    Ok(rows)
+}
+
+async fn upload(
+    client: &Client,
+    plan: &DomainPlan,
+    missing: &[BlobHash],
+    sizes: &BTreeMap<BlobHash, u64>,
+    progress: &(dyn Fn(UploadProgress) + Sync),
+) -> Result<(), PushError> {
+    let mut state = UploadProgress {
+        blobs_done: 0,
+        blobs_total: missing.len(),
+        bytes_done: 0,
+        bytes_total: missing.iter().filter_map(|h| sizes.get(h)).sum(),
+    };
+    progress(state);
+    for hash in missing {
+        let Some(entry) = plan.manifest.entries().iter().find(|e| e.hash == *hash) else {
+            continue; // Not ours: the node will tell again if it matters.
+        };
+        let path = plan
+            .manifest
+            .source(&entry.path)
+            .unwrap_or(std::path::Path::new(""));
+        let data = tokio::fs::read(path)
+            .await
+            .map_err(|source| PushError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+        let len = data.len() as u64;
+        client.put_blob(*hash, Bytes::from(data)).await?;
+        state.blobs_done += 1;
+        state.bytes_done += len;
+        progress(state);
+    }
+    Ok(())
 }
 
 /// Inserts every row of a deployment (run inside [`Store::write`](crate::store::Store::write)).

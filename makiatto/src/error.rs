@@ -12,6 +12,14 @@ pub enum MakiattoError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Admin(#[from] admin::AdminError),
+    /// A call to a node's admin API.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Client(#[from] admin::client::ClientError),
+    /// Pushing a deployment.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Push(#[from] deploy::PushError),
     /// makiatto.toml.
     #[error(transparent)]
     #[diagnostic(transparent)]

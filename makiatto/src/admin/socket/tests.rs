@@ -223,3 +223,98 @@ async fn the_admin_api_over_a_unix_socket() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_uploads_only_missing_blobs_through_the_client() {
+    use std::sync::Mutex;
+
+    use crate::admin::client::{Client, ClientError};
+    use crate::deploy::{UploadProgress, push};
+
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("admin.sock");
+    let state = Arc::new(AdminState {
+        store: Arc::new(
+            Store::open(dir.path().join("db"), &cluster::SCHEMA, Options::default()).unwrap(),
+        ),
+        blobs: Arc::new(BlobStore::open(dir.path().join("blobs")).unwrap()),
+        mesh_cidr: "10.44.44.0/24".parse().unwrap(),
+        mesh_port: 51880,
+    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(bind(&socket).unwrap(), state, async {
+        let _ = stopped.await;
+    }));
+    let client = Client::new(&socket);
+    assert_eq!(client.version().await.unwrap(), crate::VERSION);
+
+    std::fs::create_dir_all(dir.path().join("site")).unwrap();
+    std::fs::write(dir.path().join("site/index.html"), "hello").unwrap();
+    std::fs::write(dir.path().join("site/copy.html"), "hello").unwrap();
+    std::fs::write(dir.path().join("site/a.css"), "body{}").unwrap();
+    let text = "[[domain]]\nname = \"example.com\"\npath = \"site\"\n";
+    let project = Project::parse(Path::new("makiatto.toml"), text, dir.path()).unwrap();
+    let build = || Plan::build(&project, &manifest::Options::default(), &|_, _| {}).unwrap();
+
+    let seen = Mutex::new(Vec::new());
+    let record = |p: UploadProgress| seen.lock().unwrap().push(p);
+    push(&client, &build().domains[0], "d1", 1, "test", &record)
+        .await
+        .unwrap();
+    let last = *seen.lock().unwrap().last().unwrap();
+    assert_eq!(
+        (last.blobs_done, last.blobs_total, last.bytes_done),
+        (2, 2, 11),
+        "two distinct blobs"
+    );
+
+    // A second deploy with one changed file uploads that file only.
+    std::fs::write(dir.path().join("site/a.css"), "body{color:red}").unwrap();
+    seen.lock().unwrap().clear();
+    push(&client, &build().domains[0], "d2", 2, "test", &record)
+        .await
+        .unwrap();
+    let last = *seen.lock().unwrap().last().unwrap();
+    assert_eq!((last.blobs_done, last.bytes_done), (1, 15));
+
+    let list = client.deployments("example.com").await.unwrap();
+    assert_eq!(
+        list.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+        ["d2", "d1"]
+    );
+    assert_eq!(
+        client.rollback("example.com", Some("d2")).await.unwrap(),
+        "d2"
+    );
+    assert_eq!(client.rollback("example.com", None).await.unwrap(), "d1");
+    match client.rollback("example.com", Some("nope")).await {
+        Err(ClientError::Refused { status: 404, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    let peer = NewPeer {
+        name: "o11y".into(),
+        wg_public_key: KEY.into(),
+        endpoint: None,
+        wg_address: None,
+    };
+    assert_eq!(
+        client.add_peer(&peer).await.unwrap().mesh_address,
+        "10.44.44.1"
+    );
+    assert_eq!(client.peers().await.unwrap().len(), 1);
+    assert!(matches!(
+        client.wg_config("o11y").await,
+        Err(ClientError::Refused { status: 409, .. })
+    ));
+    client.remove_peer("o11y").await.unwrap();
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        client.version().await,
+        Err(ClientError::Connect { .. })
+    ));
+}
