@@ -14,7 +14,9 @@ use tokio::time::Sleep;
 pub(crate) struct WriteTimeout<S> {
     inner: S,
     timeout: Duration,
-    stalled: Option<Pin<Box<Sleep>>>,
+    /// Allocated on the first stall and reused: re-armed, never reallocated.
+    sleep: Option<Pin<Box<Sleep>>>,
+    armed: bool,
 }
 
 impl<S> WriteTimeout<S> {
@@ -22,7 +24,8 @@ impl<S> WriteTimeout<S> {
         WriteTimeout {
             inner,
             timeout,
-            stalled: None,
+            sleep: None,
+            armed: false,
         }
     }
 
@@ -30,8 +33,12 @@ impl<S> WriteTimeout<S> {
     fn pending<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
         let t = self.timeout;
         let sleep = self
-            .stalled
+            .sleep
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(t)));
+        if !self.armed {
+            sleep.as_mut().reset(tokio::time::Instant::now() + t);
+            self.armed = true;
+        }
         if sleep.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
@@ -62,7 +69,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WriteTimeout<S> {
         match Pin::new(&mut this.inner).poll_write(cx, buf) {
             Poll::Pending => this.pending(cx),
             ready @ Poll::Ready(_) => {
-                this.stalled = None;
+                this.armed = false;
                 ready
             }
         }
@@ -77,7 +84,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WriteTimeout<S> {
         match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
             Poll::Pending => this.pending(cx),
             ready @ Poll::Ready(_) => {
-                this.stalled = None;
+                this.armed = false;
                 ready
             }
         }
@@ -92,7 +99,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WriteTimeout<S> {
         match Pin::new(&mut this.inner).poll_flush(cx) {
             Poll::Pending => this.pending(cx),
             ready @ Poll::Ready(_) => {
-                this.stalled = None;
+                this.armed = false;
                 ready
             }
         }
