@@ -1,13 +1,11 @@
-//! `maki`: the Makiatto command-line tool. Thin: argument parsing, then calls into the
-//! `makiatto` library, which holds the logic.
+//! `maki`, the Makiatto CLI. Thin: it parses arguments and calls the `makiatto` library.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use clap::{Args, CommandFactory, Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use makiatto::MakiattoError::{self, NotYet};
-use makiatto::{manifest, nameserver, plan::Plan, profile, project::Project, wit};
-use miette::IntoDiagnostic;
+use makiatto::{manifest, nameserver, plan::Plan, profile, project::Project, remote::Remote, wit};
 
 /// Manage a Makiatto CDN cluster.
 #[derive(Debug, Parser)]
@@ -22,6 +20,9 @@ struct Cli {
     /// SSH private key used to reach the machines.
     #[arg(long, global = true)]
     ssh_priv_key: Option<PathBuf>,
+    /// Talk to this node admin socket directly (on a node, or an SSH-forwarded one).
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -36,9 +37,6 @@ enum Command {
         /// Validate and hash locally, print what would be deployed, upload nothing.
         #[arg(long)]
         dry_run: bool,
-        /// How long to wait for every healthy node to activate, seconds.
-        #[arg(long, default_value_t = 120)]
-        timeout_secs: u64,
     },
     /// Validate makiatto.toml and print what `maki sync` would deploy.
     Check,
@@ -57,24 +55,12 @@ enum Command {
     /// WebAssembly tooling.
     #[command(subcommand)]
     Wasm(Wasm),
-    /// Switch a domain back to an earlier deployment.
-    Rollback {
-        domain: String,
-        deployment: Option<String>,
-    },
+    /// Switch a domain back to an earlier deployment (the previous one by default).
+    Rollback { domain: String, id: Option<String> },
     /// List a domain's deployments.
     Deployments { domain: String },
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
-    /// Run a local multi-node cluster serving examples/site.
-    Demo {
-        /// Number of nodes.
-        #[arg(long, default_value_t = 3)]
-        nodes: u8,
-        /// Print one JSON line describing the cluster once it serves.
-        #[arg(long)]
-        json: bool,
-    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -111,7 +97,7 @@ enum Dns {
 
 #[derive(Debug, Subcommand)]
 enum Peer {
-    /// Register an external peer.
+    /// Register an external peer (--wg-pubkey, --endpoint, optional --wg-address).
     Add(PeerAdd),
     /// List external peers.
     List,
@@ -121,53 +107,51 @@ enum Peer {
     WgConfig { name: String },
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, clap::Args)]
 struct PeerAdd {
     name: String,
-    /// The peer's WireGuard public key.
     #[arg(long)]
     wg_pubkey: String,
-    /// The peer's public IP or host name.
     #[arg(long)]
     endpoint: String,
-    /// Mesh address to assign (allocated when absent).
     #[arg(long)]
-    wg_address: Option<String>,
+    wg_address: Option<std::net::Ipv4Addr>,
 }
 
 #[derive(Debug, Subcommand)]
 enum Wasm {
-    /// Write the WIT interface files to ./wit.
+    /// Write the WIT interface files to ./wit (--force overwrites).
     Fetch {
-        /// Overwrite existing files.
         #[arg(long)]
         force: bool,
     },
 }
 
-const NODE_API: &str = "it needs the node's admin API, which arrives with issue 6";
+const NODE_API: &str = "needs SSH (issue 6); --socket <path> reaches a node's admin socket";
 const PROVISIONING: &str = "provisioning over SSH arrives with issue 7";
+const DRY: &str = "dry run: nothing was uploaded\n";
 
 fn main() -> miette::Result<()> {
-    std::io::stdout()
-        .write_all(run(&Cli::parse())?.as_bytes())
-        .into_diagnostic()
+    let out = run(&Cli::parse())?;
+    miette::IntoDiagnostic::into_diagnostic(std::io::stdout().write_all(out.as_bytes()))
 }
 
 /// Runs a command; returns what to print.
 fn run(cli: &Cli) -> Result<String, MakiattoError> {
-    let not_yet = |command, delivery| Err(NotYet { command, delivery });
-    let load_profile =
-        || profile::Profile::load(&profile::locate_from_env(cli.profile.as_deref())?);
+    let profile = || profile::Profile::load(&profile::locate_from_env(cli.profile.as_deref())?);
     match &cli.command {
-        Command::Check | Command::Sync { dry_run: true, .. } => check(&cli.config),
-        Command::Sync { .. } => not_yet("sync", NODE_API),
-        Command::Dns(Dns::NameserverSetup) => {
-            let project = Project::load(&cli.config)?;
-            let domains: Vec<&str> = project.domains.iter().map(|d| d.name.as_str()).collect();
-            Ok(nameserver::instructions(&load_profile()?, &domains)?)
+        Command::Check | Command::Sync { dry_run: true } => {
+            Ok(plan(&cli.config)?.to_string() + DRY)
         }
-        Command::Machine(Machine::List) => Ok(load_profile()?.table()),
+        Command::Sync { .. } => {
+            let (remote, plan) = (node(cli, "sync")?, plan(&cli.config)?);
+            with_bar(|bar| remote.sync(&plan, "maki", &|d, p| bar(p.bytes_done, p.bytes_total, d)))
+        }
+        Command::Dns(Dns::NameserverSetup) => Ok(nameserver::for_project(
+            &profile()?,
+            &Project::load(&cli.config)?,
+        )?),
+        Command::Machine(Machine::List) => Ok(profile()?.table()),
         Command::Machine(_) => not_yet("machine init|add|upgrade|remove|restart", PROVISIONING),
         Command::Wasm(Wasm::Fetch { force }) => Ok(wit::fetch(Path::new("wit"), *force)?),
         Command::Completions { shell } => {
@@ -176,23 +160,41 @@ fn run(cli: &Cli) -> Result<String, MakiattoError> {
             Ok(String::from_utf8_lossy(&script).into_owned())
         }
         Command::Health { .. } => not_yet("health", NODE_API),
-        Command::Peer(_) => not_yet("peer", NODE_API),
-        Command::Rollback { .. } => not_yet("rollback", NODE_API),
-        Command::Deployments { .. } => not_yet("deployments", NODE_API),
-        Command::Demo { .. } => not_yet("demo", "the local demo cluster arrives with issue 6"),
+        Command::Peer(Peer::Add(a)) => {
+            node(cli, "peer add")?.add_peer(&a.name, &a.wg_pubkey, &a.endpoint, a.wg_address)
+        }
+        Command::Peer(Peer::List) => node(cli, "peer list")?.peers(),
+        Command::Peer(Peer::Remove { name }) => node(cli, "peer remove")?.remove_peer(name),
+        Command::Peer(Peer::WgConfig { name }) => node(cli, "peer wg-config")?.wg_config(name),
+        Command::Rollback { domain, id } => node(cli, "rollback")?.rollback(domain, id.as_deref()),
+        Command::Deployments { domain } => node(cli, "deployments")?.deployments(domain),
     }
 }
 
-/// `maki check` and `maki sync --dry-run`: validate, hash, show the plan.
-fn check(config: &Path) -> Result<String, MakiattoError> {
-    let project = Project::load(config)?;
+/// Validates makiatto.toml and hashes its sites.
+fn plan(config: &Path) -> Result<Plan, MakiattoError> {
+    let (project, o) = (Project::load(config)?, manifest::Options::default());
+    let plan = with_bar(|b| Plan::build(&project, &o, &|d, p| b(p.bytes_done, p.bytes_total, d)));
+    Ok(plan?)
+}
+
+/// Runs `f` with a progress bar (position, length, label) on stderr when it is a terminal.
+fn with_bar<T>(f: impl FnOnce(&(dyn Fn(u64, u64, &str) + Sync)) -> T) -> T {
     let bar = indicatif::ProgressBar::new(0);
-    let progress = |domain: &str, p: manifest::Progress| {
-        bar.set_length(p.bytes_total);
-        bar.set_position(p.bytes_done);
-        bar.set_message(format!("{domain}: {}/{}", p.files_done, p.files_total));
-    };
-    let plan = Plan::build(&project, &manifest::Options::default(), &progress);
+    let result = f(&|done, total, label| {
+        bar.set_length(total);
+        bar.set_position(done);
+        bar.set_message(label.to_owned());
+    });
     bar.finish_and_clear();
-    Ok(format!("{}dry run: nothing was uploaded\n", plan?))
+    result
+}
+
+/// The node behind `--socket`, until SSH lands.
+fn node(cli: &Cli, what: &'static str) -> Result<Remote, MakiattoError> {
+    Option::map_or(cli.socket.as_deref(), not_yet(what, NODE_API), Remote::new)
+}
+
+fn not_yet<T>(command: &'static str, delivery: &'static str) -> Result<T, MakiattoError> {
+    Err(NotYet { command, delivery })
 }

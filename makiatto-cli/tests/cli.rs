@@ -259,3 +259,140 @@ fn version_and_usage_errors() {
     let out = maki(tmp.path(), tmp.path(), None, &["machine", "frobnicate"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// A node's admin socket served in-process: returns the socket path and a stop handle.
+fn admin_node(
+    dir: &Path,
+) -> (
+    PathBuf,
+    tokio::sync::oneshot::Sender<()>,
+    std::thread::JoinHandle<()>,
+) {
+    use makiatto::admin::socket::{AdminState, bind, serve};
+    use makiatto::store::{BlobStore, Options, Store, cluster};
+
+    let socket = dir.join("admin.sock");
+    let state = std::sync::Arc::new(AdminState {
+        store: std::sync::Arc::new(
+            Store::open(dir.join("db"), &cluster::SCHEMA, Options::default()).unwrap(),
+        ),
+        blobs: std::sync::Arc::new(BlobStore::open(dir.join("blobs")).unwrap()),
+        mesh_cidr: "10.44.44.0/24".parse().unwrap(),
+        mesh_port: 51880,
+    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let path = socket.clone();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async move {
+            let listener = bind(&path).unwrap();
+            ready_tx.send(()).unwrap();
+            serve(listener, state, async {
+                let _ = stopped.await;
+            })
+            .await;
+        });
+    });
+    ready_rx.recv().unwrap();
+    (socket, stop, thread)
+}
+
+#[test]
+fn sync_deployments_rollback_and_peers_through_an_admin_socket() {
+    let node_dir = tempfile::tempdir().unwrap();
+    let (socket, stop, thread) = admin_node(node_dir.path());
+    let socket = socket.to_str().unwrap();
+    let dir = project("[[domain]]\nname = \"example.com\"\npath = \"./site\"\n");
+    let run = |args: &[&str]| {
+        maki(
+            dir.path(),
+            dir.path(),
+            None,
+            &[&["--socket", socket], args].concat(),
+        )
+    };
+
+    let out = run(&["sync"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("example.com: deployment "),
+        "{}",
+        stdout(&out)
+    );
+    std::fs::write(dir.path().join("site/index.html"), "<h1>v2</h1>").unwrap();
+    assert!(run(&["sync"]).status.success());
+
+    let listed = stdout(&run(&["deployments", "example.com"]));
+    assert_eq!(listed.lines().count(), 3, "{listed}");
+    let newest = listed
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let oldest = listed
+        .lines()
+        .nth(2)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let out = run(&["rollback", "example.com", &newest]);
+    assert_eq!(
+        stdout(&out),
+        format!("example.com: deployment {newest} is active\n"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&["rollback", "example.com"]);
+    assert_eq!(
+        stdout(&out),
+        format!("example.com: deployment {oldest} is active\n"),
+        "{}",
+        stderr(&out)
+    );
+    let listed = stdout(&run(&["deployments", "example.com"]));
+    assert!(
+        listed
+            .lines()
+            .nth(2)
+            .unwrap()
+            .starts_with(&format!("* {oldest}")),
+        "{listed}"
+    );
+    let out = run(&["rollback", "example.com"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("HTTP 409"), "{}", stderr(&out));
+
+    let key = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
+    let out = run(&[
+        "peer",
+        "add",
+        "o11y",
+        "--wg-pubkey",
+        key,
+        "--endpoint",
+        "198.51.100.7",
+    ]);
+    assert_eq!(
+        stdout(&out),
+        "peer o11y added with mesh address 10.44.44.1\n",
+        "{}",
+        stderr(&out)
+    );
+    assert!(stdout(&run(&["peer", "list"])).starts_with("o11y  10.44.44.1  198.51.100.7"));
+    assert_eq!(
+        run(&["peer", "wg-config", "o11y"]).status.code(),
+        Some(1),
+        "no node on the mesh yet"
+    );
+    assert!(run(&["peer", "remove", "o11y"]).status.success());
+    assert_eq!(stdout(&run(&["peer", "list"])), "");
+
+    stop.send(()).unwrap();
+    thread.join().unwrap();
+}

@@ -56,6 +56,9 @@ pub enum MakiattoError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Wit(#[from] wit::WitError),
+    /// A local I/O failure outside the cases above (e.g. starting the async runtime).
+    #[error("{0}")]
+    Io(String),
     /// A command whose backend has not landed yet.
     #[error("`maki {command}` is not available yet")]
     #[diagnostic(help("{delivery}"))]

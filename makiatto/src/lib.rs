@@ -21,6 +21,7 @@
 //! | [`config`] | the node daemon's configuration file |
 //! | [`profile`] | CLI profiles: the machines of a cluster (public data only) |
 //! | [`peer`] | external WireGuard peers: checks and the `maki peer wg-config` output |
+//! | [`remote`] | the `maki` commands that talk to a node's admin socket |
 //! | [`nameserver`] | the `maki dns nameserver-setup` instructions |
 //! | [`plan`] | what `maki sync` would deploy (the dry run) |
 //! | [`deploy`] | a plan as cluster rows: insert a deployment, activate it, find removed domains |
@@ -39,6 +40,7 @@ pub mod peer;
 pub mod plan;
 pub mod profile;
 pub mod project;
+pub mod remote;
 pub mod wit;
 
 pub use diag::{InvalidFile, Problem};

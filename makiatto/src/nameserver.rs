@@ -6,6 +6,7 @@ use std::fmt::Write;
 use miette::Diagnostic;
 
 use crate::profile::Profile;
+use crate::project::Project;
 
 /// Why the instructions cannot be written.
 #[derive(Debug, thiserror::Error, Diagnostic)]
@@ -21,6 +22,12 @@ pub enum NameserverError {
     #[error("no domain to set up")]
     #[diagnostic(help("declare a [[domain]] in makiatto.toml"))]
     NoDomains,
+}
+
+/// The instructions for every domain of `project`.
+pub fn for_project(profile: &Profile, project: &Project) -> Result<String, NameserverError> {
+    let domains: Vec<&str> = project.domains.iter().map(|d| d.name.as_str()).collect();
+    instructions(profile, &domains)
 }
 
 /// The instructions, as the user guide shows them, for `domains`.

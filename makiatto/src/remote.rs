@@ -1,0 +1,154 @@
+//! Blocking front of the admin client for the `maki` commands that talk to a node:
+//! `sync`, `deployments`, `rollback` and `peer`. Each returns the text to print.
+//!
+//! The socket is the node's admin socket: reached directly on the node (or in the local
+//! demo), or the local end of an SSH forward.
+
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use crate::MakiattoError;
+use crate::admin::NewPeer;
+use crate::admin::client::Client;
+use crate::deploy::{self, UploadProgress};
+use crate::plan::{Plan, human_bytes};
+use crate::store::cluster::new_id;
+
+/// A node reached through its admin socket.
+#[derive(Debug)]
+pub struct Remote {
+    client: Client,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Remote {
+    /// A node behind the admin socket at `socket` (nothing is sent until a call).
+    pub fn new(socket: &Path) -> Result<Self, MakiattoError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| MakiattoError::Io(e.to_string()))?;
+        Ok(Self {
+            client: Client::new(socket),
+            runtime,
+        })
+    }
+
+    /// Deploys every domain of `plan`; `progress` gets the domain and its upload progress.
+    pub fn sync(
+        &self,
+        plan: &Plan,
+        created_by: &str,
+        progress: &(dyn Fn(&str, UploadProgress) + Sync),
+    ) -> Result<String, MakiattoError> {
+        let mut out = String::new();
+        for d in &plan.domains {
+            let now = now_ms();
+            let id = new_id(now);
+            let name = d.domain.name.as_str();
+            let rows = self.runtime.block_on(deploy::push(
+                &self.client,
+                d,
+                &id,
+                now,
+                created_by,
+                &|p| progress(name, p),
+            ))?;
+            let _ = writeln!(
+                out,
+                "{name}: deployment {} created ({} files)",
+                rows.deployment.id,
+                rows.files.len()
+            );
+        }
+        Ok(out)
+    }
+
+    /// `maki deployments <domain>`: a table, newest first.
+    pub fn deployments(&self, domain: &str) -> Result<String, MakiattoError> {
+        let list = self.runtime.block_on(self.client.deployments(domain))?;
+        if list.is_empty() {
+            return Ok(format!("{domain} has no deployments\n"));
+        }
+        let mut out =
+            String::from("  ID                                CREATED (unix ms)  FILES  SIZE\n");
+        for d in list {
+            let mark = if d.active { '*' } else { ' ' };
+            let _ = writeln!(
+                out,
+                "{mark} {:<32}  {:<17}  {:<5}  {}",
+                d.id,
+                d.created_ms,
+                d.files,
+                human_bytes(d.bytes)
+            );
+        }
+        Ok(out)
+    }
+
+    /// `maki rollback <domain> [deployment]`.
+    pub fn rollback(
+        &self,
+        domain: &str,
+        deployment: Option<&str>,
+    ) -> Result<String, MakiattoError> {
+        let active = self
+            .runtime
+            .block_on(self.client.rollback(domain, deployment))?;
+        Ok(format!("{domain}: deployment {active} is active\n"))
+    }
+
+    /// `maki peer add`: `wg_address` `None` takes the lowest free mesh address.
+    pub fn add_peer(
+        &self,
+        name: &str,
+        wg_public_key: &str,
+        endpoint: &str,
+        wg_address: Option<Ipv4Addr>,
+    ) -> Result<String, MakiattoError> {
+        let peer = NewPeer {
+            name: name.to_owned(),
+            wg_public_key: wg_public_key.to_owned(),
+            endpoint: Some(endpoint.to_owned()),
+            wg_address,
+        };
+        let added = self.runtime.block_on(self.client.add_peer(&peer))?;
+        Ok(format!(
+            "peer {} added with mesh address {}\n",
+            added.name, added.mesh_address
+        ))
+    }
+
+    /// `maki peer list`.
+    pub fn peers(&self) -> Result<String, MakiattoError> {
+        let mut out = String::new();
+        for p in self.runtime.block_on(self.client.peers())? {
+            let _ = writeln!(
+                out,
+                "{}  {}  {}",
+                p.name,
+                p.mesh_address,
+                p.endpoint.as_deref().unwrap_or("-")
+            );
+        }
+        Ok(out)
+    }
+
+    /// `maki peer remove`.
+    pub fn remove_peer(&self, name: &str) -> Result<String, MakiattoError> {
+        self.runtime.block_on(self.client.remove_peer(name))?;
+        Ok(format!("peer {name} removed\n"))
+    }
+
+    /// `maki peer wg-config`.
+    pub fn wg_config(&self, name: &str) -> Result<String, MakiattoError> {
+        Ok(self.runtime.block_on(self.client.wg_config(name))?)
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
