@@ -21,6 +21,7 @@ pub struct ServerConfig {
     /// HTTP/1 cannot go below 8192.
     pub max_header_bytes: usize,
     /// Time a client has to send a complete request head; slower clients are cut off.
+    /// It also bounds how long an idle keep-alive connection stays open.
     pub header_read_timeout_ms: u64,
     /// Time a write may wait for a client that stopped reading before the connection is
     /// dropped.

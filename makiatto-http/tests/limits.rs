@@ -55,6 +55,24 @@ async fn slow_clients_are_cut_off() {
 }
 
 #[tokio::test]
+async fn idle_keep_alive_connections_are_closed() {
+    let s = start(|c| c.header_read_timeout_ms = 300).await;
+    let mut c = TcpStream::connect(s.http).await.unwrap();
+    c.write_all(b"GET /about HTTP/1.1\r\nHost: site.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = c.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    // Now idle: the server must close within the header read timeout, not keep it forever.
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut rest)).await;
+    assert!(r.is_ok(), "idle keep-alive connection was kept open");
+    assert!(started.elapsed() >= Duration::from_millis(250));
+}
+
+#[tokio::test]
 async fn clients_that_stop_reading_are_dropped() {
     // One slot only: it frees up only if the server gives up on the stalled reader.
     let s = start(|c| {
