@@ -81,3 +81,20 @@ impl ServerConfig {
         Duration::from_millis(self.tls_handshake_timeout_ms)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ServerConfig;
+
+    #[test]
+    fn parses_partial_config_and_rejects_typos() {
+        let c: ServerConfig = serde_json::from_str(
+            r#"{"http_addrs": ["127.0.0.1:8080", "[::1]:8080"], "max_connections": 5, "trusted_proxies": ["10.0.0.1"]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.http_addrs.len(), 2);
+        assert_eq!(c.max_connections, 5);
+        assert_eq!(c.max_header_bytes, ServerConfig::default().max_header_bytes);
+        assert!(serde_json::from_str::<ServerConfig>(r#"{"max_conections": 5}"#).is_err());
+    }
+}
