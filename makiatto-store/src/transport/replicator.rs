@@ -20,16 +20,19 @@ use crate::{ChunkOutcome, Known, Result, Store, StoreError};
 /// Tuning of a [`Replicator`] (replication.md §3.8-3.9).
 #[derive(Debug, Clone)]
 pub struct ReplicatorOptions {
-    /// Peers each new or relayed chunk goes to (default 3). With at most `fanout + 1`
-    /// peers, chunks go to all of them.
+    /// Peers each new or relayed chunk goes to (default 6: with each node relaying a new
+    /// chunk once, about e^-6 of the nodes miss it and wait for a pull). With at most
+    /// `fanout + 1` peers, chunks go to all of them.
     pub fanout: usize,
-    /// Relay hops of a new local version (default 4: 3 + 9 + 27 + 81 nodes).
+    /// Relay hops of a new local version (default 8). Nodes relay only chunks new to them, so
+    /// hops bound pathological cases, not the normal spread.
     pub hops: u8,
     /// Approximate size of one broadcast chunk, in bytes (default 64 KiB).
     pub chunk_bytes: usize,
-    /// Shortest pause between two sync rounds (default 2 s).
+    /// Shortest pause between two sync rounds (default 250 ms).
     pub sync_interval_min: Duration,
-    /// Longest pause between two sync rounds (default 6 s); the pause is drawn uniformly.
+    /// Longest pause between two sync rounds (default 750 ms); the pause is drawn uniformly.
+    /// A round between replicas that agree costs one small request and no database scan.
     pub sync_interval_max: Duration,
     /// Peers pulled from in each sync round (default 2).
     pub sync_peers: usize,
@@ -49,11 +52,11 @@ pub struct ReplicatorOptions {
 impl Default for ReplicatorOptions {
     fn default() -> Self {
         ReplicatorOptions {
-            fanout: 3,
-            hops: 4,
+            fanout: 6,
+            hops: 8,
             chunk_bytes: 64 << 10,
-            sync_interval_min: Duration::from_secs(2),
-            sync_interval_max: Duration::from_secs(6),
+            sync_interval_min: Duration::from_millis(250),
+            sync_interval_max: Duration::from_millis(750),
             sync_peers: 2,
             byte_budget: 8 << 20,
             max_sync_rounds: 64,
