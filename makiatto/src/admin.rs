@@ -117,6 +117,25 @@ impl<'a> Admin<'a> {
     /// manifest hash matches the files, the configuration decodes, and every blob it
     /// references is present.
     pub fn create_deployment(&self, rows: &DeploymentRows) -> Result<(), AdminError> {
+        self.checked_blobs(rows)?;
+        self.store.write(|tx| deploy::insert(tx, rows))?;
+        Ok(())
+    }
+
+    /// [`create_deployment`](Self::create_deployment), and makes it the domain's active
+    /// deployment in the same transaction: what `maki sync` asks for. Every node then
+    /// fetches, materialises and switches to it.
+    pub fn deploy(&self, rows: &DeploymentRows, now_ms: i64) -> Result<(), AdminError> {
+        self.checked_blobs(rows)?;
+        self.store.write(|tx| {
+            deploy::insert(tx, rows)?;
+            deploy::activate(tx, &rows.deployment, now_ms)
+        })?;
+        Ok(())
+    }
+
+    /// The checks of [`create_deployment`](Self::create_deployment).
+    fn checked_blobs(&self, rows: &DeploymentRows) -> Result<(), AdminError> {
         check_rows(rows)?;
         let mut needed: Vec<BlobHash> = Vec::new();
         for hash in rows
@@ -135,7 +154,6 @@ impl<'a> Admin<'a> {
         if !missing.is_empty() {
             return Err(AdminError::MissingBlobs(missing));
         }
-        self.store.write(|tx| deploy::insert(tx, rows))?;
         Ok(())
     }
 

@@ -7,9 +7,9 @@
 //! | module | crate | what it holds |
 //! |---|---|---|
 //! | [`store`] | `makiatto-store` | replicated SQLite (cr-sqlite model), cluster schema, blobs |
-//!
-//! `dns`, `mesh` and `http` (makiatto-dns, makiatto-mesh, makiatto-http) join as modules
-//! when the node composes them (issue 6); until then the SDK does not depend on them.
+//! | [`dns`] | `makiatto-dns` | the authoritative GeoDNS server |
+//! | [`http`] | `makiatto-http` | the web server, TLS and ACME |
+//! | [`mesh`] | `makiatto-mesh` | WireGuard mesh, membership, replication and blob transport |
 //!
 //! The SDK's own modules:
 //!
@@ -25,9 +25,9 @@
 //! | [`nameserver`] | the `maki dns nameserver-setup` instructions |
 //! | [`plan`] | what `maki sync` would deploy (the dry run) |
 //! | [`deploy`] | a plan as cluster rows: insert a deployment, activate it, find removed domains |
+//! | [`node`] | the running node: store, mesh, DNS, HTTP, deployment activation, admin socket |
 //!
-//! The `Node` type, the admin API and the deploy client arrive with the rest of issue 6;
-//! provisioning with issue 7.
+//! Provisioning arrives with issue 7.
 
 pub mod admin;
 pub mod config;
@@ -36,6 +36,7 @@ mod diag;
 mod error;
 pub mod manifest;
 pub mod nameserver;
+pub mod node;
 pub mod peer;
 pub mod plan;
 pub mod profile;
@@ -45,6 +46,9 @@ pub mod wit;
 
 pub use diag::{InvalidFile, Problem};
 pub use error::MakiattoError;
+pub use makiatto_dns as dns;
+pub use makiatto_http as http;
+pub use makiatto_mesh as mesh;
 pub use makiatto_store as store;
 
 /// The version of this build, shared by the `maki` CLI and the `makiatto` daemon.

@@ -7,7 +7,7 @@
 //! | `GET /v1/version` | | `{"version"}` |
 //! | `POST /v1/blobs/missing` | `{"hashes": [..]}` | `{"missing": [..]}` |
 //! | `PUT /v1/blobs/{hash}` | the blob's bytes | `{"size"}` |
-//! | `POST /v1/deployments` | [`DeploymentRows`] | `201 {"id"}`; `409 {"error", "missing"}` while blobs are missing |
+//! | `POST /v1/deployments` | [`DeploymentRows`] | creates and activates it: `201 {"id"}`; `409 {"error", "missing"}` while blobs are missing |
 //! | `GET /v1/domains/{domain}/deployments` | | `[`[`DeploymentSummary`]`]` |
 //! | `POST /v1/domains/{domain}/rollback` | `{"deployment": id or null}` | `{"active"}` |
 //! | `GET /v1/peers` | | `[{"name", "wg_public_key", "endpoint", "mesh_address", "created_ms"}]` |
@@ -190,7 +190,8 @@ async fn route(
         (&Method::POST, ["v1", "deployments"]) => {
             let rows: DeploymentRows = read_json(body).await?;
             let id = rows.deployment.id.clone();
-            blocking(state, move |a| a.create_deployment(&rows)).await?;
+            let now = now_ms();
+            blocking(state, move |a| a.deploy(&rows, now)).await?;
             Ok(json(StatusCode::CREATED, &serde_json::json!({ "id": id })))
         }
         (&Method::GET, ["v1", "domains", domain, "deployments"]) => {

@@ -1,0 +1,676 @@
+//! The node: store, mesh, DNS, HTTP and the admin socket composed from a [`NodeConfig`].
+//!
+//! [`Node::start`] opens the store and blobs (through the mesh, which owns them), records
+//! this node in `nodes`, starts the mesh (the `Direct` tunnel or WireGuard), the GeoDNS
+//! server (zones rebuilt from the store on every change of `domains`, `dns_records`,
+//! `aliases` or `nodes` and on every membership change), the web server (serving each
+//! domain's deployment active on this node), the deployment activator ([`sites`]) and the
+//! admin socket. Each long-running task is supervised: one that fails is restarted with
+//! backoff, and the node's `node_health` row says so.
+//!
+//! Mesh ports: replication on `mesh.sync_port`, membership on `sync_port + 1`, blobs on
+//! `sync_port + 2`, all on the mesh address. A seed is the mesh address of a node already
+//! in the cluster (`"10.44.44.1"`, or `"10.44.44.1:51881"`; the port is ignored).
+
+mod sites;
+mod supervise;
+mod zones;
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use makiatto_dns::{DnsServer, GeoLocator, MmdbLocator, NoLocator, ZoneHandle, ZoneSet};
+use makiatto_http::{HttpServer, MemoryCerts, MemoryChallenges, ServerConfig};
+use makiatto_mesh::membership::MembershipView;
+use makiatto_mesh::node::{NodeConfig as MeshConfig, TunnelKind};
+use makiatto_mesh::{MeshNode, PrivateKey, SeedPeer};
+use miette::Diagnostic;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use sites::StoreSites;
+pub use supervise::{Health, SubsystemState};
+
+use crate::admin::socket::{self as admin_socket, AdminState};
+use crate::config::{MeshBackend, NodeConfig};
+use crate::store::cluster::node_health::{self, NodeHealth};
+use crate::store::cluster::nodes;
+use crate::store::{BlobStore, Store};
+
+/// The store's cluster id.
+const CLUSTER_ID: &str = "makiatto";
+/// How often the health row is rewritten when nothing changes.
+const HEALTH_EVERY: Duration = Duration::from_secs(5);
+/// How often pending deployments are retried when nothing changes.
+const RETRY_EVERY: Duration = Duration::from_secs(2);
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error, Diagnostic)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The configuration cannot be used as it is.
+    #[error("node configuration: {0}")]
+    Config(String),
+    /// The mesh (and with it the store) did not start.
+    #[error("starting the mesh")]
+    Mesh(#[from] makiatto_mesh::MeshError),
+    /// The store failed.
+    #[error("node store")]
+    Store(#[from] crate::store::StoreError),
+    /// The DNS server did not start.
+    #[error("starting DNS")]
+    Dns(#[from] makiatto_dns::DnsError),
+    /// The web server did not start.
+    #[error("starting the web server")]
+    Http(#[from] makiatto_http::HttpError),
+    /// A file or socket operation failed.
+    #[error("{what}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
+    let what = what.into();
+    move |source| NodeError::Io { what, source }
+}
+
+/// The node.
+#[derive(Debug)]
+pub struct Node;
+
+/// A running node.
+#[derive(Debug)]
+pub struct NodeHandle {
+    name: String,
+    mesh: MeshNode,
+    store: Store,
+    dns: Option<DnsServer>,
+    dns_addr: Option<SocketAddr>,
+    http_addr: Option<SocketAddr>,
+    https_addr: Option<SocketAddr>,
+    admin_socket: PathBuf,
+    sites: Arc<StoreSites>,
+    health: Health,
+    cancel: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl Node {
+    /// Starts every subsystem of `config`; errors that prevent serving at all (ports taken,
+    /// an unusable data directory) are returned, later failures are retried and reported.
+    pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
+        let name = config.name().to_owned();
+        let data_dir = config.node.data_dir.clone();
+        std::fs::create_dir_all(&data_dir).map_err(io(format!("creating {}", data_dir.display())))?;
+        let mesh = MeshNode::start(mesh_config(&config)?).await?;
+        let store = mesh.store().clone();
+        let blobs = mesh.blobs().clone();
+        record_self(&store, &config)?;
+        let health = Health::default();
+        let cancel = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let view = mesh.membership();
+
+        // DNS.
+        let (dns, dns_addr) = if config.dns.enabled {
+            let me = name.clone();
+            let alive = view.clone();
+            let zones = ZoneHandle::new(Arc::new(build_zones(&store, &me, &alive.borrow())?))?;
+            let (udp, tcp) = makiatto_dns::bind_udp_tcp(config.dns.addr)?;
+            let addr = udp.local_addr().map_err(io("reading the DNS address"))?;
+            let server = DnsServer::builder(zones.clone())
+                .locator(locator(&config.geoip_db()))
+                .udp(udp)
+                .tcp(tcp)
+                .start()?;
+            let (store, health_z) = (store.clone(), health.clone());
+            tasks.spawn(supervise::supervise(
+                "dns-zones",
+                health_z,
+                cancel.clone(),
+                move |token| {
+                    sync_zones(store.clone(), me.clone(), alive.clone(), zones.clone(), token)
+                },
+            ));
+            (Some(server), Some(addr))
+        } else {
+            (None, None)
+        };
+
+        // Sites and their activation.
+        let sites = Arc::new(StoreSites::default());
+        let mut activator = sites::Activator::new(
+            name.clone(),
+            store.clone(),
+            blobs.clone(),
+            Arc::clone(&sites),
+            data_dir.join("sites"),
+            blob_peers(view.clone(), config.mesh.sync_port.saturating_add(2)),
+        );
+        activator.load_pointers();
+        let activator = Arc::new(tokio::sync::Mutex::new(activator));
+        {
+            let (health_a, store) = (health.clone(), store.clone());
+            tasks.spawn(supervise::supervise(
+                "deployments",
+                health.clone(),
+                cancel.clone(),
+                move |token| {
+                    activate_loop(
+                        Arc::clone(&activator),
+                        store.clone(),
+                        health_a.clone(),
+                        token,
+                    )
+                },
+            ));
+        }
+
+        // HTTP and HTTPS.
+        let (mut http_addr, mut https_addr) = (None, None);
+        if config.web.enabled {
+            let server = HttpServer::new(
+                ServerConfig {
+                    http_addrs: vec![config.web.http_addr],
+                    https_addrs: vec![config.web.https_addr],
+                    https_redirect_port: Some(config.web.https_addr.port()),
+                    ..ServerConfig::default()
+                },
+                Arc::clone(&sites) as Arc<dyn makiatto_http::SiteResolver>,
+                Arc::new(MemoryCerts::new()),
+                Arc::new(MemoryChallenges::new()),
+            )?;
+            for (addr, https) in [(config.web.http_addr, false), (config.web.https_addr, true)] {
+                let listener = makiatto_http::bind(addr)?
+                    .into_std()
+                    .map_err(io(format!("listening on {addr}")))?;
+                let bound = listener
+                    .local_addr()
+                    .map_err(io("reading the web address"))?;
+                if https {
+                    https_addr = Some(bound);
+                } else {
+                    http_addr = Some(bound);
+                }
+                let server = server.clone();
+                tasks.spawn(supervise::supervise(
+                    if https { "https" } else { "http" },
+                    health.clone(),
+                    cancel.clone(),
+                    move |token| serve_web(server.clone(), listener.try_clone(), https, token),
+                ));
+            }
+        }
+
+        // Admin socket.
+        let admin_path = config.admin.socket.clone();
+        let first = admin_socket::bind(&admin_path)
+            .map_err(io(format!("binding the admin socket {}", admin_path.display())))?;
+        let state = Arc::new(AdminState {
+            store: Arc::new(store.clone()),
+            blobs: Arc::new(blobs),
+            mesh_cidr: config.mesh.cidr,
+            mesh_port: config.mesh.port,
+        });
+        let first = Arc::new(std::sync::Mutex::new(Some(first)));
+        {
+            let path = admin_path.clone();
+            tasks.spawn(supervise::supervise(
+                "admin",
+                health.clone(),
+                cancel.clone(),
+                move |token| {
+                    let listener = first
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .take();
+                    let (state, path) = (Arc::clone(&state), path.clone());
+                    async move {
+                        let listener = match listener {
+                            Some(l) => l,
+                            None => admin_socket::bind(&path).map_err(|e| e.to_string())?,
+                        };
+                        admin_socket::serve(listener, state, token.cancelled_owned()).await;
+                        Ok(())
+                    }
+                },
+            ));
+        }
+
+        // Health row.
+        {
+            let (store, health_h, me) = (store.clone(), health.clone(), name.clone());
+            tasks.spawn(supervise::supervise(
+                "health",
+                health.clone(),
+                cancel.clone(),
+                move |token| report_health(store.clone(), me.clone(), health_h.clone(), token),
+            ));
+        }
+        tracing::info!(node = %name, dns = ?dns_addr, http = ?http_addr, admin = %admin_path.display(), "node started");
+        Ok(NodeHandle {
+            name,
+            mesh,
+            store,
+            dns,
+            dns_addr,
+            http_addr,
+            https_addr,
+            admin_socket: admin_path,
+            sites,
+            health,
+            cancel,
+            tasks,
+        })
+    }
+
+    /// Starts the node and runs it until `shutdown` completes, then stops it gracefully.
+    pub async fn run(
+        config: NodeConfig,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), NodeError> {
+        let node = Self::start(config).await?;
+        shutdown.await;
+        tracing::info!("shutting down");
+        node.shutdown().await;
+        Ok(())
+    }
+}
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+impl NodeHandle {
+    /// The node's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The replicated store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The blob store.
+    pub fn blobs(&self) -> &BlobStore {
+        self.mesh.blobs()
+    }
+
+    /// The DNS address (UDP and TCP), when DNS is enabled.
+    pub fn dns_addr(&self) -> Option<SocketAddr> {
+        self.dns_addr
+    }
+
+    /// The HTTP address, when the web server is enabled.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// The HTTPS address, when the web server is enabled.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https_addr
+    }
+
+    /// The admin socket.
+    pub fn admin_socket(&self) -> &Path {
+        &self.admin_socket
+    }
+
+    /// The mesh address.
+    pub fn mesh_address(&self) -> Ipv4Addr {
+        self.mesh.mesh_address()
+    }
+
+    /// The membership view.
+    pub fn membership(&self) -> watch::Receiver<MembershipView> {
+        self.mesh.membership()
+    }
+
+    /// The sites served, by host.
+    pub fn sites(&self) -> &StoreSites {
+        &self.sites
+    }
+
+    /// Every subsystem's state.
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// Stops accepting, lets open connections finish, stops DNS, leaves the mesh.
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        let drained = tokio::time::timeout(Duration::from_secs(15), async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            self.tasks.shutdown().await;
+        }
+        if let Some(dns) = self.dns.take()
+            && let Err(e) = dns.shutdown().await
+        {
+            tracing::warn!(error = %e, "DNS shutdown");
+        }
+        let row = NodeHealth {
+            node: self.name.clone(),
+            status: node_health::HealthStatus::Unhealthy,
+            detail: "stopped".into(),
+            updated_ms: now_ms(),
+            version: crate::VERSION.into(),
+        };
+        let _ = self.store.write(|tx| node_health::upsert(tx, &row));
+        self.mesh.shutdown().await;
+    }
+}
+
+/// The mesh configuration of a node configuration.
+fn mesh_config(config: &NodeConfig) -> Result<MeshConfig, NodeError> {
+    let m = &config.mesh;
+    let v4 = |a: Option<IpAddr>| match a {
+        Some(IpAddr::V4(a)) => Ok(Some(a)),
+        Some(IpAddr::V6(a)) => Err(NodeError::Config(format!(
+            "mesh.address {a}: the mesh is IPv4"
+        ))),
+        None => Ok(None),
+    };
+    let mesh_address = match (v4(m.address)?, m.backend) {
+        (Some(a), _) => Some(a),
+        (None, MeshBackend::Direct) => Some(config.node.ipv4.unwrap_or(Ipv4Addr::LOCALHOST)),
+        (None, MeshBackend::Boringtun) => None,
+    };
+    let tunnel = match m.backend {
+        MeshBackend::Direct => TunnelKind::Direct,
+        MeshBackend::Boringtun => TunnelKind::WireGuard {
+            interface: "makiatto0".into(),
+            listen_port: m.port,
+            mtu: 1420,
+            threads: 1,
+        },
+    };
+    let public = config
+        .node
+        .ipv4
+        .or(mesh_address)
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let mut seeds = Vec::new();
+    for s in &m.seeds {
+        let host = s
+            .parse::<SocketAddr>()
+            .map(|a| a.ip())
+            .or_else(|_| s.parse::<IpAddr>())
+            .map_err(|_| NodeError::Config(format!("mesh.seeds: `{s}` is not an address")))?;
+        let IpAddr::V4(mesh_address) = host else {
+            return Err(NodeError::Config(format!("mesh.seeds: `{s}` is not IPv4")));
+        };
+        seeds.push(SeedPeer {
+            name: format!("seed-{mesh_address}"),
+            public_key: String::new(),
+            endpoint: format!("{mesh_address}:{}", m.port),
+            mesh_address,
+        });
+    }
+    let port = |offset: u16| {
+        m.sync_port.checked_add(offset).ok_or_else(|| {
+            NodeError::Config(format!("mesh.sync_port {} leaves no room for +2", m.sync_port))
+        })
+    };
+    Ok(MeshConfig {
+        name: config.name().to_owned(),
+        cluster_id: CLUSTER_ID.into(),
+        data_dir: config.node.data_dir.clone(),
+        private_key: private_key(&config.node.data_dir)?,
+        tunnel,
+        mesh_cidr: ipnet_of(config),
+        mesh_address,
+        endpoint: format!("{public}:{}", m.port),
+        public_ipv4: public,
+        persistent_keepalive_secs: Some(25),
+        seeds,
+        replication_port: port(0)?,
+        membership_port: port(1)?,
+        blob_port: port(2)?,
+        reconcile_every_ms: 2000,
+        sync_interval_ms: None,
+    })
+}
+
+fn ipnet_of(config: &NodeConfig) -> ipnet::Ipv4Net {
+    let c = config.mesh.cidr;
+    ipnet::Ipv4Net::new(c.network, c.prefix_len)
+        .unwrap_or_else(|_| makiatto_mesh::addr::default_mesh_net())
+}
+
+/// The node's WireGuard key: `<data_dir>/wg.key`, created (mode 0600) on first start.
+fn private_key(data_dir: &Path) -> Result<String, NodeError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = data_dir.join("wg.key");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let text = text.trim().to_owned();
+        PrivateKey::from_base64(&text)?;
+        return Ok(text);
+    }
+    let key = PrivateKey::generate().to_base64();
+    let temp = data_dir.join("wg.key.tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temp)
+        .map_err(io(format!("writing {}", temp.display())))?;
+    file.write_all(key.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(io(format!("writing {}", temp.display())))?;
+    std::fs::rename(&temp, &path).map_err(io(format!("writing {}", path.display())))?;
+    Ok(key)
+}
+
+/// Completes this node's `nodes` row (the mesh writes keys and addresses) with its
+/// coordinates, public addresses and nameserver flag.
+fn record_self(store: &Store, config: &NodeConfig) -> Result<(), NodeError> {
+    let lat = config.node.latitude.as_ref().map_or(0.0, |l| *l.get_ref());
+    let lon = config.node.longitude.as_ref().map_or(0.0, |l| *l.get_ref());
+    if config.node.latitude.is_none() || config.node.longitude.is_none() {
+        tracing::warn!("no coordinates in the configuration: GeoDNS places this node at 0,0");
+    }
+    store.write(|tx| {
+        let Some(mut row) = nodes::get(tx, config.name())? else {
+            return Ok(());
+        };
+        let before = row.clone();
+        row.latitude = lat;
+        row.longitude = lon;
+        if let Some(a) = config.node.ipv4 {
+            row.ipv4 = a.to_string();
+        }
+        row.ipv6 = config.node.ipv6.map(|a| a.to_string());
+        row.is_nameserver = config.node.is_nameserver;
+        if row != before {
+            nodes::upsert(tx, &row)?;
+        }
+        Ok(())
+    })?;
+    Ok(())
+}
+
+fn locator(path: &Path) -> Arc<dyn GeoLocator> {
+    match MmdbLocator::open(path) {
+        Ok(geo) => {
+            geo.watch(Duration::from_secs(60));
+            Arc::new(geo)
+        }
+        Err(e) => {
+            tracing::warn!(db = %path.display(), error = %e, "no GeoIP database: DNS answers every healthy node");
+            Arc::new(NoLocator)
+        }
+    }
+}
+
+fn build_zones(store: &Store, me: &str, view: &MembershipView) -> Result<ZoneSet, NodeError> {
+    Ok(store.read(|c| zones::build(c, &|n| n == me || view.is_alive(n)))?)
+}
+
+/// Rebuilds the zones on every change of the tables they come from and of membership.
+async fn sync_zones(
+    store: Store,
+    me: String,
+    mut view: watch::Receiver<MembershipView>,
+    zones: ZoneHandle,
+    cancel: CancellationToken,
+) -> Result<(), String> {
+    let mut watches: Vec<_> = ["domains", "dns_records", "aliases", "nodes"]
+        .iter()
+        .filter_map(|t| store.watch_table(t))
+        .collect();
+    loop {
+        let set = build_zones(&store, &me, &view.borrow_and_update()).map_err(|e| e.to_string())?;
+        zones.set(Arc::new(set)).map_err(|e| e.to_string())?;
+        let any_table = async {
+            let futures = watches.iter_mut().map(|w| Box::pin(w.changed()));
+            let _ = futures_select_all(futures).await;
+        };
+        tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            r = view.changed() => if r.is_err() { return Err("membership ended".into()) },
+            () = any_table => {}
+        }
+    }
+}
+
+/// Waits for the first of `futures` (a small `select_all` without the futures crate).
+async fn futures_select_all<F: Future + Unpin>(futures: impl Iterator<Item = F>) {
+    let mut futures: Vec<F> = futures.collect();
+    if futures.is_empty() {
+        return std::future::pending().await;
+    }
+    std::future::poll_fn(|cx| {
+        for f in &mut futures {
+            if std::pin::Pin::new(f).poll(cx).is_ready() {
+                return std::task::Poll::Ready(());
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await;
+}
+
+/// The blob servers of the alive peers.
+fn blob_peers(
+    view: watch::Receiver<MembershipView>,
+    port: u16,
+) -> Arc<dyn Fn() -> Vec<SocketAddr> + Send + Sync> {
+    Arc::new(move || {
+        view.borrow()
+            .alive()
+            .map(|(_, m)| SocketAddr::new(m.addr.ip(), port))
+            .collect()
+    })
+}
+
+async fn activate_loop(
+    activator: Arc<tokio::sync::Mutex<sites::Activator>>,
+    store: Store,
+    health: Health,
+    cancel: CancellationToken,
+) -> Result<(), String> {
+    let mut watches: Vec<_> = ["domains", "deployments", "deployment_files", "aliases"]
+        .iter()
+        .filter_map(|t| store.watch_table(t))
+        .collect();
+    let mut activator = activator.lock().await;
+    loop {
+        let problems = activator.pass().await?;
+        if problems.is_empty() {
+            health.set("deployments", SubsystemState::Running);
+        } else {
+            health.set("deployments", SubsystemState::Degraded(problems.join("; ")));
+        }
+        let any_table = async {
+            let futures = watches.iter_mut().map(|w| Box::pin(w.changed()));
+            futures_select_all(futures).await;
+        };
+        tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            () = tokio::time::sleep(RETRY_EVERY) => {}
+            () = any_table => {}
+        }
+    }
+}
+
+async fn serve_web(
+    server: HttpServer,
+    listener: std::io::Result<std::net::TcpListener>,
+    https: bool,
+    cancel: CancellationToken,
+) -> Result<(), String> {
+    let listener = listener
+        .and_then(tokio::net::TcpListener::from_std)
+        .map_err(|e| e.to_string())?;
+    if https {
+        server.serve_https(listener, cancel.clone()).await;
+    } else {
+        server.serve_http(listener, cancel.clone()).await;
+    }
+    if cancel.is_cancelled() {
+        server.drain(Duration::from_secs(10)).await;
+    }
+    Ok(())
+}
+
+/// Writes this node's `node_health` row on every change and every few seconds.
+async fn report_health(
+    store: Store,
+    me: String,
+    health: Health,
+    cancel: CancellationToken,
+) -> Result<(), String> {
+    let mut changes = health.subscribe();
+    loop {
+        let (status, detail) = health.summary();
+        let row = NodeHealth {
+            node: me.clone(),
+            status,
+            detail,
+            updated_ms: now_ms(),
+            version: crate::VERSION.into(),
+        };
+        store
+            .write(|tx| node_health::upsert(tx, &row))
+            .map_err(|e| e.to_string())?;
+        tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            _ = changes.changed() => {}
+            () = tokio::time::sleep(HEALTH_EVERY) => {}
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
