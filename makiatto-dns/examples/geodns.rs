@@ -4,15 +4,16 @@
 //! and query it with `dig @127.0.0.1 -p 5353 example.com A +subnet=1.1.1.0/24`.
 //!
 //! Arguments: `ZONE_FILE [ADDR]` (default `127.0.0.1:5353`, UDP and TCP). Environment:
-//! `MAKIATTO_MMDB` is a GeoLite2-City or DB-IP city `.mmdb` file (reloaded when replaced);
+//! `MAKIATTO_MMDB` is a GeoLite2-City or DB-IP city `.mmdb` file, or several separated by `:`
+//! (e.g. the DB-IP IPv4 and IPv6 files), reloaded when replaced;
 //! without it every client gets all healthy nodes. `MAKIATTO_UDP_THREADS` (default 1).
 //! Sending SIGHUP is not needed: the zone file is re-read every 2 seconds when it changes.
 
 use std::{num::NonZeroUsize, sync::Arc, time::Duration};
 
 use makiatto_dns::{
-    DnsServer, GeoLocator, MmdbLocator, NoLocator, TomlZoneFile, ZoneHandle, ZoneSource,
-    bind_udp_tcp,
+    DnsServer, GeoLocator, LocatorChain, MmdbLocator, NoLocator, TomlZoneFile, ZoneHandle,
+    ZoneSource, bind_udp_tcp,
 };
 
 #[tokio::main(flavor = "current_thread")]
@@ -29,13 +30,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let source = TomlZoneFile::new(&zone_path);
     let zones = ZoneHandle::from_source(&source)?;
-    let locator: Arc<dyn GeoLocator> = match std::env::var_os("MAKIATTO_MMDB") {
-        Some(path) => {
-            let mmdb = MmdbLocator::open(path)?;
-            mmdb.watch(Duration::from_secs(10));
-            Arc::new(mmdb)
+    let locator: Arc<dyn GeoLocator> = match std::env::var("MAKIATTO_MMDB") {
+        Ok(paths) => {
+            let mut chain: Vec<Arc<dyn GeoLocator>> = Vec::new();
+            for path in paths.split(':').filter(|p| !p.is_empty()) {
+                let mmdb = MmdbLocator::open(path)?;
+                mmdb.watch(Duration::from_secs(10));
+                chain.push(Arc::new(mmdb));
+            }
+            Arc::new(LocatorChain::new(chain))
         }
-        None => Arc::new(NoLocator),
+        Err(_) => Arc::new(NoLocator),
     };
     let threads = std::env::var("MAKIATTO_UDP_THREADS")
         .ok()

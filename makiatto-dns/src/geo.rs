@@ -126,6 +126,33 @@ impl GeoLocator for StaticLocator {
     }
 }
 
+/// Asks several locators in order and takes the first answer: for example the DB-IP IPv4 and
+/// IPv6 city files, which ship separately.
+#[derive(Debug, Clone, Default)]
+pub struct LocatorChain {
+    locators: Vec<Arc<dyn GeoLocator>>,
+}
+
+impl LocatorChain {
+    /// A chain of `locators`, asked in order.
+    pub fn new(locators: Vec<Arc<dyn GeoLocator>>) -> Self {
+        Self { locators }
+    }
+}
+
+impl GeoLocator for LocatorChain {
+    fn locate(&self, ip: IpAddr) -> Option<GeoPoint> {
+        self.locators.iter().find_map(|l| l.locate(ip))
+    }
+
+    fn generation(&self) -> u64 {
+        // Each generation only grows, so the sum changes whenever one of them does.
+        self.locators
+            .iter()
+            .fold(0u64, |sum, l| sum.wrapping_add(l.generation()))
+    }
+}
+
 /// Coordinates in either mmdb layout: GeoLite2-City (`location.latitude`) or DB-IP /
 /// ip-location-db (top-level `latitude`).
 #[derive(Deserialize)]
@@ -324,6 +351,23 @@ mod tests {
         );
         assert_eq!(l.locate("11.2.2.3".parse().unwrap()), None);
         assert_eq!(l.locate("::1".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn chain_takes_the_first_answer() {
+        let v4 = StaticLocator::new().with("10.0.0.0".parse().unwrap(), 8, GeoPoint::new(1.0, 1.0));
+        let v6 =
+            StaticLocator::new().with("2001:db8::".parse().unwrap(), 32, GeoPoint::new(2.0, 2.0));
+        let chain = LocatorChain::new(vec![Arc::new(v4), Arc::new(v6)]);
+        assert_eq!(
+            chain.locate("10.1.1.1".parse().unwrap()),
+            Some(GeoPoint::new(1.0, 1.0))
+        );
+        assert_eq!(
+            chain.locate("2001:db8::5".parse().unwrap()),
+            Some(GeoPoint::new(2.0, 2.0))
+        );
+        assert_eq!(chain.locate("192.0.2.1".parse().unwrap()), None);
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! the source address.
 //!
 //! - [`GeoLocator`]: where a client is. [`MmdbLocator`] reads GeoLite2-City and DB-IP /
-//!   ip-location-db `.mmdb` files and reloads them when replaced; [`StaticLocator`] is a table.
+//!   ip-location-db `.mmdb` files and reloads them when replaced; [`StaticLocator`] is a table;
+//!   [`LocatorChain`] combines them (DB-IP ships IPv4 and IPv6 files separately).
 //! - [`ZoneSource`]: where zones come from. [`TomlZoneFile`] reads a TOML file; an embedder
 //!   pushes snapshots through [`ZoneHandle::set`] and ACME DNS-01 values through
 //!   [`ZoneHandle::add_acme_challenge`].
@@ -46,7 +47,7 @@ mod zone;
 
 pub use crate::{
     error::DnsError,
-    geo::{GeoLocator, GeoPoint, MmdbLocator, NoLocator, StaticLocator},
+    geo::{GeoLocator, GeoPoint, LocatorChain, MmdbLocator, NoLocator, StaticLocator},
     select::{Candidate, Nearest, NodeSet, Selector},
     server::{DnsServer, DnsServerBuilder, bind_udp_tcp},
     zone::{NodeEntry, RecordEntry, TomlZoneFile, Zone, ZoneHandle, ZoneSet, ZoneSource},
