@@ -178,6 +178,49 @@ fn dns_over_tls_with_kdig() {
 }
 
 #[test]
+fn dns_over_quic() {
+    use futures_util::StreamExt;
+    use hickory_net::{quic::QuicClientStream, xfer::DnsRequestSender};
+
+    let s = TestServer::plain();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(s.cert.clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let addr = s.quic_addr;
+    let answer = s.rt.block_on(async move {
+        let mut stream = QuicClientStream::builder()
+            .crypto_config(config)
+            .build(addr, Arc::from("localhost"))
+            .await
+            .expect("DoQ connection");
+        // DoQ requires message id 0 (RFC 9250).
+        let query = Message::from_vec(&query(0, "mail.example.com", RecordType::A, true)).unwrap();
+        let response = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            stream.send_message(query.into()).next(),
+        )
+        .await
+        .expect("DoQ answer in time")
+        .expect("a response")
+        .expect("a valid response");
+        response.into_message()
+    });
+    assert_eq!(
+        answer.metadata.response_code,
+        hickory_proto::op::ResponseCode::NoError
+    );
+    assert!(answer.metadata.authoritative);
+    assert_eq!(answer.answers.len(), 1);
+    assert_eq!(answer.answers[0].data.to_string(), "192.0.2.25");
+}
+
+#[test]
 fn udp_and_tcp_give_the_same_answers() {
     let s = TestServer::plain();
     for (name, t) in [

@@ -43,9 +43,12 @@ pub(crate) fn mmdb_path() -> PathBuf {
 pub(crate) struct TestServer {
     pub(crate) addr: SocketAddr,
     pub(crate) tls_addr: SocketAddr,
+    pub(crate) quic_addr: SocketAddr,
+    /// The self-signed certificate DoT and DoQ present.
+    pub(crate) cert: rustls::pki_types::CertificateDer<'static>,
     pub(crate) zones: ZoneHandle,
     server: Option<DnsServer>,
-    rt: tokio::runtime::Runtime,
+    pub(crate) rt: tokio::runtime::Runtime,
 }
 
 impl TestServer {
@@ -60,20 +63,25 @@ impl TestServer {
         let addr = udp.local_addr().unwrap();
         let tls = TcpListener::bind("127.0.0.1:0").unwrap();
         let tls_addr = tls.local_addr().unwrap();
-        let certs = self_signed();
+        let quic = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let quic_addr = quic.local_addr().unwrap();
+        let (certs, cert) = self_signed();
         let server = rt
             .block_on(async {
                 DnsServer::builder(zones.clone())
                     .locator(locator)
                     .udp(udp)
                     .tcp(tcp)
-                    .tls(tls, certs)
+                    .tls(tls, certs.clone())
+                    .quic(quic, certs)
                     .start()
             })
             .unwrap();
         Self {
             addr,
             tls_addr,
+            quic_addr,
+            cert,
             zones,
             server: Some(server),
             rt,
@@ -133,12 +141,19 @@ impl Drop for TestServer {
     }
 }
 
-fn self_signed() -> Arc<dyn rustls::server::ResolvesServerCert> {
+fn self_signed() -> (
+    Arc<dyn rustls::server::ResolvesServerCert>,
+    rustls::pki_types::CertificateDer<'static>,
+) {
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
     let signing = rustls::crypto::ring::sign::any_supported_type(&key).unwrap();
-    let certified = rustls::sign::CertifiedKey::new(vec![ck.cert.der().clone()], signing);
-    Arc::new(rustls::sign::SingleCertAndKey::from(certified))
+    let der = ck.cert.der().clone();
+    let certified = rustls::sign::CertifiedKey::new(vec![der.clone()], signing);
+    (
+        Arc::new(rustls::sign::SingleCertAndKey::from(certified)),
+        der,
+    )
 }
 
 pub(crate) fn run(program: &str, args: &[&str]) -> String {
