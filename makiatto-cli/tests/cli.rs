@@ -325,12 +325,14 @@ fn sync_deployments_rollback_and_peers_through_an_admin_socket() {
 
     let listed = stdout(&run(&["deployments", "example.com"]));
     assert_eq!(listed.lines().count(), 3, "{listed}");
+    // `maki sync` activates what it deploys: the newest is marked.
+    assert!(listed.lines().nth(1).unwrap().starts_with("* "), "{listed}");
     let newest = listed
         .lines()
         .nth(1)
         .unwrap()
         .split_whitespace()
-        .next()
+        .find(|w| *w != "*")
         .unwrap()
         .to_owned();
     let oldest = listed

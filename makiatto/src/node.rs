@@ -110,7 +110,8 @@ impl Node {
     pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         let name = config.name().to_owned();
         let data_dir = config.node.data_dir.clone();
-        std::fs::create_dir_all(&data_dir).map_err(io(format!("creating {}", data_dir.display())))?;
+        std::fs::create_dir_all(&data_dir)
+            .map_err(io(format!("creating {}", data_dir.display())))?;
         let mesh = MeshNode::start(mesh_config(&config)?).await?;
         let store = mesh.store().clone();
         let blobs = mesh.blobs().clone();
@@ -138,7 +139,13 @@ impl Node {
                 health_z,
                 cancel.clone(),
                 move |token| {
-                    sync_zones(store.clone(), me.clone(), alive.clone(), zones.clone(), token)
+                    sync_zones(
+                        store.clone(),
+                        me.clone(),
+                        alive.clone(),
+                        zones.clone(),
+                        token,
+                    )
                 },
             ));
             (Some(server), Some(addr))
@@ -213,8 +220,10 @@ impl Node {
 
         // Admin socket.
         let admin_path = config.admin.socket.clone();
-        let first = admin_socket::bind(&admin_path)
-            .map_err(io(format!("binding the admin socket {}", admin_path.display())))?;
+        let first = admin_socket::bind(&admin_path).map_err(io(format!(
+            "binding the admin socket {}",
+            admin_path.display()
+        )))?;
         let state = Arc::new(AdminState {
             store: Arc::new(store.clone()),
             blobs: Arc::new(blobs),
@@ -434,7 +443,10 @@ fn mesh_config(config: &NodeConfig) -> Result<MeshConfig, NodeError> {
     }
     let port = |offset: u16| {
         m.sync_port.checked_add(offset).ok_or_else(|| {
-            NodeError::Config(format!("mesh.sync_port {} leaves no room for +2", m.sync_port))
+            NodeError::Config(format!(
+                "mesh.sync_port {} leaves no room for +2",
+                m.sync_port
+            ))
         })
     };
     Ok(MeshConfig {
@@ -551,7 +563,7 @@ async fn sync_zones(
         zones.set(Arc::new(set)).map_err(|e| e.to_string())?;
         let any_table = async {
             let futures = watches.iter_mut().map(|w| Box::pin(w.changed()));
-            let _ = futures_select_all(futures).await;
+            futures_select_all(futures).await;
         };
         tokio::select! {
             () = cancel.cancelled() => return Ok(()),

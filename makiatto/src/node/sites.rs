@@ -147,8 +147,11 @@ impl Activator {
             .read(domains::list)
             .map_err(|e| format!("reading domains: {e}"))?;
         let mut problems = Vec::new();
-        self.live
-            .retain(|d, _| wanted.iter().any(|w| &w.name == d && w.active_deployment.is_some()));
+        self.live.retain(|d, _| {
+            wanted
+                .iter()
+                .any(|w| &w.name == d && w.active_deployment.is_some())
+        });
         for domain in &wanted {
             let Some(id) = &domain.active_deployment else {
                 continue;
@@ -208,24 +211,22 @@ impl Activator {
 
     /// Writes this node's activation row when its status or error changes.
     fn report(&self, id: &str, status: ActivationStatus, error: Option<String>) {
+        let row = Activation {
+            deployment_id: id.to_owned(),
+            node: self.node.clone(),
+            activated_ms: now_ms(),
+            status,
+            error,
+        };
         let result = self.store.write(|tx| {
             let current = deployment_activations::get(tx, id, &self.node)?;
             if current
                 .as_ref()
-                .is_some_and(|c| c.status == status && c.error == error)
+                .is_some_and(|c| c.status == row.status && c.error == row.error)
             {
                 return Ok(());
             }
-            deployment_activations::upsert(
-                tx,
-                &Activation {
-                    deployment_id: id.to_owned(),
-                    node: self.node.clone(),
-                    activated_ms: now_ms(),
-                    status: status.clone(),
-                    error: error.clone(),
-                },
-            )
+            deployment_activations::upsert(tx, &row)
         });
         if let Err(e) = result {
             tracing::warn!(deployment = id, error = %e, "recording activation failed");
@@ -292,7 +293,8 @@ impl Activator {
                 missing.len()
             )));
         }
-        let results = blobs::fetch_many(&self.blobs, &missing, &peers, &FetchOptions::default()).await;
+        let results =
+            blobs::fetch_many(&self.blobs, &missing, &peers, &FetchOptions::default()).await;
         let failed = results.iter().filter(|(_, r)| r.is_err()).count();
         if failed > 0 {
             return Err(ActivateError::Transient(format!(
@@ -331,12 +333,18 @@ impl Activator {
 
 /// Writes every file of a deployment into a temporary directory beside `dir` (hard links
 /// to the blobs, copies where linking fails), then renames it to `dir`.
-fn materialise(blobs: &BlobStore, dir: &Path, wanted: &[(PathBuf, BlobHash)]) -> std::io::Result<()> {
+fn materialise(
+    blobs: &BlobStore,
+    dir: &Path,
+    wanted: &[(PathBuf, BlobHash)],
+) -> std::io::Result<()> {
     let parent = dir
         .parent()
         .ok_or_else(|| std::io::Error::other("deployment directory has no parent"))?;
     std::fs::create_dir_all(parent)?;
-    let temp = tempfile::Builder::new().prefix(".tmp-").tempdir_in(parent)?;
+    let temp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempdir_in(parent)?;
     for (path, hash) in wanted {
         let target = temp.path().join(path);
         if let Some(p) = target.parent() {
@@ -365,9 +373,7 @@ fn write_pointer(domain_dir: &Path, id: &str) -> std::io::Result<()> {
     std::fs::rename(&temp, domain_dir.join(POINTER))
 }
 
-fn manifest_map(
-    files: &[deployment_files::DeploymentFile],
-) -> Arc<HashMap<String, blake3::Hash>> {
+fn manifest_map(files: &[deployment_files::DeploymentFile]) -> Arc<HashMap<String, blake3::Hash>> {
     Arc::new(
         files
             .iter()
@@ -376,7 +382,11 @@ fn manifest_map(
     )
 }
 
-fn site(domain: &str, root: PathBuf, manifest: Option<Arc<HashMap<String, blake3::Hash>>>) -> Arc<Site> {
+fn site(
+    domain: &str,
+    root: PathBuf,
+    manifest: Option<Arc<HashMap<String, blake3::Hash>>>,
+) -> Arc<Site> {
     let mut site = Site::new(domain, root);
     site.manifest = manifest;
     Arc::new(site)

@@ -115,7 +115,8 @@ async fn the_admin_api_over_a_unix_socket() {
     .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body[0]["id"].as_str(), Some("d1"));
-    assert_eq!(body[0]["active"].as_bool(), Some(false));
+    // `maki sync` creates and activates in one step.
+    assert_eq!(body[0]["active"].as_bool(), Some(true));
 
     let rollback = |id: &str| {
         serde_json::to_vec(&RollbackRequest {
