@@ -13,12 +13,18 @@ use miette::Diagnostic;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Ipv4Cidr;
+use crate::deploy::Rollout;
 use crate::deploy::{self, DeployError, DeploymentConfig, DeploymentRows};
 use crate::manifest::{self, Manifest};
 use crate::peer::{self, PeerError};
+use crate::store::cluster::deployment_activations;
 use crate::store::cluster::external_peers::{self, ExternalPeer};
+use crate::store::cluster::node_health::{self, HealthStatus};
 use crate::store::cluster::{deployment_files, deployments, domains, nodes};
 use crate::store::{BlobHash, BlobStore, Store, StoreError};
+
+/// A node whose health row is older than this is not expected to activate deployments.
+pub const HEALTH_FRESH_MS: i64 = 15_000;
 
 /// Largest blob accepted from a client, bytes (1 GiB).
 pub const MAX_BLOB_BYTES: u64 = 1 << 30;
@@ -178,6 +184,24 @@ impl<'a> Admin<'a> {
             }
             Ok(out)
         })?)
+    }
+
+    /// Where the cluster is with `deployment_id`: the activation reports of the nodes
+    /// expected to activate it, those that reported themselves serving (healthy or
+    /// degraded) within [`HEALTH_FRESH_MS`] of `now_ms`.
+    pub fn rollout(&self, deployment_id: &str, now_ms: i64) -> Result<Rollout, AdminError> {
+        let (activations, health) = self.store.read(|c| {
+            Ok((
+                deployment_activations::list_for_deployment(c, deployment_id)?,
+                node_health::list_fresh(c, now_ms - HEALTH_FRESH_MS)?,
+            ))
+        })?;
+        let expected: Vec<String> = health
+            .into_iter()
+            .filter(|h| matches!(h.status, HealthStatus::Healthy | HealthStatus::Degraded))
+            .map(|h| h.node)
+            .collect();
+        Ok(Rollout::of(&activations, &expected))
     }
 
     /// Activates `requested`, or the deployment before the active one, for `domain`;

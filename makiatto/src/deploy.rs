@@ -378,7 +378,7 @@ pub fn rollback_target<'a>(
 }
 
 /// Where the cluster is with one deployment, over the nodes expected to activate it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rollout {
     /// Nodes serving it.
     pub active: Vec<String>,

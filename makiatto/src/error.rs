@@ -56,6 +56,23 @@ pub enum MakiattoError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Wit(#[from] wit::WitError),
+    /// `maki sync` gave up waiting for the nodes to activate a deployment.
+    #[error("{domain}: deployment {deployment} is not active everywhere: {rollout}")]
+    #[diagnostic(help(
+        "nodes still waiting: {waiting}; failed: {failed}. `maki deployments {domain}` lists it; the nodes keep trying"
+    ))]
+    Rollout {
+        /// The domain.
+        domain: String,
+        /// The deployment.
+        deployment: String,
+        /// The final count.
+        rollout: String,
+        /// Nodes not there yet.
+        waiting: String,
+        /// Nodes that failed, with their errors.
+        failed: String,
+    },
     /// A local I/O failure outside the cases above (e.g. starting the async runtime).
     #[error("{0}")]
     Io(String),

@@ -7,6 +7,7 @@
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::path::Path;
+use std::time::Duration;
 
 use crate::MakiattoError;
 use crate::admin::NewPeer;
@@ -14,6 +15,9 @@ use crate::admin::client::Client;
 use crate::deploy::{self, UploadProgress};
 use crate::plan::{Plan, human_bytes};
 use crate::store::cluster::new_id;
+
+/// How long `maki sync` waits for every healthy node to activate a deployment.
+pub const SYNC_WAIT: Duration = Duration::from_secs(120);
 
 /// A node reached through its admin socket.
 #[derive(Debug)]
@@ -55,14 +59,47 @@ impl Remote {
                 created_by,
                 &|p| progress(name, p),
             ))?;
+            let rollout = self
+                .runtime
+                .block_on(self.wait_active(name, &rows.deployment.id))?;
             let _ = writeln!(
                 out,
-                "{name}: deployment {} created ({} files)",
+                "{name}: deployment {} created ({} files), {rollout}",
                 rows.deployment.id,
                 rows.files.len()
             );
         }
         Ok(out)
+    }
+
+    /// Waits until every healthy node serves `deployment`, at most [`SYNC_WAIT`].
+    async fn wait_active(
+        &self,
+        domain: &str,
+        deployment: &str,
+    ) -> Result<deploy::Rollout, MakiattoError> {
+        let deadline = tokio::time::Instant::now() + SYNC_WAIT;
+        loop {
+            let rollout = self.client.rollout(deployment).await?;
+            if rollout.is_complete() {
+                return Ok(rollout);
+            }
+            if tokio::time::Instant::now() >= deadline || !rollout.failed.is_empty() {
+                let failed: Vec<String> = rollout
+                    .failed
+                    .iter()
+                    .map(|(n, e)| format!("{n} ({e})"))
+                    .collect();
+                return Err(MakiattoError::Rollout {
+                    domain: domain.to_owned(),
+                    deployment: deployment.to_owned(),
+                    rollout: rollout.to_string(),
+                    waiting: none_or(&rollout.waiting.join(", ")),
+                    failed: none_or(&failed.join(", ")),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// `maki deployments <domain>`: a table, newest first.
@@ -144,6 +181,14 @@ impl Remote {
     /// `maki peer wg-config`.
     pub fn wg_config(&self, name: &str) -> Result<String, MakiattoError> {
         Ok(self.runtime.block_on(self.client.wg_config(name))?)
+    }
+}
+
+fn none_or(list: &str) -> String {
+    if list.is_empty() {
+        "none".into()
+    } else {
+        list.to_owned()
     }
 }
 

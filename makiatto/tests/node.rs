@@ -231,6 +231,12 @@ async fn three_nodes_deploy_serve_switch_and_roll_back() {
     })
     .await;
 
+    within("the admin API counts 3/3 nodes", async || {
+        let r = client.rollout(&first).await.ok()?;
+        (r.is_complete() && r.active.len() == 3).then_some(())
+    })
+    .await;
+
     // DNS: every node answers the apex with node addresses (127/8 has no location: all).
     for n in &nodes {
         let addr = n.dns_addr().unwrap();

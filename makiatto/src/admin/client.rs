@@ -102,6 +102,19 @@ impl Client {
         Ok(())
     }
 
+    /// Where the healthy nodes are with a deployment.
+    pub async fn rollout(
+        &self,
+        deployment_id: &str,
+    ) -> Result<crate::deploy::Rollout, ClientError> {
+        self.call(
+            Method::GET,
+            &format!("/v1/deployments/{deployment_id}/rollout"),
+            Bytes::new(),
+        )
+        .await
+    }
+
     /// A domain's deployments, newest first.
     pub async fn deployments(&self, domain: &str) -> Result<Vec<DeploymentSummary>, ClientError> {
         self.call(

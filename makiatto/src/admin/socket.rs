@@ -8,6 +8,7 @@
 //! | `POST /v1/blobs/missing` | `{"hashes": [..]}` | `{"missing": [..]}` |
 //! | `PUT /v1/blobs/{hash}` | the blob's bytes | `{"size"}` |
 //! | `POST /v1/deployments` | [`DeploymentRows`] | creates and activates it: `201 {"id"}`; `409 {"error", "missing"}` while blobs are missing |
+//! | `GET /v1/deployments/{id}/rollout` | | [`Rollout`](crate::deploy::Rollout): `{"active", "waiting", "failed"}` over the healthy nodes |
 //! | `GET /v1/domains/{domain}/deployments` | | `[`[`DeploymentSummary`]`]` |
 //! | `POST /v1/domains/{domain}/rollback` | `{"deployment": id or null}` | `{"active"}` |
 //! | `GET /v1/peers` | | `[{"name", "wg_public_key", "endpoint", "mesh_address", "created_ms"}]` |
@@ -193,6 +194,11 @@ async fn route(
             let now = now_ms();
             blocking(state, move |a| a.deploy(&rows, now)).await?;
             Ok(json(StatusCode::CREATED, &serde_json::json!({ "id": id })))
+        }
+        (&Method::GET, ["v1", "deployments", id, "rollout"]) => {
+            let (id, now) = ((*id).to_owned(), now_ms());
+            let rollout = blocking(state, move |a| a.rollout(&id, now)).await?;
+            Ok(json(StatusCode::OK, &rollout))
         }
         (&Method::GET, ["v1", "domains", domain, "deployments"]) => {
             let domain = (*domain).to_owned();
