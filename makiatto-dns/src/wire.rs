@@ -352,6 +352,9 @@ impl Engine {
         out: &mut Vec<u8>,
     ) -> bool {
         out.clear();
+        // A dual-stack socket reports IPv4 clients as ::ffff:a.b.c.d; locate and cache them
+        // as the IPv4 addresses they are (else every IPv4 client shares one /56 entry).
+        let src = src.to_canonical();
         let (q, rcode) = match parse(query) {
             Parsed::Drop => return false,
             Parsed::Error(q, rcode) => (q, rcode),

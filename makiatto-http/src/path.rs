@@ -24,8 +24,9 @@ pub fn sanitize(path: &str) -> Option<SafePath> {
             continue;
         }
         let decoded = percent_decode_str(seg).decode_utf8().ok()?;
-        if decoded == "."
-            || decoded == ".."
+        // Hidden names (`.env`, `.git/…`) are never served, as deploys never publish them;
+        // `.well-known` is the one exception.
+        if (decoded.starts_with('.') && decoded != ".well-known")
             || decoded
                 .bytes()
                 .any(|b| b == 0 || b == b'/' || b == b'\\' || b.is_ascii_control())
@@ -57,6 +58,10 @@ mod tests {
         assert!(p.trailing_slash);
         assert_eq!(sanitize("/").unwrap().rel, "");
         assert_eq!(sanitize("//a//b").unwrap().rel, "a/b");
+        assert_eq!(
+            sanitize("/.well-known/security.txt").unwrap().rel,
+            ".well-known/security.txt"
+        );
     }
 
     #[test]
@@ -76,6 +81,10 @@ mod tests {
             "etc/passwd",
             "*",
             "/%ff",
+            "/.env",
+            "/.git/config",
+            "/a/.htpasswd",
+            "/%2egit/HEAD",
         ] {
             assert_eq!(sanitize(bad), None, "{bad}");
         }

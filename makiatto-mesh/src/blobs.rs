@@ -281,7 +281,12 @@ fn fetch_from(
     if total > options.max_blob_bytes {
         return Err(err(format!("blob of {total} bytes is over the limit")));
     }
-    let mut remaining = total - offset;
+    // A peer that claims a blob shorter than what we already hold is wrong or hostile.
+    let Some(mut remaining) = total.checked_sub(offset) else {
+        return Err(err(format!(
+            "peer says the blob has {total} bytes, but our partial already has {offset}"
+        )));
+    };
     let mut buf = vec![0u8; COPY_BUF];
     while remaining > 0 {
         let want = remaining.min(buf.len() as u64) as usize;
