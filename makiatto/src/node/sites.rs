@@ -406,3 +406,163 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Options;
+    use crate::store::cluster::{self, deployment_files::DeploymentFile, deployments::Deployment};
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        store: Store,
+        blobs: BlobStore,
+        root: PathBuf,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            dir.path().join("store.db"),
+            &cluster::SCHEMA,
+            Options::default(),
+        )
+        .unwrap();
+        let blobs = BlobStore::open(dir.path().join("blobs")).unwrap();
+        let root = dir.path().join("sites");
+        Fixture {
+            _dir: dir,
+            store,
+            blobs,
+            root,
+        }
+    }
+
+    impl Fixture {
+        fn activator(&self) -> (Activator, Arc<StoreSites>) {
+            let sites = Arc::new(StoreSites::default());
+            let a = Activator::new(
+                "n1".into(),
+                self.store.clone(),
+                self.blobs.clone(),
+                Arc::clone(&sites),
+                self.root.clone(),
+                Arc::new(Vec::new),
+            );
+            (a, sites)
+        }
+
+        /// Inserts a deployment of `files` and makes it active; stores the blobs when
+        /// `with_blobs`.
+        fn deploy(&self, id: &str, files: &[(&str, &str)], with_blobs: bool) {
+            let rows: Vec<DeploymentFile> = files
+                .iter()
+                .map(|(path, body)| {
+                    let hash = BlobHash::of(body.as_bytes());
+                    if with_blobs {
+                        self.blobs.put_bytes(body.as_bytes()).unwrap();
+                    }
+                    DeploymentFile {
+                        deployment_id: id.into(),
+                        path: (*path).into(),
+                        hash: hash.to_string(),
+                        size: body.len() as i64,
+                        mode: 0o644,
+                    }
+                })
+                .collect();
+            self.store
+                .write(|tx| {
+                    deployments::insert(
+                        tx,
+                        &Deployment {
+                            id: id.into(),
+                            domain: "example.com".into(),
+                            created_ms: 1,
+                            created_by: "test".into(),
+                            config: Vec::new(),
+                            manifest_hash: String::new(),
+                        },
+                    )?;
+                    deployment_files::insert_many(tx, &rows)?;
+                    domains::set_active(tx, "example.com", Some(id), 1)
+                })
+                .unwrap();
+        }
+    }
+
+    fn served(sites: &StoreSites, path: &str) -> Option<String> {
+        std::fs::read_to_string(sites.root("example.com")?.join(path)).ok()
+    }
+
+    fn status(store: &Store, id: &str) -> Option<ActivationStatus> {
+        store
+            .read(|c| deployment_activations::get(c, id, "n1"))
+            .unwrap()
+            .map(|a| a.status)
+    }
+
+    #[tokio::test]
+    async fn missing_blobs_keep_the_old_deployment_serving_across_a_restart() {
+        let f = fixture();
+        let (mut a, sites) = f.activator();
+        f.deploy("d1", &[("index.html", "v1"), ("css/a.css", "a")], true);
+        assert!(a.pass().await.unwrap().is_empty());
+        assert_eq!(served(&sites, "index.html").as_deref(), Some("v1"));
+        assert_eq!(served(&sites, "css/a.css").as_deref(), Some("a"));
+        assert_eq!(status(&f.store, "d1"), Some(ActivationStatus::Active));
+
+        // d2's blobs are nowhere (no peer): d1 keeps serving, d2 is reported fetching.
+        f.deploy("d2", &[("index.html", "v2")], false);
+        let problems = a.pass().await.unwrap();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(served(&sites, "index.html").as_deref(), Some("v1"));
+        assert_eq!(status(&f.store, "d2"), Some(ActivationStatus::Fetching));
+
+        // A crash left a half-written directory; a restarted node serves d1 from its
+        // pointer before consulting the store.
+        std::fs::create_dir_all(f.root.join("example.com/.tmp-crash/x")).unwrap();
+        drop(a);
+        let (mut a, sites) = f.activator();
+        a.load_pointers();
+        assert_eq!(served(&sites, "index.html").as_deref(), Some("v1"));
+
+        // The blobs arrive: d2 switches in, the leftover is cleaned, files of d1 only are
+        // gone from what is served.
+        f.blobs.put_bytes(b"v2").unwrap();
+        assert!(a.pass().await.unwrap().is_empty());
+        assert_eq!(served(&sites, "index.html").as_deref(), Some("v2"));
+        assert_eq!(served(&sites, "css/a.css"), None);
+        assert_eq!(status(&f.store, "d2"), Some(ActivationStatus::Active));
+        assert!(!f.root.join("example.com/.tmp-crash").exists());
+        assert_eq!(
+            std::fs::read_to_string(f.root.join("example.com").join(POINTER)).unwrap(),
+            "d2"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_newest_deployments_are_kept_and_unsafe_paths_refused() {
+        let f = fixture();
+        let (mut a, sites) = f.activator();
+        for i in 1..=5 {
+            f.deploy(&format!("d{i}"), &[("index.html", &format!("v{i}"))], true);
+            assert!(a.pass().await.unwrap().is_empty());
+        }
+        let mut kept: Vec<String> = std::fs::read_dir(f.root.join("example.com"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        kept.sort();
+        assert_eq!(kept, ["d3", "d4", "d5"]);
+
+        f.deploy("d6", &[("../escape.html", "x")], true);
+        let problems = a.pass().await.unwrap();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(status(&f.store, "d6"), Some(ActivationStatus::Failed));
+        assert_eq!(served(&sites, "index.html").as_deref(), Some("v5"));
+        assert!(!f.root.join("escape.html").exists());
+    }
+}
