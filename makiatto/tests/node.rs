@@ -296,6 +296,15 @@ async fn three_nodes_deploy_serve_switch_and_roll_back() {
     all_serve(&nodes, "/", &index_v1).await;
     all_serve(&nodes, "/about.html", &about).await;
 
+    // A node that stops leaves the DNS answers of the others within seconds.
+    let nyc = nodes.pop().unwrap();
+    nyc.shutdown().await;
+    let dns = nodes[0].dns_addr().unwrap();
+    within("nyc leaves the DNS answers", async || {
+        let a = dns_a(dns, "example.com.").await;
+        (!a.is_empty() && !a.contains(&ips[2])).then_some(())
+    })
+    .await;
     for n in nodes {
         n.shutdown().await;
     }
