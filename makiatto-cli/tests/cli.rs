@@ -395,6 +395,21 @@ fn sync_deployments_rollback_and_peers_through_an_admin_socket() {
     assert!(run(&["peer", "remove", "o11y"]).status.success());
     assert_eq!(stdout(&run(&["peer", "list"])), "");
 
+    // A domain that leaves makiatto.toml leaves the cluster.
+    std::fs::write(
+        dir.path().join("makiatto.toml"),
+        "[[domain]]\nname = \"example.org\"\npath = \"./site\"\n",
+    )
+    .unwrap();
+    let out = run(&["sync"]);
+    assert!(
+        stdout(&out).contains("example.com: removed (no longer in the project)"),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(stdout(&run(&["deployments", "example.org"])).contains("* "));
+
     stop.send(()).unwrap();
     thread.join().unwrap();
 }

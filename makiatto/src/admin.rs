@@ -78,6 +78,9 @@ pub enum AdminError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Deploy(#[from] DeployError),
+    /// The cluster does not serve the domain named.
+    #[error("the cluster does not serve {0}")]
+    UnknownDomain(String),
     /// The store failed (server error).
     #[error("node store")]
     Store(#[from] StoreError),
@@ -184,6 +187,26 @@ impl<'a> Admin<'a> {
             }
             Ok(out)
         })?)
+    }
+
+    /// The domains the cluster serves, by name.
+    pub fn domains(&self) -> Result<Vec<String>, AdminError> {
+        Ok(self
+            .store
+            .read(domains::list)?
+            .into_iter()
+            .map(|d| d.name)
+            .collect())
+    }
+
+    /// Stops serving `domain` everywhere (its row and aliases go; its deployments stay
+    /// until collected). Unknown domains are [`AdminError::UnknownDomain`].
+    pub fn remove_domain(&self, domain: &str) -> Result<(), AdminError> {
+        if self.store.write(|tx| deploy::remove_domain(tx, domain))? {
+            Ok(())
+        } else {
+            Err(AdminError::UnknownDomain(domain.to_owned()))
+        }
     }
 
     /// Where the cluster is with `deployment_id`: the activation reports of the nodes

@@ -39,7 +39,9 @@ impl Remote {
         })
     }
 
-    /// Deploys every domain of `plan`; `progress` gets the domain and its upload progress.
+    /// Deploys every domain of `plan`, waits until every healthy node serves each, and
+    /// removes the cluster's domains that `plan` no longer has; `progress` gets the domain
+    /// and its upload progress.
     pub fn sync(
         &self,
         plan: &Plan,
@@ -68,6 +70,15 @@ impl Remote {
                 rows.deployment.id,
                 rows.files.len()
             );
+        }
+        // What disappeared from makiatto.toml disappears from the cluster.
+        let cluster = self.runtime.block_on(self.client.domains())?;
+        for gone in cluster
+            .iter()
+            .filter(|c| !plan.domains.iter().any(|d| &d.domain.name == *c))
+        {
+            self.runtime.block_on(self.client.remove_domain(gone))?;
+            let _ = writeln!(out, "{gone}: removed (no longer in the project)");
         }
         Ok(out)
     }

@@ -305,6 +305,24 @@ async fn three_nodes_deploy_serve_switch_and_roll_back() {
         (!a.is_empty() && !a.contains(&ips[2])).then_some(())
     })
     .await;
+
+    // A domain removed from the cluster stops being served and answered.
+    assert_eq!(client.domains().await.unwrap(), ["example.com"]);
+    client.remove_domain("example.com").await.unwrap();
+    for n in &nodes {
+        let addr = n.http_addr().unwrap();
+        within("the removed domain is not served", async || {
+            get(addr, "example.com", "/")
+                .await
+                .filter(|(s, _, _)| *s == 404)
+        })
+        .await;
+        let dns = n.dns_addr().unwrap();
+        within("the removed domain's zone is gone", async || {
+            dns_a(dns, "example.com.").await.is_empty().then_some(())
+        })
+        .await;
+    }
     for n in nodes {
         n.shutdown().await;
     }

@@ -102,6 +102,23 @@ impl Client {
         Ok(())
     }
 
+    /// The domains the cluster serves.
+    pub async fn domains(&self) -> Result<Vec<String>, ClientError> {
+        self.call(Method::GET, "/v1/domains", Bytes::new()).await
+    }
+
+    /// Stops serving a domain everywhere.
+    pub async fn remove_domain(&self, domain: &str) -> Result<(), ClientError> {
+        let _: serde_json::Value = self
+            .call(
+                Method::DELETE,
+                &format!("/v1/domains/{domain}"),
+                Bytes::new(),
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Where the healthy nodes are with a deployment.
     pub async fn rollout(
         &self,

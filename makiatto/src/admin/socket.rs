@@ -8,6 +8,8 @@
 //! | `POST /v1/blobs/missing` | `{"hashes": [..]}` | `{"missing": [..]}` |
 //! | `PUT /v1/blobs/{hash}` | the blob's bytes | `{"size"}` |
 //! | `POST /v1/deployments` | [`DeploymentRows`] | creates and activates it: `201 {"id"}`; `409 {"error", "missing"}` while blobs are missing |
+//! | `GET /v1/domains` | | `["example.com", ..]` |
+//! | `DELETE /v1/domains/{domain}` | | `{}`: the domain is no longer served; `404` when unknown |
 //! | `GET /v1/deployments/{id}/rollout` | | [`Rollout`](crate::deploy::Rollout): `{"active", "waiting", "failed"}` over the healthy nodes |
 //! | `GET /v1/domains/{domain}/deployments` | | `[`[`DeploymentSummary`]`]` |
 //! | `POST /v1/domains/{domain}/rollback` | `{"deployment": id or null}` | `{"active"}` |
@@ -195,6 +197,15 @@ async fn route(
             blocking(state, move |a| a.deploy(&rows, now)).await?;
             Ok(json(StatusCode::CREATED, &serde_json::json!({ "id": id })))
         }
+        (&Method::GET, ["v1", "domains"]) => Ok(json(
+            StatusCode::OK,
+            &blocking(state, |a| a.domains()).await?,
+        )),
+        (&Method::DELETE, ["v1", "domains", domain]) => {
+            let domain = (*domain).to_owned();
+            blocking(state, move |a| a.remove_domain(&domain)).await?;
+            Ok(json(StatusCode::OK, &serde_json::json!({})))
+        }
         (&Method::GET, ["v1", "deployments", id, "rollout"]) => {
             let (id, now) = ((*id).to_owned(), now_ms());
             let rollout = blocking(state, move |a| a.rollout(&id, now)).await?;
@@ -357,7 +368,9 @@ fn failure(f: &Failure) -> Response<Full<Bytes>> {
                 StatusCode::CONFLICT,
                 &serde_json::json!({ "error": e.to_string(), "missing": missing }),
             ),
-            AdminError::Peer(PeerError::Unknown(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
+            AdminError::Peer(PeerError::Unknown(_)) | AdminError::UnknownDomain(_) => {
+                error(StatusCode::NOT_FOUND, e.to_string())
+            }
             AdminError::Peer(PeerError::NoNodes) => error(StatusCode::CONFLICT, e.to_string()),
             AdminError::Deploy(DeployError::UnknownDeployment { .. }) => {
                 error(StatusCode::NOT_FOUND, e.to_string())
