@@ -368,13 +368,12 @@ fn failure(f: &Failure) -> Response<Full<Bytes>> {
                 StatusCode::CONFLICT,
                 &serde_json::json!({ "error": e.to_string(), "missing": missing }),
             ),
-            AdminError::Peer(PeerError::Unknown(_)) | AdminError::UnknownDomain(_) => {
+            AdminError::Peer(PeerError::Unknown(_))
+            | AdminError::UnknownDomain(_)
+            | AdminError::Deploy(DeployError::UnknownDeployment { .. }) => {
                 error(StatusCode::NOT_FOUND, e.to_string())
             }
             AdminError::Peer(PeerError::NoNodes) => error(StatusCode::CONFLICT, e.to_string()),
-            AdminError::Deploy(DeployError::UnknownDeployment { .. }) => {
-                error(StatusCode::NOT_FOUND, e.to_string())
-            }
             AdminError::Deploy(DeployError::NothingToRollBack { .. }) => {
                 error(StatusCode::CONFLICT, e.to_string())
             }
