@@ -117,10 +117,11 @@ pub struct MeshSection {
     pub port: u16,
     /// This node's mesh address; `None`: allocated on join.
     pub address: Option<IpAddr>,
-    /// Port of the mesh-internal services (sync, blobs, membership) on the mesh address.
+    /// Port of the mesh-internal services on the mesh address: replication on it,
+    /// membership on `sync_port + 1`, blobs on `sync_port + 2`.
     pub sync_port: u16,
-    /// Nodes to join through (`host:port` of their mesh services); empty: a new cluster
-    /// or peers from the store.
+    /// Nodes to join through: their mesh addresses (`"10.44.44.1"`; a `:port` suffix is
+    /// accepted and ignored); empty: a new cluster or peers from the store.
     pub seeds: Vec<String>,
 }
 
