@@ -12,6 +12,7 @@
 //! `sync_port + 2`, all on the mesh address. A seed is the mesh address of a node already
 //! in the cluster (`"10.44.44.1"`, or `"10.44.44.1:51881"`; the port is ignored).
 
+mod certs;
 mod sites;
 mod supervise;
 mod zones;
@@ -23,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use makiatto_dns::{DnsServer, GeoLocator, MmdbLocator, NoLocator, ZoneHandle, ZoneSet};
-use makiatto_http::{HttpServer, MemoryCerts, MemoryChallenges, ServerConfig};
+use makiatto_http::{HttpServer, ServerConfig};
 use makiatto_mesh::membership::MembershipView;
 use makiatto_mesh::node::{NodeConfig as MeshConfig, TunnelKind};
 use makiatto_mesh::{MeshNode, PrivateKey, SeedPeer};
@@ -32,6 +33,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+pub use certs::{StoreCerts, StoreChallenges};
 pub use sites::StoreSites;
 pub use supervise::{Health, SubsystemState};
 
@@ -182,9 +184,19 @@ impl Node {
             ));
         }
 
-        // HTTP and HTTPS.
+        // HTTP and HTTPS, with certificates and ACME answers from the store.
         let (mut http_addr, mut https_addr) = (None, None);
         if config.web.enabled {
+            let certs = Arc::new(StoreCerts::default());
+            {
+                let (store, certs) = (store.clone(), Arc::clone(&certs));
+                tasks.spawn(supervise::supervise(
+                    "certificates",
+                    health.clone(),
+                    cancel.clone(),
+                    move |token| reload_certs(store.clone(), Arc::clone(&certs), token),
+                ));
+            }
             let server = HttpServer::new(
                 ServerConfig {
                     http_addrs: vec![config.web.http_addr],
@@ -193,8 +205,8 @@ impl Node {
                     ..ServerConfig::default()
                 },
                 Arc::clone(&sites) as Arc<dyn makiatto_http::SiteResolver>,
-                Arc::new(MemoryCerts::new()),
-                Arc::new(MemoryChallenges::new()),
+                certs,
+                Arc::new(StoreChallenges::new(store.clone())),
             )?;
             for (addr, https) in [(config.web.http_addr, false), (config.web.https_addr, true)] {
                 let listener = makiatto_http::bind(addr)?
@@ -629,6 +641,33 @@ async fn activate_loop(
             () = cancel.cancelled() => return Ok(()),
             () = tokio::time::sleep(RETRY_EVERY) => {}
             () = any_table => {}
+        }
+    }
+}
+
+/// Reloads the certificates on every change of the table, and every minute (expiry).
+async fn reload_certs(
+    store: Store,
+    certs: Arc<StoreCerts>,
+    cancel: CancellationToken,
+) -> Result<(), String> {
+    let mut changed = store.watch_table("certificates");
+    loop {
+        certs.reload(&store, now_ms()).map_err(|e| e.to_string())?;
+        let table = async {
+            match changed.as_mut() {
+                Some(w) => {
+                    if w.changed().await.is_err() {
+                        changed = None;
+                    }
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            () = table => {}
+            () = tokio::time::sleep(Duration::from_secs(60)) => {}
         }
     }
 }

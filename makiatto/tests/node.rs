@@ -11,6 +11,7 @@ use makiatto::config::NodeConfig;
 use makiatto::node::{Node, NodeHandle};
 use makiatto::plan::Plan;
 use makiatto::project::Project;
+use makiatto::store::cluster::acme_challenges;
 use makiatto::store::cluster::deployment_activations::{self, ActivationStatus};
 use makiatto::{deploy, manifest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -236,6 +237,31 @@ async fn three_nodes_deploy_serve_switch_and_roll_back() {
         (r.is_complete() && r.active.len() == 3).then_some(())
     })
     .await;
+
+    // ACME HTTP-01: an answer published on one node is served by every node.
+    store
+        .write(|tx| {
+            acme_challenges::upsert(
+                tx,
+                &acme_challenges::Challenge {
+                    token: "tok-1".into(),
+                    kind: acme_challenges::ChallengeKind::Http01,
+                    name: "example.com".into(),
+                    value: "tok-1.thumbprint".into(),
+                    expires_ms: i64::MAX,
+                },
+            )
+        })
+        .unwrap();
+    for n in &nodes {
+        let addr = n.http_addr().unwrap();
+        within("every node answers the HTTP-01 challenge", async || {
+            get(addr, "example.com", "/.well-known/acme-challenge/tok-1")
+                .await
+                .filter(|(s, _, b)| *s == 200 && b == "tok-1.thumbprint")
+        })
+        .await;
+    }
 
     // DNS: every node answers the apex with node addresses (127/8 has no location: all).
     for n in &nodes {
