@@ -26,6 +26,9 @@ use crate::store::{BlobHash, BlobStore, Store, StoreError};
 /// A node whose health row is older than this is not expected to activate deployments.
 pub const HEALTH_FRESH_MS: i64 = 15_000;
 
+/// Deployments kept per domain in the cluster (rollback targets).
+pub const KEEP_DEPLOYMENTS: usize = 10;
+
 /// Largest blob accepted from a client, bytes (1 GiB).
 pub const MAX_BLOB_BYTES: u64 = 1 << 30;
 
@@ -133,12 +136,19 @@ impl<'a> Admin<'a> {
 
     /// [`create_deployment`](Self::create_deployment), and makes it the domain's active
     /// deployment in the same transaction: what `maki sync` asks for. Every node then
-    /// fetches, materialises and switches to it.
+    /// fetches, materialises and switches to it. Deployments of the domain beyond the
+    /// newest [`KEEP_DEPLOYMENTS`] (the active one always stays) are purged.
     pub fn deploy(&self, rows: &DeploymentRows, now_ms: i64) -> Result<(), AdminError> {
         self.checked_blobs(rows)?;
         self.store.write(|tx| {
             deploy::insert(tx, rows)?;
-            deploy::activate(tx, &rows.deployment, now_ms)
+            deploy::activate(tx, &rows.deployment, now_ms)?;
+            // `prunable` keeps the active one besides the `keep` newest others.
+            let others = KEEP_DEPLOYMENTS.saturating_sub(1);
+            for old in deployments::prunable(tx, &rows.deployment.domain, others)? {
+                deployments::purge(tx, &old)?;
+            }
+            Ok(())
         })?;
         Ok(())
     }

@@ -47,6 +47,10 @@ use crate::store::{BlobStore, Store};
 const CLUSTER_ID: &str = "makiatto";
 /// How often the health row is rewritten when nothing changes.
 const HEALTH_EVERY: Duration = Duration::from_secs(5);
+/// How often unreferenced blobs are collected.
+const GC_EVERY: Duration = Duration::from_secs(600);
+/// Blobs younger than this are never collected (uploaded, deployment not yet created).
+const GC_GRACE: Duration = Duration::from_secs(3600);
 /// How often pending deployments are retried when nothing changes.
 const RETRY_EVERY: Duration = Duration::from_secs(2);
 
@@ -264,6 +268,17 @@ impl Node {
                         Ok(())
                     }
                 },
+            ));
+        }
+
+        // Blob garbage collection.
+        {
+            let (store, blobs) = (store.clone(), mesh.blobs().clone());
+            tasks.spawn(supervise::supervise(
+                "blob-gc",
+                health.clone(),
+                cancel.clone(),
+                move |token| gc_loop(store.clone(), blobs.clone(), token),
             ));
         }
 
@@ -645,6 +660,49 @@ async fn activate_loop(
     }
 }
 
+/// Deletes the blobs no deployment references that are older than `grace` (a blob just
+/// uploaded for a deployment not yet created is young).
+pub fn collect_blobs(
+    store: &Store,
+    blobs: &BlobStore,
+    grace: Duration,
+) -> crate::store::Result<crate::store::GcStats> {
+    let referenced: std::collections::HashSet<String> = store
+        .read(crate::store::cluster::deployments::referenced_blobs)?
+        .into_iter()
+        .collect();
+    let now = std::time::SystemTime::now();
+    blobs.gc(|hash| {
+        referenced.contains(&hash.to_string())
+            || std::fs::metadata(blobs.path(hash))
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| now.duration_since(t).ok())
+                .is_none_or(|age| age < grace)
+    })
+}
+
+async fn gc_loop(store: Store, blobs: BlobStore, cancel: CancellationToken) -> Result<(), String> {
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            () = tokio::time::sleep(GC_EVERY) => {}
+        }
+        let (store, blobs) = (store.clone(), blobs.clone());
+        let stats = tokio::task::spawn_blocking(move || collect_blobs(&store, &blobs, GC_GRACE))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        if stats.blobs_removed > 0 {
+            tracing::info!(
+                removed = stats.blobs_removed,
+                bytes = stats.bytes_freed,
+                "unreferenced blobs collected"
+            );
+        }
+    }
+}
+
 /// Reloads the certificates on every change of the table, and every minute (expiry).
 async fn reload_certs(
     store: Store,
@@ -724,4 +782,46 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Options;
+    use crate::store::cluster::{self, deployment_files};
+
+    #[test]
+    fn only_unreferenced_blobs_past_the_grace_are_collected() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            dir.path().join("s.db"),
+            &cluster::SCHEMA,
+            Options::default(),
+        )
+        .unwrap();
+        let blobs = BlobStore::open(dir.path().join("blobs")).unwrap();
+        let used = blobs.put_bytes(b"used").unwrap();
+        let unused = blobs.put_bytes(b"unused").unwrap();
+        store
+            .write(|tx| {
+                deployment_files::insert(
+                    tx,
+                    &deployment_files::DeploymentFile {
+                        deployment_id: "d1".into(),
+                        path: "index.html".into(),
+                        hash: used.to_string(),
+                        size: 4,
+                        mode: 0o644,
+                    },
+                )
+                .map(|_| ())
+            })
+            .unwrap();
+        let young = collect_blobs(&store, &blobs, Duration::from_secs(3600)).unwrap();
+        assert_eq!(young.blobs_removed, 0, "both are young");
+        let stats = collect_blobs(&store, &blobs, Duration::ZERO).unwrap();
+        assert_eq!(stats.blobs_removed, 1);
+        assert!(blobs.contains(&used));
+        assert!(!blobs.contains(&unused));
+    }
 }

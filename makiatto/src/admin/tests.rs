@@ -231,3 +231,24 @@ fn peers_get_free_addresses_and_keep_them() {
         Err(AdminError::Peer(PeerError::NoNodes))
     ));
 }
+
+#[test]
+fn deploy_activates_and_keeps_the_newest_deployments() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = node();
+    let admin = Admin::new(&n.store, &n.blobs);
+    let total = KEEP_DEPLOYMENTS + 2;
+    for i in 0..total {
+        let plan = plan(dir.path(), &format!("v{i}"));
+        upload(&admin, &plan);
+        let at = 100 + i as i64;
+        admin
+            .deploy(&plan.rows(&format!("d{i:02}"), at, "me").unwrap(), at)
+            .unwrap();
+    }
+    let list = admin.deployments("example.com").unwrap();
+    assert_eq!(list.len(), KEEP_DEPLOYMENTS);
+    assert_eq!(list[0].id, format!("d{:02}", total - 1));
+    assert!(list[0].active);
+    assert!(list.iter().all(|d| d.id.as_str() >= "d02"), "oldest purged");
+}
