@@ -581,13 +581,21 @@ async fn sync_zones(
     zones: ZoneHandle,
     cancel: CancellationToken,
 ) -> Result<(), String> {
-    let mut watches: Vec<_> = ["domains", "dns_records", "aliases", "nodes"]
-        .iter()
-        .filter_map(|t| store.watch_table(t))
-        .collect();
+    let mut watches: Vec<_> = [
+        "domains",
+        "dns_records",
+        "aliases",
+        "nodes",
+        "acme_challenges",
+    ]
+    .iter()
+    .filter_map(|t| store.watch_table(t))
+    .collect();
+    let mut published = std::collections::BTreeSet::new();
     loop {
         let set = build_zones(&store, &me, &view.borrow_and_update()).map_err(|e| e.to_string())?;
         zones.set(Arc::new(set)).map_err(|e| e.to_string())?;
+        publish_dns01(&store, &zones, &mut published).map_err(|e| e.to_string())?;
         let any_table = async {
             let futures = watches.iter_mut().map(|w| Box::pin(w.changed()));
             futures_select_all(futures).await;
@@ -598,6 +606,39 @@ async fn sync_zones(
             () = any_table => {}
         }
     }
+}
+
+/// Publishes the store's open DNS-01 values as `_acme-challenge` TXT records of their
+/// zones and withdraws those that closed. `published` is what the handle holds.
+fn publish_dns01(
+    store: &Store,
+    zones: &ZoneHandle,
+    published: &mut std::collections::BTreeSet<(String, String)>,
+) -> crate::store::Result<()> {
+    use crate::store::cluster::acme_challenges::{self, ChallengeKind};
+    let now = now_ms();
+    let open: std::collections::BTreeSet<(String, String)> = store
+        .read(acme_challenges::list)?
+        .into_iter()
+        .filter(|c| c.kind == ChallengeKind::Dns01 && c.expires_ms > now)
+        .map(|c| (c.name, c.value))
+        .collect();
+    if open == *published {
+        return Ok(());
+    }
+    // Few values are ever open: withdraw all, then publish the open ones.
+    for (name, value) in std::mem::take(published) {
+        let _ = zones.remove_acme_challenge(&name, &value);
+    }
+    for (name, value) in open {
+        match zones.add_acme_challenge(&name, &value) {
+            Ok(_) => {
+                published.insert((name, value));
+            }
+            Err(e) => tracing::debug!(%name, error = %e, "DNS-01 value not published"),
+        }
+    }
+    Ok(())
 }
 
 /// Waits for the first of `futures` (a small `select_all` without the futures crate).

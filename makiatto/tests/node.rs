@@ -106,10 +106,40 @@ async fn get(addr: SocketAddr, host: &str, path: &str) -> Option<(u16, String, S
 
 /// The A records for `name` from the DNS server at `addr`.
 async fn dns_a(addr: SocketAddr, name: &str) -> Vec<Ipv4Addr> {
+    use hickory_proto::rr::{RData, RecordType};
+    dns(addr, name, RecordType::A)
+        .await
+        .into_iter()
+        .filter_map(|r| match r {
+            RData::A(a) => Some(a.0),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The TXT strings for `name`.
+async fn dns_txt(addr: SocketAddr, name: &str) -> Vec<String> {
+    use hickory_proto::rr::{RData, RecordType};
+    dns(addr, name, RecordType::TXT)
+        .await
+        .into_iter()
+        .filter_map(|r| match r {
+            RData::TXT(t) => Some(t.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The answer records of one UDP query.
+async fn dns(
+    addr: SocketAddr,
+    name: &str,
+    rtype: hickory_proto::rr::RecordType,
+) -> Vec<hickory_proto::rr::RData> {
     use hickory_proto::op::{Message, Query};
-    use hickory_proto::rr::{Name, RData, RecordType};
+    use hickory_proto::rr::Name;
     let mut m = Message::query();
-    m.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+    m.add_query(Query::query(Name::from_ascii(name).unwrap(), rtype));
     let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     sock.send_to(&m.to_vec().unwrap(), addr).await.unwrap();
     let mut buf = vec![0u8; 4096];
@@ -117,14 +147,7 @@ async fn dns_a(addr: SocketAddr, name: &str) -> Vec<Ipv4Addr> {
         return Vec::new();
     };
     let reply = Message::from_vec(&buf[..n]).unwrap();
-    reply
-        .answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::A(a) => Some(a.0),
-            _ => None,
-        })
-        .collect()
+    reply.answers.into_iter().map(|r| r.data).collect()
 }
 
 async fn deploy_dir(client: &Client, project_file: &Path) -> String {
@@ -259,6 +282,33 @@ async fn three_nodes_deploy_serve_switch_and_roll_back() {
             get(addr, "example.com", "/.well-known/acme-challenge/tok-1")
                 .await
                 .filter(|(s, _, b)| *s == 200 && b == "tok-1.thumbprint")
+        })
+        .await;
+    }
+
+    // ACME DNS-01: a value published on one node is in every node's zone.
+    store
+        .write(|tx| {
+            acme_challenges::upsert(
+                tx,
+                &acme_challenges::Challenge {
+                    token: "dns-1".into(),
+                    kind: acme_challenges::ChallengeKind::Dns01,
+                    name: "example.com".into(),
+                    value: "digest-1".into(),
+                    expires_ms: i64::MAX,
+                },
+            )
+        })
+        .unwrap();
+    for n in &nodes {
+        let addr = n.dns_addr().unwrap();
+        within("every node publishes the DNS-01 value", async || {
+            dns_txt(addr, "_acme-challenge.example.com.")
+                .await
+                .iter()
+                .any(|t| t == "digest-1")
+                .then_some(())
         })
         .await;
     }
