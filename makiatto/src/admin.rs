@@ -49,6 +49,15 @@ pub struct DeploymentSummary {
     pub active: bool,
 }
 
+/// One node as `GET /v1/nodes` lists it: its row and its latest health report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// The `nodes` row.
+    pub node: nodes::Node,
+    /// Its own latest report, if any (judge staleness by `updated_ms`).
+    pub health: Option<node_health::NodeHealth>,
+}
+
 /// `maki peer add`: a new external peer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewPeer {
@@ -197,6 +206,20 @@ impl<'a> Admin<'a> {
             }
             Ok(out)
         })?)
+    }
+
+    /// Every node with its latest health report, by name.
+    pub fn nodes(&self) -> Result<Vec<NodeStatus>, AdminError> {
+        let (rows, reports) = self
+            .store
+            .read(|c| Ok((nodes::list(c)?, node_health::list(c)?)))?;
+        Ok(rows
+            .into_iter()
+            .map(|node| NodeStatus {
+                health: reports.iter().find(|h| h.node == node.name).cloned(),
+                node,
+            })
+            .collect())
     }
 
     /// The domains the cluster serves, by name.

@@ -313,6 +313,22 @@ async fn three_nodes_deploy_serve_switch_and_roll_back() {
         .await;
     }
 
+    // Every node's row and health, from any node.
+    let statuses = client.nodes().await.unwrap();
+    let names: Vec<&str> = statuses.iter().map(|s| s.node.name.as_str()).collect();
+    assert_eq!(names, ["fra", "nyc", "syd"]);
+    for s in &statuses {
+        assert!(s.node.is_nameserver);
+        assert_eq!(
+            s.health.as_ref().map(|h| h.status.as_str()),
+            Some("healthy"),
+            "{s:?}"
+        );
+    }
+    let syd = &statuses[2].node;
+    assert_eq!((syd.latitude, syd.longitude), places[0]);
+    assert_eq!(syd.ipv4, ips[0].to_string());
+
     // DNS: every node answers the apex with node addresses (127/8 has no location: all).
     for n in &nodes {
         let addr = n.dns_addr().unwrap();

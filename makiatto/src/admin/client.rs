@@ -102,6 +102,11 @@ impl Client {
         Ok(())
     }
 
+    /// Every node with its latest health report.
+    pub async fn nodes(&self) -> Result<Vec<super::NodeStatus>, ClientError> {
+        self.call(Method::GET, "/v1/nodes", Bytes::new()).await
+    }
+
     /// The domains the cluster serves.
     pub async fn domains(&self) -> Result<Vec<String>, ClientError> {
         self.call(Method::GET, "/v1/domains", Bytes::new()).await

@@ -8,6 +8,7 @@
 //! | `POST /v1/blobs/missing` | `{"hashes": [..]}` | `{"missing": [..]}` |
 //! | `PUT /v1/blobs/{hash}` | the blob's bytes | `{"size"}` |
 //! | `POST /v1/deployments` | [`DeploymentRows`] | creates and activates it: `201 {"id"}`; `409 {"error", "missing"}` while blobs are missing |
+//! | `GET /v1/nodes` | | `[`[`NodeStatus`](super::NodeStatus)`]`: each node's row and latest health report |
 //! | `GET /v1/domains` | | `["example.com", ..]` |
 //! | `DELETE /v1/domains/{domain}` | | `{}`: the domain is no longer served; `404` when unknown |
 //! | `GET /v1/deployments/{id}/rollout` | | [`Rollout`](crate::deploy::Rollout): `{"active", "waiting", "failed"}` over the healthy nodes |
@@ -196,6 +197,9 @@ async fn route(
             let now = now_ms();
             blocking(state, move |a| a.deploy(&rows, now)).await?;
             Ok(json(StatusCode::CREATED, &serde_json::json!({ "id": id })))
+        }
+        (&Method::GET, ["v1", "nodes"]) => {
+            Ok(json(StatusCode::OK, &blocking(state, |a| a.nodes()).await?))
         }
         (&Method::GET, ["v1", "domains"]) => Ok(json(
             StatusCode::OK,
