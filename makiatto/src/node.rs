@@ -1,12 +1,21 @@
 //! The node: store, mesh, DNS, HTTP and the admin socket composed from a [`NodeConfig`].
 //!
 //! [`Node::start`] opens the store and blobs (through the mesh, which owns them), records
-//! this node in `nodes`, starts the mesh (the `Direct` tunnel or WireGuard), the GeoDNS
-//! server (zones rebuilt from the store on every change of `domains`, `dns_records`,
-//! `aliases` or `nodes` and on every membership change), the web server (serving each
-//! domain's deployment active on this node), the deployment activator ([`sites`]) and the
-//! admin socket. Each long-running task is supervised: one that fails is restarted with
-//! backoff, and the node's `node_health` row says so.
+//! this node in `nodes` (coordinates, addresses, nameserver flag), starts the mesh (the
+//! `Direct` tunnel or WireGuard) and then, each as a supervised task:
+//! - GeoDNS zones rebuilt from the store on every change of `domains`, `dns_records`,
+//!   `aliases`, `nodes` or `acme_challenges` (DNS-01 TXT) and on every membership change
+//!   (unhealthy nodes leave the answers);
+//! - deployment activation (see [`StoreSites`]): fetch blobs from peers, materialise beside
+//!   the previous deployment, switch atomically, report in `deployment_activations`;
+//! - the web server on HTTP and HTTPS, with certificates ([`StoreCerts`]) and ACME answers
+//!   ([`StoreChallenges`]) from the store;
+//! - the admin socket ([`crate::admin::socket`]);
+//! - blob garbage collection, and this node's `node_health` row.
+//!
+//! A task that fails or panics is restarted with backoff ([`Health`] keeps its state, the
+//! health row reports it). [`NodeHandle::shutdown`] stops accepting, drains connections,
+//! stops DNS, marks the node stopped and leaves the mesh.
 //!
 //! Mesh ports: replication on `mesh.sync_port`, membership on `sync_port + 1`, blobs on
 //! `sync_port + 2`, all on the mesh address. A seed is the mesh address of a node already
