@@ -143,6 +143,9 @@ pub struct AcmeSection {
     pub email: Option<Spanned<String>>,
     /// ACME directory URL.
     pub directory: String,
+    /// A PEM root to trust for the directory instead of the web PKI (test CAs such as
+    /// Pebble).
+    pub directory_root: Option<PathBuf>,
 }
 
 /// `[o11y]`: OpenTelemetry export, as in the guide.
@@ -403,6 +406,7 @@ impl Default for AcmeSection {
             enabled: true,
             email: None,
             directory: "https://acme-v02.api.letsencrypt.org/directory".into(),
+            directory_root: None,
         }
     }
 }

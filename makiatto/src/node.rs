@@ -10,6 +10,8 @@
 //!   the previous deployment, switch atomically, report in `deployment_activations`;
 //! - the web server on HTTP and HTTPS, with certificates ([`StoreCerts`]) and ACME answers
 //!   ([`StoreChallenges`]) from the store;
+//! - ACME (when `acme.enabled`): the node holding the `acme` lease orders a certificate
+//!   for each domain and its aliases over HTTP-01 and stores it for every node;
 //! - the admin socket ([`crate::admin::socket`]);
 //! - blob garbage collection, and this node's `node_health` row.
 //!
@@ -21,6 +23,7 @@
 //! `sync_port + 2`, all on the mesh address. A seed is the mesh address of a node already
 //! in the cluster (`"10.44.44.1"`, or `"10.44.44.1:51881"`; the port is ignored).
 
+mod acme;
 mod certs;
 mod sites;
 mod supervise;
@@ -218,9 +221,34 @@ impl Node {
                     ..ServerConfig::default()
                 },
                 Arc::clone(&sites) as Arc<dyn makiatto_http::SiteResolver>,
-                certs,
+                Arc::clone(&certs) as Arc<dyn makiatto_http::CertSource>,
                 Arc::new(StoreChallenges::new(store.clone())),
             )?;
+            if config.acme.enabled {
+                let acme_cfg = makiatto_http::acme::AcmeConfig {
+                    directory_url: config.acme.directory.clone(),
+                    contact_email: config.acme.email.as_ref().map(|e| e.get_ref().clone()),
+                    directory_root_pem: config.acme.directory_root.clone(),
+                    ..makiatto_http::acme::AcmeConfig::default()
+                };
+                let (store, me) = (store.clone(), name.clone());
+                let (certs, challenges) = (Arc::clone(&certs), StoreChallenges::new(store.clone()));
+                tasks.spawn(supervise::supervise(
+                    "acme",
+                    health.clone(),
+                    cancel.clone(),
+                    move |token| {
+                        acme_loop(
+                            acme_cfg.clone(),
+                            store.clone(),
+                            me.clone(),
+                            Arc::new(challenges.clone()),
+                            Arc::clone(&certs),
+                            token,
+                        )
+                    },
+                ));
+            }
             for (addr, https) in [(config.web.http_addr, false), (config.web.https_addr, true)] {
                 let listener = makiatto_http::bind(addr)?
                     .into_std()
@@ -751,6 +779,60 @@ async fn gc_loop(store: Store, blobs: BlobStore, cancel: CancellationToken) -> R
             );
         }
     }
+}
+
+/// Keeps a certificate for every domain and its aliases while this node holds the ACME
+/// lease: a round at start, on every change of `domains` or `aliases`, and every
+/// `check_interval_ms`.
+async fn acme_loop(
+    cfg: makiatto_http::acme::AcmeConfig,
+    store: Store,
+    me: String,
+    challenges: Arc<dyn makiatto_http::ChallengeStore>,
+    certs: Arc<StoreCerts>,
+    cancel: CancellationToken,
+) -> Result<(), String> {
+    use makiatto_http::acme::Lease as _;
+    let lease = acme::StoreLease {
+        store: store.clone(),
+        holder: me.clone(),
+    };
+    let (every, ttl) = (
+        Duration::from_millis(cfg.check_interval_ms),
+        Duration::from_millis(cfg.lease_ttl_ms),
+    );
+    let manager = acme::manager(cfg, &store, &me, challenges, certs);
+    let mut watches: Vec<_> = ["domains", "aliases"]
+        .iter()
+        .filter_map(|t| store.watch_table(t))
+        .collect();
+    loop {
+        match lease.acquire(ttl).await {
+            Ok(true) => {
+                for order in acme::orders(&store) {
+                    if cancel.is_cancelled() {
+                        break;
+                    }
+                    if let Err(e) = manager.ensure(&order).await {
+                        tracing::warn!(names = ?order.names, error = %e, "certificate not obtained; keeping the current one");
+                    }
+                }
+            }
+            Ok(false) => tracing::debug!("another node holds the ACME lease"),
+            Err(e) => tracing::warn!(error = %e, "ACME lease"),
+        }
+        let any_table = async {
+            let futures = watches.iter_mut().map(|w| Box::pin(w.changed()));
+            futures_select_all(futures).await;
+        };
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            () = tokio::time::sleep(every.min(ttl / 2)) => {}
+            () = any_table => {}
+        }
+    }
+    let _ = lease.release().await;
+    Ok(())
 }
 
 /// Reloads the certificates on every change of the table, and every minute (expiry).

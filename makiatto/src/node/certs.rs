@@ -30,6 +30,11 @@ impl CertSource for StoreCerts {
 }
 
 impl StoreCerts {
+    /// The certificate installed for exactly `name`, valid or not.
+    pub fn get(&self, name: &str) -> Option<Arc<Certificate>> {
+        self.current.load().get(name)
+    }
+
     /// Rebuilds the snapshot from the store's certificates valid at `now_ms` (the one
     /// that lasts longest wins a name); returns how many were installed.
     pub fn reload(&self, store: &Store, now_ms: i64) -> crate::store::Result<usize> {

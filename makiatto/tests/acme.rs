@@ -1,0 +1,193 @@
+//! A node obtains a certificate from Pebble (a test ACME CA) for a deployed domain and its
+//! alias over HTTP-01, Pebble resolving the names through the node's own GeoDNS, and serves
+//! it over HTTPS. Needs `pebble` and `curl` (scripts/setup.d/30-http.sh); skipped with a
+//! message when pebble is missing.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use makiatto::admin::client::Client;
+use makiatto::config::NodeConfig;
+use makiatto::node::Node;
+use makiatto::plan::Plan;
+use makiatto::project::Project;
+use makiatto::{deploy, manifest};
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port(ip: Ipv4Addr) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn curl(args: &[&str]) -> Option<String> {
+    let out = Command::new("curl").args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_obtains_and_serves_a_certificate_from_pebble() {
+    if Command::new("pebble").arg("-version").output().is_err() {
+        eprintln!("skipped: pebble is not installed (scripts/setup.d/30-http.sh)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+        ^ std::process::id();
+    let ip = Ipv4Addr::new(
+        127,
+        60 + (seed % 40) as u8,
+        1 + ((seed >> 8) % 250) as u8,
+        1,
+    );
+    let http = free_port(ip);
+
+    // Pebble, serving its directory over TLS with a self-signed certificate.
+    let key =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let ca_pem = d.join("pebble-cert.pem");
+    std::fs::write(&ca_pem, key.cert.pem()).unwrap();
+    std::fs::write(d.join("pebble-key.pem"), key.signing_key.serialize_pem()).unwrap();
+    let (listen, mgmt, tls) = (
+        free_port(Ipv4Addr::LOCALHOST),
+        free_port(Ipv4Addr::LOCALHOST),
+        free_port(Ipv4Addr::LOCALHOST),
+    );
+    let pebble_config = format!(
+        r#"{{"pebble": {{"listenAddress": "127.0.0.1:{listen}", "managementListenAddress": "127.0.0.1:{mgmt}",
+        "certificate": "{cert}", "privateKey": "{key}", "httpPort": {http}, "tlsPort": {tls},
+        "ocspResponderURL": "", "externalAccountBindingRequired": false}}}}"#,
+        cert = ca_pem.display(),
+        key = d.join("pebble-key.pem").display(),
+    );
+    std::fs::write(d.join("pebble.json"), pebble_config).unwrap();
+
+    // The node: DNS on a port Pebble asks, HTTP on the port Pebble validates.
+    let text = format!(
+        r#"
+[node]
+name = "solo"
+latitude = 52.5
+longitude = 13.4
+ipv4 = "{ip}"
+data_dir = "{data}"
+[dns]
+addr = "{ip}:0"
+[web]
+http_addr = "{ip}:{http}"
+https_addr = "{ip}:0"
+[mesh]
+backend = "direct"
+cidr = "127.0.0.0/8"
+sync_port = 17500
+[admin]
+socket = "{dir}/admin.sock"
+[acme]
+email = "ops@example.com"
+directory = "https://127.0.0.1:{listen}/dir"
+directory_root = "{ca}"
+"#,
+        data = d.join("data").display(),
+        dir = d.display(),
+        ca = ca_pem.display(),
+    );
+    let node = Node::start(NodeConfig::parse(Path::new("node.toml"), &text).unwrap())
+        .await
+        .unwrap();
+    let dns: SocketAddr = node.dns_addr().unwrap();
+    let _pebble = Proc(
+        Command::new("pebble")
+            .arg("-config")
+            .arg(d.join("pebble.json"))
+            .args(["-dnsserver", &dns.to_string()])
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .env("PEBBLE_WFE_NONCEREJECT", "0")
+            .env("PEBBLE_AUTHZREUSE", "0")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting pebble"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", listen)).is_err() {
+        assert!(Instant::now() < deadline, "pebble did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Deploy: the new domain starts an order.
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let project = Project::load(&repo.join("examples/makiatto.toml")).unwrap();
+    let plan = Plan::build(&project, &manifest::Options::default(), &|_, _| {}).unwrap();
+    let client = Client::new(node.admin_socket());
+    deploy::push(
+        &client,
+        &plan.domains[0],
+        "0000000000000000000000000000acme",
+        1,
+        "test",
+        &|_| {},
+    )
+    .await
+    .unwrap();
+
+    // HTTPS with a certificate that chains to Pebble's root, for the domain and its alias.
+    let root = {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let url = format!("https://127.0.0.1:{mgmt}/roots/0");
+            if let Some(r) = curl(&["-sS", "--fail", "--cacert", ca_pem.to_str().unwrap(), &url]) {
+                break r;
+            }
+            assert!(Instant::now() < deadline, "no pebble root");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let root_pem = d.join("root.pem");
+    std::fs::write(&root_pem, root).unwrap();
+    let https = node.https_addr().unwrap();
+    let index = std::fs::read_to_string(repo.join("examples/site/index.html")).unwrap();
+    for host in ["example.com", "www.example.com"] {
+        let resolve = format!("{host}:{}:{ip}", https.port());
+        let url = format!("https://{host}:{}/", https.port());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let got = curl(&[
+                "-sS",
+                "--fail",
+                "--cacert",
+                root_pem.to_str().unwrap(),
+                "--resolve",
+                &resolve,
+                &url,
+            ]);
+            if got.as_deref() == Some(index.as_str()) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{host} not served over HTTPS with a Pebble certificate; health {:?}",
+                node.health().summary()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    node.shutdown().await;
+}
