@@ -102,6 +102,16 @@ impl Health {
     }
 }
 
+/// Aborts the task when dropped (the supervisor itself aborted at shutdown must not leave
+/// its task running detached).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Runs `start()` until `cancel` fires, restarting it with backoff whenever it returns or
 /// panics on its own. `start` gets the token and must return soon after it fires.
 pub(crate) async fn supervise<F, Fut>(
@@ -121,7 +131,8 @@ pub(crate) async fn supervise<F, Fut>(
         }
         health.set(name, SubsystemState::Running);
         let started = Instant::now();
-        let outcome = tokio::spawn(start(cancel.clone())).await;
+        let mut running = AbortOnDrop(tokio::spawn(start(cancel.clone())));
+        let outcome = (&mut running.0).await;
         if cancel.is_cancelled() {
             break;
         }
