@@ -3,6 +3,7 @@
 mod basic;
 mod crash;
 mod faults;
+mod known_gaps;
 mod model;
 mod props;
 mod sim;

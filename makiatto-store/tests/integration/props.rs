@@ -11,11 +11,11 @@ use tokio::sync::broadcast::Receiver;
 use crate::model::{self, Dump, Model, Op};
 use crate::support::*;
 
-const HOUR: i64 = 3_600_000;
+pub(crate) const HOUR: i64 = 3_600_000;
 const BASE_MS: u64 = 1_800_000_000_000;
 
 #[derive(Debug, Clone)]
-enum Step {
+pub(crate) enum Step {
     /// A local transaction on a node, after time moves on.
     Local {
         node: usize,
@@ -56,7 +56,7 @@ fn arb_op() -> impl Strategy<Value = Op> {
     ]
 }
 
-fn arb_step(nodes: usize) -> impl Strategy<Value = Step> {
+pub(crate) fn arb_step(nodes: usize) -> impl Strategy<Value = Step> {
     prop_oneof![
         4 => (0..nodes, proptest::collection::vec(arb_op(), 1..4), 0u64..3_000)
             .prop_map(|(node, ops, advance_ms)| Step::Local { node, ops, advance_ms }),
@@ -177,7 +177,7 @@ fn event_rows(rx: &mut Receiver<Arc<makiatto_store::CommitEvent>>) -> BTreeSet<(
     out
 }
 
-fn run(steps: Vec<Step>, skews: [i64; 3]) -> Result<(), TestCaseError> {
+pub(crate) fn run(steps: Vec<Step>, skews: [i64; 3]) -> Result<(), TestCaseError> {
     let mut rs: Vec<Replica> = skews.iter().map(|&s| Replica::new(s)).collect();
     let mut now = BASE_MS;
     for (i, step) in steps.into_iter().enumerate() {
