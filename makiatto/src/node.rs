@@ -143,7 +143,12 @@ impl Node {
         let (dns, dns_addr) = if config.dns.enabled {
             let me = name.clone();
             let alive = view.clone();
-            let zones = ZoneHandle::new(Arc::new(build_zones(&store, &me, &alive.borrow())?))?;
+            let zones = ZoneHandle::new(Arc::new(ZoneSet::default()))?;
+            let first = build_zones(&store, &me, &alive.borrow())?;
+            let broken = zones::set_servable(&zones, first).map_err(NodeError::Config)?;
+            if !broken.is_empty() {
+                tracing::warn!(?broken, "zones not served: they do not compile");
+            }
             let (udp, tcp) = makiatto_dns::bind_udp_tcp(config.dns.addr)?;
             let addr = udp.local_addr().map_err(io("reading the DNS address"))?;
             let server = DnsServer::builder(zones.clone())
@@ -154,7 +159,7 @@ impl Node {
             let (store, health_z) = (store.clone(), health.clone());
             tasks.spawn(supervise::supervise(
                 "dns-zones",
-                health_z,
+                health.clone(),
                 cancel.clone(),
                 move |token| {
                     sync_zones(
@@ -162,6 +167,7 @@ impl Node {
                         me.clone(),
                         alive.clone(),
                         zones.clone(),
+                        health_z.clone(),
                         token,
                     )
                 },
@@ -616,6 +622,7 @@ async fn sync_zones(
     me: String,
     mut view: watch::Receiver<MembershipView>,
     zones: ZoneHandle,
+    health: Health,
     cancel: CancellationToken,
 ) -> Result<(), String> {
     let mut watches: Vec<_> = [
@@ -631,7 +638,16 @@ async fn sync_zones(
     let mut published = std::collections::BTreeSet::new();
     loop {
         let set = build_zones(&store, &me, &view.borrow_and_update()).map_err(|e| e.to_string())?;
-        zones.set(Arc::new(set)).map_err(|e| e.to_string())?;
+        let broken = zones::set_servable(&zones, set)?;
+        if broken.is_empty() {
+            health.set("dns-zones", SubsystemState::Running);
+        } else {
+            let why = format!(
+                "zones not served (they do not compile): {}",
+                broken.join(", ")
+            );
+            health.set("dns-zones", SubsystemState::Degraded(why));
+        }
         publish_dns01(&store, &zones, &mut published).map_err(|e| e.to_string())?;
         let any_table = async {
             let futures = watches.iter_mut().map(|w| Box::pin(w.changed()));

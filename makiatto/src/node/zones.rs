@@ -5,7 +5,9 @@
 use rusqlite::Connection;
 
 use crate::store::cluster::{aliases, dns_records, domains, nodes};
-use makiatto_dns::{NodeEntry, RecordEntry, Zone, ZoneSet};
+use std::sync::Arc;
+
+use makiatto_dns::{NodeEntry, RecordEntry, Zone, ZoneHandle, ZoneSet};
 
 /// Record types whose `priority` column is written before the value (`10 mail.`).
 const PRIORITY_FIRST: [&str; 2] = ["MX", "SRV"];
@@ -59,4 +61,78 @@ pub(crate) fn build(
         });
     }
     Ok(ZoneSet { nodes, zones })
+}
+
+/// The zones of `set` that compile, and the names of those that do not (a record the DNS
+/// server cannot serve must not stop every other zone from updating).
+pub(crate) fn servable(set: &ZoneSet) -> (ZoneSet, Vec<String>) {
+    let mut good = ZoneSet {
+        nodes: set.nodes.clone(),
+        zones: Vec::new(),
+    };
+    let mut bad = Vec::new();
+    for zone in &set.zones {
+        let alone = ZoneSet {
+            nodes: set.nodes.clone(),
+            zones: vec![zone.clone()],
+        };
+        if ZoneHandle::new(Arc::new(alone)).is_ok() {
+            good.zones.push(zone.clone());
+        } else {
+            bad.push(zone.domain.clone());
+        }
+    }
+    (good, bad)
+}
+
+/// Serves `set`, leaving out the zones that do not compile; returns their names.
+pub(crate) fn set_servable(handle: &ZoneHandle, set: ZoneSet) -> Result<Vec<String>, String> {
+    let set = Arc::new(set);
+    if handle.set(Arc::clone(&set)).is_ok() {
+        return Ok(Vec::new());
+    }
+    let (good, bad) = servable(&set);
+    handle.set(Arc::new(good)).map_err(|e| e.to_string())?;
+    Ok(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn zone(domain: &str, value: &str) -> Zone {
+        Zone {
+            domain: domain.into(),
+            geo_names: Vec::new(),
+            geo_apex: true,
+            ttl: 60,
+            acme_ca: None,
+            hostmaster: None,
+            records: vec![RecordEntry {
+                name: "mail".into(),
+                record_type: "A".into(),
+                value: value.into(),
+                ttl: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn a_broken_zone_does_not_block_the_others() {
+        let handle = ZoneHandle::new(Arc::new(ZoneSet::default())).unwrap();
+        let set = ZoneSet {
+            nodes: Vec::new(),
+            zones: vec![
+                zone("good.example", "192.0.2.1"),
+                zone("bad.example", "not-an-address"),
+            ],
+        };
+        assert!(
+            handle.set(Arc::new(set.clone())).is_err(),
+            "the bad zone fails alone"
+        );
+        let serial = handle.serial();
+        assert_eq!(set_servable(&handle, set).unwrap(), ["bad.example"]);
+        assert_ne!(handle.serial(), serial, "the good zone is served");
+    }
 }
