@@ -19,7 +19,7 @@ use crate::config::ServerConfig;
 use crate::files::{FileCache, FileCacheConfig};
 use crate::serve::{Shared, TlsSni, TrustedProxy, router};
 use crate::site::SiteResolver;
-use crate::timeout_io::WriteTimeout;
+use crate::timeout_io::{FirstByteDeadline, WriteTimeout};
 use crate::tls::{CertSource, server_config};
 
 /// The web server of a node: plain HTTP and HTTPS listeners sharing one connection limit.
@@ -180,6 +180,7 @@ impl HttpServer {
                         Ok(Ok(tls)) => {
                             let sni = tls.get_ref().1.server_name().map(|s| TlsSni(Arc::from(s)));
                             let proxy = this.trusted(peer);
+                            let tls = FirstByteDeadline::new(tls, this.cfg.header_read_timeout());
                             this.serve_conn(tls, app, sni, proxy, token).await;
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "tls handshake failed"),
@@ -188,6 +189,7 @@ impl HttpServer {
                 } else {
                     let proxy = this.trusted(peer);
                     let stream = WriteTimeout::new(stream, this.cfg.write_timeout());
+                    let stream = FirstByteDeadline::new(stream, this.cfg.header_read_timeout());
                     this.serve_conn(stream, app, None, proxy, token).await;
                 }
             });

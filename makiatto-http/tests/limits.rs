@@ -55,6 +55,19 @@ async fn slow_clients_are_cut_off() {
 }
 
 #[tokio::test]
+async fn silent_clients_are_cut_off() {
+    // A client that connects and never sends a byte (hyper's own header timeout starts only
+    // with the first byte) must not keep its connection slot.
+    let s = start(|c| c.header_read_timeout_ms = 300).await;
+    let mut c = TcpStream::connect(s.http).await.unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut buf)).await;
+    assert!(r.is_ok(), "server kept a silent client open");
+    assert!(started.elapsed() >= Duration::from_millis(250));
+}
+
+#[tokio::test]
 async fn idle_keep_alive_connections_are_closed() {
     let s = start(|c| c.header_read_timeout_ms = 300).await;
     let mut c = TcpStream::connect(s.http).await.unwrap();
