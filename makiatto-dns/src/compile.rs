@@ -415,8 +415,16 @@ fn compile_zone(
         let rdata = b.rdata(RecordType::CAA, &format!("0 issue \"{ca}\""))?;
         b.add(apex.to_vec(), TYPE_CAA, ttl, rdata)?;
     }
-    if let Some(values) = challenges.get(domain) {
-        let name = b.name("_acme-challenge")?;
+    // Challenges for the apex and for names inside this zone (not inside a more specific
+    // served zone), at `_acme-challenge.<name>`.
+    for (target, values) in challenges {
+        if crate::zone::zone_of(set, target).is_none_or(|z| !z.eq_ignore_ascii_case(domain)) {
+            continue;
+        }
+        let Some(rel) = target.get(..target.len().saturating_sub(domain.len())) else {
+            continue;
+        };
+        let name = b.name(("_acme-challenge.".to_owned() + rel).trim_end_matches('.'))?;
         for v in values {
             b.add(name.clone(), TYPE_TXT, ACME_TTL, txt_rdata(v))?;
         }

@@ -235,16 +235,18 @@ impl ZoneHandle {
         self.rebuild(|s| {
             s.base = zones;
             s.challenges
-                .retain(|domain, _| s.base.zones.iter().any(|z| same_domain(&z.domain, domain)));
+                .retain(|name, _| zone_of(&s.base, name).is_some());
             Ok(())
         })
     }
 
-    /// Publishes `value` as a TXT record at `_acme-challenge.<domain>` (TTL 60).
+    /// Publishes `value` as a TXT record at `_acme-challenge.<domain>` (TTL 60). `domain`
+    /// is the name being validated: a zone apex or any name inside a served zone (a
+    /// leading `*.` of a wildcard order is dropped, as ACME validates the base name).
     pub fn add_acme_challenge(&self, domain: &str, value: &str) -> Result<u32, DnsError> {
-        let key = normalise_domain(domain);
+        let key = challenge_key(domain);
         self.rebuild(|s| {
-            if !s.base.zones.iter().any(|z| same_domain(&z.domain, &key)) {
+            if zone_of(&s.base, &key).is_none() {
                 return Err(DnsError::UnknownZone(domain.to_string()));
             }
             s.challenges
@@ -257,7 +259,7 @@ impl ZoneHandle {
 
     /// Removes a value added by [`add_acme_challenge`](Self::add_acme_challenge).
     pub fn remove_acme_challenge(&self, domain: &str, value: &str) -> Result<u32, DnsError> {
-        let key = normalise_domain(domain);
+        let key = challenge_key(domain);
         self.rebuild(|s| {
             if let Some(values) = s.challenges.get_mut(&key) {
                 values.remove(value);
@@ -284,8 +286,23 @@ pub(crate) fn normalise_domain(domain: &str) -> String {
     domain.trim_end_matches('.').to_ascii_lowercase()
 }
 
-fn same_domain(a: &str, b: &str) -> bool {
-    normalise_domain(a) == normalise_domain(b)
+fn challenge_key(domain: &str) -> String {
+    let d = normalise_domain(domain);
+    d.strip_prefix("*.").map_or(d.clone(), str::to_owned)
+}
+
+/// The most specific served zone containing `name` (normalised), if any.
+pub(crate) fn zone_of<'a>(set: &'a ZoneSet, name: &str) -> Option<&'a str> {
+    set.zones
+        .iter()
+        .map(|z| z.domain.trim_end_matches('.'))
+        .filter(|z| {
+            let (n, z) = (name.as_bytes(), z.as_bytes());
+            n.len() >= z.len()
+                && n[n.len() - z.len()..].eq_ignore_ascii_case(z)
+                && (n.len() == z.len() || n[n.len() - z.len() - 1] == b'.')
+        })
+        .max_by_key(|z| z.len())
 }
 
 #[cfg(test)]

@@ -285,6 +285,30 @@ fn serial_moves_and_acme_challenges() {
         hickory_proto::op::ResponseCode::NXDomain
     );
     assert!(zones.add_acme_challenge("example.org", "x").is_err());
+    assert!(zones.add_acme_challenge("notexample.com", "x").is_err());
+    // Names below the apex (and wildcard orders, validated at their base name) too.
+    zones
+        .add_acme_challenge("www.example.com", "token-www")
+        .unwrap();
+    let m = ask("_acme-challenge.www.example.com", RecordType::TXT);
+    assert_eq!(m.answers.len(), 1, "{m:?}");
+    assert!(m.answers[0].data.to_string().contains("token-www"), "{m:?}");
+    zones
+        .add_acme_challenge("*.example.com", "token-wild")
+        .unwrap();
+    let m = ask("_acme-challenge.example.com", RecordType::TXT);
+    assert_eq!(m.answers.len(), 1, "{m:?}");
+    assert!(
+        m.answers[0].data.to_string().contains("token-wild"),
+        "{m:?}"
+    );
+    zones
+        .remove_acme_challenge("www.example.com", "token-www")
+        .unwrap();
+    zones
+        .remove_acme_challenge("*.example.com", "token-wild")
+        .unwrap();
+    let s2 = zones.serial();
     // A rejected zone keeps the old data and serial.
     let mut bad = zone_set();
     bad.zones[0].records.push(makiatto_dns::RecordEntry {
