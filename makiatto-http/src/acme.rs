@@ -399,7 +399,9 @@ impl<L: Lease, D: DnsChallenge> AcmeManager<L, D> {
 
     /// Makes sure `order` has a valid certificate that is not due for renewal: orders one
     /// if needed, retrying with exponential backoff up to the retry budget. On failure the
-    /// installed certificate (if any) stays.
+    /// installed certificate (if any) stays. Every attempt first takes or renews the lease
+    /// (and fails when another holder has it); the lease stays held until its TTL runs out
+    /// or [`Lease::release`].
     pub async fn ensure(&self, order: &CertOrder) -> Result<Outcome, HttpError> {
         let primary = order.names.first().ok_or_else(|| {
             HttpError::Config("a certificate order needs at least one name".into())
@@ -414,6 +416,17 @@ impl<L: Lease, D: DnsChallenge> AcmeManager<L, D> {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            // Each attempt holds the lease (taken or renewed now): a long round of orders
+            // and backoffs must never let a second node order the same names meanwhile.
+            if !self
+                .lease
+                .acquire(Duration::from_millis(self.cfg.lease_ttl_ms))
+                .await?
+            {
+                return Err(HttpError::Acme(
+                    "another node holds the ACME lease; not ordering".into(),
+                ));
+            }
             match self.issue(order).await {
                 Ok((cert, chain, key)) => {
                     self.certs.install(&order.names, cert, &chain, &key)?;
@@ -424,11 +437,6 @@ impl<L: Lease, D: DnsChallenge> AcmeManager<L, D> {
                     tracing::warn!(name = %primary, attempt, error = %e, retry_in = ?delay, "certificate order failed");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_millis(self.cfg.retry_max_ms));
-                    // Keep the lease alive through long backoffs.
-                    let _ = self
-                        .lease
-                        .acquire(Duration::from_millis(self.cfg.lease_ttl_ms))
-                        .await;
                 }
             }
         }

@@ -399,6 +399,8 @@ async fn pebble_http01_dns01_renewal_and_backoff() {
     let out = https_home(&srv, verified.clone(), "renew.acme.test").await;
     assert!(out.starts_with(b"HTTP/1.1 200"));
 
+    // ensure() took the lease for its orders; node-a gives it up.
+    lease.release().await.unwrap();
     // run(): while another node holds the lease nothing is ordered; once its lease
     // expires this node takes over and issues.
     let other = lease.handle("node-x");
@@ -450,7 +452,26 @@ async fn pebble_http01_dns01_renewal_and_backoff() {
         .unwrap()
         .unwrap();
     // Stopping released the lease.
-    assert!(other.acquire(Duration::from_secs(1)).await.unwrap());
+    assert!(other.acquire(Duration::from_secs(5)).await.unwrap());
+    // ensure() itself does not order while another node holds the lease.
+    let blocked = AcmeManager::new(
+        acme_cfg(&p, Some(srv.http)),
+        accounts.clone(),
+        srv.challenges.clone(),
+        certs.clone(),
+        lease.handle("node-b"),
+        NoDns,
+    );
+    srv.sites
+        .insert(Site::new("blocked.acme.test", srv.tree.root()), &[]);
+    let r = blocked
+        .ensure(&CertOrder {
+            names: vec!["blocked.acme.test".into()],
+            challenge: ChallengeKind::Http01,
+        })
+        .await;
+    assert!(r.is_err(), "ordered while another node held the lease");
+    assert!(certs.current("blocked.acme.test").is_none());
     other.release().await.unwrap();
 
     // Failing validation: retried with backoff within the budget, then an error; the
