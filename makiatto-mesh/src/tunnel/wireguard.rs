@@ -212,6 +212,9 @@ impl Tunnel for WireGuardTunnel {
         let mut guard = self.applied.lock().unwrap_or_else(PoisonError::into_inner);
         // Work on a copy: it replaces the record only once the device accepted the change.
         let mut applied = guard.clone();
+        // Plan against what the device really has: a peer we applied that is missing from
+        // it (lost, or removed by hand) is added again.
+        applied.retain(|k, _| live.contains_key(k));
         let current: BTreeMap<PublicKey, PeerConfig> = applied
             .iter()
             .map(|(k, a)| (*k, a.config.clone()))
@@ -219,10 +222,10 @@ impl Tunnel for WireGuardTunnel {
         let plan = plan(&current, &desired);
         // One UAPI request per peer operation: boringtun keeps `remove`, `endpoint` and
         // the keepalive of one peer section for the next sections of the same request.
-        let mut requests: Vec<String> = Vec::new();
+        let mut requests: Vec<(PublicKey, String)> = Vec::new();
         let mut changes = PeerChanges::default();
         for key in &plan.remove {
-            requests.push(remove_request(key));
+            requests.push((*key, remove_request(key)));
             applied.remove(key);
             changes.removed += 1;
         }
@@ -297,8 +300,27 @@ impl Tunnel for WireGuardTunnel {
                 changes.added += 1;
             }
         }
-        for request in &requests {
-            uapi_set(iface, request)?;
+        // A peer whose request the device refuses is left as it was (retried next pass);
+        // the other peers' changes still go in.
+        let mut failed: Vec<PublicKey> = Vec::new();
+        for (key, request) in &requests {
+            if failed.contains(key) {
+                continue;
+            }
+            if let Err(error) = uapi_set(iface, request) {
+                warn!(%error, peer = %key, "WireGuard refused a peer change; retrying next pass");
+                failed.push(*key);
+            }
+        }
+        for key in failed {
+            match guard.get(&key) {
+                Some(prev) if live.contains_key(&key) => {
+                    applied.insert(key, prev.clone());
+                }
+                _ => {
+                    applied.remove(&key);
+                }
+            }
         }
         if !requests.is_empty() {
             debug!(iface = %iface, ?changes, "WireGuard peers reconciled");
@@ -332,8 +354,12 @@ fn remove_request(key: &PublicKey) -> String {
 /// The requests that (re)configure one peer: remove it, then add it. boringtun cannot
 /// modify a peer in place (it panics on an existing key), so every add is preceded by a
 /// removal, which also makes a retried add after a partial failure harmless.
-fn write_peer(requests: &mut Vec<String>, peer: &PeerConfig, endpoint: Option<SocketAddr>) {
-    requests.push(remove_request(&peer.public_key));
+fn write_peer(
+    requests: &mut Vec<(PublicKey, String)>,
+    peer: &PeerConfig,
+    endpoint: Option<SocketAddr>,
+) {
+    requests.push((peer.public_key, remove_request(&peer.public_key)));
     let mut body = format!("public_key={}\n", peer.public_key.to_hex());
     if let Some(e) = endpoint {
         let _ = writeln!(body, "endpoint={e}");
@@ -345,7 +371,7 @@ fn write_peer(requests: &mut Vec<String>, peer: &PeerConfig, endpoint: Option<So
     for net in &peer.allowed_ips {
         let _ = writeln!(body, "allowed_ip={net}");
     }
-    requests.push(body);
+    requests.push((peer.public_key, body));
 }
 
 /// Resolves `host:port` (blocking), preferring IPv4.
@@ -476,6 +502,8 @@ mod tests {
             Some("10.0.0.7:51880".parse().unwrap()),
         );
         let key = PublicKey([7; 32]).to_hex();
+        assert!(requests.iter().all(|(k, _)| *k == PublicKey([7; 32])));
+        let requests: Vec<String> = requests.into_iter().map(|(_, r)| r).collect();
         assert_eq!(
             requests,
             vec![
