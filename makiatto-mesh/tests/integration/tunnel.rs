@@ -141,6 +141,41 @@ fn wireguard_battery_in_namespace() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "51990");
     battery(&t);
+    // A peer lost from the device (here removed by hand with `wg`) is added again on the
+    // next pass: the plan is made against what the device lists.
+    let lost = peer(
+        PrivateKey::generate().public_key(),
+        "10.1.1.9:51999",
+        "10.44.44.19",
+    );
+    t.set_peers(std::slice::from_ref(&lost)).unwrap();
+    let removed = std::process::Command::new("wg")
+        .args([
+            "set",
+            &iface,
+            "peer",
+            &lost.public_key.to_base64(),
+            "remove",
+        ])
+        .status()
+        .unwrap();
+    assert!(removed.success());
+    assert!(
+        t.peers()
+            .unwrap()
+            .iter()
+            .all(|p| p.public_key != lost.public_key)
+    );
+    assert_eq!(
+        t.set_peers(std::slice::from_ref(&lost)).unwrap(),
+        changes(1, 0, 0)
+    );
+    assert!(
+        t.peers()
+            .unwrap()
+            .iter()
+            .any(|p| p.public_key == lost.public_key)
+    );
     drop(t);
 
     // Re-resolution: a quiet peer's host name is resolved again and the new address
