@@ -408,7 +408,13 @@ impl<L: Lease, D: DnsChallenge> AcmeManager<L, D> {
         })?;
         if let Some(c) = self.certs.current(primary) {
             let now = SystemTime::now();
-            if c.valid_at(now) && !renewal_due(&c, now) {
+            // Fresh only if it also covers every name of the order (an alias added to a
+            // site must not wait for the next renewal).
+            let covers = order
+                .names
+                .iter()
+                .all(|n| c.names.iter().any(|m| m.eq_ignore_ascii_case(n)));
+            if covers && c.valid_at(now) && !renewal_due(&c, now) {
                 return Ok(Outcome::Fresh);
             }
         }

@@ -357,6 +357,23 @@ async fn pebble_http01_dns01_renewal_and_backoff() {
     assert_eq!(mgr.ensure(&order).await.unwrap(), Outcome::Fresh);
     let issued = certs.current("acme.test").unwrap();
     assert!(!renewal_due(&issued, std::time::SystemTime::now()));
+    // A name added to the order is not left waiting for the renewal.
+    let wider = CertOrder {
+        names: vec![
+            "acme.test".into(),
+            "www.acme.test".into(),
+            "api.acme.test".into(),
+        ],
+        challenge: ChallengeKind::Http01,
+    };
+    assert_eq!(mgr.ensure(&wider).await.unwrap(), Outcome::Issued);
+    let widened = certs.current("acme.test").unwrap();
+    assert!(
+        widened.names.iter().any(|n| n == "api.acme.test"),
+        "{:?}",
+        widened.names
+    );
+    assert_eq!(mgr.ensure(&wider).await.unwrap(), Outcome::Fresh);
 
     // The persisted account is reused by another manager (another node).
     let mgr2 = AcmeManager::new(
