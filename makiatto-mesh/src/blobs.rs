@@ -46,6 +46,10 @@ pub struct FetchOptions {
     pub max_blob_bytes: u64,
     /// Most transfers in flight in [`fetch_many`] (default 4).
     pub concurrency: usize,
+    /// Slowest transfer rate accepted, in bytes per second (default 64 KiB/s): a peer that
+    /// trickles (a byte now and then, never silent long enough for `read_timeout`) is left
+    /// for the next one once the transfer is behind this rate by more than `read_timeout`.
+    pub min_rate: u64,
 }
 
 impl Default for FetchOptions {
@@ -55,6 +59,7 @@ impl Default for FetchOptions {
             read_timeout: Duration::from_secs(10),
             max_blob_bytes: 4 << 30,
             concurrency: 4,
+            min_rate: 64 << 10,
         }
     }
 }
@@ -288,7 +293,18 @@ fn fetch_from(
         )));
     };
     let mut buf = vec![0u8; COPY_BUF];
+    let started = std::time::Instant::now();
+    let mut copied: u64 = 0;
     while remaining > 0 {
+        let allowed = options.read_timeout
+            + Duration::from_secs_f64(copied as f64 / options.min_rate.max(1) as f64);
+        if started.elapsed() > allowed {
+            return Err(err(format!(
+                "too slow: {copied} bytes in {:.1} s, below {} bytes/s",
+                started.elapsed().as_secs_f64(),
+                options.min_rate
+            )));
+        }
         let want = remaining.min(buf.len() as u64) as usize;
         let n = stream.read(&mut buf[..want]).map_err(|e| io("read", e))?;
         if n == 0 {
@@ -297,6 +313,7 @@ fn fetch_from(
             )));
         }
         partial.append(&buf[..n])?;
+        copied += n as u64;
         remaining -= n as u64;
         *received += n as u64;
     }
@@ -464,6 +481,57 @@ mod tests {
                 .iter()
                 .all(|(_, r)| r.as_ref().unwrap().already_present)
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_trickling_peer_is_left_for_the_next_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = BlobStore::open(dir.path().join("a")).unwrap();
+        let c = BlobStore::open(dir.path().join("c")).unwrap();
+        let d = data(3, 200_000);
+        let h = a.put_bytes(&d).unwrap();
+        let (good, _sa) = server(a.clone()).await;
+        // A peer that has the blob but sends one byte of it every 100 ms: never silent
+        // for a read timeout, hopelessly below any useful rate.
+        let trickler = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let slow = trickler.local_addr().unwrap();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let bytes = d.clone();
+        std::thread::spawn(move || {
+            let Ok((mut s, _)) = trickler.accept() else {
+                return;
+            };
+            let mut req = [0u8; REQUEST_LEN];
+            if s.read_exact(&mut req).is_err() {
+                return;
+            }
+            let mut answer = vec![STATUS_OK];
+            answer.extend_from_slice(&200_000u64.to_be_bytes());
+            if s.write_all(&answer).is_err() {
+                return;
+            }
+            for b in bytes {
+                if stop_rx.try_recv().is_ok() || s.write_all(&[b]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100)); // the trickle itself
+            }
+        });
+        let options = FetchOptions {
+            read_timeout: Duration::from_millis(500),
+            ..FetchOptions::default()
+        };
+        let c2 = c.clone();
+        let started = std::time::Instant::now();
+        let report =
+            tokio::task::spawn_blocking(move || fetch_blocking(&c2, h, &[slow, good], &options))
+                .await
+                .unwrap();
+        let _ = stop_tx.send(());
+        let report = report.unwrap();
+        assert_eq!(report.failed_peers, 1, "{report:?}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert_eq!(c.read(&h).unwrap(), d);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
