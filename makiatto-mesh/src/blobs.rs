@@ -484,6 +484,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[allow(clippy::many_single_char_names)]
     async fn a_trickling_peer_is_left_for_the_next_one() {
         let dir = tempfile::tempdir().unwrap();
         let a = BlobStore::open(dir.path().join("a")).unwrap();
