@@ -433,9 +433,8 @@ fn merge_row(
     // Clock writes of this row, issued as one multi-row upsert per row (`flush_clocks`);
     // the latest write of a cell wins, as it would statement by statement.
     let clock_writes: RefCell<BTreeMap<String, (i64, u32)>> = RefCell::default();
-    let upsert_clock = |cid: &str, cv: i64, seq: u32| -> Result<()> {
+    let upsert_clock = |cid: &str, cv: i64, seq: u32| {
         clock_writes.borrow_mut().insert(cid.to_owned(), (cv, seq));
-        Ok(())
     };
     let flush_clocks = || -> Result<()> {
         let writes = std::mem::take(&mut *clock_writes.borrow_mut());
@@ -517,7 +516,7 @@ fn merge_row(
                 }
             }
         }
-        upsert_clock(SENTINEL, cl, seq)?;
+        upsert_clock(SENTINEL, cl, seq);
         clocks.insert(SENTINEL.into(), this(cl));
         Ok(())
     };
@@ -532,7 +531,7 @@ fn merge_row(
                 if let Some(local) = clocks.get(SENTINEL).copied()
                     && (c.ts, c.site) > (local.ts, site_of(&local))
                 {
-                    upsert_clock(SENTINEL, cl, cell.seq)?;
+                    upsert_clock(SENTINEL, cl, cell.seq);
                     clocks.insert(SENTINEL.into(), this(cl));
                 }
                 continue;
@@ -543,7 +542,7 @@ fn merge_row(
                     .execute(params_from_iter(&pk_values))?;
                 flush_clocks()?;
                 tx.prepare_cached(&sql.clock_delete_cols)?.execute([pk])?;
-                upsert_clock(SENTINEL, cl, cell.seq)?;
+                upsert_clock(SENTINEL, cl, cell.seq);
                 clocks.retain(|k, _| k == SENTINEL);
                 clocks.insert(SENTINEL.into(), this(cl));
                 changed_cols.clear();
@@ -576,7 +575,7 @@ fn merge_row(
             StoreError::Malformed(format!("unknown column {} of {}", cell.cid, info.name))
         })?;
         pending.insert(idx, cell.val.clone());
-        upsert_clock(&cell.cid, cell.cv, cell.seq)?;
+        upsert_clock(&cell.cid, cell.cv, cell.seq);
         clocks.insert(cell.cid.clone(), this(cell.cv));
     }
     let exists_after = cl_l % 2 == 1;
