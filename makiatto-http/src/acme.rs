@@ -315,6 +315,10 @@ pub enum Outcome {
     Issued,
 }
 
+/// The other servers a CA may reach for HTTP-01 (e.g. every healthy node GeoDNS may
+/// answer with), asked again on every visibility check so that servers that left drop out.
+pub type Http01Peers = Arc<dyn Fn() -> Vec<SocketAddr> + Send + Sync>;
+
 /// Orders and renews certificates.
 pub struct AcmeManager<L, D> {
     cfg: AcmeConfig,
@@ -323,6 +327,7 @@ pub struct AcmeManager<L, D> {
     certs: Arc<dyn CertSink>,
     lease: L,
     dns: D,
+    http01_peers: Option<Http01Peers>,
     account: tokio::sync::Mutex<Option<Account>>,
 }
 
@@ -352,8 +357,19 @@ impl<L: Lease, D: DnsChallenge> AcmeManager<L, D> {
             certs,
             lease,
             dns,
+            http01_peers: None,
             account: tokio::sync::Mutex::new(None),
         }
+    }
+
+    /// Also waits, before the CA is asked to validate an HTTP-01 challenge, until every
+    /// address `peers()` returns serves the answer on `/.well-known/acme-challenge/` (the
+    /// CA may reach any of them). An address that does not answer at all counts as not
+    /// visible, so the order waits for it up to `visibility_timeout_ms`.
+    #[must_use]
+    pub fn with_http01_peers(mut self, peers: Http01Peers) -> Self {
+        self.http01_peers = Some(peers);
+        self
     }
 
     /// The cluster's account: restored from the store, or created and saved.
@@ -549,8 +565,11 @@ impl<L: Lease, D: DnsChallenge> AcmeManager<L, D> {
                 let value = ka.dns_value();
                 self.dns.publish(&name, &value).await?;
                 dns_values.push((name.clone(), value.clone()));
-                self.wait_visible(|| self.dns.is_visible(&name, &value), &name)
-                    .await?;
+                let check = || async {
+                    let seen = self.dns.is_visible(&name, &value).await?;
+                    Ok((!seen).then(|| "not answered by every nameserver".to_owned()))
+                };
+                self.wait_visible(check, &name).await?;
             }
             ch.set_ready().await?;
         }
@@ -569,34 +588,55 @@ impl<L: Lease, D: DnsChallenge> AcmeManager<L, D> {
         Ok((cert, chain_pem, key_pem))
     }
 
+    /// Waits until our own port 80 (or, without a probe address, our store) and every
+    /// HTTP-01 peer serve `ka` for `token`.
     async fn wait_http01(&self, domain: &str, token: &str, ka: &str) -> Result<(), HttpError> {
-        match self.cfg.http01_probe {
-            Some(addr) => {
-                self.wait_visible(|| async move { Ok(probe_http01(addr, domain, token).await.as_deref() == Some(ka)) }, domain)
-                    .await
+        let check = || async move {
+            let mut targets: Vec<SocketAddr> = self.cfg.http01_probe.into_iter().collect();
+            if targets.is_empty() && self.challenges.http01(token).as_deref() != Some(ka) {
+                return Ok(Some("not in our challenge store".to_owned()));
             }
-            None => {
-                self.wait_visible(|| async { Ok(self.challenges.http01(token).as_deref() == Some(ka)) }, domain)
-                    .await
+            if let Some(peers) = &self.http01_peers {
+                for a in peers() {
+                    if !targets.contains(&a) {
+                        targets.push(a);
+                    }
+                }
             }
-        }
+            let answers = futures_join(
+                targets
+                    .iter()
+                    .map(|a| probe_http01(*a, domain, token))
+                    .collect(),
+            )
+            .await;
+            let missing: Vec<String> = targets
+                .iter()
+                .zip(answers)
+                .filter(|(_, got)| got.as_deref() != Some(ka))
+                .map(|(a, _)| a.to_string())
+                .collect();
+            Ok((!missing.is_empty()).then(|| format!("not served by {}", missing.join(", "))))
+        };
+        self.wait_visible(check, domain).await
     }
 
-    /// Polls `check` with a growing interval until it says visible or the timeout passes.
+    /// Polls `check` with a growing interval until it says visible (`None`) or the timeout
+    /// passes; the error then carries the last reason `check` gave.
     async fn wait_visible<F, Fut>(&self, check: F, what: &str) -> Result<(), HttpError>
     where
         F: Fn() -> Fut,
-        Fut: Future<Output = Result<bool, HttpError>>,
+        Fut: Future<Output = Result<Option<String>, HttpError>>,
     {
         let deadline = Instant::now() + Duration::from_millis(self.cfg.visibility_timeout_ms);
         let mut pause = Duration::from_millis(20);
         loop {
-            if check().await? {
+            let Some(why) = check().await? else {
                 return Ok(());
-            }
+            };
             if Instant::now() >= deadline {
                 return Err(HttpError::Acme(format!(
-                    "challenge for {what} never became visible"
+                    "challenge for {what} never became visible: {why}"
                 )));
             }
             tokio::time::sleep(pause).await;
@@ -605,9 +645,92 @@ impl<L: Lease, D: DnsChallenge> AcmeManager<L, D> {
     }
 }
 
+/// Runs `futures` concurrently and returns their outputs in order.
+async fn futures_join<T: Send + 'static>(
+    futures: Vec<impl Future<Output = T> + Send + 'static>,
+) -> Vec<T> {
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        match h.await {
+            Ok(v) => out.push(v),
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+    out
+}
+
+/// The TXT values `server` answers for `name` (one UDP query, then TCP if the answer was
+/// truncated), each value's strings concatenated. Used to check that a DNS-01 value is
+/// visible on an authoritative server before the CA is asked to validate.
+pub async fn txt_values(server: SocketAddr, name: &str) -> Result<Vec<String>, HttpError> {
+    use hickory_proto::op::{Message, Query};
+    use hickory_proto::rr::{Name, RData, RecordType};
+    let err = |what: &str, e: &dyn std::fmt::Display| {
+        HttpError::Acme(format!("TXT {name} from {server}: {what}: {e}"))
+    };
+    let qname = Name::from_ascii(name).map_err(|e| err("bad name", &e))?;
+    let mut query = Message::query();
+    query.add_query(Query::query(qname, RecordType::TXT));
+    let id = query.metadata.id;
+    let bytes = query.to_vec().map_err(|e| err("encoding", &e))?;
+    let io = |e: std::io::Error| err("network", &e);
+    let exchange = async {
+        let local: SocketAddr = if server.is_ipv4() {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let sock = tokio::net::UdpSocket::bind(local).await.map_err(io)?;
+        sock.connect(server).await.map_err(io)?;
+        sock.send(&bytes).await.map_err(io)?;
+        let mut buf = vec![0u8; 4096];
+        let answer = loop {
+            let n = sock.recv(&mut buf).await.map_err(io)?;
+            if let Ok(m) = Message::from_vec(&buf[..n])
+                && m.metadata.id == id
+            {
+                break m;
+            }
+        };
+        if !answer.metadata.truncation {
+            return Ok(answer);
+        }
+        let mut tcp = tokio::net::TcpStream::connect(server).await.map_err(io)?;
+        let len = u16::try_from(bytes.len()).map_err(|e| err("encoding", &e))?;
+        tcp.write_all(&len.to_be_bytes()).await.map_err(io)?;
+        tcp.write_all(&bytes).await.map_err(io)?;
+        let n = usize::from(tcp.read_u16().await.map_err(io)?);
+        let mut buf = vec![0u8; n];
+        tcp.read_exact(&mut buf).await.map_err(io)?;
+        Message::from_vec(&buf).map_err(|e| err("decoding", &e))
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(3), exchange)
+        .await
+        .map_err(|e| err("no answer", &e))??;
+    Ok(answer
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::TXT(t) => Some(
+                t.txt_data
+                    .iter()
+                    .map(|p| String::from_utf8_lossy(p))
+                    .collect::<String>(),
+            ),
+            _ => None,
+        })
+        .collect())
+}
+
 /// GETs our own HTTP-01 answer the way the CA will, returning the body on a 200.
-async fn probe_http01(addr: SocketAddr, host: &str, token: &str) -> Option<String> {
-    let fut = async {
+fn probe_http01(
+    addr: SocketAddr,
+    host: &str,
+    token: &str,
+) -> impl Future<Output = Option<String>> + Send + 'static {
+    let (host, token) = (host.to_owned(), token.to_owned());
+    let fut = async move {
         let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
         let req = format!(
             "GET /.well-known/acme-challenge/{token} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
@@ -619,10 +742,12 @@ async fn probe_http01(addr: SocketAddr, host: &str, token: &str) -> Option<Strin
         let (head, body) = text.split_once("\r\n\r\n")?;
         head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
     };
-    tokio::time::timeout(Duration::from_secs(5), fut)
-        .await
-        .ok()
-        .flatten()
+    async move {
+        tokio::time::timeout(Duration::from_secs(5), fut)
+            .await
+            .ok()
+            .flatten()
+    }
 }
 
 #[cfg(test)]

@@ -531,3 +531,85 @@ async fn pebble_http01_dns01_renewal_and_backoff() {
     assert_eq!(after.key.cert[0].as_ref(), before.key.cert[0].as_ref());
     assert_eq!(srv.challenges.http01_count(), 0);
 }
+
+/// A two-node cluster's challenge store: the orderer's copy is written at once, the other
+/// node's copy only after `lag` (replication in flight).
+#[derive(Debug)]
+struct Lagging {
+    here: Arc<MemoryChallenges>,
+    there: Arc<MemoryChallenges>,
+    lag: Duration,
+}
+
+impl ChallengeStore for Lagging {
+    fn http01(&self, token: &str) -> Option<String> {
+        self.here.http01(token)
+    }
+    fn put_http01(&self, token: &str, ka: &str) -> Result<(), HttpError> {
+        let (there, lag) = (self.there.clone(), self.lag);
+        let (token2, ka2) = (token.to_owned(), ka.to_owned());
+        tokio::spawn(async move {
+            tokio::time::sleep(lag).await;
+            there.put_http01(&token2, &ka2).unwrap();
+        });
+        self.here.put_http01(token, ka)
+    }
+    fn remove_http01(&self, token: &str) -> Result<(), HttpError> {
+        self.there.remove_http01(token)?;
+        self.here.remove_http01(token)
+    }
+    fn dns01(&self, name: &str) -> Vec<String> {
+        self.here.dns01(name)
+    }
+    fn put_dns01(&self, name: &str, value: &str) -> Result<(), HttpError> {
+        self.here.put_dns01(name, value)
+    }
+    fn remove_dns01(&self, name: &str, value: &str) -> Result<(), HttpError> {
+        self.here.remove_dns01(name, value)
+    }
+}
+
+/// Issue 13: the CA may reach any node (GeoDNS), not the one that ordered. Here it reaches
+/// node B, where the answer arrives 1.5 s after the orderer A wrote it; the order must
+/// wait until B serves it instead of failing validation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http01_waits_until_every_peer_serves_the_answer() {
+    let b = start(|_| {}).await;
+    let a = start(|_| {}).await;
+    let p = start_pebble(&b).await;
+    for srv in [&a, &b] {
+        srv.sites
+            .insert(Site::new("lag.acme.test", srv.tree.root()), &[]);
+    }
+    let lagging = Arc::new(Lagging {
+        here: a.challenges.clone(),
+        there: b.challenges.clone(),
+        lag: Duration::from_millis(1500),
+    });
+    let b_http = b.http;
+    let mgr = AcmeManager::new(
+        acme_cfg(&p, Some(a.http)),
+        Arc::new(MemoryAccountStore::default()),
+        lagging,
+        a.certs.clone(),
+        LocalLease::new("node-a"),
+        NoDns,
+    )
+    .with_http01_peers(Arc::new(move || vec![b_http]));
+    let order = CertOrder {
+        names: vec!["lag.acme.test".into()],
+        challenge: ChallengeKind::Http01,
+    };
+    let started = Instant::now();
+    let outcome = mgr.ensure(&order).await;
+    assert_eq!(
+        outcome.unwrap(),
+        Outcome::Issued,
+        "the CA validated at node B before B served the answer"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    let verified = client_trusting(&pebble_root(&p));
+    let out = https_home(&a, verified, "lag.acme.test").await;
+    assert!(out.starts_with(b"HTTP/1.1 200"));
+    assert_eq!(b.challenges.http01_count(), 0, "answers withdrawn on B too");
+}
