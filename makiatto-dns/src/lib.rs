@@ -14,7 +14,8 @@
 //! - [`Selector`]: which nodes answer. [`Nearest`] picks the nearest (or `k` nearest) healthy
 //!   nodes by haversine distance, all healthy nodes for unknown locations, and all nodes
 //!   when none is healthy.
-//! - [`DnsServer`]: UDP on dedicated threads (the fast path), TCP, DNS-over-TLS and
+//! - [`DnsServer`]: UDP on dedicated threads (the fast path, with optional response rate
+//!   limiting, [`RateLimit`]), TCP and DNS-over-TLS on our own capped listeners, and
 //!   DNS-over-QUIC through hickory-server, all answering from the same engine.
 //!
 //! # Example
@@ -40,14 +41,18 @@
 mod compile;
 mod error;
 mod geo;
+mod rrl;
 mod select;
 mod server;
+mod stream;
+mod udp;
 mod wire;
 mod zone;
 
 pub use crate::{
     error::DnsError,
     geo::{GeoLocator, GeoPoint, LocatorChain, MmdbLocator, NoLocator, StaticLocator},
+    rrl::RateLimit,
     select::{Candidate, Nearest, NodeSet, Selector},
     server::{DnsServer, DnsServerBuilder, bind_udp_tcp},
     zone::{NodeEntry, RecordEntry, TomlZoneFile, Zone, ZoneHandle, ZoneSet, ZoneSource},

@@ -1,7 +1,7 @@
-//! The server: a UDP fast path on its own threads, and hickory-server for TCP, DoT and DoQ.
+//! The server: a UDP fast path on its own threads, our own TCP and DoT listeners on tokio, and
+//! hickory-server for DoQ.
 
 use std::{
-    io::ErrorKind,
     net::{SocketAddr, TcpListener, UdpSocket},
     num::NonZeroUsize,
     sync::{
@@ -22,7 +22,10 @@ use hickory_server::{
 use rustls::server::ResolvesServerCert;
 
 use crate::{
-    DnsError, GeoLocator, Nearest, NoLocator, Selector, ZoneHandle,
+    DnsError, GeoLocator, Nearest, NoLocator, RateLimit, Selector, ZoneHandle,
+    rrl::Limiter,
+    stream::{ClientCounts, StreamLimits},
+    udp::{enable_pktinfo, udp_loop},
     wire::{Engine, Transport},
 };
 
@@ -36,6 +39,10 @@ pub struct DnsServerBuilder {
     max_udp_payload: u16,
     udp_threads: NonZeroUsize,
     stream_timeout: Duration,
+    stream_io_timeout: Duration,
+    max_connections: usize,
+    max_connections_per_client: usize,
+    rate_limit: Option<RateLimit>,
     udp: Vec<UdpSocket>,
     tcp: Vec<TcpListener>,
     tls: Vec<(TcpListener, Arc<dyn ResolvesServerCert>)>,
@@ -95,7 +102,40 @@ impl DnsServerBuilder {
         self
     }
 
-    /// Serves plain DNS over this UDP socket.
+    /// How long reading the rest of a started TCP/DoT query, or writing an answer, may take
+    /// (default 2 s): a guard against clients trickling bytes.
+    #[must_use]
+    pub fn stream_io_timeout(mut self, timeout: Duration) -> Self {
+        self.stream_io_timeout = timeout;
+        self
+    }
+
+    /// Open TCP connections per TCP or DoT listener (default 512). A connection over the cap
+    /// is accepted and closed at once.
+    #[must_use]
+    pub fn max_connections(mut self, connections: usize) -> Self {
+        self.max_connections = connections;
+        self
+    }
+
+    /// Open TCP and DoT connections per client address, over all listeners (default 16). A
+    /// connection over the cap is accepted and closed at once.
+    #[must_use]
+    pub fn max_connections_per_client(mut self, connections: usize) -> Self {
+        self.max_connections_per_client = connections;
+        self
+    }
+
+    /// Response rate limiting on UDP (default off, as in BIND and Knot): see [`RateLimit`].
+    /// TCP, DoT and DoQ are not limited.
+    #[must_use]
+    pub fn rate_limit(mut self, limit: RateLimit) -> Self {
+        self.rate_limit = Some(limit);
+        self
+    }
+
+    /// Serves plain DNS over this UDP socket. A socket bound to a wildcard address answers
+    /// each query from the address it was sent to (Linux).
     #[must_use]
     pub fn udp(mut self, socket: UdpSocket) -> Self {
         self.udp.push(socket);
@@ -124,7 +164,7 @@ impl DnsServerBuilder {
     }
 
     /// Starts serving. Must be called inside a tokio runtime when TCP, DoT or DoQ are
-    /// configured (hickory-server runs on it); UDP runs on its own threads.
+    /// configured (they run on it); UDP runs on its own threads.
     pub fn start(self) -> Result<DnsServer, DnsError> {
         let engine = Engine::new(
             self.zones,
@@ -139,39 +179,75 @@ impl DnsServerBuilder {
             let what = what.to_string();
             move |source| DnsError::Io { what, source }
         };
+        let runtime = if self.tcp.is_empty() && self.tls.is_empty() && self.quic.is_empty() {
+            None
+        } else {
+            Some(tokio::runtime::Handle::try_current().map_err(|_| {
+                DnsError::Server("TCP, DoT and DoQ need a tokio runtime: start() inside one".into())
+            })?)
+        };
+        let limiter = self.rate_limit.map(|r| Arc::new(Limiter::new(r)));
         for socket in self.udp {
             let addr = socket.local_addr().map_err(io("udp socket"))?;
             socket
                 .set_read_timeout(Some(Duration::from_millis(100)))
                 .map_err(io("udp socket"))?;
+            let pktinfo = enable_pktinfo(&socket).map_err(io("udp packet info"))?;
             for n in 0..self.udp_threads.get() {
                 let socket = socket.try_clone().map_err(io("udp socket"))?;
                 let engine = engine.clone();
                 let stop = stop.clone();
+                let limiter = limiter.clone();
                 let handle = std::thread::Builder::new()
                     .name(format!("dns-udp-{addr}-{n}"))
-                    .spawn(move || udp_loop(&socket, &engine, &stop))
+                    .spawn(move || {
+                        udp_loop(&socket, &engine, &stop, limiter.as_deref(), pktinfo);
+                    })
                     .map_err(io("udp thread"))?;
                 threads.push(handle);
             }
         }
-        let mut hickory = None;
-        if !(self.tcp.is_empty() && self.tls.is_empty() && self.quic.is_empty()) {
-            let mut server = Server::new(Bridge { engine });
-            for listener in self.tcp {
+        let mut streams = tokio::task::JoinSet::new();
+        let limits = StreamLimits {
+            per_listener: self.max_connections,
+            per_client: self.max_connections_per_client,
+            idle: self.stream_timeout,
+            io: self.stream_io_timeout,
+        };
+        let clients = Arc::new(ClientCounts::default());
+        let mut listeners = Vec::new();
+        for listener in self.tcp {
+            listeners.push((listener, None));
+        }
+        for (listener, certs) in self.tls {
+            let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| DnsError::Server(format!("tls config: {e}")))?
+            .with_no_client_auth()
+            .with_cert_resolver(certs);
+            config.alpn_protocols = vec![b"dot".to_vec()];
+            listeners.push((
+                listener,
+                Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+            ));
+        }
+        if let Some(runtime) = &runtime {
+            let _guard = runtime.enter();
+            for (listener, tls) in listeners {
                 listener.set_nonblocking(true).map_err(io("tcp listener"))?;
                 let listener =
                     tokio::net::TcpListener::from_std(listener).map_err(io("tcp listener"))?;
-                server.register_listener(listener, self.stream_timeout, 64);
+                streams.spawn_on(
+                    crate::stream::serve(listener, tls, engine.clone(), limits, clients.clone()),
+                    runtime,
+                );
             }
-            for (listener, certs) in self.tls {
-                listener.set_nonblocking(true).map_err(io("tls listener"))?;
-                let listener =
-                    tokio::net::TcpListener::from_std(listener).map_err(io("tls listener"))?;
-                server
-                    .register_tls_listener(listener, self.stream_timeout, certs)
-                    .map_err(io("tls listener"))?;
-            }
+        }
+        let mut hickory = None;
+        if !self.quic.is_empty() {
+            let mut server = Server::new(Bridge { engine });
             for (socket, certs) in self.quic {
                 socket.set_nonblocking(true).map_err(io("quic socket"))?;
                 let socket = tokio::net::UdpSocket::from_std(socket).map_err(io("quic socket"))?;
@@ -184,150 +260,10 @@ impl DnsServerBuilder {
         Ok(DnsServer {
             stop,
             threads,
+            streams,
             hickory,
         })
     }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn udp_loop(socket: &UdpSocket, engine: &Engine, stop: &AtomicBool) {
-    let mut buf = [0u8; 4096];
-    let mut out = Vec::with_capacity(4096);
-    while !stop.load(Ordering::Relaxed) {
-        match socket.recv_from(&mut buf) {
-            Ok((n, src)) => {
-                if src.port() == 0 {
-                    continue;
-                }
-                if engine.respond(&buf[..n], src.ip(), Transport::Udp, &mut out)
-                    && let Err(error) = socket.send_to(&out, src)
-                {
-                    tracing::debug!(%error, peer = %src, "udp send failed");
-                }
-            }
-            Err(e) if is_timeout(&e) => {}
-            Err(error) => tracing::debug!(%error, "udp receive failed"),
-        }
-    }
-}
-
-fn is_timeout(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
-    )
-}
-
-/// Queries received and answers sent per system call on Linux.
-#[cfg(target_os = "linux")]
-const BATCH: usize = 32;
-
-/// The UDP fast path on Linux: `recvmmsg` (waiting for the first datagram, then taking what is
-/// queued, up to [`BATCH`]) and one `sendmmsg` for all the answers.
-#[cfg(target_os = "linux")]
-fn udp_loop(socket: &UdpSocket, engine: &Engine, stop: &AtomicBool) {
-    use std::{
-        io::{IoSlice, IoSliceMut},
-        os::fd::AsRawFd,
-    };
-
-    use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg};
-
-    let fd = socket.as_raw_fd();
-    let mut recv_headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
-    let mut send_headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
-    let mut bufs = vec![[0u8; 4096]; BATCH];
-    let mut outs: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(1232)).collect();
-    let mut received: Vec<(usize, Option<SockaddrStorage>)> = Vec::with_capacity(BATCH);
-    let mut replies: Vec<usize> = Vec::with_capacity(BATCH);
-    let mut addrs: Vec<Option<SockaddrStorage>> = Vec::with_capacity(BATCH);
-    while !stop.load(Ordering::Relaxed) {
-        received.clear();
-        {
-            let mut iovs: Vec<[IoSliceMut<'_>; 1]> =
-                bufs.iter_mut().map(|b| [IoSliceMut::new(b)]).collect();
-            match recvmmsg(
-                fd,
-                &mut recv_headers,
-                iovs.iter_mut(),
-                MsgFlags::MSG_WAITFORONE,
-                None,
-            ) {
-                Ok(results) => {
-                    for msg in results {
-                        let truncated = msg.flags.contains(MsgFlags::MSG_TRUNC);
-                        received.push((if truncated { 0 } else { msg.bytes }, msg.address));
-                    }
-                }
-                Err(errno) => {
-                    let e = std::io::Error::from(errno);
-                    if !is_timeout(&e) {
-                        tracing::debug!(error = %e, "udp receive failed");
-                    }
-                    continue;
-                }
-            }
-        }
-        replies.clear();
-        addrs.clear();
-        for (i, (len, addr)) in received.iter().enumerate() {
-            let Some(addr) = addr else { continue };
-            let ip = if let Some(v4) = addr.as_sockaddr_in() {
-                if v4.port() == 0 {
-                    continue;
-                }
-                std::net::IpAddr::V4(v4.ip())
-            } else if let Some(v6) = addr.as_sockaddr_in6() {
-                if v6.port() == 0 {
-                    continue;
-                }
-                std::net::IpAddr::V6(v6.ip())
-            } else {
-                continue;
-            };
-            if *len >= 12 && engine.respond(&bufs[i][..*len], ip, Transport::Udp, &mut outs[i]) {
-                replies.push(i);
-                addrs.push(Some(*addr));
-            }
-        }
-        if replies.is_empty() {
-            continue;
-        }
-        let slices: Vec<[IoSlice<'_>; 1]> =
-            replies.iter().map(|&i| [IoSlice::new(&outs[i])]).collect();
-        let sent = match sendmmsg(
-            fd,
-            &mut send_headers,
-            slices.iter(),
-            &addrs,
-            [],
-            MsgFlags::empty(),
-        ) {
-            Ok(results) => results.count(),
-            Err(errno) => {
-                tracing::debug!(error = %std::io::Error::from(errno), "udp send failed");
-                0
-            }
-        };
-        // Whatever sendmmsg did not take goes out one by one.
-        for (k, &i) in replies.iter().enumerate().skip(sent) {
-            let Some(addr) = addrs[k].as_ref().and_then(to_std) else {
-                continue;
-            };
-            if let Err(error) = socket.send_to(&outs[i], addr) {
-                tracing::debug!(%error, peer = %addr, "udp send failed");
-            }
-        }
-    }
-}
-
-#[cfg(target_os = "linux")]
-fn to_std(addr: &nix::sys::socket::SockaddrStorage) -> Option<SocketAddr> {
-    if let Some(v4) = addr.as_sockaddr_in() {
-        return Some(SocketAddr::from((v4.ip(), v4.port())));
-    }
-    addr.as_sockaddr_in6()
-        .map(|v6| SocketAddr::from((v6.ip(), v6.port())))
 }
 
 /// A running GeoDNS server. Dropping it without [`shutdown`](Self::shutdown) leaves the UDP
@@ -335,6 +271,8 @@ fn to_std(addr: &nix::sys::socket::SockaddrStorage) -> Option<SocketAddr> {
 pub struct DnsServer {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
+    /// The TCP and DoT listeners (each owning its connections).
+    streams: tokio::task::JoinSet<()>,
     hickory: Option<Server<Bridge>>,
 }
 
@@ -342,7 +280,8 @@ impl std::fmt::Debug for DnsServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DnsServer")
             .field("udp_threads", &self.threads.len())
-            .field("streams", &self.hickory.is_some())
+            .field("stream_listeners", &self.streams.len())
+            .field("quic", &self.hickory.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -358,6 +297,10 @@ impl DnsServer {
             max_udp_payload: 1232,
             udp_threads: NonZeroUsize::MIN,
             stream_timeout: Duration::from_secs(10),
+            stream_io_timeout: Duration::from_secs(2),
+            max_connections: 512,
+            max_connections_per_client: 16,
+            rate_limit: None,
             udp: Vec::new(),
             tcp: Vec::new(),
             tls: Vec::new(),
@@ -374,6 +317,8 @@ impl DnsServer {
                 let _ = t.join();
             }
         });
+        // Aborting a listener drops its connections.
+        self.streams.shutdown().await;
         if let Some(mut server) = self.hickory.take() {
             server
                 .shutdown_gracefully()
@@ -384,7 +329,7 @@ impl DnsServer {
     }
 }
 
-/// hickory-server's entry point: answers through the same engine as the UDP fast path.
+/// hickory-server's entry point (DoQ): answers through the same engine as the UDP fast path.
 struct Bridge {
     engine: Engine,
 }

@@ -2,6 +2,7 @@
 //! city database (see scripts/setup.d/20-dns.sh). Missing prerequisites fail the tests.
 
 mod geo;
+mod limits;
 mod malformed;
 mod semantics;
 mod support;

@@ -12,7 +12,9 @@ use hickory_proto::{
     op::{Edns, Message, Query},
     rr::{Name, RecordType},
 };
-use makiatto_dns::{DnsServer, GeoLocator, NoLocator, ZoneHandle, ZoneSet, bind_udp_tcp};
+use makiatto_dns::{
+    DnsServer, DnsServerBuilder, GeoLocator, NoLocator, ZoneHandle, ZoneSet, bind_udp_tcp,
+};
 
 /// The test zone: the example zone plus test-only names.
 pub(crate) fn zone_set() -> ZoneSet {
@@ -53,6 +55,15 @@ pub(crate) struct TestServer {
 
 impl TestServer {
     pub(crate) fn start(set: ZoneSet, locator: Arc<dyn GeoLocator>) -> Self {
+        Self::start_with(set, locator, |b| b)
+    }
+
+    /// [`Self::start`] with extra builder settings.
+    pub(crate) fn start_with(
+        set: ZoneSet,
+        locator: Arc<dyn GeoLocator>,
+        configure: impl FnOnce(DnsServerBuilder) -> DnsServerBuilder,
+    ) -> Self {
         let zones = ZoneHandle::new(Arc::new(set)).unwrap();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -68,7 +79,7 @@ impl TestServer {
         let (certs, cert) = self_signed();
         let server = rt
             .block_on(async {
-                DnsServer::builder(zones.clone())
+                configure(DnsServer::builder(zones.clone()))
                     .locator(locator)
                     .udp(udp)
                     .tcp(tcp)

@@ -1,0 +1,360 @@
+//! The UDP fast path: one loop per thread per socket, answering from the [`Engine`], with
+//! response rate limiting when configured.
+//!
+//! On Linux a socket bound to a wildcard address (`0.0.0.0`, `::`) asks for the destination
+//! address of each query (`IP_PKTINFO`, `IPV6_RECVPKTINFO`) and sends the answer from that
+//! address, so a host with several addresses answers from the one that was asked; resolvers
+//! drop answers from another source.
+
+use std::{
+    io::ErrorKind,
+    net::UdpSocket,
+    sync::atomic::{AtomicBool, Ordering},
+};
+
+use crate::{
+    rrl::{Limiter, Verdict, truncate_for_slip},
+    wire::{Engine, Transport},
+};
+
+/// Per-loop state of the rate limiter: the table and this thread's count of limited answers.
+pub(crate) struct Rrl<'a> {
+    limiter: &'a Limiter,
+    limited: u64,
+}
+
+impl<'a> Rrl<'a> {
+    pub(crate) fn new(limiter: &'a Limiter) -> Self {
+        Self {
+            limiter,
+            limited: 0,
+        }
+    }
+
+    /// Whether answer `out` to `client` goes out (possibly rewritten as a truncated slip).
+    fn pass(&mut self, client: std::net::IpAddr, out: &mut Vec<u8>, now_us: u64) -> bool {
+        match self.limiter.check(client, out, now_us) {
+            Verdict::Send => true,
+            Verdict::Limited => {
+                self.limited += 1;
+                if self.limiter.slips(self.limited) {
+                    truncate_for_slip(out);
+                    true
+                } else {
+                    false
+                }
+            }
+        }
+    }
+}
+
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+    )
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn udp_loop(
+    socket: &UdpSocket,
+    engine: &Engine,
+    stop: &AtomicBool,
+    limiter: Option<&Limiter>,
+    _pktinfo: bool,
+) {
+    let mut rrl = limiter.map(Rrl::new);
+    let mut buf = [0u8; 4096];
+    let mut out = Vec::with_capacity(4096);
+    while !stop.load(Ordering::Relaxed) {
+        match socket.recv_from(&mut buf) {
+            Ok((n, src)) => {
+                if src.port() == 0 {
+                    continue;
+                }
+                if !engine.respond(&buf[..n], src.ip(), Transport::Udp, &mut out) {
+                    continue;
+                }
+                if let Some(rrl) = rrl.as_mut() {
+                    let now = rrl.limiter.now_us();
+                    if !rrl.pass(src.ip(), &mut out, now) {
+                        continue;
+                    }
+                }
+                if let Err(error) = socket.send_to(&out, src) {
+                    tracing::debug!(%error, peer = %src, "udp send failed");
+                }
+            }
+            Err(e) if is_timeout(&e) => {}
+            Err(error) => tracing::debug!(%error, "udp receive failed"),
+        }
+    }
+}
+
+/// Queries received and answers sent per system call on Linux.
+#[cfg(target_os = "linux")]
+const BATCH: usize = 32;
+
+/// The local address a query arrived on (from its packet info), to answer from.
+#[cfg(target_os = "linux")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Local {
+    V4(std::net::Ipv4Addr),
+    /// Address and, for link-local addresses, the interface.
+    V6(std::net::Ipv6Addr, u32),
+}
+
+#[cfg(target_os = "linux")]
+mod pktinfo {
+    use nix::{
+        libc,
+        sys::socket::{ControlMessage, ControlMessageOwned, RecvMsg, SockaddrStorage},
+    };
+
+    use super::Local;
+
+    /// The packet info cmsg for answering from `local`.
+    pub(super) enum Info {
+        V4(libc::in_pktinfo),
+        V6(libc::in6_pktinfo),
+    }
+
+    impl Info {
+        pub(super) fn new(local: Local) -> Self {
+            match local {
+                Local::V4(addr) => Info::V4(libc::in_pktinfo {
+                    ipi_ifindex: 0,
+                    ipi_spec_dst: libc::in_addr {
+                        s_addr: u32::from(addr).to_be(),
+                    },
+                    ipi_addr: libc::in_addr { s_addr: 0 },
+                }),
+                Local::V6(addr, ifindex) => Info::V6(libc::in6_pktinfo {
+                    ipi6_addr: libc::in6_addr {
+                        s6_addr: addr.octets(),
+                    },
+                    ipi6_ifindex: ifindex,
+                }),
+            }
+        }
+
+        pub(super) fn cmsg(&self) -> ControlMessage<'_> {
+            match self {
+                Info::V4(i) => ControlMessage::Ipv4PacketInfo(i),
+                Info::V6(i) => ControlMessage::Ipv6PacketInfo(i),
+            }
+        }
+    }
+
+    /// The cmsg buffer size for a socket of this family.
+    pub(super) fn space(v6: bool) -> usize {
+        if v6 {
+            nix::sys::socket::cmsg_space::<libc::in6_pktinfo>()
+        } else {
+            nix::sys::socket::cmsg_space::<libc::in_pktinfo>()
+        }
+    }
+
+    /// The destination address of a received datagram.
+    pub(super) fn local(msg: &RecvMsg<'_, '_, SockaddrStorage>) -> Option<Local> {
+        for cmsg in msg.cmsgs().ok()? {
+            match cmsg {
+                ControlMessageOwned::Ipv4PacketInfo(i) => {
+                    return Some(Local::V4(u32::from_be(i.ipi_addr.s_addr).into()));
+                }
+                ControlMessageOwned::Ipv6PacketInfo(i) => {
+                    let addr = std::net::Ipv6Addr::from(i.ipi6_addr.s6_addr);
+                    let ifindex = if addr.is_unicast_link_local() {
+                        i.ipi6_ifindex
+                    } else {
+                        0
+                    };
+                    return Some(Local::V6(addr, ifindex));
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+}
+
+/// Turns on packet info for a wildcard-bound socket; returns whether it is on.
+#[cfg(target_os = "linux")]
+pub(crate) fn enable_pktinfo(socket: &UdpSocket) -> std::io::Result<bool> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let local = socket.local_addr()?;
+    if !local.ip().is_unspecified() {
+        return Ok(false);
+    }
+    if local.is_ipv6() {
+        setsockopt(socket, sockopt::Ipv6RecvPacketInfo, &true)?;
+    } else {
+        setsockopt(socket, sockopt::Ipv4PacketInfo, &true)?;
+    }
+    Ok(true)
+}
+
+/// Packet info is Linux-only here: other systems answer from the socket's address.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn enable_pktinfo(_socket: &UdpSocket) -> std::io::Result<bool> {
+    Ok(false)
+}
+
+/// The UDP fast path on Linux: `recvmmsg` (waiting for the first datagram, then taking what is
+/// queued, up to [`BATCH`]) and one `sendmmsg` for all the answers (one per source address
+/// when the socket is wildcard-bound).
+#[cfg(target_os = "linux")]
+#[allow(clippy::too_many_lines)]
+pub(crate) fn udp_loop(
+    socket: &UdpSocket,
+    engine: &Engine,
+    stop: &AtomicBool,
+    limiter: Option<&Limiter>,
+    pktinfo: bool,
+) {
+    use std::{
+        io::{IoSlice, IoSliceMut},
+        os::fd::AsRawFd,
+    };
+
+    use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg, sendmsg};
+
+    let v6 = socket.local_addr().is_ok_and(|a| a.is_ipv6());
+    let cmsg_buffer = || pktinfo.then(|| Vec::with_capacity(pktinfo::space(v6)));
+    let mut rrl = limiter.map(Rrl::new);
+    let fd = socket.as_raw_fd();
+    let mut recv_headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, cmsg_buffer());
+    let mut send_headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, cmsg_buffer());
+    let mut bufs = vec![[0u8; 4096]; BATCH];
+    let mut outs: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(1232)).collect();
+    let mut received: Vec<(usize, Option<SockaddrStorage>, Option<Local>)> =
+        Vec::with_capacity(BATCH);
+    let mut replies: Vec<usize> = Vec::with_capacity(BATCH);
+    let mut addrs: Vec<Option<SockaddrStorage>> = Vec::with_capacity(BATCH);
+    let mut locals: Vec<Option<Local>> = Vec::with_capacity(BATCH);
+    let mut group: Vec<usize> = Vec::with_capacity(BATCH);
+    let mut group_addrs: Vec<Option<SockaddrStorage>> = Vec::with_capacity(BATCH);
+    let mut done = [false; BATCH];
+    while !stop.load(Ordering::Relaxed) {
+        received.clear();
+        let mut lost_pktinfo = false;
+        {
+            let mut iovs: Vec<[IoSliceMut<'_>; 1]> =
+                bufs.iter_mut().map(|b| [IoSliceMut::new(b)]).collect();
+            match recvmmsg(
+                fd,
+                &mut recv_headers,
+                iovs.iter_mut(),
+                MsgFlags::MSG_WAITFORONE,
+                None,
+            ) {
+                Ok(results) => {
+                    for msg in results {
+                        let truncated = msg.flags.contains(MsgFlags::MSG_TRUNC);
+                        let local = if pktinfo {
+                            let local = pktinfo::local(&msg);
+                            lost_pktinfo |= local.is_none();
+                            local
+                        } else {
+                            None
+                        };
+                        received.push((if truncated { 0 } else { msg.bytes }, msg.address, local));
+                    }
+                }
+                Err(errno) => {
+                    let e = std::io::Error::from(errno);
+                    if !is_timeout(&e) {
+                        tracing::debug!(error = %e, "udp receive failed");
+                    }
+                    continue;
+                }
+            }
+        }
+        if lost_pktinfo {
+            // The kernel shrinks a header's control length to what it wrote, and nix does not
+            // reset it: start from fresh headers so the next datagrams get their packet info.
+            recv_headers = MultiHeaders::preallocate(BATCH, cmsg_buffer());
+        }
+        replies.clear();
+        addrs.clear();
+        locals.clear();
+        let now_us = rrl.as_ref().map_or(0, |r| r.limiter.now_us());
+        for (i, (len, addr, local)) in received.iter().enumerate() {
+            let Some(addr) = addr else { continue };
+            let ip = if let Some(v4) = addr.as_sockaddr_in() {
+                if v4.port() == 0 {
+                    continue;
+                }
+                std::net::IpAddr::V4(v4.ip())
+            } else if let Some(v6) = addr.as_sockaddr_in6() {
+                if v6.port() == 0 {
+                    continue;
+                }
+                std::net::IpAddr::V6(v6.ip())
+            } else {
+                continue;
+            };
+            // Without the destination address a wildcard socket cannot answer correctly.
+            if pktinfo && local.is_none() {
+                continue;
+            }
+            if *len < 12 || !engine.respond(&bufs[i][..*len], ip, Transport::Udp, &mut outs[i]) {
+                continue;
+            }
+            if let Some(rrl) = rrl.as_mut()
+                && !rrl.pass(ip, &mut outs[i], now_us)
+            {
+                continue;
+            }
+            replies.push(i);
+            addrs.push(Some(*addr));
+            locals.push(*local);
+        }
+        if replies.is_empty() {
+            continue;
+        }
+        // One sendmmsg per source address (all of them when not wildcard-bound).
+        done[..replies.len()].fill(false);
+        for first in 0..replies.len() {
+            if done[first] {
+                continue;
+            }
+            group.clear();
+            group_addrs.clear();
+            for k in first..replies.len() {
+                if !done[k] && locals[k] == locals[first] {
+                    done[k] = true;
+                    group.push(k);
+                    group_addrs.push(addrs[k]);
+                }
+            }
+            let info = locals[first].map(pktinfo::Info::new);
+            let cmsgs: Vec<nix::sys::socket::ControlMessage<'_>> =
+                info.iter().map(pktinfo::Info::cmsg).collect();
+            let slices: Vec<[IoSlice<'_>; 1]> = group
+                .iter()
+                .map(|&k| [IoSlice::new(&outs[replies[k]])])
+                .collect();
+            let sent = match sendmmsg(
+                fd,
+                &mut send_headers,
+                slices.iter(),
+                &group_addrs,
+                &cmsgs,
+                MsgFlags::empty(),
+            ) {
+                Ok(results) => results.count(),
+                Err(errno) => {
+                    tracing::debug!(error = %std::io::Error::from(errno), "udp send failed");
+                    0
+                }
+            };
+            // Whatever sendmmsg did not take goes out one by one.
+            for (slice, addr) in slices.iter().zip(&group_addrs).skip(sent) {
+                if let Err(errno) = sendmsg(fd, slice, &cmsgs, MsgFlags::empty(), addr.as_ref()) {
+                    tracing::debug!(error = %std::io::Error::from(errno), "udp send failed");
+                }
+            }
+        }
+    }
+}
