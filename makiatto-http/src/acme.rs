@@ -94,6 +94,20 @@ pub struct CertOrder {
     pub names: Vec<String>,
     /// Preferred challenge.
     pub challenge: ChallengeKind,
+    /// Names of `names` proved over DNS-01 whatever `challenge` says (wildcards always
+    /// are), e.g. hostnames whose address is not ours to serve HTTP-01 on.
+    pub dns01_names: Vec<String>,
+}
+
+impl CertOrder {
+    /// An order for `names` proved over `challenge` (wildcards over DNS-01).
+    pub fn new(names: Vec<String>, challenge: ChallengeKind) -> Self {
+        CertOrder {
+            names,
+            challenge,
+            dns01_names: Vec::new(),
+        }
+    }
 }
 
 /// Where the cluster's ACME account credentials persist (opaque JSON).
@@ -542,7 +556,17 @@ impl<L: Lease, D: DnsChallenge> AcmeManager<L, D> {
                 AuthorizationStatus::Valid => continue,
                 s => return Err(HttpError::Acme(format!("authorization is {s:?}"))),
             }
-            let kind = if a.wildcard || order.challenge == ChallengeKind::Dns01 {
+            let domain = match &a.identifier().identifier {
+                Identifier::Dns(d) => d.clone(),
+                other => return Err(HttpError::Acme(format!("unsupported identifier {other:?}"))),
+            };
+            let dns01 = a.wildcard
+                || order.challenge == ChallengeKind::Dns01
+                || order
+                    .dns01_names
+                    .iter()
+                    .any(|n| n.eq_ignore_ascii_case(&domain));
+            let kind = if dns01 {
                 ChallengeType::Dns01
             } else {
                 ChallengeType::Http01
@@ -550,10 +574,6 @@ impl<L: Lease, D: DnsChallenge> AcmeManager<L, D> {
             let mut ch = a
                 .challenge(kind.clone())
                 .ok_or_else(|| HttpError::Acme(format!("the CA offers no {kind:?} challenge")))?;
-            let domain = match ch.identifier().identifier {
-                Identifier::Dns(d) => d.clone(),
-                other => return Err(HttpError::Acme(format!("unsupported identifier {other:?}"))),
-            };
             let ka = ch.key_authorization();
             if kind == ChallengeType::Http01 {
                 let token = ch.token.clone();

@@ -311,6 +311,7 @@ async fn pebble_http01_dns01_renewal_and_backoff() {
     let order = CertOrder {
         names: vec!["acme.test".into(), "www.acme.test".into()],
         challenge: ChallengeKind::Http01,
+        dns01_names: Vec::new(),
     };
     assert_eq!(mgr.ensure(&order).await.unwrap(), Outcome::Issued);
     assert!(
@@ -365,6 +366,7 @@ async fn pebble_http01_dns01_renewal_and_backoff() {
             "api.acme.test".into(),
         ],
         challenge: ChallengeKind::Http01,
+        dns01_names: Vec::new(),
     };
     assert_eq!(mgr.ensure(&wider).await.unwrap(), Outcome::Issued);
     let widened = certs.current("acme.test").unwrap();
@@ -393,6 +395,7 @@ async fn pebble_http01_dns01_renewal_and_backoff() {
     let wild = CertOrder {
         names: vec!["wild.acme.test".into(), "*.wild.acme.test".into()],
         challenge: ChallengeKind::Http01,
+        dns01_names: Vec::new(),
     };
     srv.sites
         .insert(Site::new("wild.acme.test", srv.tree.root()), &[]);
@@ -409,6 +412,7 @@ async fn pebble_http01_dns01_renewal_and_backoff() {
     let renew = CertOrder {
         names: vec!["renew.acme.test".into()],
         challenge: ChallengeKind::Http01,
+        dns01_names: Vec::new(),
     };
     assert_eq!(mgr.ensure(&renew).await.unwrap(), Outcome::Issued);
     let renewed = certs.current("renew.acme.test").unwrap();
@@ -443,6 +447,7 @@ async fn pebble_http01_dns01_renewal_and_backoff() {
             vec![CertOrder {
                 names: vec!["run.acme.test".into()],
                 challenge: ChallengeKind::Http01,
+                dns01_names: Vec::new(),
             }]
         };
         runner.run(orders, t2).await;
@@ -485,6 +490,7 @@ async fn pebble_http01_dns01_renewal_and_backoff() {
         .ensure(&CertOrder {
             names: vec!["blocked.acme.test".into()],
             challenge: ChallengeKind::Http01,
+            dns01_names: Vec::new(),
         })
         .await;
     assert!(r.is_err(), "ordered while another node held the lease");
@@ -516,6 +522,7 @@ async fn pebble_http01_dns01_renewal_and_backoff() {
     let single = CertOrder {
         names: vec!["acme.test".into()],
         challenge: ChallengeKind::Http01,
+        dns01_names: Vec::new(),
     };
     let started = Instant::now();
     let err = bad.ensure(&single).await.unwrap_err();
@@ -599,6 +606,7 @@ async fn http01_waits_until_every_peer_serves_the_answer() {
     let order = CertOrder {
         names: vec!["lag.acme.test".into()],
         challenge: ChallengeKind::Http01,
+        dns01_names: Vec::new(),
     };
     let started = Instant::now();
     let outcome = mgr.ensure(&order).await;

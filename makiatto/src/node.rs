@@ -11,7 +11,9 @@
 //! - the web server on HTTP and HTTPS, with certificates ([`StoreCerts`]) and ACME answers
 //!   ([`StoreChallenges`]) from the store;
 //! - ACME (when `acme.enabled`): the node holding the `acme` lease orders a certificate
-//!   for each domain and its aliases over HTTP-01 and stores it for every node;
+//!   for each domain, `*.<domain>`, its aliases and its nameserver hostnames (HTTP-01
+//!   answered by every node, DNS-01 through our own DNS; see `node/acme.rs`) and stores it
+//!   for every node;
 //! - the admin socket ([`crate::admin::socket`]);
 //! - blob garbage collection, and this node's `node_health` row.
 //!
@@ -230,31 +232,6 @@ impl Node {
                 Arc::clone(&certs) as Arc<dyn makiatto_http::CertSource>,
                 Arc::new(StoreChallenges::new(store.clone())),
             )?;
-            if config.acme.enabled {
-                let acme_cfg = makiatto_http::acme::AcmeConfig {
-                    directory_url: config.acme.directory.clone(),
-                    contact_email: config.acme.email.as_ref().map(|e| e.get_ref().clone()),
-                    directory_root_pem: config.acme.directory_root.clone(),
-                    ..makiatto_http::acme::AcmeConfig::default()
-                };
-                let (store, me) = (store.clone(), name.clone());
-                let (certs, challenges) = (Arc::clone(&certs), StoreChallenges::new(store.clone()));
-                tasks.spawn(supervise::supervise(
-                    "acme",
-                    health.clone(),
-                    cancel.clone(),
-                    move |token| {
-                        acme_loop(
-                            acme_cfg.clone(),
-                            store.clone(),
-                            me.clone(),
-                            Arc::new(challenges.clone()),
-                            Arc::clone(&certs),
-                            token,
-                        )
-                    },
-                ));
-            }
             for (addr, https) in [(config.web.http_addr, false), (config.web.https_addr, true)] {
                 let listener = makiatto_http::bind(addr)?
                     .into_std()
@@ -273,6 +250,39 @@ impl Node {
                     health.clone(),
                     cancel.clone(),
                     move |token| serve_web(server.clone(), listener.try_clone(), https, token),
+                ));
+            }
+            if config.acme.enabled {
+                let acme_cfg = makiatto_http::acme::AcmeConfig {
+                    directory_url: config.acme.directory.clone(),
+                    contact_email: config.acme.email.as_ref().map(|e| e.get_ref().clone()),
+                    directory_root_pem: config.acme.directory_root.clone(),
+                    ..makiatto_http::acme::AcmeConfig::default()
+                };
+                let reach = acme::Reach {
+                    me: name.clone(),
+                    store: store.clone(),
+                    view: view.clone(),
+                    http: http_addr,
+                    dns: dns_addr,
+                    dns_port: config.dns.addr.port(),
+                };
+                let (store, certs) = (store.clone(), Arc::clone(&certs));
+                let challenges = StoreChallenges::new(store.clone());
+                tasks.spawn(supervise::supervise(
+                    "acme",
+                    health.clone(),
+                    cancel.clone(),
+                    move |token| {
+                        acme_loop(
+                            acme_cfg.clone(),
+                            store.clone(),
+                            Arc::new(challenges.clone()),
+                            Arc::clone(&certs),
+                            reach.clone(),
+                            token,
+                        )
+                    },
                 ));
             }
         }
@@ -803,21 +813,21 @@ async fn gc_loop(store: Store, blobs: BlobStore, cancel: CancellationToken) -> R
 async fn acme_loop(
     cfg: makiatto_http::acme::AcmeConfig,
     store: Store,
-    me: String,
     challenges: Arc<dyn makiatto_http::ChallengeStore>,
     certs: Arc<StoreCerts>,
+    reach: acme::Reach,
     cancel: CancellationToken,
 ) -> Result<(), String> {
     use makiatto_http::acme::Lease as _;
     let lease = acme::StoreLease {
         store: store.clone(),
-        holder: me.clone(),
+        holder: reach.me.clone(),
     };
     let (every, ttl) = (
         Duration::from_millis(cfg.check_interval_ms),
         Duration::from_millis(cfg.lease_ttl_ms),
     );
-    let manager = acme::manager(cfg, &store, &me, challenges, certs);
+    let manager = acme::manager(cfg, &store, challenges, certs, reach);
     let mut watches: Vec<_> = ["domains", "aliases"]
         .iter()
         .filter_map(|t| store.watch_table(t))

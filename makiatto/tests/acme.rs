@@ -1,10 +1,13 @@
-//! A node obtains a certificate from Pebble (a test ACME CA) for a deployed domain and its
-//! alias over HTTP-01, Pebble resolving the names through the node's own GeoDNS, and serves
-//! it over HTTPS. Needs `pebble` and `curl` (scripts/setup.d/30-http.sh); fails with a
-//! message naming the setup script when pebble is missing.
+//! A node obtains a certificate from Pebble (a test ACME CA) for a deployed domain, its
+//! wildcard, its alias and its nameserver hostname, and serves it over HTTPS. Pebble
+//! resolves every name through the node's own GeoDNS and validates the domain and the
+//! alias over HTTP-01, the wildcard and the nameserver hostname over DNS-01 (TXT values the
+//! node publishes in its own authoritative DNS). Needs `pebble` and `curl`
+//! (scripts/setup.d/30-http.sh); fails with a message naming the setup script when pebble
+//! is missing.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -133,8 +136,15 @@ directory_root = "{ca}"
     }
 
     // Deploy: the new domain starts an order.
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let project = Project::load(&repo.join("examples/makiatto.toml")).unwrap();
+    std::fs::create_dir_all(d.join("project/site")).unwrap();
+    let index = "<h1>example.test over Pebble</h1>\n";
+    std::fs::write(d.join("project/site/index.html"), index).unwrap();
+    std::fs::write(
+        d.join("project/makiatto.toml"),
+        "[[domain]]\nname = \"example.test\"\npath = \"./site\"\naliases = [\"www.example.test\"]\n",
+    )
+    .unwrap();
+    let project = Project::load(&d.join("project/makiatto.toml")).unwrap();
     let plan = Plan::build(&project, &manifest::Options::default(), &|_, _| {}).unwrap();
     let client = Client::new(node.admin_socket());
     deploy::push(
@@ -163,8 +173,7 @@ directory_root = "{ca}"
     let root_pem = d.join("root.pem");
     std::fs::write(&root_pem, root).unwrap();
     let https = node.https_addr().unwrap();
-    let index = std::fs::read_to_string(repo.join("examples/site/index.html")).unwrap();
-    for host in ["example.com", "www.example.com"] {
+    for host in ["example.test", "www.example.test"] {
         let resolve = format!("{host}:{}:{ip}", https.port());
         let url = format!("https://{host}:{}/", https.port());
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -178,7 +187,7 @@ directory_root = "{ca}"
                 &resolve,
                 &url,
             ]);
-            if got.as_deref() == Some(index.as_str()) {
+            if got.as_deref() == Some(index) {
                 break;
             }
             assert!(
@@ -189,5 +198,45 @@ directory_root = "{ca}"
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+    // The same certificate covers any name below the domain (DNS-01 for `*.example.test`)
+    // and the node's nameserver hostname (DNS-01 too): the TLS handshake verifies against
+    // Pebble's root for each SNI name; the host itself is not a site (404/421 is fine).
+    for host in ["anything.example.test", "solo.ns.example.test"] {
+        let resolve = format!("{host}:{}:{ip}", https.port());
+        let url = format!("https://{host}:{}/", https.port());
+        let code = curl(&[
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--cacert",
+            root_pem.to_str().unwrap(),
+            "--resolve",
+            &resolve,
+            &url,
+        ]);
+        assert!(
+            code.is_some(),
+            "no certificate for {host} chaining to Pebble's root"
+        );
+    }
+    let names = node
+        .store()
+        .read(makiatto::store::cluster::certificates::list)
+        .unwrap()
+        .into_iter()
+        .flat_map(|c| c.names)
+        .collect::<Vec<_>>();
+    assert!(
+        names.iter().any(|n| n == "*.example.test"),
+        "certificates in the store: {names:?}"
+    );
+    // DNS-01 values are withdrawn once the order is done.
+    let open = node
+        .store()
+        .read(makiatto::store::cluster::acme_challenges::list)
+        .unwrap();
+    assert!(open.is_empty(), "challenges left open: {open:?}");
     node.shutdown().await;
 }

@@ -1,19 +1,31 @@
 //! ACME on a node: the cluster's one orderer (a lease in the store), its account (in the
 //! store, one per directory), and issued certificates (inserted into `certificates`, from
-//! where every node serves them). Orders: each domain with its aliases, over HTTP-01 (any
-//! node answers from `acme_challenges`).
+//! where every node serves them).
+//!
+//! Orders: one per domain, for the domain, `*.<domain>`, its aliases and the nameserver
+//! hostnames `<node>.ns.<domain>` of every nameserver node. The domain and its aliases are
+//! proved over HTTP-01 (any node answers from `acme_challenges`); the wildcard and the
+//! nameserver hostnames over DNS-01 through the cluster's own authoritative DNS (the TXT
+//! value goes into `acme_challenges`, every node's DNS serves it). Before the CA is asked
+//! to validate, the answer must be visible where the CA may look: an HTTP-01 answer on
+//! every healthy node's HTTP port ([`Reach::http01_peers`]), a DNS-01 value on every
+//! healthy nameserver ([`StoreDns`]).
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use makiatto_http::acme::{
-    AcmeAccountStore, AcmeConfig, AcmeManager, CertOrder, CertSink, ChallengeKind, Lease, NoDns,
+    AcmeAccountStore, AcmeConfig, AcmeManager, CertOrder, CertSink, ChallengeKind, DnsChallenge,
+    Http01Peers, Lease,
 };
 use makiatto_http::{Certificate, ChallengeStore, HttpError};
+use makiatto_mesh::membership::MembershipView;
+use tokio::sync::watch;
 
-use super::certs::StoreCerts;
+use super::certs::{StoreCerts, StoreChallenges};
 use crate::store::Store;
-use crate::store::cluster::{acme_accounts, aliases, certificates, domains, leases};
+use crate::store::cluster::{acme_accounts, aliases, certificates, domains, leases, nodes};
 
 /// The lease naming the node that orders certificates.
 const LEASE: &str = "acme";
@@ -126,43 +138,182 @@ impl CertSink for StoreSink {
     }
 }
 
-/// One order per domain: the domain and its aliases, over HTTP-01.
+/// One order per domain: the domain, `*.<domain>`, its aliases and `<node>.ns.<domain>`
+/// for every nameserver node; the wildcard and the nameserver hostnames over DNS-01 (a
+/// nameserver hostname resolves to its own node, which may be down), the rest over HTTP-01.
 pub(crate) fn orders(store: &Store) -> Vec<CertOrder> {
-    let read = store.read(|c| Ok((domains::list(c)?, aliases::list(c)?)));
-    let Ok((domains, aliases)) = read else {
+    let read = store.read(|c| Ok((domains::list(c)?, aliases::list(c)?, nodes::nameservers(c)?)));
+    let Ok((domains, aliases, nameservers)) = read else {
         return Vec::new();
     };
     domains
         .into_iter()
         .map(|d| {
-            let mut names = vec![d.name.clone()];
+            let mut names = vec![d.name.clone(), format!("*.{}", d.name)];
             names.extend(
                 aliases
                     .iter()
                     .filter(|a| a.domain == d.name)
                     .map(|a| a.alias.clone()),
             );
+            let ns: Vec<String> = nameservers
+                .iter()
+                .map(|n| format!("{}.ns.{}", n.name, d.name))
+                .collect();
+            names.extend(ns.iter().cloned());
+            let mut seen = std::collections::BTreeSet::new();
+            names.retain(|n| seen.insert(n.to_ascii_lowercase()));
             CertOrder {
                 names,
                 challenge: ChallengeKind::Http01,
+                dns01_names: ns,
             }
         })
         .collect()
 }
 
-/// The manager of a node.
+/// Where this node's servers listen and which nodes are healthy: the addresses a CA may
+/// reach for a challenge. Other nodes are assumed to listen on the same ports as this one
+/// (53 and 80 in production) at their public IPv4 address.
+#[derive(Debug, Clone)]
+pub(crate) struct Reach {
+    /// This node's name.
+    pub(crate) me: String,
+    /// The store with the `nodes` table.
+    pub(crate) store: Store,
+    /// Membership: which nodes are alive.
+    pub(crate) view: watch::Receiver<MembershipView>,
+    /// This node's bound HTTP address, if it serves HTTP.
+    pub(crate) http: Option<SocketAddr>,
+    /// This node's bound DNS address, if it serves DNS.
+    pub(crate) dns: Option<SocketAddr>,
+    /// The DNS port of the other nodes.
+    pub(crate) dns_port: u16,
+}
+
+/// An address to reach a server bound to `a` from this machine (a wildcard bind is reached
+/// on loopback).
+fn local(a: SocketAddr) -> SocketAddr {
+    match a.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => (Ipv4Addr::LOCALHOST, a.port()).into(),
+        IpAddr::V6(ip) if ip.is_unspecified() => (Ipv6Addr::LOCALHOST, a.port()).into(),
+        _ => a,
+    }
+}
+
+impl Reach {
+    /// The healthy nodes other than this one (only nameservers when `nameservers`), with
+    /// their public IPv4 address.
+    fn others(&self, nameservers: bool) -> Vec<Ipv4Addr> {
+        let rows = if nameservers {
+            self.store.read(nodes::nameservers)
+        } else {
+            self.store.read(nodes::list)
+        };
+        let view = self.view.borrow();
+        rows.unwrap_or_default()
+            .into_iter()
+            .filter(|n| n.name != self.me && view.is_alive(&n.name))
+            .filter_map(|n| n.ipv4.parse().ok())
+            .collect()
+    }
+
+    /// Our own port 80, for the manager's `http01_probe`.
+    pub(crate) fn own_http(&self) -> Option<SocketAddr> {
+        self.http.map(local)
+    }
+
+    /// The other healthy nodes' HTTP ports.
+    pub(crate) fn http01_peers(&self) -> Http01Peers {
+        let me = self.clone();
+        Arc::new(move || {
+            let Some(port) = me.http.map(|a| a.port()) else {
+                return Vec::new();
+            };
+            me.others(false)
+                .into_iter()
+                .map(|ip| SocketAddr::from((ip, port)))
+                .collect()
+        })
+    }
+
+    /// Every healthy nameserver's DNS address, this node's first.
+    fn nameservers(&self) -> Vec<SocketAddr> {
+        let mine = self.store.read(|c| nodes::get(c, &self.me)).ok().flatten();
+        let mut out: Vec<SocketAddr> = self
+            .dns
+            .filter(|_| mine.is_some_and(|n| n.is_nameserver))
+            .map(local)
+            .into_iter()
+            .collect();
+        out.extend(
+            self.others(true)
+                .into_iter()
+                .map(|ip| SocketAddr::from((ip, self.dns_port))),
+        );
+        out
+    }
+}
+
+/// DNS-01 through the cluster's own authoritative DNS: the value is written to the store's
+/// `acme_challenges` (every node's DNS serves it as TXT) and is visible once every healthy
+/// nameserver answers it.
+#[derive(Debug, Clone)]
+pub(crate) struct StoreDns {
+    pub(crate) challenges: StoreChallenges,
+    pub(crate) reach: Reach,
+}
+
+impl DnsChallenge for StoreDns {
+    async fn publish(&self, name: &str, value: &str) -> Result<(), HttpError> {
+        self.challenges.put_dns01(name, value)
+    }
+
+    async fn is_visible(&self, name: &str, value: &str) -> Result<bool, HttpError> {
+        let servers = self.reach.nameservers();
+        if servers.is_empty() {
+            tracing::warn!(%name, "no healthy nameserver to publish a DNS-01 value on");
+            return Ok(false);
+        }
+        for server in servers {
+            match makiatto_http::acme::txt_values(server, name).await {
+                Ok(values) if values.iter().any(|v| v == value) => {}
+                Ok(_) => {
+                    tracing::debug!(%name, %server, "DNS-01 value not served yet");
+                    return Ok(false);
+                }
+                Err(e) => {
+                    tracing::debug!(%name, %server, error = %e, "DNS-01 visibility query");
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    async fn remove(&self, name: &str, value: &str) -> Result<(), HttpError> {
+        self.challenges.remove_dns01(name, value)
+    }
+}
+
+/// The manager of a node: HTTP-01 answers checked on every healthy node, DNS-01 values on
+/// every healthy nameserver.
 pub(crate) fn manager(
-    cfg: AcmeConfig,
+    mut cfg: AcmeConfig,
     store: &Store,
-    node: &str,
     challenges: Arc<dyn ChallengeStore>,
     certs: Arc<StoreCerts>,
-) -> AcmeManager<StoreLease, NoDns> {
+    reach: Reach,
+) -> AcmeManager<StoreLease, StoreDns> {
     let accounts = StoreAccounts {
         store: store.clone(),
         directory: cfg.directory_url.clone(),
         contact: cfg.contact_email.clone().unwrap_or_default(),
     };
+    if cfg.http01_probe.is_none() {
+        cfg.http01_probe = reach.own_http();
+    }
+    let peers = reach.http01_peers();
     AcmeManager::new(
         cfg,
         Arc::new(accounts),
@@ -173,10 +324,14 @@ pub(crate) fn manager(
         }),
         StoreLease {
             store: store.clone(),
-            holder: node.to_owned(),
+            holder: reach.me.clone(),
         },
-        NoDns,
+        StoreDns {
+            challenges: StoreChallenges::new(store.clone()),
+            reach,
+        },
     )
+    .with_http01_peers(peers)
 }
 
 #[cfg(test)]
