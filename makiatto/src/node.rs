@@ -265,7 +265,7 @@ impl Node {
                     view: view.clone(),
                     http: http_addr,
                     dns: dns_addr,
-                    dns_port: config.dns.addr.port(),
+                    dns_port: dns_addr.map_or(config.dns.addr.port(), |a| a.port()),
                 };
                 let (store, certs) = (store.clone(), Arc::clone(&certs));
                 let challenges = StoreChallenges::new(store.clone());
