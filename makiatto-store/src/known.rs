@@ -27,6 +27,12 @@ impl Ranges {
             self.0.insert(r);
         }
     }
+    /// Removes a range.
+    pub fn remove_range(&mut self, r: RangeInclusive<u64>) {
+        if r.start() <= r.end() {
+            self.0.remove(r);
+        }
+    }
     /// The coalesced ranges, ascending.
     pub fn iter(&self) -> impl Iterator<Item = RangeInclusive<u64>> + '_ {
         self.0.iter().cloned()
@@ -93,6 +99,85 @@ impl Known {
     }
 }
 
+/// Versions of several sites: the in-memory form of [`Known`], with set operations.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct VersionSet(pub(crate) BTreeMap<SiteId, Ranges>);
+
+impl VersionSet {
+    /// Whether no version is in the set.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.values().all(Ranges::is_empty)
+    }
+    /// Whether `ver` of `site` is in the set.
+    pub(crate) fn contains(&self, site: &SiteId, ver: u64) -> bool {
+        self.0.get(site).is_some_and(|r| r.contains(ver))
+    }
+    /// Adds versions `r` of `site`.
+    pub(crate) fn insert_range(&mut self, site: SiteId, r: RangeInclusive<u64>) {
+        self.0.entry(site).or_default().insert_range(r);
+    }
+    /// Removes versions `r` of `site`.
+    pub(crate) fn remove_range(&mut self, site: &SiteId, r: RangeInclusive<u64>) {
+        if let Some(x) = self.0.get_mut(site) {
+            x.remove_range(r);
+            if x.is_empty() {
+                self.0.remove(site);
+            }
+        }
+    }
+    /// Adds every version of `other`.
+    pub(crate) fn union_with(&mut self, other: &VersionSet) {
+        for (site, r) in &other.0 {
+            for range in r.iter() {
+                self.insert_range(*site, range);
+            }
+        }
+    }
+    /// Removes every version of `other`.
+    pub(crate) fn subtract(&mut self, other: &VersionSet) {
+        for (site, r) in &other.0 {
+            for range in r.iter() {
+                self.remove_range(site, range);
+            }
+        }
+    }
+    /// The versions in both sets.
+    pub(crate) fn intersection(&self, other: &VersionSet) -> VersionSet {
+        let mut out = self.clone();
+        let mut outside = self.clone();
+        outside.subtract(other);
+        out.subtract(&outside);
+        out
+    }
+    /// Whether every version of `self` is in `other`.
+    pub(crate) fn is_subset(&self, other: &VersionSet) -> bool {
+        self.0
+            .iter()
+            .all(|(site, r)| r.is_empty() || other.0.get(site).is_some_and(|o| o.is_superset(r)))
+    }
+    /// The wire form.
+    pub(crate) fn to_known(&self) -> Known {
+        Known(
+            self.0
+                .iter()
+                .filter(|(_, r)| !r.is_empty())
+                .map(|(s, r)| (*s, r.to_pairs()))
+                .collect(),
+        )
+    }
+    /// From the wire form (empty or inverted pairs are ignored).
+    pub(crate) fn from_known(k: &Known) -> Self {
+        let mut out = VersionSet::default();
+        for (site, pairs) in &k.0 {
+            let r = Ranges::from_pairs(pairs);
+            if !r.is_empty() {
+                out.0.insert(*site, r);
+            }
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,5 +197,27 @@ mod tests {
         assert!(!a.is_superset(&b));
         a.insert(4);
         assert!(a.is_superset(&b));
+    }
+
+    #[test]
+    #[allow(clippy::many_single_char_names)]
+    fn version_sets() {
+        let (s, t) = (SiteId([1; 16]), SiteId([2; 16]));
+        let mut a = VersionSet::default();
+        a.insert_range(s, 1..=10);
+        a.insert_range(t, 5..=6);
+        let mut b = VersionSet::default();
+        b.insert_range(s, 4..=12);
+        let i = a.intersection(&b);
+        assert_eq!(i.to_known().0.get(&s), Some(&vec![(4, 10)]));
+        assert!(!i.0.contains_key(&t));
+        assert!(i.is_subset(&a) && i.is_subset(&b) && !a.is_subset(&b));
+        let mut d = a.clone();
+        d.subtract(&b);
+        assert_eq!(d.to_known().0.get(&s), Some(&vec![(1, 3)]));
+        d.union_with(&b);
+        assert!(a.is_subset(&d) && b.is_subset(&d));
+        assert_eq!(VersionSet::from_known(&a.to_known()), a);
+        assert!(VersionSet::default().is_subset(&VersionSet::default()));
     }
 }

@@ -9,7 +9,8 @@ use tokio::sync::{broadcast, watch};
 
 use crate::events::CommitEvent;
 use crate::ids::{Clock, Hlc, SystemClock};
-use crate::known::{Known, Ranges};
+use crate::known::{Known, Ranges, VersionSet};
+use crate::pending::{self, Responder};
 use crate::table::{SENTINEL, TableInfo, ident};
 use crate::wire::{Cell, Change, Chunk, Frame, SyncReq};
 use crate::writer::{
@@ -85,6 +86,8 @@ struct Inner {
     readers: Mutex<Vec<Connection>>,
     max_readers: usize,
     known: RwLock<BTreeMap<SiteId, Ranges>>,
+    /// The pending versions, as a request lists them.
+    pending: RwLock<Vec<crate::wire::Pending>>,
     events: broadcast::Sender<Arc<CommitEvent>>,
     outbox: broadcast::Sender<Arc<Change>>,
     watches: HashMap<String, watch::Sender<u64>>,
@@ -108,6 +111,8 @@ CREATE TABLE IF NOT EXISTS crr_meta (key TEXT PRIMARY KEY NOT NULL, value ANY) S
 CREATE TABLE IF NOT EXISTS crr_sites (ord INTEGER PRIMARY KEY, site BLOB NOT NULL UNIQUE) STRICT;
 CREATE TABLE IF NOT EXISTS crr_known (site_ord INTEGER NOT NULL, lo INTEGER NOT NULL, hi INTEGER NOT NULL,
     PRIMARY KEY (site_ord, lo)) WITHOUT ROWID, STRICT;
+CREATE TABLE IF NOT EXISTS crr_pending (grp INTEGER NOT NULL, kind INTEGER NOT NULL, site_ord INTEGER NOT NULL,
+    lo INTEGER NOT NULL, hi INTEGER NOT NULL, PRIMARY KEY (grp, kind, site_ord, lo)) WITHOUT ROWID, STRICT;
 CREATE TABLE IF NOT EXISTS crr_tables (name TEXT PRIMARY KEY NOT NULL, class TEXT NOT NULL) STRICT;
 CREATE TABLE IF NOT EXISTS crr_buffer (site_ord INTEGER NOT NULL, ver INTEGER NOT NULL, seq_lo INTEGER NOT NULL,
     seq_hi INTEGER NOT NULL, last_seq INTEGER NOT NULL, received_ms INTEGER NOT NULL, frame BLOB NOT NULL,
@@ -221,6 +226,7 @@ impl Store {
         })?;
 
         let known = writer.known.clone();
+        let pending = RwLock::new(pending::to_wire(&writer.pending));
         let watches = tables
             .keys()
             .map(|t| (t.clone(), watch::channel(0u64).0))
@@ -236,6 +242,7 @@ impl Store {
                 readers: Mutex::new(Vec::new()),
                 max_readers: options.max_readers,
                 known: RwLock::new(known),
+                pending,
                 events: broadcast::channel(options.event_capacity.max(1)).0,
                 outbox: broadcast::channel(options.event_capacity.max(1)).0,
                 watches,
@@ -348,23 +355,31 @@ impl Store {
     /// When the batch fails in SQLite it is retried in halves; a single version that still
     /// fails is dropped (not marked known, so sync fetches it again) and logged.
     pub fn merge(&self, changes: &[Change]) -> Result<MergeReport> {
-        self.merge_with_cleared(changes, &[])
+        self.merge_with_cleared(changes, &[], None)
     }
 
-    /// Marks versions as known that have no surviving cells (a sync `Cleared` answer).
-    pub fn apply_cleared(&self, site: SiteId, ranges: &[(u64, u64)]) -> Result<()> {
+    /// Marks versions as known that have no surviving cells at the responder of a sync
+    /// session (a `Cleared` answer).
+    fn apply_cleared(
+        &self,
+        site: SiteId,
+        ranges: &[(u64, u64)],
+        resp: &mut Responder,
+    ) -> Result<()> {
         let cleared: Vec<_> = ranges
             .iter()
             .filter(|(lo, hi)| lo <= hi && *lo >= 1)
             .map(|&(lo, hi)| (site, lo, hi))
             .collect();
-        self.merge_with_cleared(&[], &cleared).map(|_| ())
+        self.merge_with_cleared(&[], &cleared, Some(resp))
+            .map(|_| ())
     }
 
     fn merge_with_cleared(
         &self,
         changes: &[Change],
         cleared: &[(SiteId, u64, u64)],
+        resp: Option<&mut Responder>,
     ) -> Result<MergeReport> {
         let mut w = lock(&self.inner.writer);
         let mut report = MergeReport::default();
@@ -372,8 +387,8 @@ impl Store {
         merge_split(
             &mut w,
             &self.inner.tables,
-            changes,
-            cleared,
+            (changes, cleared),
+            resp,
             &mut report,
             &mut events,
         )?;
@@ -510,9 +525,17 @@ impl Store {
 
     /// A sync request describing everything this replica has.
     pub fn sync_request(&self, byte_budget: u64) -> SyncReq {
+        // Both from one moment (the lock order of `set_known`): a version claimed as
+        // known while pending and not listed as such could be promoted wrongly.
+        let pending = self
+            .inner
+            .pending
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
         SyncReq {
             known: self.known(),
             byte_budget,
+            pending: pending.clone(),
         }
     }
 
@@ -678,12 +701,22 @@ impl Store {
         })
     }
 
+    /// Publishes the writer's known and pending sets. Both locks are taken, pending first
+    /// (as [`Store::sync_request`] does), so a request sees the two from one moment.
     fn set_known(&self, w: &Writer) {
+        let mut pending = self
+            .inner
+            .pending
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         *self
             .inner
             .known
             .write()
             .unwrap_or_else(PoisonError::into_inner) = w.known.clone();
+        if !(pending.is_empty() && w.pending.is_empty()) {
+            *pending = pending::to_wire(&w.pending);
+        }
     }
 
     fn publish(&self, events: Vec<CommitEvent>) {
@@ -738,12 +771,12 @@ impl Store {
 fn merge_split(
     w: &mut Writer,
     tables: &BTreeMap<String, Arc<TableInfo>>,
-    changes: &[Change],
-    cleared: &[(SiteId, u64, u64)],
+    (changes, cleared): (&[Change], &[(SiteId, u64, u64)]),
+    mut resp: Option<&mut Responder>,
     report: &mut MergeReport,
     events: &mut Vec<CommitEvent>,
 ) -> Result<()> {
-    match w.merge(tables, changes, cleared) {
+    match w.merge(tables, changes, cleared, resp.as_deref_mut()) {
         Ok(MergeCommit {
             applied,
             duplicates,
@@ -769,8 +802,8 @@ fn merge_split(
                 return Ok(());
             }
             let (a, b) = changes.split_at(changes.len() / 2);
-            merge_split(w, tables, a, cleared, report, events)?;
-            merge_split(w, tables, b, &[], report, events)
+            merge_split(w, tables, (a, cleared), resp.as_deref_mut(), report, events)?;
+            merge_split(w, tables, (b, &[]), resp, report, events)
         }
         Err(e) => {
             w.reload()?;
@@ -855,6 +888,7 @@ fn load_tables(conn: &Connection) -> Result<BTreeMap<String, Arc<TableInfo>>> {
 /// Per-session state of a sync requester: parts of versions until their last part.
 #[derive(Debug, Default)]
 pub struct SyncSession {
+    responder: Option<Responder>,
     partial: HashMap<(SiteId, u64), Vec<Cell>>,
     ready: Vec<Change>,
     ready_bytes: usize,
@@ -865,7 +899,26 @@ const APPLY_BATCH_BYTES: usize = 4 << 20;
 impl SyncSession {
     /// Feeds one frame of a sync answer. Returns the `SyncDone` contents at the end.
     pub fn feed(&mut self, store: &Store, frame: Frame) -> Result<Option<(bool, Known)>> {
+        if self.responder.is_none() && !matches!(frame, Frame::SyncStart { .. } | Frame::Busy) {
+            return Err(StoreError::Malformed(format!(
+                "sync answer starts with {}, not SyncStart",
+                frame_name(&frame)
+            )));
+        }
         match frame {
+            Frame::SyncStart {
+                responder_known,
+                responder_pending,
+            } => {
+                if self.responder.is_some() {
+                    return Err(StoreError::Malformed("a second SyncStart".into()));
+                }
+                self.responder = Some(Responder::new(
+                    VersionSet::from_known(&responder_known),
+                    &responder_pending,
+                ));
+                Ok(None)
+            }
             Frame::Version {
                 site,
                 ver,
@@ -893,7 +946,9 @@ impl SyncSession {
             }
             Frame::Cleared { site, ranges } => {
                 self.flush(store)?;
-                store.apply_cleared(site, &ranges)?;
+                if let Some(resp) = self.responder.as_mut() {
+                    store.apply_cleared(site, &ranges, resp)?;
+                }
                 Ok(None)
             }
             Frame::SyncDone {
@@ -901,6 +956,11 @@ impl SyncSession {
                 responder_known,
             } => {
                 self.flush(store)?;
+                if complete && let Some(resp) = &self.responder {
+                    let mut w = lock(&store.inner.writer);
+                    w.promote(resp)?;
+                    store.set_known(&w);
+                }
                 Ok(Some((complete, responder_known)))
             }
             Frame::Busy => Err(StoreError::Busy),
@@ -916,7 +976,7 @@ impl SyncSession {
         if !self.ready.is_empty() {
             let batch = std::mem::take(&mut self.ready);
             self.ready_bytes = 0;
-            store.merge(&batch)?;
+            store.merge_with_cleared(&batch, &[], self.responder.as_mut())?;
         }
         Ok(())
     }
@@ -929,6 +989,7 @@ pub(crate) fn frame_name(f: &Frame) -> &'static str {
         Frame::SyncReq(_) => "SyncReq",
         Frame::Version { .. } => "Version",
         Frame::Cleared { .. } => "Cleared",
+        Frame::SyncStart { .. } => "SyncStart",
         Frame::SyncDone { .. } => "SyncDone",
         Frame::Busy => "Busy",
     }
@@ -959,16 +1020,36 @@ fn serve_sync(
             ords.insert(*s, o);
         }
     }
-    let mut out = Vec::new();
+    let groups_b = pending::load(&tx, &sites)?;
+    let mut out = vec![Frame::SyncStart {
+        responder_known: Known(known_b.iter().map(|(s, r)| (*s, r.to_pairs())).collect()),
+        responder_pending: pending::to_wire(&groups_b),
+    }];
+    // What the requester lacks first; then, when that is all sent, its pending versions
+    // whose deps this replica does not hold completely (see `crate::pending`).
+    let mut work: Vec<(SiteId, std::ops::RangeInclusive<u64>)> = Vec::new();
+    for (site, ranges_b) in &known_b {
+        for want in ranges_b.difference(&req.known.ranges(site)) {
+            work.push((*site, want));
+        }
+    }
+    let mut resend = pending::to_resend(&req.pending, &known_b, &groups_b);
+    resend.subtract(&VersionSet::from_known(&Known(
+        work.iter()
+            .map(|(s, r)| (*s, vec![(*r.start(), *r.end())]))
+            .collect(),
+    )));
+    for (site, ranges) in &resend.0 {
+        work.extend(ranges.iter().map(|r| (*site, r)));
+    }
     let mut used: u64 = 0;
     let mut complete = true;
     // Versions are read a window at a time; windows start small and double, so a session
     // cut short by its byte budget reads at most about twice what it sends.
     let mut window = FIRST_WINDOW;
-    'sites: for (site, ranges_b) in &known_b {
+    'sites: for (site, want) in &work {
         let Some(&ord) = ords.get(site) else { continue };
-        let ranges_a = req.known.ranges(site);
-        for want in ranges_b.difference(&ranges_a) {
+        {
             let (mut lo, hi) = (*want.start(), *want.end());
             while lo <= hi {
                 let win_hi = hi.min(lo.saturating_add(window - 1));

@@ -10,7 +10,7 @@ use crate::known::Known;
 use crate::{Result, SiteId, StoreError, Value};
 
 /// The replication protocol version.
-pub const PROTOCOL: u8 = 1;
+pub const PROTOCOL: u8 = 2;
 
 /// Default upper bound on one frame's payload.
 pub const DEFAULT_MAX_FRAME: usize = 16 << 20;
@@ -132,6 +132,21 @@ pub struct SyncReq {
     pub known: Known,
     /// How many bytes of versions the responder may send in this session.
     pub byte_budget: u64,
+    /// Known versions whose copy may still miss cells (see [`Pending`]).
+    pub pending: Vec<Pending>,
+}
+
+/// Versions a replica holds that may lack cells: they came from a replica that had already
+/// superseded some of their cells (a sync answer carries only surviving cells), and what
+/// superseded them has not all arrived yet. Anything missing was superseded by a version
+/// in `deps`; once every version of `deps` is held completely the versions are complete
+/// (docs/replication.md, "Pending versions").
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Pending {
+    /// The versions.
+    pub versions: Known,
+    /// The versions that may hold what is missing from them.
+    pub deps: Known,
 }
 
 /// Everything that travels on a replication connection.
@@ -150,6 +165,14 @@ pub enum Frame {
     Chunk(Chunk),
     /// Pull request.
     SyncReq(SyncReq),
+    /// First frame of a sync answer: what the responder holds, and which of it may lack
+    /// cells.
+    SyncStart {
+        /// The responder's known set.
+        responder_known: Known,
+        /// The responder's pending versions.
+        responder_pending: Vec<Pending>,
+    },
     /// Sync answer: one part of one origin version's surviving cells.
     Version {
         /// Origin replica.

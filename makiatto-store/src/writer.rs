@@ -12,7 +12,8 @@ use rusqlite::{
 
 use crate::events::{CommitEvent, Origin, RowChange, RowChangeKind};
 use crate::ids::Hlc;
-use crate::known::Ranges;
+use crate::known::{Ranges, VersionSet};
+use crate::pending::{self, Group, Responder};
 use crate::table::{SENTINEL, TableInfo};
 use crate::value::{pack_refs, unpack};
 use crate::wire::{Cell, Change};
@@ -126,6 +127,8 @@ pub(crate) struct Writer {
     pub(crate) self_ver: u64,
     /// Working copy of the known sets, committed to memory only after COMMIT.
     pub(crate) known: BTreeMap<SiteId, Ranges>,
+    /// Known versions whose copy may lack cells (see [`crate::pending`]).
+    pub(crate) pending: Vec<Group>,
 }
 
 impl Writer {
@@ -154,6 +157,7 @@ impl Writer {
         }));
         register_functions(&conn, &state)?;
         let known = load_known(&conn, &sites)?;
+        let pending = pending::load(&conn, &sites)?;
         Ok(Writer {
             conn,
             state,
@@ -163,6 +167,7 @@ impl Writer {
             self_ord,
             self_ver,
             known,
+            pending,
         })
     }
 
@@ -234,6 +239,7 @@ impl Writer {
         tables: &BTreeMap<String, Arc<TableInfo>>,
         changes: &[Change],
         cleared: &[(SiteId, u64, u64)],
+        mut from_sync: Option<&mut Responder>,
     ) -> Result<MergeCommit> {
         for c in changes {
             validate(c)?;
@@ -245,6 +251,7 @@ impl Writer {
         let _guard = ModeGuard(&self.state);
         let mut sites = self.sites.clone();
         let mut known = self.known.clone();
+        let mut groups = self.pending.clone();
         let mut out = MergeCommit::default();
         let tx = self
             .conn
@@ -259,7 +266,10 @@ impl Writer {
                     "version of our own site that we never issued".into(),
                 ));
             }
-            if known.get(&c.site).is_some_and(|r| r.contains(c.ver)) {
+            let was_known = known.get(&c.site).is_some_and(|r| r.contains(c.ver));
+            // A pending version that comes again in a sync answer is merged again (merging
+            // is idempotent): this copy may have the cells the earlier one lacked.
+            if was_known && (from_sync.is_none() || !pending::is_pending(&groups, &c.site, c.ver)) {
                 out.duplicates += 1;
                 continue;
             }
@@ -287,11 +297,16 @@ impl Writer {
                 "DELETE FROM crr_deferred WHERE site_ord = ?1 AND ver = ?2",
                 params![ord, c.ver as i64],
             )?;
-            known.entry(c.site).or_default().insert(c.ver);
-            touched.push(c.site);
-            out.applied.push((c.site, c.ver));
-            out.known_added.push((c.site, c.ver, c.ver));
+            if let Some(resp) = from_sync.as_deref_mut() {
+                pending::assign(&mut groups, resp, c.site, c.ver..=c.ver);
+            }
             max_ts = max_ts.max(c.ts);
+            if !was_known {
+                known.entry(c.site).or_default().insert(c.ver);
+                touched.push(c.site);
+                out.applied.push((c.site, c.ver));
+                out.known_added.push((c.site, c.ver, c.ver));
+            }
             if !changes.is_empty() {
                 out.events.push(CommitEvent {
                     origin: Origin::Remote(c.site, c.ver),
@@ -304,6 +319,15 @@ impl Writer {
                 continue;
             }
             sites.ord_or_insert(&tx, site)?;
+            if let Some(resp) = from_sync.as_deref_mut() {
+                // What is not complete here yet is now pending on this responder.
+                let mut fresh = VersionSet::default();
+                fresh.insert_range(site, lo..=hi);
+                fresh.subtract(&pending::solid(&known, &groups));
+                for r in fresh.0.get(&site).map(Ranges::iter).into_iter().flatten() {
+                    pending::assign(&mut groups, resp, site, r);
+                }
+            }
             known.entry(site).or_default().insert_range(lo..=hi);
             touched.push(site);
             out.known_added.push((site, lo, hi));
@@ -313,6 +337,12 @@ impl Writer {
         for site in &touched {
             let ord = sites.ord_or_insert(&tx, *site)?;
             write_known(&tx, ord, &known[site])?;
+        }
+        if !groups.is_empty() || !self.pending.is_empty() {
+            pending::resolve(&known, &mut groups);
+            if groups != self.pending {
+                pending::write(&tx, &mut sites, &groups)?;
+            }
         }
         if max_ts > 0 && !self.hlc.observe(max_ts) {
             tracing::warn!(
@@ -324,13 +354,34 @@ impl Writer {
         tx.commit()?;
         self.sites = sites;
         self.known = known;
+        self.pending = groups;
         Ok(out)
+    }
+
+    /// Ends a complete sync session from `resp` (see [`pending::promote`]).
+    pub(crate) fn promote(&mut self, resp: &Responder) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let mut groups = self.pending.clone();
+        pending::promote(&mut groups, resp);
+        pending::resolve(&self.known, &mut groups);
+        if groups != self.pending {
+            let mut sites = self.sites.clone();
+            let tx = self.conn.transaction()?;
+            pending::write(&tx, &mut sites, &groups)?;
+            tx.commit()?;
+            self.sites = sites;
+            self.pending = groups;
+        }
+        Ok(())
     }
 
     /// Drops the cached state after a failed transaction so it is re-read from disk.
     pub(crate) fn reload(&mut self) -> Result<()> {
         self.sites = Sites::load(&self.conn)?;
         self.known = load_known(&self.conn, &self.sites)?;
+        self.pending = pending::load(&self.conn, &self.sites)?;
         Ok(())
     }
 }

@@ -403,6 +403,7 @@ async fn tcp_refuses_another_cluster() {
     bytes.extend(frame_bytes(&Frame::SyncReq(SyncReq {
         known: Known::default(),
         byte_budget: 1 << 20,
+        pending: Vec::new(),
     })));
     let frames = raw_exchange(server.addr, &bytes, true).await;
     assert!(
@@ -469,6 +470,7 @@ async fn tcp_server_survives_bad_input() {
             frame_bytes(&Frame::SyncReq(SyncReq {
                 known: Known::default(),
                 byte_budget: 1 << 20,
+                pending: Vec::new(),
             })),
             true,
         ),

@@ -98,7 +98,9 @@ impl TcpTransport {
                     frames.push(f);
                     return Ok(frames);
                 }
-                Some(f @ (Frame::Version { .. } | Frame::Cleared { .. })) => frames.push(f),
+                Some(
+                    f @ (Frame::SyncStart { .. } | Frame::Version { .. } | Frame::Cleared { .. }),
+                ) => frames.push(f),
                 Some(other) => {
                     return Err(StoreError::Malformed(format!(
                         "unexpected frame in a sync answer: {}",

@@ -173,6 +173,7 @@ async fn events_only_for_visible_changes() {
         .serve_sync(&makiatto_store::SyncReq {
             known: makiatto_store::Known::default(),
             byte_budget: u64::MAX,
+            pending: Vec::new(),
         })
         .unwrap();
     b.store.apply_sync(frames).unwrap();

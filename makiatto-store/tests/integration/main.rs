@@ -3,7 +3,7 @@
 mod basic;
 mod crash;
 mod faults;
-mod known_gaps;
+mod completeness;
 mod model;
 mod props;
 mod sim;

@@ -205,6 +205,13 @@ impl Model {
         if self.known.get(&c.site).is_some_and(|r| r.contains(c.ver)) {
             return false;
         }
+        self.merge_again(c);
+        true
+    }
+
+    /// Merges a version even when it is known: a sync answer sends a version again only
+    /// when the requester's copy may lack cells, and merging is idempotent.
+    pub(crate) fn merge_again(&mut self, c: &Change) {
         let mut order: Vec<(String, Vec<u8>)> = Vec::new();
         let mut groups: BTreeMap<(String, Vec<u8>), Vec<&Cell>> = BTreeMap::new();
         for cell in &c.cells {
@@ -224,7 +231,6 @@ impl Model {
             }
         }
         self.known.entry(c.site).or_default().insert(c.ver);
-        true
     }
 
     pub(crate) fn clear(&mut self, site: SiteId, ranges: &[(u64, u64)]) {

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use makiatto_store::{Change, Frame, Options, Store, SyncReq, Value};
+use makiatto_store::{Change, Frame, Options, Store, Value};
 use proptest::prelude::*;
 use tokio::sync::broadcast::Receiver;
 
@@ -103,10 +103,7 @@ impl Replica {
 /// Runs a sync session between two replicas, feeding the same frames to the store and the
 /// model. Returns whether it was complete.
 fn sync(rs: &mut [Replica], from: usize, to: usize, budget: u64) -> bool {
-    let req = SyncReq {
-        known: rs[to].store().known(),
-        byte_budget: budget,
-    };
+    let req = rs[to].store().sync_request(budget);
     let frames = rs[from].store().serve_sync(&req).unwrap();
     let done = rs[to]
         .store()
@@ -126,7 +123,7 @@ fn sync(rs: &mut [Replica], from: usize, to: usize, budget: u64) -> bool {
             } => {
                 parts.extend(cells);
                 if last_part {
-                    rs[to].model.merge(&Change {
+                    rs[to].model.merge_again(&Change {
                         site,
                         ver,
                         ts,

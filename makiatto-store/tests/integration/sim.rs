@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BinaryHeap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use makiatto_store::{Change, Chunk, ChunkOutcome, Options, Store, SyncReq};
+use makiatto_store::{Change, Chunk, ChunkOutcome, Options, Store};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::broadcast::Receiver;
@@ -309,10 +309,7 @@ fn pull(nodes: &[SimNode], to: usize, from: usize, budget: u64) {
     // A budget-limited session continues until complete, as the replicator does.
     for _ in 0..64 {
         let frames = b
-            .serve_sync(&SyncReq {
-                known: a.known(),
-                byte_budget: budget,
-            })
+            .serve_sync(&a.sync_request(budget))
             .unwrap();
         let (complete, _) = a.apply_sync(frames).unwrap().expect("SyncDone");
         if complete {
