@@ -4,6 +4,8 @@
 mod geo;
 mod limits;
 mod malformed;
+#[cfg(target_os = "linux")]
+mod pktinfo;
 mod semantics;
 mod support;
 mod swap;
