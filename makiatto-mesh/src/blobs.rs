@@ -16,7 +16,6 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
 use makiatto_store::{BlobHash, BlobStore, StoreError};
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
@@ -85,16 +84,16 @@ impl Default for ServeOptions {
     }
 }
 
-/// Serves the blobs of `blobs` on `listener` to clients inside `mesh_net` until
-/// `shutdown` completes.
+/// Serves the blobs of `blobs` on `listener` until `shutdown` completes. Connections
+/// `allow` rejects (see [`crate::trust::ClusterNodes::allow`]) are closed before any
+/// byte is exchanged.
 pub async fn serve(
     listener: TcpListener,
     blobs: BlobStore,
-    mesh_net: Ipv4Net,
+    allow: crate::trust::Allow,
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) {
-    let allow = crate::replication::mesh_filter(mesh_net);
     let permits = Arc::new(Semaphore::new(options.max_connections.max(1)));
     let mut tasks = JoinSet::new();
     tokio::pin!(shutdown);
@@ -112,7 +111,6 @@ pub async fn serve(
             },
         };
         if !allow(peer) {
-            debug!(%peer, "refusing a blob connection from outside the mesh");
             continue;
         }
         let Ok(permit) = permits.clone().try_acquire_owned() else {
@@ -420,7 +418,7 @@ mod tests {
         tokio::spawn(serve(
             listener,
             blobs,
-            "127.0.0.0/8".parse().unwrap(),
+            crate::replication::mesh_filter("127.0.0.0/8".parse().unwrap()),
             ServeOptions::default(),
             async move {
                 let _ = rx.await;
@@ -592,7 +590,7 @@ mod tests {
         tokio::spawn(serve(
             listener,
             a,
-            "10.44.44.0/24".parse().unwrap(),
+            crate::replication::mesh_filter("10.44.44.0/24".parse().unwrap()),
             ServeOptions::default(),
             async move {
                 let _ = rx.await;

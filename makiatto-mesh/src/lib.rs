@@ -10,8 +10,10 @@
 //! - [`addr`]: mesh address allocation in a CIDR and deterministic collision resolution.
 //! - [`membership`]: SWIM (foca) over UDP on the mesh; the alive/suspect/down view is a
 //!   `tokio::sync::watch` channel.
-//! - [`replication`]: makiatto-store's `Replicator` over TCP on mesh addresses, refusing
-//!   connections from outside the mesh CIDR.
+//! - [`replication`]: makiatto-store's `Replicator` over TCP on mesh addresses, admitting
+//!   only cluster nodes.
+//! - [`trust`]: who is a cluster node ([`trust::ClusterNodes`]), the one authority the
+//!   replication, membership and blob services admit peers by.
 //! - [`blobs`]: fetching content blobs by hash from peers: verified, resumable, several
 //!   at once from different peers, with bounded concurrency.
 //! - [`node`]: [`MeshNode`] wires them together from the store's `nodes` and
@@ -41,6 +43,7 @@
 //!     blob_port: 7948,
 //!     reconcile_every_ms: 2000,
 //!     sync_interval_ms: None,
+//!     allow_public_direct: false,
 //! })
 //! .await?;
 //! let alive: Vec<String> = node.membership().borrow().alive().map(|(n, _)| n.to_owned()).collect();
@@ -59,6 +62,7 @@ pub mod keys;
 pub mod membership;
 pub mod node;
 pub mod replication;
+pub mod trust;
 pub mod tunnel;
 
 pub use error::{MeshError, Result};

@@ -8,6 +8,13 @@
 //! mesh addresses of the known nodes) every [`MembershipOptions::reannounce_every`], so
 //! a node cut off by a partition or a restart rejoins on its own; a node declared down
 //! renews its identity (a higher generation) and rejoins (foca's auto-rejoin).
+//!
+//! Admission: with a [`ClusterNodes`] set, every datagram is screened before foca sees
+//! it ([`screen`]): it must come from a cluster node's mesh address, from the address
+//! and port of the identity it carries, and that identity must be the node registered at
+//! that address; identities named by a probe must be cluster nodes too. Anything else is
+//! dropped and counted. Membership updates about members that are not cluster nodes are
+//! removed from an otherwise valid datagram, so they are never admitted.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -17,9 +24,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use foca::{
-    AccumulatingRuntime, Config, Foca, Identity, OwnedNotification, PostcardCodec, State, Timer,
+    AccumulatingRuntime, Codec as _, Config, Foca, Header, Identity, Member, Message,
+    OwnedNotification, PostcardCodec, State, Timer,
 };
-use ipnet::Ipv4Net;
 use rand::RngCore as _;
 use rand_foca::SeedableRng as _;
 use rand_foca::rngs::StdRng;
@@ -28,6 +35,8 @@ use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, trace};
+
+use crate::trust::{ClusterNodes, Service};
 
 /// Default UDP port of the membership protocol.
 pub const DEFAULT_PORT: u16 = 7947;
@@ -167,7 +176,7 @@ pub struct Membership {
     socket: UdpSocket,
     id: MemberId,
     seeds: Seeds,
-    allow: Option<Ipv4Net>,
+    nodes: Option<ClusterNodes>,
     options: MembershipOptions,
     view: watch::Sender<MembershipView>,
 }
@@ -176,20 +185,21 @@ impl fmt::Debug for Membership {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Membership")
             .field("id", &self.id)
-            .field("allow", &self.allow)
+            .field("nodes", &self.nodes)
             .field("options", &self.options)
             .finish_non_exhaustive()
     }
 }
 
 impl Membership {
-    /// Membership for node `name` on `socket` (bound to its mesh address). Datagrams from
-    /// outside `allow` (the mesh CIDR) are dropped when it is set.
+    /// Membership for node `name` on `socket` (bound to its mesh address). When `nodes`
+    /// is set, datagrams are admitted only as [`screen`] says; `None` admits everything
+    /// (tests).
     pub fn new(
         name: impl Into<String>,
         socket: UdpSocket,
         seeds: Seeds,
-        allow: Option<Ipv4Net>,
+        nodes: Option<ClusterNodes>,
         options: MembershipOptions,
     ) -> std::io::Result<Self> {
         let addr = socket.local_addr()?;
@@ -202,7 +212,7 @@ impl Membership {
                 generation: now_ms(),
             },
             seeds,
-            allow,
+            nodes,
             options,
             view,
         })
@@ -219,7 +229,7 @@ impl Membership {
             socket,
             id,
             seeds,
-            allow,
+            nodes,
             options,
             view,
         } = self;
@@ -274,14 +284,21 @@ impl Membership {
                 () = &mut shutdown => break,
                 received = socket.recv_from(&mut buf) => match received {
                     Ok((n, from)) => {
-                        if let Some(net) = allow {
-                            let inside = match from.ip() { IpAddr::V4(v4) => net.contains(&v4), IpAddr::V6(_) => false };
-                            if !inside {
-                                debug!(peer = %from, "dropping membership datagram from outside the mesh");
+                        let screened = match &nodes {
+                            None => Ok(None),
+                            Some(nodes) => screen(&buf[..n], from, nodes),
+                        };
+                        let result = match screened {
+                            Ok(None) => foca.handle_data(&buf[..n], &mut rt),
+                            Ok(Some(filtered)) => foca.handle_data(&filtered, &mut rt),
+                            Err(reason) => {
+                                if let Some(nodes) = &nodes {
+                                    nodes.refuse(Service::Membership, from, reason);
+                                }
                                 continue;
                             }
-                        }
-                        if let Err(error) = foca.handle_data(&buf[..n], &mut rt) {
+                        };
+                        if let Err(error) = result {
                             debug!(%error, peer = %from, "bad membership datagram");
                         }
                     }
@@ -334,6 +351,93 @@ impl Membership {
 }
 
 type Swim = Foca<MemberId, PostcardCodec, StdRng, foca::NoCustomBroadcast>;
+
+/// Screens one datagram received `from` against the cluster's `nodes` before foca sees
+/// it.
+///
+/// Dropped (`Err` with the reason): a sender that is not a cluster node; a header that
+/// does not decode; a sender identity whose address is not `from` or whose name is not
+/// the node registered at that address; a probe naming a member that is not a cluster
+/// node; an update that does not decode. Kept: everything else, with the updates about
+/// members that are not cluster nodes removed (`Ok(Some(rewritten))`; `Ok(None)` when
+/// nothing was removed).
+///
+/// The layout read here is foca 2's: the header, then (except for `Broadcast`) a
+/// big-endian `u16` count of member updates and the updates, then custom broadcasts.
+pub fn screen(
+    data: &[u8],
+    from: SocketAddr,
+    nodes: &ClusterNodes,
+) -> Result<Option<Vec<u8>>, &'static str> {
+    if !nodes.is_node(from.ip()) {
+        return Err("not a cluster node");
+    }
+    let mut codec = PostcardCodec;
+    let mut rest = data;
+    let header: Header<MemberId> = codec
+        .decode_header(&mut rest)
+        .map_err(|_| "undecodable header")?;
+    let admitted = |id: &MemberId| nodes.admits(&id.name, id.addr.ip());
+    if !same_addr(header.src.addr, from) {
+        return Err("sender identity is not at the sending address");
+    }
+    if !admitted(&header.src) {
+        return Err("sender identity is not the node at this address");
+    }
+    let named = match &header.message {
+        Message::PingReq { target: id, .. }
+        | Message::IndirectPing { origin: id, .. }
+        | Message::IndirectAck { target: id, .. }
+        | Message::ForwardedAck { origin: id, .. } => Some(id),
+        _ => None,
+    };
+    if named.is_some_and(|id| !admitted(id)) {
+        return Err("probe names a member that is not a cluster node");
+    }
+    if rest.len() < 2 || header.message == Message::Broadcast {
+        return Ok(None);
+    }
+    let count = u16::from_be_bytes([rest[0], rest[1]]);
+    rest = &rest[2..];
+    let mut kept: Vec<Member<MemberId>> = Vec::with_capacity(usize::from(count));
+    let mut removed = false;
+    for _ in 0..count {
+        let m: Member<MemberId> = codec
+            .decode_member(&mut rest)
+            .map_err(|_| "undecodable member update")?;
+        if admitted(m.id()) {
+            kept.push(m);
+        } else {
+            removed = true;
+        }
+    }
+    if !removed {
+        return Ok(None);
+    }
+    let mut out = Vec::with_capacity(data.len());
+    codec
+        .encode_header(&header, &mut out)
+        .map_err(|_| "re-encoding the header failed")?;
+    // At most `count` members were kept: the count fits.
+    out.extend_from_slice(&u16::try_from(kept.len()).unwrap_or(0).to_be_bytes());
+    for m in &kept {
+        codec
+            .encode_member(m, &mut out)
+            .map_err(|_| "re-encoding a member failed")?;
+    }
+    out.extend_from_slice(rest);
+    Ok(Some(out))
+}
+
+/// Whether two socket addresses are the same, an IPv4-mapped IPv6 address being equal to
+/// its IPv4 address.
+fn same_addr(a: SocketAddr, b: SocketAddr) -> bool {
+    let ip = |s: SocketAddr| match s.ip() {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 @ IpAddr::V4(_) => v4,
+    };
+    a.port() == b.port() && ip(a) == ip(b)
+}
 
 fn snapshot(foca: &Swim, own: &str) -> MembershipView {
     let mut members: BTreeMap<String, MemberInfo> = BTreeMap::new();
@@ -392,6 +496,7 @@ fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::trust::Admission;
 
     async fn member(name: &str, seeds: Vec<SocketAddr>) -> (Membership, SocketAddr) {
         let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -407,7 +512,9 @@ mod tests {
             name,
             socket,
             Arc::new(move || seeds.clone()),
-            Some("127.0.0.0/8".parse().unwrap()),
+            Some(ClusterNodes::new(Admission::Range(
+                "127.0.0.0/8".parse().unwrap(),
+            ))),
             options,
         )
         .unwrap();
@@ -483,6 +590,85 @@ mod tests {
         for t in [ta, tb, tc2] {
             t.await.unwrap();
         }
+    }
+
+    fn id(name: &str, addr: &str) -> MemberId {
+        MemberId {
+            name: name.into(),
+            addr: addr.parse().unwrap(),
+            generation: 1,
+        }
+    }
+
+    fn datagram(src: &MemberId, message: Message<MemberId>, updates: &[MemberId]) -> Vec<u8> {
+        let header = Header {
+            src: src.clone(),
+            src_incarnation: 0,
+            dst: id("", "127.0.0.2:7947"),
+            message,
+        };
+        let mut out = Vec::new();
+        PostcardCodec.encode_header(&header, &mut out).unwrap();
+        if !updates.is_empty() {
+            out.extend_from_slice(&u16::try_from(updates.len()).unwrap().to_be_bytes());
+            for u in updates {
+                PostcardCodec
+                    .encode_member(&Member::alive(u.clone()), &mut out)
+                    .unwrap();
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn screening_checks_the_sender_identity_against_its_address() {
+        let nodes = ClusterNodes::new(Admission::Nodes);
+        nodes.set(
+            [
+                ("a".to_owned(), "127.0.0.2".parse().unwrap()),
+                ("b".to_owned(), "127.0.0.3".parse().unwrap()),
+            ],
+            ["127.0.0.9".parse().unwrap()],
+        );
+        let (a, b) = (id("a", "127.0.0.2:7947"), id("b", "127.0.0.3:7947"));
+        let from_b: SocketAddr = "127.0.0.3:7947".parse().unwrap();
+        let ping = datagram(&b, Message::Ping(1), &[]);
+        assert_eq!(screen(&ping, from_b, &nodes), Ok(None));
+        // b's identity from a's address, from another port of b's, from an external peer.
+        for from in ["127.0.0.2:7947", "127.0.0.3:40000", "127.0.0.9:7947"] {
+            assert!(
+                screen(&ping, from.parse().unwrap(), &nodes).is_err(),
+                "{from}"
+            );
+        }
+        // Another name at b's address, and an unknown member from an unknown address.
+        let impostor = datagram(&id("c", "127.0.0.3:7947"), Message::Ping(1), &[]);
+        assert!(screen(&impostor, from_b, &nodes).is_err());
+        let x = id("x", "127.0.0.9:7947");
+        assert!(
+            screen(
+                &datagram(&x, Message::Announce, &[]),
+                "127.0.0.9:7947".parse().unwrap(),
+                &nodes
+            )
+            .is_err()
+        );
+        // A probe on behalf of a non-member.
+        let req = Message::PingReq {
+            target: x.clone(),
+            probe_number: 1,
+        };
+        assert!(screen(&datagram(&b, req, &[]), from_b, &nodes).is_err());
+        // Garbage.
+        assert!(screen(&[0xff; 7], from_b, &nodes).is_err());
+        // Updates about non-members are removed, the rest is kept.
+        let gossip = datagram(&b, Message::Gossip, &[a.clone(), x, b.clone()]);
+        let Ok(Some(kept)) = screen(&gossip, from_b, &nodes) else {
+            panic!("the gossip was not rewritten");
+        };
+        assert_eq!(kept, datagram(&b, Message::Gossip, &[a.clone(), b.clone()]));
+        let clean = datagram(&b, Message::Gossip, &[a, b.clone()]);
+        assert_eq!(screen(&clean, from_b, &nodes), Ok(None));
     }
 
     #[test]

@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 use crate::addr::{self, Claim, Claimant};
 use crate::blobs::{self, FetchOptions, FetchReport};
 use crate::membership::{self, Membership, MembershipOptions, MembershipView};
+use crate::trust::{Admission, ClusterNodes, Refusals, Service};
 use crate::tunnel::{self, Direct, PeerConfig, Tunnel, WireGuardConfig, WireGuardTunnel};
 use crate::{MeshError, PrivateKey, PublicKey, Result, replication};
 
@@ -127,6 +128,11 @@ pub struct NodeConfig {
     /// Shortest pause between anti-entropy rounds, ms (default: the store's).
     #[serde(default)]
     pub sync_interval_ms: Option<u64>,
+    /// With [`TunnelKind::Direct`], allow a mesh address that is neither loopback nor
+    /// private (RFC 1918). Off by default: `Direct` authenticates nothing, so its
+    /// services must not face the internet (default false).
+    #[serde(default)]
+    pub allow_public_direct: bool,
 }
 
 fn replication_port() -> u16 {
@@ -150,6 +156,7 @@ pub struct MeshNode {
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
     mesh_address: Ipv4Addr,
+    cluster: ClusterNodes,
 }
 
 /// Shared list of the known nodes' mesh addresses (membership seeds).
@@ -188,6 +195,9 @@ impl MeshNode {
             return Err(MeshError::Config(format!(
                 "mesh address {mesh_address} is not a host of {net}"
             )));
+        }
+        if matches!(config.tunnel, TunnelKind::Direct) {
+            check_direct_address(mesh_address, config.allow_public_direct)?;
         }
         let tunnel: Arc<dyn Tunnel> = match &config.tunnel {
             TunnelKind::Direct => Arc::new(Direct::new(mesh_address, net)),
@@ -235,7 +245,13 @@ impl MeshNode {
         }
 
         let known: Known = Arc::new(Mutex::new(BTreeMap::new()));
-        reconcile(&store, &tunnel, &config, &known).await;
+        let cluster = ClusterNodes::new(match config.tunnel {
+            TunnelKind::WireGuard { .. } => Admission::Nodes,
+            TunnelKind::Direct => Admission::Range(net),
+        });
+        reconcile(&store, &tunnel, &config, &known, &cluster).await;
+        // With WireGuard the services only take packets that came out of the tunnel.
+        let device = tunnel.interface().map(str::to_owned);
 
         let (stop, stop_rx) = watch::channel(false);
         let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -244,9 +260,11 @@ impl MeshNode {
         let mut tasks = JoinSet::new();
 
         // Membership.
-        let udp = UdpSocket::bind(SocketAddrV4::new(mesh_address, config.membership_port))
-            .await
-            .map_err(|e| MeshError::io(format!("binding membership UDP on {mesh_address}"), e))?;
+        let udp = bind_udp(
+            SocketAddrV4::new(mesh_address, config.membership_port),
+            device.as_deref(),
+        )
+        .await?;
         let seeds_known = known.clone();
         let mport = config.membership_port;
         let seeds: membership::Seeds = Arc::new(move || {
@@ -259,7 +277,7 @@ impl MeshNode {
             config.name.clone(),
             udp,
             seeds,
-            Some(net),
+            Some(cluster.clone()),
             MembershipOptions::default(),
         )
         .map_err(|e| MeshError::io("starting membership", e))?;
@@ -267,9 +285,11 @@ impl MeshNode {
         tasks.spawn(m.run(stopped(stop_rx.clone())));
 
         // Replication.
-        let listener = TcpListener::bind(SocketAddrV4::new(mesh_address, config.replication_port))
-            .await
-            .map_err(|e| MeshError::io(format!("binding replication TCP on {mesh_address}"), e))?;
+        let listener = bind_tcp(
+            SocketAddrV4::new(mesh_address, config.replication_port),
+            device.as_deref(),
+            "replication",
+        )?;
         let rport = config.replication_port;
         let peer_view = view.clone();
         let peers: replication::Peers = Arc::new(move || {
@@ -286,30 +306,38 @@ impl MeshNode {
         }
         let rstore = store.clone();
         let rstop = stop_rx.clone();
+        let rallow = cluster.allow(Service::Replication);
         tasks.spawn(async move {
             if let Err(error) =
-                replication::run(rstore, listener, net, peers, ropts, stopped(rstop)).await
+                replication::run(rstore, listener, rallow, peers, ropts, stopped(rstop)).await
             {
                 warn!(%error, "replication stopped");
             }
         });
 
         // Blobs.
-        let blob_listener = TcpListener::bind(SocketAddrV4::new(mesh_address, config.blob_port))
-            .await
-            .map_err(|e| MeshError::io(format!("binding blob TCP on {mesh_address}"), e))?;
+        let blob_listener = bind_tcp(
+            SocketAddrV4::new(mesh_address, config.blob_port),
+            device.as_deref(),
+            "blob",
+        )?;
         tasks.spawn(blobs::serve(
             blob_listener,
             blobs.clone(),
-            net,
+            cluster.allow(Service::Blobs),
             blobs::ServeOptions::default(),
             stopped(stop_rx.clone()),
         ));
 
         // Peer reconciliation: on changes to nodes / external_peers, and periodically.
         {
-            let (store, tunnel, config, known) =
-                (store.clone(), tunnel.clone(), config.clone(), known.clone());
+            let (store, tunnel, config, known, cluster) = (
+                store.clone(),
+                tunnel.clone(),
+                config.clone(),
+                known.clone(),
+                cluster.clone(),
+            );
             let mut stop = stop_rx.clone();
             let mut nodes_changed = store.watch_table("nodes");
             let mut peers_changed = store.watch_table("external_peers");
@@ -322,7 +350,7 @@ impl MeshNode {
                         () = changed(&mut nodes_changed) => {}
                         () = changed(&mut peers_changed) => {}
                     }
-                    reconcile(&store, &tunnel, &config, &known).await;
+                    reconcile(&store, &tunnel, &config, &known, &cluster).await;
                 }
             });
         }
@@ -336,7 +364,18 @@ impl MeshNode {
             stop,
             tasks,
             mesh_address,
+            cluster,
         })
+    }
+
+    /// The cluster's nodes as this node admits them on its mesh services.
+    pub fn cluster_nodes(&self) -> &ClusterNodes {
+        &self.cluster
+    }
+
+    /// Connections and datagrams refused by the mesh services since start.
+    pub fn refusals(&self) -> Refusals {
+        self.cluster.refusals()
     }
 
     /// The replicated store.
@@ -414,6 +453,46 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// `Direct` authenticates nothing: its services may only listen on a loopback or private
+/// (RFC 1918) address, unless `allow_public` (and never on `0.0.0.0`).
+fn check_direct_address(address: Ipv4Addr, allow_public: bool) -> Result<()> {
+    if address.is_unspecified() {
+        return Err(MeshError::Config(
+            "the Direct mesh backend needs a mesh address, not 0.0.0.0".into(),
+        ));
+    }
+    if address.is_loopback() || address.is_private() || allow_public {
+        return Ok(());
+    }
+    Err(MeshError::Config(format!(
+        "the Direct mesh backend would serve the store and blobs unauthenticated on \
+         {address}, which is neither loopback nor private: use the WireGuard backend, or \
+         set allow_public_direct if that network is trusted"
+    )))
+}
+
+/// A TCP listener on `addr`, bound to `device` when set (`SO_BINDTODEVICE`).
+fn bind_tcp(addr: SocketAddrV4, device: Option<&str>, what: &str) -> Result<TcpListener> {
+    let err = |e| MeshError::io(format!("binding {what} TCP on {addr}"), e);
+    let socket = tokio::net::TcpSocket::new_v4().map_err(err)?;
+    socket.set_reuseaddr(true).map_err(err)?;
+    if let Some(d) = device {
+        socket.bind_device(Some(d.as_bytes())).map_err(err)?;
+    }
+    socket.bind(SocketAddr::V4(addr)).map_err(err)?;
+    socket.listen(1024).map_err(err)
+}
+
+/// A UDP socket on `addr`, bound to `device` when set (`SO_BINDTODEVICE`).
+async fn bind_udp(addr: SocketAddrV4, device: Option<&str>) -> Result<UdpSocket> {
+    let err = |e| MeshError::io(format!("binding membership UDP on {addr}"), e);
+    let socket = UdpSocket::bind(addr).await.map_err(err)?;
+    if let Some(d) = device {
+        socket.bind_device(Some(d.as_bytes())).map_err(err)?;
+    }
+    Ok(socket)
+}
+
 /// Picks this node's address: the one the store already has for it, else [`addr::allocate`]
 /// avoiding every address in the store and the seeds. A collision with a claimant that
 /// wins ([`addr::resolve_collisions`]) moves it.
@@ -483,6 +562,11 @@ pub fn desired_peers(
     seeds: &[SeedPeer],
     keepalive: Option<u16>,
 ) -> Vec<PeerConfig> {
+    let node_addresses: BTreeSet<Ipv4Addr> = seeds
+        .iter()
+        .map(|s| s.mesh_address)
+        .chain(nodes.iter().filter_map(|n| n.mesh_address.parse().ok()))
+        .collect();
     let mut by_name: BTreeMap<String, PeerConfig> = BTreeMap::new();
     let mut add = |name: &str, key: &str, endpoint: Option<&str>, mesh: &str| {
         if name == own_name {
@@ -528,7 +612,20 @@ pub fn desired_peers(
             &n.mesh_address,
         );
     }
+    // An external peer never gets a node's address in its AllowedIPs: that address
+    // would then authenticate the external peer as the node.
     for p in external {
+        if p.mesh_address
+            .parse::<Ipv4Addr>()
+            .is_ok_and(|a| node_addresses.contains(&a))
+        {
+            debug!(
+                peer = %p.name,
+                address = %p.mesh_address,
+                "skipping an external peer that claims a node's mesh address"
+            );
+            continue;
+        }
         add(
             &p.name,
             &p.wg_public_key,
@@ -544,7 +641,13 @@ pub fn desired_peers(
     by_key.into_values().collect()
 }
 
-async fn reconcile(store: &Store, tunnel: &Arc<dyn Tunnel>, config: &NodeConfig, known: &Known) {
+async fn reconcile(
+    store: &Store,
+    tunnel: &Arc<dyn Tunnel>,
+    config: &NodeConfig,
+    known: &Known,
+    cluster: &ClusterNodes,
+) {
     let read = store.read(|c| Ok((nodes::list(c)?, external_peers::list(c)?)));
     let (ns, ps) = match read {
         Ok(r) => r,
@@ -566,6 +669,10 @@ async fn reconcile(store: &Store, tunnel: &Arc<dyn Tunnel>, config: &NodeConfig,
         }
         k.remove(&config.name);
     }
+    cluster.set(
+        cluster_members(config, &ns),
+        ps.iter().filter_map(|p| p.mesh_address.parse().ok()),
+    );
     if config.mesh_address.is_none() {
         check_collision(store, config, &ns, &ps);
     }
@@ -587,6 +694,27 @@ async fn reconcile(store: &Store, tunnel: &Arc<dyn Tunnel>, config: &NodeConfig,
         Ok(_) => {}
         Err(error) => warn!(%error, "reconciling WireGuard peers failed"),
     }
+}
+
+/// `(name, mesh address)` of every cluster node: the `nodes` rows with a valid key and
+/// address (this node included), and the seeds with a valid key the store does not know
+/// by name yet.
+fn cluster_members(config: &NodeConfig, ns: &[nodes::Node]) -> Vec<(String, Ipv4Addr)> {
+    let mut out: BTreeMap<String, Ipv4Addr> = BTreeMap::new();
+    for s in &config.seeds {
+        if PublicKey::from_base64(&s.public_key).is_ok() {
+            out.insert(s.name.clone(), s.mesh_address);
+        }
+    }
+    for n in ns {
+        if let (Ok(_), Ok(a)) = (
+            PublicKey::from_base64(&n.wg_public_key),
+            n.mesh_address.parse::<Ipv4Addr>(),
+        ) {
+            out.insert(n.name.clone(), a);
+        }
+    }
+    out.into_iter().collect()
 }
 
 /// Detects that this node lost its mesh address to a concurrent joiner
@@ -758,6 +886,66 @@ mod tests {
             pc.allowed_ips,
             vec!["10.44.44.9/32".parse::<Ipv4Net>().unwrap()]
         );
+        // An external peer claiming a node's address is left out: the address stays the
+        // node's, and only the node's key may send from it.
+        let thief = PrivateKey::generate().public_key();
+        let ext = vec![external_peers::ExternalPeer {
+            name: "thief".into(),
+            wg_public_key: thief.to_base64(),
+            endpoint: None,
+            mesh_address: "10.44.44.2".into(),
+            created_ms: 0,
+        }];
+        let peers = desired_peers("a", &ns, &ext, &[], None);
+        assert!(peers.iter().all(|p| p.public_key != thief), "{peers:?}");
+        assert!(peers.iter().any(|p| p.public_key == b));
+    }
+
+    #[tokio::test]
+    async fn direct_refuses_a_public_address_unless_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = |address: &str, allow_public_direct: bool| NodeConfig {
+            name: "a".into(),
+            cluster_id: "default".into(),
+            data_dir: dir.path().into(),
+            private_key: PrivateKey::generate().to_base64(),
+            tunnel: TunnelKind::Direct,
+            mesh_cidr: "0.0.0.0/0".parse().unwrap(),
+            mesh_address: Some(address.parse().unwrap()),
+            endpoint: String::new(),
+            public_ipv4: String::new(),
+            persistent_keepalive_secs: None,
+            seeds: vec![],
+            replication_port: 0,
+            membership_port: 0,
+            blob_port: 0,
+            reconcile_every_ms: 1000,
+            sync_interval_ms: None,
+            allow_public_direct,
+        };
+        for public in ["203.0.113.5", "0.0.0.0"] {
+            let refused = MeshNode::start(config(public, false)).await;
+            assert!(
+                matches!(&refused, Err(MeshError::Config(m)) if m.contains("Direct")),
+                "{public}: {refused:?}"
+            );
+        }
+        assert!(matches!(
+            MeshNode::start(config("0.0.0.0", true)).await,
+            Err(MeshError::Config(_))
+        ));
+        // Opting in gets past the check (then fails to bind an address this host lacks).
+        let opted = MeshNode::start(config("203.0.113.5", true)).await;
+        assert!(matches!(&opted, Err(MeshError::Io { .. })), "{opted:?}");
+        for private in ["127.0.0.1", "10.1.2.3"] {
+            if private == "127.0.0.1" {
+                let node = MeshNode::start(config(private, false)).await.unwrap();
+                node.shutdown().await;
+            } else {
+                let r = MeshNode::start(config(private, false)).await;
+                assert!(matches!(&r, Err(MeshError::Io { .. })), "{private}: {r:?}");
+            }
+        }
     }
 
     #[test]
@@ -794,6 +982,7 @@ mod tests {
             blob_port: 0,
             reconcile_every_ms: 1000,
             sync_interval_ms: None,
+            allow_public_direct: false,
         };
         let read = || store.read(nodes::list).unwrap();
         // "a" < "b": a keeps the address and changes nothing.

@@ -1,5 +1,6 @@
 //! Store replication over the mesh: makiatto-store's TCP transport and `Replicator`,
-//! bound to the mesh address and refusing connections from outside the mesh CIDR.
+//! bound to the mesh address and admitting only cluster nodes
+//! ([`crate::trust::ClusterNodes`]).
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -13,6 +14,7 @@ use makiatto_store::transport::{
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
+use crate::trust::Allow;
 use crate::{MeshError, Result};
 
 /// Default TCP port of store replication on the mesh.
@@ -23,8 +25,9 @@ const INBOUND_CAPACITY: usize = 1024;
 /// Where the live peers come from (replication addresses, this node excluded).
 pub type Peers = Arc<dyn Fn() -> Vec<SocketAddr> + Send + Sync>;
 
-/// An address filter accepting only `net` (IPv4 only).
-pub fn mesh_filter(net: Ipv4Net) -> Arc<dyn Fn(SocketAddr) -> bool + Send + Sync> {
+/// An address filter accepting any address of `net` (IPv4 only): for tests and tools;
+/// the node admits by [`crate::trust::ClusterNodes::allow`].
+pub fn mesh_filter(net: Ipv4Net) -> Allow {
     Arc::new(move |peer: SocketAddr| match peer.ip() {
         IpAddr::V4(v4) => net.contains(&v4),
         IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some_and(|v4| net.contains(&v4)),
@@ -32,12 +35,12 @@ pub fn mesh_filter(net: Ipv4Net) -> Arc<dyn Fn(SocketAddr) -> bool + Send + Sync
 }
 
 /// Serves replication on `listener` and runs a [`Replicator`] against `peers` until
-/// `shutdown` completes. Connections from outside `mesh_net` are closed before any byte
-/// is exchanged.
+/// `shutdown` completes. Connections `allow` rejects (see
+/// [`crate::trust::ClusterNodes::allow`]) are closed before any byte is exchanged.
 pub async fn run(
     store: Store,
     listener: TcpListener,
-    mesh_net: Ipv4Net,
+    allow: Allow,
     peers: Peers,
     options: ReplicatorOptions,
     shutdown: impl Future<Output = ()> + Send,
@@ -49,7 +52,7 @@ pub async fn run(
     let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_CAPACITY);
     let (stop_tx, stop_rx) = watch::channel(false);
     let serve_options = ServeOptions {
-        allow: Some(mesh_filter(mesh_net)),
+        allow: Some(allow),
         ..ServeOptions::default()
     };
     let mut stop = stop_rx.clone();
@@ -97,7 +100,7 @@ mod tests {
             run(
                 s,
                 listener,
-                net,
+                mesh_filter(net),
                 Arc::new(Vec::new),
                 ReplicatorOptions::default(),
                 async move {

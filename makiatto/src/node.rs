@@ -546,6 +546,7 @@ fn mesh_config(config: &NodeConfig) -> Result<MeshConfig, NodeError> {
         blob_port: port(2)?,
         reconcile_every_ms: 2000,
         sync_interval_ms: None,
+        allow_public_direct: false,
     })
 }
 

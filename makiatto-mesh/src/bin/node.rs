@@ -29,6 +29,8 @@ enum Cmd {
     Hash,
     /// The membership view.
     Members,
+    /// Connections and datagrams refused by the mesh services.
+    Refusals,
     /// WireGuard peers.
     Peers,
     /// Open a TCP connection to `addr`.
@@ -224,6 +226,7 @@ async fn handle(
                 .to_string()
         ),
         Cmd::Members => serde_json::to_value(&*node.membership().borrow())?,
+        Cmd::Refusals => serde_json::to_value(node.refusals())?,
         Cmd::Peers => {
             let t = node.tunnel().clone();
             let peers = tokio::task::spawn_blocking(move || t.peers()).await??;

@@ -3,16 +3,14 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use makiatto_mesh::PrivateKey;
-use makiatto_mesh::addr::{self, Claimant};
 use serde_json::json;
 
-use crate::harness::{Cluster, SERIAL, in_ns, run_out, sh, wait_for};
+use crate::harness::{Cluster, SERIAL, in_ns, run_out, wait_for};
 
 const FORM: Duration = Duration::from_secs(60);
 
 /// Waits until every running node sees every other running node alive.
-async fn wait_all_alive(c: &mut Cluster) {
+pub(crate) async fn wait_all_alive(c: &mut Cluster) {
     let running: BTreeSet<String> = c
         .nodes
         .iter()
@@ -93,14 +91,7 @@ fn wg_show_handshakes(iface: &str, expected: &BTreeSet<String>) -> Result<(), St
 }
 
 async fn peers_of(node: &mut crate::harness::Node) -> BTreeSet<String> {
-    let v = node.cmd(json!({"cmd": "peers"})).await;
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|p| p["public_key"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
+    node.peer_keys().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,104 +156,12 @@ async fn three_node_mesh_replicates_and_admits_a_wireguard_go_peer() {
     }
 
     // An external peer running Debian's wireguard-go, configured from the store.
-    let x_key = PrivateKey::generate();
-    let x_iface = format!("{}wx", c.prefix);
-    let used: BTreeSet<_> = c.nodes.iter().map(|n| n.mesh).collect();
-    let x_mesh = addr::allocate(
-        c.mesh_net,
-        &Claimant {
-            name: "o11y".into(),
-            public_key: x_key.public_key().to_base64(),
-        },
-        &used,
-    )
-    .unwrap();
-    let x_ns = c.add_namespace("x", "10.77.0.50".parse().unwrap());
-    c.nodes[1]
-        .cmd(json!({"cmd": "add_external", "name": "o11y", "public_key": x_key.public_key().to_base64(),
-                    "endpoint": "10.77.0.50:51820", "mesh_address": x_mesh.to_string()}))
+    let x = c
+        .add_wireguard_go_peer("o11y", "10.77.0.50".parse().unwrap(), 1, 2)
         .await;
-    // Every node adds it live (the store replicates the row, the tunnel reconciles).
-    let x_pub = x_key.public_key().to_base64();
-    for i in 0..3 {
-        let node = &mut c.nodes[i];
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while !peers_of(node).await.contains(&x_pub) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{} never added the external peer",
-                node.name
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-    let conf = c.nodes[2]
-        .cmd(json!({"cmd": "wg_quick", "name": "o11y", "private_key": x_key.to_base64()}))
-        .await;
-    let conf = conf.as_str().unwrap().to_owned();
-    let conf_path = c.dir.path().join(format!("{x_iface}.conf"));
-    std::fs::write(&conf_path, &conf).unwrap();
-    let stripped = run_out("wg-quick", &["strip", conf_path.to_str().unwrap()])
-        .expect("wg-quick strip accepts our config");
-    let stripped_path = c.dir.path().join("stripped.conf");
-    std::fs::write(&stripped_path, stripped).unwrap();
-    c.spawn_in(
-        &x_ns,
-        "wireguard-go",
-        &["-f", &x_iface],
-        &[("WG_PROCESS_FOREGROUND", "1")],
-    );
-    let sock = format!("/var/run/wireguard/{x_iface}.sock");
-    wait_for(
-        "wireguard-go's UAPI socket",
-        Duration::from_secs(10),
-        || {
-            let sock = sock.clone();
-            async move {
-                if std::path::Path::new(&sock).exists() {
-                    Ok(())
-                } else {
-                    Err("missing".to_owned())
-                }
-            }
-        },
-    )
-    .await;
-    sh(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            &x_ns,
-            "wg",
-            "setconf",
-            &x_iface,
-            stripped_path.to_str().unwrap(),
-        ],
-    );
-    // What `wg-quick up` does with the rest of the file: Address, MTU, a route per
-    // AllowedIPs (done by hand so wireguard-go is used even where the kernel module is).
-    let value = |key: &str| -> Vec<String> {
-        conf.lines()
-            .filter_map(|l| l.split_once('='))
-            .filter(|(k, _)| k.trim() == key)
-            .map(|(_, v)| v.trim().to_owned())
-            .collect()
-    };
-    let address = value("Address");
-    assert_eq!(address, vec![format!("{x_mesh}/32")], "{conf}");
-    let ns_ip = |args: &[&str]| {
-        let mut full = vec!["netns", "exec", x_ns.as_str(), "ip"];
-        full.extend_from_slice(args);
-        sh("ip", &full);
-    };
-    ns_ip(&["addr", "add", &address[0], "dev", &x_iface]);
-    ns_ip(&["link", "set", &x_iface, "mtu", &value("MTU")[0], "up"]);
-    let allowed = value("AllowedIPs");
-    assert_eq!(allowed.len(), 3, "{conf}");
-    for route in &allowed {
-        ns_ip(&["route", "add", route, "dev", &x_iface]);
-    }
+    let (x_ns, x_pub) = (x.ns.clone(), x.key.public_key().to_base64());
+    // The tunnel works: TCP reaches every node over the mesh (the mesh services accept
+    // and close at once: an external peer is not a cluster node).
     for n in &c.nodes {
         let target = format!("exec 3<>/dev/tcp/{}/7946", n.mesh);
         wait_for(

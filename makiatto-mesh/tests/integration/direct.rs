@@ -23,6 +23,7 @@ fn config(dir: &std::path::Path, name: &str, ip: &str, seeds: Vec<SeedPeer>) -> 
         blob_port: 17948,
         reconcile_every_ms: 200,
         sync_interval_ms: Some(200),
+        allow_public_direct: false,
     }
 }
 

@@ -6,4 +6,5 @@
 mod cluster;
 mod direct;
 pub mod harness;
+mod trust;
 mod tunnel;

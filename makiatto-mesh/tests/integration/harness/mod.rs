@@ -382,6 +382,7 @@ impl Cluster {
                 blob_port: 7948,
                 reconcile_every_ms: 1000,
                 sync_interval_ms: Some(500),
+                allow_public_direct: false,
             };
             std::fs::write(
                 &node.config_path,
@@ -542,6 +543,159 @@ impl Cluster {
                     let _ = std::fs::remove_file(e.path());
                 }
             }
+        }
+    }
+}
+
+/// An external WireGuard peer (Debian's wireguard-go) in its own namespace, configured
+/// from the store with `wg_quick_config`, as `maki peer add` would.
+pub struct External {
+    pub name: String,
+    pub ns: String,
+    pub iface: String,
+    pub mesh: Ipv4Addr,
+    pub key: PrivateKey,
+    /// The `wg-quick` configuration it was set up from.
+    pub conf: String,
+}
+
+impl Node {
+    /// Public keys of this node's WireGuard peers.
+    pub async fn peer_keys(&mut self) -> BTreeSet<String> {
+        let v = self.cmd(json!({"cmd": "peers"})).await;
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| p["public_key"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Connections and datagrams this node's mesh services refused so far.
+    pub async fn refusals(&mut self) -> makiatto_mesh::trust::Refusals {
+        let v = self.cmd(json!({"cmd": "refusals"})).await;
+        serde_json::from_value(v).expect("refusals")
+    }
+}
+
+impl Cluster {
+    /// Records external peer `name` (underlay `underlay`, a fresh mesh address) through
+    /// node `via`, waits until every node has it as a WireGuard peer, then brings up
+    /// wireguard-go in a new namespace from the `wg_quick_config` node `conf_from`
+    /// writes, doing by hand what `wg-quick up` does with the rest of the file.
+    pub async fn add_wireguard_go_peer(
+        &mut self,
+        name: &str,
+        underlay: Ipv4Addr,
+        via: usize,
+        conf_from: usize,
+    ) -> External {
+        let key = PrivateKey::generate();
+        let iface = format!("{}w{name}", self.prefix);
+        let used: BTreeSet<_> = self.nodes.iter().map(|n| n.mesh).collect();
+        let mesh = addr::allocate(
+            self.mesh_net,
+            &Claimant {
+                name: name.into(),
+                public_key: key.public_key().to_base64(),
+            },
+            &used,
+        )
+        .expect("allocate");
+        let ns = self.add_namespace(name, underlay);
+        self.nodes[via]
+            .cmd(json!({"cmd": "add_external", "name": name, "public_key": key.public_key().to_base64(),
+                        "endpoint": format!("{underlay}:51820"), "mesh_address": mesh.to_string()}))
+            .await;
+        // Every node adds it live (the store replicates the row, the tunnel reconciles).
+        let public = key.public_key().to_base64();
+        for i in 0..self.nodes.len() {
+            let node = &mut self.nodes[i];
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !node.peer_keys().await.contains(&public) {
+                assert!(
+                    Instant::now() < deadline,
+                    "{} never added the external peer",
+                    node.name
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        let conf = self.nodes[conf_from]
+            .cmd(json!({"cmd": "wg_quick", "name": name, "private_key": key.to_base64()}))
+            .await;
+        let conf = conf.as_str().expect("a config").to_owned();
+        let conf_path = self.dir.path().join(format!("{iface}.conf"));
+        std::fs::write(&conf_path, &conf).expect("writing the config");
+        let stripped = run_out("wg-quick", &["strip", conf_path.to_str().expect("utf-8")])
+            .expect("wg-quick strip accepts our config");
+        let stripped_path = self.dir.path().join(format!("{iface}.stripped.conf"));
+        std::fs::write(&stripped_path, stripped).expect("writing the config");
+        self.spawn_in(
+            &ns,
+            "wireguard-go",
+            &["-f", &iface],
+            &[("WG_PROCESS_FOREGROUND", "1")],
+        );
+        let sock = format!("/var/run/wireguard/{iface}.sock");
+        wait_for(
+            "wireguard-go's UAPI socket",
+            Duration::from_secs(10),
+            || {
+                let sock = sock.clone();
+                async move {
+                    if Path::new(&sock).exists() {
+                        Ok(())
+                    } else {
+                        Err("missing".to_owned())
+                    }
+                }
+            },
+        )
+        .await;
+        sh(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &ns,
+                "wg",
+                "setconf",
+                &iface,
+                stripped_path.to_str().expect("utf-8"),
+            ],
+        );
+        // Address, MTU, a route per AllowedIPs (by hand, so wireguard-go is used even
+        // where the kernel module is).
+        let value = |k: &str| -> Vec<String> {
+            conf.lines()
+                .filter_map(|l| l.split_once('='))
+                .filter(|(key, _)| key.trim() == k)
+                .map(|(_, v)| v.trim().to_owned())
+                .collect()
+        };
+        let address = value("Address");
+        assert_eq!(address, vec![format!("{mesh}/32")], "{conf}");
+        let ns_ip = |args: &[&str]| {
+            let mut full = vec!["netns", "exec", ns.as_str(), "ip"];
+            full.extend_from_slice(args);
+            sh("ip", &full);
+        };
+        ns_ip(&["addr", "add", &address[0], "dev", &iface]);
+        ns_ip(&["link", "set", &iface, "mtu", &value("MTU")[0], "up"]);
+        let allowed = value("AllowedIPs");
+        assert_eq!(allowed.len(), self.nodes.len(), "{conf}");
+        for route in &allowed {
+            ns_ip(&["route", "add", route, "dev", &iface]);
+        }
+        External {
+            name: name.into(),
+            ns,
+            iface,
+            mesh,
+            key,
+            conf,
         }
     }
 }
