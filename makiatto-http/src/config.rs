@@ -30,8 +30,31 @@ pub struct ServerConfig {
     pub tls_handshake_timeout_ms: u64,
     /// Concurrent connections over all listeners; connections beyond are closed at once.
     pub max_connections: usize,
-    /// HTTP/2 streams per connection.
+    /// A connection with no request in flight for this long is closed (HTTP/2: GOAWAY,
+    /// then close; HTTP/1.1: close). 0 keeps idle connections open.
+    pub idle_timeout_ms: u64,
+    /// HTTP/2 streams per connection (`SETTINGS_MAX_CONCURRENT_STREAMS`).
     pub h2_max_concurrent_streams: u32,
+    /// HTTP/2 receive window per stream (`SETTINGS_INITIAL_WINDOW_SIZE`): request body
+    /// bytes a client may send on a stream before we read them.
+    pub h2_stream_window_bytes: u32,
+    /// HTTP/2 receive window of the whole connection: request body bytes a client may have
+    /// in flight over all its streams.
+    pub h2_connection_window_bytes: u32,
+    /// Response bytes buffered per HTTP/2 stream beyond what the client's window lets us
+    /// send. With `h2_max_concurrent_streams` it bounds what one connection that stops
+    /// reading can make us hold: streams × this.
+    pub h2_max_send_buf_bytes: usize,
+    /// Streams a client may reset before the server accepted them, before the connection
+    /// is closed (rapid-reset floods).
+    pub h2_max_pending_accept_reset_streams: usize,
+    /// Streams the server may reset because of client protocol errors before the
+    /// connection is closed.
+    pub h2_max_local_error_reset_streams: usize,
+    /// Interval of HTTP/2 PINGs that detect a dead peer; 0 sends none.
+    pub h2_keep_alive_interval_ms: u64,
+    /// Time a PING may go unanswered before the connection is closed.
+    pub h2_keep_alive_timeout_ms: u64,
     /// `Strict-Transport-Security` max-age on HTTPS responses; 0 turns the header off.
     pub hsts_max_age_secs: u64,
     /// Memory for cached files and their precompressed variants.
@@ -61,7 +84,15 @@ impl Default for ServerConfig {
             write_timeout_ms: 30_000,
             tls_handshake_timeout_ms: 10_000,
             max_connections: 10_000,
-            h2_max_concurrent_streams: 128,
+            idle_timeout_ms: 60_000,
+            h2_max_concurrent_streams: 100,
+            h2_stream_window_bytes: 64 * 1024,
+            h2_connection_window_bytes: 256 * 1024,
+            h2_max_send_buf_bytes: 64 * 1024,
+            h2_max_pending_accept_reset_streams: 20,
+            h2_max_local_error_reset_streams: 256,
+            h2_keep_alive_interval_ms: 30_000,
+            h2_keep_alive_timeout_ms: 20_000,
             hsts_max_age_secs: 31_536_000,
             memory_cache_bytes: 256 * 1024 * 1024,
             memory_file_max_bytes: 2 * 1024 * 1024,
@@ -79,6 +110,9 @@ impl ServerConfig {
     }
     pub(crate) fn tls_handshake_timeout(&self) -> Duration {
         Duration::from_millis(self.tls_handshake_timeout_ms)
+    }
+    pub(crate) fn idle_timeout(&self) -> Option<Duration> {
+        (self.idle_timeout_ms > 0).then(|| Duration::from_millis(self.idle_timeout_ms))
     }
 }
 

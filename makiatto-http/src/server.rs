@@ -80,12 +80,27 @@ impl HttpServer {
             .timer(TokioTimer::new())
             .header_read_timeout(cfg.header_read_timeout())
             .max_buf_size(cfg.max_header_bytes.max(8192));
+        if cfg.h2_stream_window_bytes < 65_535 || cfg.h2_connection_window_bytes < 65_535 {
+            return Err(HttpError::Config(
+                "HTTP/2 windows must be at least 65535 bytes".into(),
+            ));
+        }
         builder
             .http2()
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
             .max_concurrent_streams(cfg.h2_max_concurrent_streams)
-            .keep_alive_interval(Some(Duration::from_secs(30)));
+            .initial_stream_window_size(cfg.h2_stream_window_bytes)
+            .initial_connection_window_size(cfg.h2_connection_window_bytes)
+            .adaptive_window(false)
+            .max_send_buf_size(cfg.h2_max_send_buf_bytes)
+            .max_pending_accept_reset_streams(cfg.h2_max_pending_accept_reset_streams)
+            .max_local_error_reset_streams(cfg.h2_max_local_error_reset_streams)
+            .keep_alive_interval(
+                (cfg.h2_keep_alive_interval_ms > 0)
+                    .then(|| Duration::from_millis(cfg.h2_keep_alive_interval_ms)),
+            )
+            .keep_alive_timeout(Duration::from_millis(cfg.h2_keep_alive_timeout_ms));
         Ok(HttpServer {
             conns: Arc::new(Semaphore::new(cfg.max_connections)),
             cfg: Arc::new(cfg),
@@ -216,6 +231,9 @@ impl HttpServer {
     {
         // Every request of a TLS connection carries the handshake's server name, so the
         // handler can refuse a Host that the connection's certificate does not cover.
+        // Each request counts as in flight until its response body is done or dropped.
+        let activity = Arc::new(Activity::new());
+        let act = Arc::clone(&activity);
         let svc =
             hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
                 if let Some(s) = &sni {
@@ -224,22 +242,135 @@ impl HttpServer {
                 if let Some(p) = proxy {
                     req.extensions_mut().insert(p);
                 }
+                let guard = InFlight::new(Arc::clone(&act));
                 let mut app = app.clone();
-                tower_service::Service::call(&mut app, req)
+                let fut = tower_service::Service::call(&mut app, req);
+                async move {
+                    let res = fut.await?;
+                    Ok::<_, std::convert::Infallible>(res.map(|body| Tracked {
+                        inner: body,
+                        _guard: guard,
+                    }))
+                }
             });
         let conn = self.builder.serve_connection(TokioIo::new(io), svc);
         tokio::pin!(conn);
-        tokio::select! {
-            r = conn.as_mut() => {
-                if let Err(e) = r {
-                    tracing::trace!(error = %e, "connection ended with an error");
+        let idle = self.cfg.idle_timeout();
+        loop {
+            let check = idle.map(|idle| activity.idle_deadline(idle));
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::trace!(error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                () = shutdown.cancelled() => break,
+                () = sleep_until_or_forever(check) => {
+                    if idle.is_some_and(|idle| activity.idle_for(idle)) {
+                        tracing::trace!("idle connection closed");
+                        break;
+                    }
                 }
             }
-            () = shutdown.cancelled() => {
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
-            }
         }
+        conn.as_mut().graceful_shutdown();
+        let _ = conn.await;
+    }
+}
+
+/// Requests in flight on one connection and when the last one ended.
+struct Activity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    idle_since: std::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
+            idle_since: std::sync::Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+
+    fn idle_since(&self) -> tokio::time::Instant {
+        *self
+            .idle_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// When to look again: `idle` after the last request ended, or `idle` from now while
+    /// requests are in flight.
+    fn idle_deadline(&self, idle: Duration) -> tokio::time::Instant {
+        let now = tokio::time::Instant::now();
+        if self.in_flight.load(std::sync::atomic::Ordering::Acquire) > 0 {
+            return now + idle;
+        }
+        (self.idle_since() + idle).max(now)
+    }
+
+    /// Whether no request has been in flight for `idle`.
+    fn idle_for(&self, idle: Duration) -> bool {
+        self.in_flight.load(std::sync::atomic::Ordering::Acquire) == 0
+            && self.idle_since().elapsed() >= idle
+    }
+}
+
+/// One request in flight; dropped with its response body.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn new(a: Arc<Activity>) -> Self {
+        a.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        InFlight(a)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        *self
+            .0
+            .idle_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = tokio::time::Instant::now();
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its request counted as in flight until it is dropped.
+struct Tracked {
+    inner: axum::body::Body,
+    _guard: InFlight,
+}
+
+impl http_body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+async fn sleep_until_or_forever(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -204,3 +204,78 @@ async fn run_binds_configured_addresses_and_shuts_down() {
         .unwrap()
         .unwrap();
 }
+
+/// An HTTP/2 client over cleartext (prior knowledge) to `s`, with its connection driven
+/// in a task that ends when the server closes the connection.
+async fn h2_client(
+    s: &common::TestServer,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let tcp = TcpStream::connect(s.http).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    (client, tokio::spawn(conn))
+}
+
+/// One GET over `client`, its body read to the end; the status.
+async fn h2_get(client: &mut h2::client::SendRequest<bytes::Bytes>, host: &str) -> u16 {
+    let req = http::Request::get(format!("http://{host}/about"))
+        .body(())
+        .unwrap();
+    let (resp, _) = client.send_request(req, true).unwrap();
+    let resp = resp.await.unwrap();
+    let status = resp.status().as_u16();
+    let mut body = resp.into_body();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    status
+}
+
+/// Issue 4: the HTTP/2 settings bound what one client can make the server buffer: the
+/// streams it may open and the request body bytes it may push per stream before we read.
+#[tokio::test]
+async fn h2_settings_bound_streams_and_request_windows() {
+    let s = start(|_| {}).await;
+    let (mut client, _conn) = h2_client(&s).await;
+    // A first exchange so that the server's SETTINGS and window updates have arrived.
+    assert_eq!(h2_get(&mut client, "site.test").await, 200);
+    assert_eq!(client.current_max_send_streams(), 100);
+    let mut client = client.ready().await.unwrap();
+    let req = http::Request::post("http://site.test/upload")
+        .body(())
+        .unwrap();
+    let (_resp, mut body) = client.send_request(req, false).unwrap();
+    body.reserve_capacity(4 << 20);
+    let granted = std::future::poll_fn(|cx| body.poll_capacity(cx))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        granted > 0 && granted <= 64 * 1024,
+        "a client may push {granted} request bytes on one stream before we read"
+    );
+}
+
+/// An HTTP/2 connection with nothing in flight is closed after `idle_timeout_ms` (keep-alive
+/// PINGs alone do not keep it open), and one with a request in flight is not.
+#[tokio::test]
+async fn idle_h2_connections_are_closed() {
+    let s = start(|c| c.idle_timeout_ms = 400).await;
+    let (mut client, conn) = h2_client(&s).await;
+    assert_eq!(h2_get(&mut client, "site.test").await, 200);
+    // Busy: a request every 200 ms keeps the connection for longer than the timeout.
+    let started = Instant::now();
+    let mut idle_from = Instant::now();
+    while started.elapsed() < Duration::from_secs(1) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(h2_get(&mut client, "site.test").await, 200);
+        idle_from = Instant::now();
+    }
+    assert!(!conn.is_finished(), "closed while in use");
+    let r = tokio::time::timeout(Duration::from_secs(10), conn).await;
+    assert!(r.is_ok(), "idle HTTP/2 connection was kept open");
+    assert!(idle_from.elapsed() >= Duration::from_millis(350));
+}
