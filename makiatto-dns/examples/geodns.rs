@@ -7,13 +7,14 @@
 //! `MAKIATTO_MMDB` is a GeoLite2-City or DB-IP city `.mmdb` file, or several separated by `:`
 //! (e.g. the DB-IP IPv4 and IPv6 files), reloaded when replaced;
 //! without it every client gets all healthy nodes. `MAKIATTO_UDP_THREADS` (default 1).
+//! `MAKIATTO_RRL=RATE[:SLIP]` turns on UDP response rate limiting (e.g. `20:2`).
 //! Sending SIGHUP is not needed: the zone file is re-read every 2 seconds when it changes.
 
 use std::{num::NonZeroUsize, sync::Arc, time::Duration};
 
 use makiatto_dns::{
-    DnsServer, GeoLocator, LocatorChain, MmdbLocator, NoLocator, TomlZoneFile, ZoneHandle,
-    ZoneSource, bind_udp_tcp,
+    DnsServer, GeoLocator, LocatorChain, MmdbLocator, NoLocator, RateLimit, TomlZoneFile,
+    ZoneHandle, ZoneSource, bind_udp_tcp,
 };
 
 #[tokio::main(flavor = "current_thread")]
@@ -48,13 +49,33 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .and_then(NonZeroUsize::new)
         .unwrap_or(NonZeroUsize::MIN);
 
+    let rrl = match std::env::var("MAKIATTO_RRL") {
+        Ok(spec) => {
+            let (rate, slip) = spec.split_once(':').unwrap_or((&spec, "2"));
+            Some(
+                RateLimit::new(
+                    rate.parse()
+                        .map_err(|e| format!("MAKIATTO_RRL rate: {e}"))?,
+                )
+                .slip(
+                    slip.parse()
+                        .map_err(|e| format!("MAKIATTO_RRL slip: {e}"))?,
+                ),
+            )
+        }
+        Err(_) => None,
+    };
+
     let (udp, tcp) = bind_udp_tcp(addr)?;
-    let server = DnsServer::builder(zones.clone())
+    let mut builder = DnsServer::builder(zones.clone())
         .locator(locator)
         .udp_threads(threads)
         .udp(udp)
-        .tcp(tcp)
-        .start()?;
+        .tcp(tcp);
+    if let Some(rrl) = rrl {
+        builder = builder.rate_limit(rrl);
+    }
+    let server = builder.start()?;
     tracing::info!(%addr, serial = zones.serial(), "serving");
     eprintln!("geodns: serving {zone_path} on {addr} (udp+tcp)");
 

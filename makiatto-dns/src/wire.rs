@@ -1,6 +1,6 @@
 //! The request path: parses a raw query by hand and writes the answer from the compiled
-//! snapshot. Used by the UDP fast path and, through hickory-server, by TCP, DoT and DoQ, so
-//! every transport gives the same answers.
+//! snapshot. Used by the UDP fast path, by our TCP and DoT listeners and, through
+//! hickory-server, by DoQ, so every transport gives the same answers.
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
