@@ -199,30 +199,44 @@ fn nameserver_setup_prints_glue_and_nameservers_per_domain() {
 }
 
 #[test]
-fn commands_without_a_backend_say_which_issue_delivers_them() {
-    let tmp = tempfile::tempdir().unwrap();
-    let cases: [(&[&str], &str); 5] = [
-        (&["sync"], "issue 6"),
-        (&["health", "--json"], "issue 6"),
-        (
-            &["peer", "add", "o11y", "--wg-pubkey", "k", "--endpoint", "e"],
-            "issue 6",
-        ),
-        (
-            &["machine", "init", "vector", "root@203.0.113.1"],
-            "issue 7",
-        ),
-        (&["rollback", "example.com"], "issue 6"),
+fn node_commands_without_machines_say_how_to_add_one() {
+    let tmp = project("[[domain]]\nname = \"example.com\"\npath = \"./site\"\n");
+    let cases: [&[&str]; 4] = [
+        &["sync"],
+        &["peer", "add", "o11y", "--wg-pubkey", "k", "--endpoint", "e"],
+        &["rollback", "example.com"],
+        &["deployments", "example.com"],
     ];
-    for (args, issue) in cases {
+    for args in cases {
         let out = maki(tmp.path(), tmp.path(), None, args);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         let err = stderr(&out);
         assert!(
-            err.contains("not available yet") && err.contains(issue),
+            err.contains("the profile has no machines") && err.contains("maki machine list"),
             "{args:?}: {err}"
         );
     }
+    // `maki health` on an empty profile is red, not green.
+    let out = maki(tmp.path(), tmp.path(), None, &["health"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).contains("no machines"), "{}", stdout(&out));
+    // Bad names and targets are refused before anything is contacted.
+    let out = maki(
+        tmp.path(),
+        tmp.path(),
+        None,
+        &["machine", "init", "Vector", "root@203.0.113.1"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("DNS label"), "{}", stderr(&out));
+    let out = maki(
+        tmp.path(),
+        tmp.path(),
+        None,
+        &["machine", "init", "vector", "203.0.113.1"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("not user@host"), "{}", stderr(&out));
 }
 
 #[test]
@@ -279,6 +293,7 @@ fn admin_node(
         blobs: std::sync::Arc::new(BlobStore::open(dir.join("blobs")).unwrap()),
         mesh_cidr: "10.44.44.0/24".parse().unwrap(),
         mesh_port: 51880,
+        membership: None,
     });
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let path = socket.clone();

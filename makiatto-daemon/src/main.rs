@@ -18,10 +18,34 @@ struct Args {
     /// Check the configuration and exit.
     #[arg(long)]
     check: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Create the node's WireGuard key if missing and print its public key.
+    WgKey {
+        /// The node's data directory.
+        #[arg(long, default_value = "/var/makiatto")]
+        data_dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::WgKey { data_dir }) = &args.command {
+        return match makiatto::node::wg_public_key(data_dir) {
+            Ok(key) => {
+                let mut out = std::io::stdout();
+                match std::io::Write::write_all(&mut out, format!("{key}\n").as_bytes()) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => fail(miette::miette!("writing the key: {e}")),
+                }
+            }
+            Err(e) => fail(e),
+        };
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -71,6 +71,26 @@ pub struct NewPeer {
     pub wg_address: Option<Ipv4Addr>,
 }
 
+/// `maki machine init`: a node about to join, registered through a node already in the
+/// cluster so that every node adds it as a WireGuard peer before it starts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewNode {
+    /// Node name.
+    pub name: String,
+    /// Its WireGuard public key.
+    pub wg_public_key: String,
+    /// Its WireGuard endpoint, `host:port`.
+    pub endpoint: String,
+    /// Its public IPv4 address.
+    pub ipv4: Ipv4Addr,
+    /// Latitude, degrees.
+    pub latitude: f64,
+    /// Longitude, degrees.
+    pub longitude: f64,
+    /// Whether it answers as a nameserver.
+    pub is_nameserver: bool,
+}
+
 /// Why an admin operation was refused or failed.
 #[derive(Debug, thiserror::Error, Diagnostic)]
 #[non_exhaustive]
@@ -337,6 +357,71 @@ impl Admin<'_> {
             external_peers::upsert(tx, &row)?;
             Ok(Ok(row))
         })??)
+    }
+
+    /// Registers a node about to join (re-registering a name replaces its row, keeping its
+    /// mesh address when still free); returns its row with its mesh address.
+    pub fn add_node(
+        &self,
+        new: &NewNode,
+        cidr: Ipv4Cidr,
+        now_ms: i64,
+    ) -> Result<nodes::Node, AdminError> {
+        peer::check_name(&new.name)?;
+        peer::check_key(&new.wg_public_key)?;
+        if !new.latitude.is_finite()
+            || !new.longitude.is_finite()
+            || new.latitude.abs() > 90.0
+            || new.longitude.abs() > 180.0
+        {
+            return Err(AdminError::Invalid("coordinates out of range".into()));
+        }
+        Ok(self.store.write(|tx| {
+            let existing = nodes::get(tx, &new.name)?;
+            let mut used: Vec<Ipv4Addr> = nodes::list(tx)?
+                .iter()
+                .filter(|n| n.name != new.name)
+                .filter_map(|n| n.mesh_address.parse().ok())
+                .chain(
+                    external_peers::list(tx)?
+                        .iter()
+                        .filter_map(|p| p.mesh_address.parse().ok()),
+                )
+                .collect();
+            used.sort_unstable();
+            let kept = existing
+                .as_ref()
+                .and_then(|n| n.mesh_address.parse::<Ipv4Addr>().ok())
+                .filter(|a| !used.contains(a) && cidr.contains(*a));
+            let Some(address) = kept.or_else(|| peer::allocate(cidr, &used)) else {
+                return Ok(Err(PeerError::Full(cidr)));
+            };
+            let row = nodes::Node {
+                name: new.name.clone(),
+                wg_public_key: new.wg_public_key.clone(),
+                wg_endpoint: new.endpoint.clone(),
+                mesh_address: address.to_string(),
+                ipv4: new.ipv4.to_string(),
+                ipv6: None,
+                latitude: new.latitude,
+                longitude: new.longitude,
+                is_nameserver: new.is_nameserver,
+                site_id: String::new(),
+                created_ms: now_ms,
+            };
+            nodes::upsert(tx, &row)?;
+            Ok(Ok(row))
+        })??)
+    }
+
+    /// Removes a node from the cluster state (its row and health report): the other nodes
+    /// drop it from the mesh and from DNS answers. Returns whether it was known.
+    pub fn remove_node(&self, name: &str) -> Result<bool, AdminError> {
+        Ok(self.store.write(|tx| {
+            let known = nodes::delete(tx, name)?;
+            node_health::delete(tx, name)?;
+            Ok(known)
+        })?)
     }
 
     /// Every external peer, by name.

@@ -123,6 +123,23 @@ pub struct MeshSection {
     /// Nodes to join through: their mesh addresses (`"10.44.44.1"`; a `:port` suffix is
     /// accepted and ignored); empty: a new cluster or peers from the store.
     pub seeds: Vec<String>,
+    /// Nodes to join through over WireGuard (`[[mesh.seed_nodes]]`), written by
+    /// `maki machine init`: each one's name, public key, endpoint and mesh address.
+    pub seed_nodes: Vec<SeedNode>,
+}
+
+/// `[[mesh.seed_nodes]]`: a node already in the cluster, reached over WireGuard.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedNode {
+    /// Its node name.
+    pub name: String,
+    /// Its WireGuard public key (base64).
+    pub wg_public_key: String,
+    /// Its WireGuard endpoint, `host:port`.
+    pub endpoint: String,
+    /// Its mesh address.
+    pub address: Ipv4Addr,
 }
 
 /// `[admin]`: the admin API (a Unix socket only, never TCP).
@@ -388,6 +405,7 @@ impl Default for MeshSection {
             address: None,
             sync_port: 51881,
             seeds: Vec::new(),
+            seed_nodes: Vec::new(),
         }
     }
 }

@@ -2,7 +2,9 @@
 
 use miette::Diagnostic;
 
-use crate::{admin, config, deploy, manifest, nameserver, peer, plan, profile, project, wit};
+use crate::{
+    admin, config, deploy, machine, manifest, nameserver, peer, plan, profile, project, ssh, wit,
+};
 
 /// Any error of the Makiatto SDK.
 #[derive(Debug, thiserror::Error, Diagnostic)]
@@ -56,6 +58,14 @@ pub enum MakiattoError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Wit(#[from] wit::WitError),
+    /// SSH.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Ssh(#[from] ssh::SshError),
+    /// Provisioning.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Machine(#[from] machine::MachineError),
     /// `maki sync` gave up waiting for the nodes to activate a deployment.
     #[error("{domain}: deployment {deployment} is not active everywhere: {rollout}")]
     #[diagnostic(help(

@@ -26,14 +26,19 @@
 //! | [`plan`] | what `maki sync` would deploy (the dry run) |
 //! | [`deploy`] | a plan as cluster rows: insert a deployment, activate it, find removed domains |
 //! | [`node`] | the running node: store, mesh, DNS, HTTP, deployment activation, admin socket |
-//!
-//! Provisioning arrives with issue 7.
+//! | [`ssh`] | SSH to the machines (system `ssh`, sudo, checked uploads, socket forwarding) |
+//! | [`machine`] | `maki machine …`: provisioning nodes over SSH |
+//! | [`health`] | `maki health`: every machine checked over SSH, DNS and HTTP |
+//! | [`cli`] | the `maki` command line (the binary only calls [`cli::main`]) |
 
 pub mod admin;
+pub mod cli;
 pub mod config;
 pub mod deploy;
 mod diag;
 mod error;
+pub mod health;
+pub mod machine;
 pub mod manifest;
 pub mod nameserver;
 pub mod node;
@@ -42,6 +47,7 @@ pub mod plan;
 pub mod profile;
 pub mod project;
 pub mod remote;
+pub mod ssh;
 pub mod wit;
 
 pub use diag::{InvalidFile, Problem};

@@ -298,6 +298,7 @@ impl Node {
             blobs: Arc::new(blobs),
             mesh_cidr: config.mesh.cidr,
             mesh_port: config.mesh.port,
+            membership: Some(view.clone()),
         });
         let first = Arc::new(std::sync::Mutex::new(Some(first)));
         {
@@ -521,6 +522,15 @@ fn mesh_config(config: &NodeConfig) -> Result<MeshConfig, NodeError> {
             mesh_address,
         });
     }
+    // Seeds reached over WireGuard: their key and public endpoint are known.
+    for p in &m.seed_nodes {
+        seeds.push(SeedPeer {
+            name: p.name.clone(),
+            public_key: p.wg_public_key.clone(),
+            endpoint: p.endpoint.clone(),
+            mesh_address: p.address,
+        });
+    }
     let port = |offset: u16| {
         m.sync_port.checked_add(offset).ok_or_else(|| {
             NodeError::Config(format!(
@@ -554,6 +564,15 @@ fn ipnet_of(config: &NodeConfig) -> ipnet::Ipv4Net {
     let c = config.mesh.cidr;
     ipnet::Ipv4Net::new(c.network, c.prefix_len)
         .unwrap_or_else(|_| makiatto_mesh::addr::default_mesh_net())
+}
+
+/// The public half of the node's WireGuard key (`<data_dir>/wg.key`), creating the key
+/// (mode 0600) when it does not exist yet. `makiatto wg-key` prints it: the private key
+/// never leaves the machine.
+pub fn wg_public_key(data_dir: &Path) -> Result<String, NodeError> {
+    std::fs::create_dir_all(data_dir).map_err(io(format!("creating {}", data_dir.display())))?;
+    let private = PrivateKey::from_base64(&private_key(data_dir)?)?;
+    Ok(private.public_key().to_base64())
 }
 
 /// The node's WireGuard key: `<data_dir>/wg.key`, created (mode 0600) on first start.

@@ -23,7 +23,17 @@ pub const SYNC_WAIT: Duration = Duration::from_secs(120);
 #[derive(Debug)]
 pub struct Remote {
     client: Client,
+    /// The SSH connection carrying the forwarded socket, when reached over SSH.
+    link: Option<crate::machine::AdminLink>,
     runtime: tokio::runtime::Runtime,
+}
+
+impl Drop for Remote {
+    fn drop(&mut self) {
+        if let Some(link) = self.link.take() {
+            self.runtime.block_on(link.close());
+        }
+    }
 }
 
 impl Remote {
@@ -35,6 +45,26 @@ impl Remote {
             .map_err(|e| MakiattoError::Io(e.to_string()))?;
         Ok(Self {
             client: Client::new(socket),
+            link: None,
+            runtime,
+        })
+    }
+
+    /// The first machine of `profile` whose admin API answers over SSH (`key`: the SSH
+    /// private key, else the agent and default keys).
+    pub fn over_ssh(
+        profile: &crate::profile::Profile,
+        key: Option<&Path>,
+    ) -> Result<Self, MakiattoError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| MakiattoError::Io(e.to_string()))?;
+        let machines: Vec<_> = profile.machines.iter().collect();
+        let (_, link) = runtime.block_on(crate::machine::first_reachable(&machines, key))?;
+        Ok(Self {
+            client: link.client.clone(),
+            link: Some(link),
             runtime,
         })
     }

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use tokio::net::UnixStream;
 
 use super::socket::{MissingRequest, MissingResponse, RollbackRequest};
-use super::{DeploymentSummary, NewPeer};
+use super::{DeploymentSummary, NewNode, NewPeer};
 use crate::deploy::DeploymentRows;
 use crate::store::BlobHash;
 use crate::store::cluster::external_peers::ExternalPeer;
@@ -105,6 +105,31 @@ impl Client {
     /// Every node with its latest health report.
     pub async fn nodes(&self) -> Result<Vec<super::NodeStatus>, ClientError> {
         self.call(Method::GET, "/v1/nodes", Bytes::new()).await
+    }
+
+    /// Registers a node about to join; returns its row with its mesh address.
+    pub async fn add_node(
+        &self,
+        node: &NewNode,
+    ) -> Result<crate::store::cluster::nodes::Node, ClientError> {
+        self.call(Method::POST, "/v1/nodes", to_json(node)?).await
+    }
+
+    /// Removes a node from the cluster state; `false` when the node did not know it.
+    pub async fn remove_node(&self, name: &str) -> Result<bool, ClientError> {
+        let r: Result<serde_json::Value, _> = self
+            .call(Method::DELETE, &format!("/v1/nodes/{name}"), Bytes::new())
+            .await;
+        match r {
+            Ok(_) => Ok(true),
+            Err(ClientError::Refused { status: 404, .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Who the node sees alive.
+    pub async fn membership(&self) -> Result<super::socket::MembershipAnswer, ClientError> {
+        self.call(Method::GET, "/v1/membership", Bytes::new()).await
     }
 
     /// The domains the cluster serves.

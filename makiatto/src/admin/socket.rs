@@ -9,6 +9,9 @@
 //! | `PUT /v1/blobs/{hash}` | the blob's bytes | `{"size"}` |
 //! | `POST /v1/deployments` | [`DeploymentRows`] | creates and activates it: `201 {"id"}`; `409 {"error", "missing"}` while blobs are missing |
 //! | `GET /v1/nodes` | | `[`[`NodeStatus`](super::NodeStatus)`]`: each node's row and latest health report |
+//! | `POST /v1/nodes` | [`NewNode`] | `201` the node's row with its mesh address (before it joins) |
+//! | `DELETE /v1/nodes/{name}` | | `{}`: removed from the cluster state; `404` when unknown |
+//! | `GET /v1/membership` | | [`MembershipAnswer`]: who this node sees alive |
 //! | `GET /v1/domains` | | `["example.com", ..]` |
 //! | `DELETE /v1/domains/{domain}` | | `{}`: the domain is no longer served; `404` when unknown |
 //! | `GET /v1/deployments/{id}/rollout` | | [`Rollout`](crate::deploy::Rollout): `{"active", "waiting", "failed"}` over the healthy nodes |
@@ -39,7 +42,10 @@ use serde::{Deserialize, Serialize};
 use tokio::net::UnixListener;
 use tokio::task::JoinSet;
 
-use super::{Admin, AdminError, DeploymentSummary, NewPeer};
+use makiatto_mesh::membership::MembershipView;
+use tokio::sync::watch;
+
+use super::{Admin, AdminError, DeploymentSummary, NewNode, NewPeer};
 use crate::config::Ipv4Cidr;
 use crate::deploy::{DeployError, DeploymentRows};
 use crate::peer::PeerError;
@@ -67,6 +73,17 @@ pub struct AdminState {
     pub mesh_cidr: Ipv4Cidr,
     /// The WireGuard port of nodes without a recorded endpoint.
     pub mesh_port: u16,
+    /// This node's membership view (`GET /v1/membership`), when it runs a mesh.
+    pub membership: Option<watch::Receiver<MembershipView>>,
+}
+
+/// `GET /v1/membership` answer: the members this node sees, by state.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct MembershipAnswer {
+    /// Members it sees alive.
+    pub alive: Vec<String>,
+    /// Members it sees suspect or down.
+    pub not_alive: Vec<String>,
 }
 
 /// `POST /v1/blobs/missing` body.
@@ -200,6 +217,33 @@ async fn route(
         }
         (&Method::GET, ["v1", "nodes"]) => {
             Ok(json(StatusCode::OK, &blocking(state, |a| a.nodes()).await?))
+        }
+        (&Method::POST, ["v1", "nodes"]) => {
+            let new: NewNode = read_json(body).await?;
+            let (cidr, now) = (state.mesh_cidr, now_ms());
+            let added = blocking(state, move |a| a.add_node(&new, cidr, now)).await?;
+            Ok(json(StatusCode::CREATED, &added))
+        }
+        (&Method::DELETE, ["v1", "nodes", name]) => {
+            let name = (*name).to_owned();
+            if !blocking(state, move |a| a.remove_node(&name)).await? {
+                return Err(Failure::NotFound);
+            }
+            Ok(json(StatusCode::OK, &serde_json::json!({})))
+        }
+        (&Method::GET, ["v1", "membership"]) => {
+            let mut answer = MembershipAnswer::default();
+            if let Some(view) = &state.membership {
+                let view = view.borrow();
+                for (name, m) in &view.members {
+                    if m.liveness == makiatto_mesh::membership::Liveness::Alive {
+                        answer.alive.push(name.clone());
+                    } else {
+                        answer.not_alive.push(name.clone());
+                    }
+                }
+            }
+            Ok(json(StatusCode::OK, &answer))
         }
         (&Method::GET, ["v1", "domains"]) => Ok(json(
             StatusCode::OK,

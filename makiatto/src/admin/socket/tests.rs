@@ -44,6 +44,7 @@ async fn the_admin_api_over_a_unix_socket() {
         blobs: Arc::new(BlobStore::open(dir.path().join("blobs")).unwrap()),
         mesh_cidr: "10.44.44.0/24".parse().unwrap(),
         mesh_port: 51880,
+        membership: None,
     });
     let listener = bind(&socket).unwrap();
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
@@ -241,6 +242,7 @@ async fn push_uploads_only_missing_blobs_through_the_client() {
         blobs: Arc::new(BlobStore::open(dir.path().join("blobs")).unwrap()),
         mesh_cidr: "10.44.44.0/24".parse().unwrap(),
         mesh_port: 51880,
+        membership: None,
     });
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve(bind(&socket).unwrap(), state, async {

@@ -1,0 +1,778 @@
+//! `maki machine …`: provisioning Makiatto nodes over SSH.
+//!
+//! [`init`] installs a node step by step (each step named in progress and in errors):
+//! connect and check sudo, detect the OS and architecture, refuse a machine that already
+//! holds Makiatto data (unless `recreate`), install the daemon binary (SHA-256 checked on the
+//! machine), create the `makiatto` system user and its directories, have the node generate
+//! its WireGuard key (only the public key leaves it), place it (given coordinates or the
+//! GeoIP database), register it through a node already in the cluster, write its
+//! configuration and a least-privilege systemd unit, start it, wait until it is in the
+//! membership view, and record it in the profile.
+//!
+//! Files on a node: `/usr/local/bin/makiatto`, `/etc/makiatto/config.toml`,
+//! `/var/makiatto/` (data, WireGuard key, GeoIP database),
+//! `/etc/systemd/system/makiatto.service`, and the `makiatto` user and group.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use miette::Diagnostic;
+
+use crate::admin::NewNode;
+use crate::admin::client::Client;
+use crate::config::NodeConfig;
+use crate::profile::{Machine, Profile};
+use crate::ssh::{self, Ssh, SshError, Target, quote};
+
+/// Where the daemon binary goes.
+pub const BINARY: &str = "/usr/local/bin/makiatto";
+/// The node configuration.
+pub const CONFIG: &str = "/etc/makiatto/config.toml";
+/// The data directory.
+pub const DATA_DIR: &str = "/var/makiatto";
+/// The systemd unit.
+pub const UNIT: &str = "/etc/systemd/system/makiatto.service";
+/// The admin socket on a node.
+pub const ADMIN_SOCKET: &str = "/run/makiatto/admin.sock";
+/// The WireGuard port.
+pub const WG_PORT: u16 = 51880;
+/// How long `init` waits for the new node to join.
+pub const JOIN_WAIT: Duration = Duration::from_secs(90);
+/// Nameservers a cluster gets before new nodes stop being nameservers by default.
+pub const DEFAULT_NAMESERVERS: usize = 3;
+
+/// The systemd unit: the daemon as the unprivileged `makiatto` user with only the two
+/// capabilities it needs (ports below 1024, the WireGuard interface), a read-only system
+/// and write access to its data directory only.
+pub const UNIT_FILE: &str = "\
+[Unit]
+Description=Makiatto CDN node
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=simple
+User=makiatto
+Group=makiatto
+ExecStart=/usr/local/bin/makiatto --config /etc/makiatto/config.toml
+Restart=on-failure
+RestartSec=2
+AmbientCapabilities=CAP_NET_BIND_SERVICE CAP_NET_ADMIN
+CapabilityBoundingSet=CAP_NET_BIND_SERVICE CAP_NET_ADMIN
+NoNewPrivileges=yes
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+ProtectKernelModules=yes
+ProtectControlGroups=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+ReadWritePaths=/var/makiatto
+RuntimeDirectory=makiatto wireguard
+RuntimeDirectoryMode=0750
+DeviceAllow=/dev/net/tun rw
+LimitNOFILE=65536
+
+[Install]
+WantedBy=multi-user.target
+";
+
+/// Whether the new node answers as a nameserver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Nameserver {
+    /// Yes while the profile has fewer than [`DEFAULT_NAMESERVERS`].
+    #[default]
+    Auto,
+    /// No (`--skip-ns`).
+    Skip,
+    /// Yes (`--force-ns`).
+    Force,
+}
+
+/// What `maki machine init` was asked.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    /// Node name (a DNS label).
+    pub name: String,
+    /// `user@host`.
+    pub target: Target,
+    /// Port, key.
+    pub ssh: ssh::Options,
+    /// The daemon binary to install.
+    pub binary: PathBuf,
+    /// Nameserver choice.
+    pub nameserver: Nameserver,
+    /// Coordinates; `None`: looked up in `geoip_db`.
+    pub coordinates: Option<(f64, f64)>,
+    /// GeoIP database: copied to the node (GeoDNS needs it) and used to place it.
+    pub geoip_db: Option<PathBuf>,
+    /// Wipe Makiatto data already on the machine.
+    pub recreate: bool,
+    /// Obtain certificates (ACME).
+    pub acme: bool,
+}
+
+/// A failed step.
+#[derive(Debug, thiserror::Error, Diagnostic)]
+#[non_exhaustive]
+pub enum MachineError {
+    /// A step failed on a machine.
+    #[error("{step} failed on {host}: {reason}")]
+    #[diagnostic(help("{remedy}"))]
+    Step {
+        /// The step.
+        step: String,
+        /// The machine.
+        host: String,
+        /// What went wrong.
+        reason: String,
+        /// What to do.
+        remedy: String,
+    },
+    /// The request is wrong before anything is touched.
+    #[error("{reason}")]
+    #[diagnostic(help("{remedy}"))]
+    Usage {
+        /// What is wrong.
+        reason: String,
+        /// What to do.
+        remedy: String,
+    },
+}
+
+fn usage(reason: impl Into<String>, remedy: impl Into<String>) -> MachineError {
+    MachineError::Usage {
+        reason: reason.into(),
+        remedy: remedy.into(),
+    }
+}
+
+/// Reports progress: a step starts (`Some(name)`) or everything is done (`None`).
+pub type Progress<'a> = &'a (dyn Fn(Option<&str>) + Sync);
+
+/// Runs a step: reports it, and names it, the host and a remedy when it fails.
+struct Steps<'a> {
+    host: String,
+    progress: Progress<'a>,
+}
+
+impl Steps<'_> {
+    fn start(&self, step: &str) {
+        (self.progress)(Some(step));
+    }
+
+    fn fail(&self, step: &str, e: &dyn Diagnostic, remedy: &str) -> MachineError {
+        let help = e.help().map(|h| h.to_string());
+        MachineError::Step {
+            step: step.to_owned(),
+            host: self.host.clone(),
+            reason: e.to_string(),
+            remedy: help.map_or_else(|| remedy.to_owned(), |h| format!("{h}; {remedy}")),
+        }
+    }
+
+    fn failed(&self, step: &str, reason: impl Into<String>, remedy: &str) -> MachineError {
+        MachineError::Step {
+            step: step.to_owned(),
+            host: self.host.clone(),
+            reason: reason.into(),
+            remedy: remedy.to_owned(),
+        }
+    }
+}
+
+/// Whether `name` is one lower-case DNS label.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+/// The architecture an ELF binary is built for (`uname -m` spelling), if recognised.
+pub fn elf_arch(head: &[u8]) -> Option<&'static str> {
+    if head.len() < 20 || &head[..4] != b"\x7fELF" || head[5] != 1 {
+        return None;
+    }
+    match u16::from_le_bytes([head[18], head[19]]) {
+        0x3e => Some("x86_64"),
+        0xb7 => Some("aarch64"),
+        _ => None,
+    }
+}
+
+/// The node configuration `init` writes.
+pub fn render_config(
+    name: &str,
+    ipv4: Ipv4Addr,
+    (lat, lon): (f64, f64),
+    is_nameserver: bool,
+    mesh_address: Option<Ipv4Addr>,
+    seeds: &[&Machine],
+    acme: bool,
+) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::from("# Written by `maki machine init`.\n");
+    let _ = write!(
+        out,
+        "[node]\nname = \"{name}\"\nlatitude = {lat:?}\nlongitude = {lon:?}\nipv4 = \"{ipv4}\"\n\
+         is_nameserver = {is_nameserver}\ndata_dir = \"{DATA_DIR}\"\n\n\
+         [dns]\ngeoip_db = \"{DATA_DIR}/geoip.mmdb\"\n\n\
+         [admin]\nsocket = \"{ADMIN_SOCKET}\"\n\n\
+         [acme]\nenabled = {acme}\n\n\
+         [mesh]\nbackend = \"boringtun\"\nport = {WG_PORT}\n"
+    );
+    if let Some(a) = mesh_address {
+        let _ = writeln!(out, "address = \"{a}\"");
+    }
+    for m in seeds {
+        let (Some(address), false) = (m.wg_address, m.wg_public_key.is_empty()) else {
+            continue;
+        };
+        let _ = write!(
+            out,
+            "\n[[mesh.seed_nodes]]\nname = \"{}\"\nwg_public_key = \"{}\"\nendpoint = \"{}:{WG_PORT}\"\naddress = \"{address}\"\n",
+            m.name, m.wg_public_key, m.ipv4
+        );
+    }
+    out
+}
+
+/// A node's admin API reached over SSH (the admin socket forwarded to a local one).
+#[derive(Debug)]
+pub struct AdminLink {
+    ssh: Ssh,
+    _dir: tempfile::TempDir,
+    /// The client of the forwarded socket.
+    pub client: Client,
+}
+
+impl AdminLink {
+    /// Connects to `target` and forwards its admin socket.
+    pub async fn connect(target: &Target, options: &ssh::Options) -> Result<Self, SshError> {
+        let ssh = Ssh::connect(target, options).await?;
+        Self::over(ssh).await
+    }
+
+    /// Forwards the admin socket over an open connection.
+    pub async fn over(ssh: Ssh) -> Result<Self, SshError> {
+        let dir = tempfile::Builder::new()
+            .prefix("maki-")
+            .tempdir()
+            .map_err(|e| SshError::Local {
+                path: std::env::temp_dir(),
+                source: e,
+            })?;
+        let local = ssh
+            .forward_unix(Path::new(ADMIN_SOCKET), dir.path())
+            .await?;
+        Ok(Self {
+            ssh,
+            _dir: dir,
+            client: Client::new(local),
+        })
+    }
+
+    /// The SSH connection.
+    pub fn ssh(&self) -> &Ssh {
+        &self.ssh
+    }
+
+    /// Closes the connection.
+    pub async fn close(self) {
+        self.ssh.close().await;
+    }
+}
+
+/// SSH options for a machine of the profile.
+pub fn options_for(m: &Machine, key: Option<&Path>) -> ssh::Options {
+    ssh::Options {
+        port: m.ssh_port,
+        key: key.map(Path::to_owned),
+        interactive: true,
+    }
+}
+
+/// The first machine of `machines` whose admin API answers over SSH.
+pub async fn first_reachable(
+    machines: &[&Machine],
+    key: Option<&Path>,
+) -> Result<(String, AdminLink), MachineError> {
+    let mut why = Vec::new();
+    for m in machines {
+        let target: Target = match m.ssh_target.parse() {
+            Ok(t) => t,
+            Err(e) => {
+                why.push(format!("{}: {e}", m.name));
+                continue;
+            }
+        };
+        match AdminLink::connect(&target, &options_for(m, key)).await {
+            Ok(link) => match link.client.version().await {
+                Ok(_) => return Ok((m.name.clone(), link)),
+                Err(e) => {
+                    why.push(format!("{}: {e}", m.name));
+                    link.close().await;
+                }
+            },
+            Err(e) => why.push(format!("{}: {e}", m.name)),
+        }
+    }
+    Err(usage(
+        if machines.is_empty() {
+            "the profile has no machines".to_owned()
+        } else {
+            format!("no machine of the profile answers: {}", why.join("; "))
+        },
+        "check `maki machine list` and `maki health`; pass --ssh-priv-key if the machines need a key",
+    ))
+}
+
+/// `maki machine init`: installs and starts a node and records it in `profile` (saved to
+/// `profile_path`). Returns the text to print.
+pub async fn init(
+    profile: &mut Profile,
+    profile_path: &Path,
+    o: &InitOptions,
+    progress: Progress<'_>,
+) -> Result<String, MachineError> {
+    if !valid_name(&o.name) {
+        return Err(usage(
+            format!("machine name `{}` is not one lower-case DNS label", o.name),
+            "names become <name>.ns.<domain>: use 1 to 63 lower-case letters, digits and hyphens",
+        ));
+    }
+    if profile.machine(&o.name).is_some() && !o.recreate {
+        return Err(usage(
+            format!("the profile already has a machine named `{}`", o.name),
+            "choose another name, or pass --recreate to reinstall it",
+        ));
+    }
+    let binary = std::fs::read(&o.binary).map_err(|e| {
+        usage(
+            format!("cannot read the daemon binary {}: {e}", o.binary.display()),
+            "build it (`cargo build -p makiatto-daemon`) or pass --binary-path",
+        )
+    })?;
+    let Some(arch) = elf_arch(&binary) else {
+        return Err(usage(
+            format!(
+                "{} is not a Linux x86_64 or aarch64 binary",
+                o.binary.display()
+            ),
+            "pass the makiatto daemon binary with --binary-path",
+        ));
+    };
+    let geoip = match &o.geoip_db {
+        Some(p) => Some(std::fs::read(p).map_err(|e| {
+            usage(
+                format!("cannot read the GeoIP database {}: {e}", p.display()),
+                "pass an mmdb file with --geoip-db",
+            )
+        })?),
+        None => None,
+    };
+    let s = Steps {
+        host: format!("{}:{}", o.target, o.ssh.port),
+        progress,
+    };
+
+    s.start("connecting over SSH and checking sudo");
+    let ssh = Ssh::connect(&o.target, &o.ssh)
+        .await
+        .map_err(|e| s.fail("connecting", &e, "fix SSH access, then run init again"))?;
+
+    s.start("detecting the system");
+    let facts = ssh
+        .root(
+            "detect",
+            "uname -s; uname -m; . /etc/os-release 2>/dev/null; echo \"${ID:-unknown} ${ID_LIKE:-}\"; \
+             test -d /run/systemd/system && echo systemd || echo no-systemd; \
+             echo \"${SSH_CONNECTION:-}\"; \
+             { test -e /var/makiatto || test -e /etc/makiatto || test -e /usr/local/bin/makiatto; } && echo has-data || echo empty",
+        )
+        .await
+        .map_err(|e| s.fail("detecting the system", &e, "check that the machine runs Linux"))?;
+    let lines: Vec<&str> = facts.lines().collect();
+    let field = |i: usize| lines.get(i).copied().unwrap_or("").trim();
+    if field(0) != "Linux" {
+        return Err(s.failed(
+            "detecting the system",
+            format!("unsupported OS `{}`", field(0)),
+            "Makiatto runs on Linux (Debian, Ubuntu or similar)",
+        ));
+    }
+    if field(1) != arch {
+        return Err(s.failed(
+            "detecting the system",
+            format!("the machine is {} but the binary is {arch}", field(1)),
+            "pass a binary built for the machine with --binary-path",
+        ));
+    }
+    if field(3) != "systemd" {
+        return Err(s.failed(
+            "detecting the system",
+            format!("no systemd on this {} machine", field(2)),
+            "Makiatto installs a systemd service; use a distribution with systemd",
+        ));
+    }
+    let ipv4 = public_ipv4(&o.target.host, field(4)).ok_or_else(|| {
+        s.failed(
+            "detecting the system",
+            "cannot tell the machine's public IPv4 address",
+            "give the machine by its IPv4 address: <user>@<ip>",
+        )
+    })?;
+    if field(5) == "has-data" {
+        if !o.recreate {
+            return Err(s.failed(
+                "checking for an existing installation",
+                "the machine already holds Makiatto data (/var/makiatto, /etc/makiatto or /usr/local/bin/makiatto)",
+                "nothing was changed; `maki machine add` imports a running node, `--recreate` wipes it and installs again",
+            ));
+        }
+        s.start("removing the previous installation (--recreate)");
+        ssh.root("wipe", &cleanup_script()).await.map_err(|e| {
+            s.fail(
+                "removing the previous installation",
+                &e,
+                "remove it by hand",
+            )
+        })?;
+    }
+
+    s.start("installing the makiatto binary (checksum verified)");
+    ssh.upload(BINARY, &binary, 0o755).await.map_err(|e| {
+        s.fail(
+            "installing the binary",
+            &e,
+            "check free space in /usr/local/bin",
+        )
+    })?;
+
+    s.start("creating the makiatto user and directories");
+    let user = &o.target.user;
+    let mut script = format!(
+        "set -e; getent group makiatto >/dev/null || groupadd --system makiatto; \
+         id -u makiatto >/dev/null 2>&1 || useradd --system --gid makiatto --home-dir {DATA_DIR} \
+         --no-create-home --shell /usr/sbin/nologin makiatto; \
+         install -d -o makiatto -g makiatto -m 750 {DATA_DIR}; install -d -m 755 /etc/makiatto"
+    );
+    if user != "root" {
+        // The login user reaches the admin socket (group makiatto) through SSH forwarding.
+        script.push_str("; usermod -a -G makiatto ");
+        script.push_str(&quote(user));
+    }
+    ssh.root("create user", &script).await.map_err(|e| {
+        s.fail(
+            "creating the makiatto user",
+            &e,
+            "check useradd and groupadd",
+        )
+    })?;
+    if let Some(db) = &geoip {
+        s.start("copying the GeoIP database");
+        let path = format!("{DATA_DIR}/geoip.mmdb");
+        ssh.upload(&path, db, 0o644)
+            .await
+            .map_err(|e| s.fail("copying the GeoIP database", &e, "check free space"))?;
+        ssh.root(
+            "chown",
+            &format!("chown makiatto:makiatto {}", quote(&path)),
+        )
+        .await
+        .map_err(|e| s.fail("copying the GeoIP database", &e, "check the makiatto user"))?;
+    }
+
+    s.start("generating the WireGuard key on the node");
+    let wg = ssh
+        .root(
+            "wg-key",
+            &format!("runuser -u makiatto -- {BINARY} wg-key --data-dir {DATA_DIR}"),
+        )
+        .await
+        .map_err(|e| {
+            s.fail(
+                "generating the WireGuard key",
+                &e,
+                "run `makiatto wg-key` on the node to see why",
+            )
+        })?;
+    let wg_public_key = wg.trim().to_owned();
+    crate::peer::check_key(&wg_public_key).map_err(|e| {
+        s.failed(
+            "generating the WireGuard key",
+            format!("the node printed `{wg_public_key}`: {e}"),
+            "check that the binary is the makiatto daemon",
+        )
+    })?;
+
+    s.start("locating the node");
+    let (lat, lon) = match o.coordinates {
+        Some(c) => c,
+        None => locate(o.geoip_db.as_deref(), ipv4).ok_or_else(|| {
+            s.failed(
+                "locating the node",
+                format!("{ipv4} is not in the GeoIP database"),
+                "pass --lat and --lon (degrees), or --geoip-db with a database that knows the address",
+            )
+        })?,
+    };
+    let is_nameserver = match o.nameserver {
+        Nameserver::Force => true,
+        Nameserver::Skip => false,
+        Nameserver::Auto => {
+            profile.nameservers().filter(|m| m.name != o.name).count() < DEFAULT_NAMESERVERS
+        }
+    };
+
+    let others: Vec<&Machine> = profile
+        .machines
+        .iter()
+        .filter(|m| m.name != o.name)
+        .collect();
+    let mut mesh_address = None;
+    if !others.is_empty() {
+        s.start("registering the node with the cluster");
+        let (via, link) = first_reachable(&others, o.ssh.key.as_deref()).await?;
+        let row = link
+            .client
+            .add_node(&NewNode {
+                name: o.name.clone(),
+                wg_public_key: wg_public_key.clone(),
+                endpoint: format!("{ipv4}:{WG_PORT}"),
+                ipv4,
+                latitude: lat,
+                longitude: lon,
+                is_nameserver,
+            })
+            .await
+            .map_err(|e| {
+                s.fail(
+                    &format!("registering the node through {via}"),
+                    &e,
+                    "check `maki health`",
+                )
+            })?;
+        link.close().await;
+        mesh_address = row.mesh_address.parse().ok();
+    }
+
+    s.start("writing the node configuration");
+    let config = render_config(
+        &o.name,
+        ipv4,
+        (lat, lon),
+        is_nameserver,
+        mesh_address,
+        &others,
+        o.acme,
+    );
+    NodeConfig::parse(Path::new(CONFIG), &config)
+        .map_err(|e| s.fail("writing the node configuration", &e, "report this as a bug"))?;
+    ssh.upload(CONFIG, config.as_bytes(), 0o644)
+        .await
+        .map_err(|e| s.fail("writing the node configuration", &e, "check /etc/makiatto"))?;
+    ssh.root(
+        "check config",
+        &format!("{BINARY} --config {CONFIG} --check"),
+    )
+    .await
+    .map_err(|e| {
+        s.fail(
+            "checking the node configuration",
+            &e,
+            "report this as a bug",
+        )
+    })?;
+
+    s.start("installing and starting the systemd service");
+    ssh.upload(UNIT, UNIT_FILE.as_bytes(), 0o644)
+        .await
+        .map_err(|e| s.fail("installing the service", &e, "check /etc/systemd/system"))?;
+    ssh.root(
+        "start",
+        "systemctl daemon-reload && systemctl enable --quiet makiatto.service && systemctl restart makiatto.service",
+    )
+    .await
+    .map_err(|e| s.fail("starting the service", &e, "see `journalctl -u makiatto` on the node"))?;
+    let options = o.ssh.clone();
+    ssh.close().await;
+
+    s.start("waiting for the node to join the cluster");
+    let others_names: Vec<String> = others.iter().map(|m| m.name.clone()).collect();
+    let row = wait_joined(&o.target, &options, &o.name, &others_names)
+        .await
+        .map_err(|reason| {
+            s.failed(
+                "waiting for the node to join",
+                reason,
+                "see `journalctl -u makiatto` on the node; check that UDP port 51880 is open between the machines",
+            )
+        })?;
+
+    let machine = Machine {
+        name: o.name.clone(),
+        ssh_target: o.target.to_string(),
+        ssh_port: o.ssh.port,
+        is_nameserver,
+        wg_public_key,
+        wg_address: row.mesh_address.parse().ok(),
+        ipv4,
+        ipv6: None,
+        latitude: Some(lat),
+        longitude: Some(lon),
+    };
+    profile.machines.retain(|m| m.name != o.name);
+    profile.machines.push(machine);
+    profile
+        .save(profile_path)
+        .map_err(|e| s.fail("saving the profile", &e, "check the profile path"))?;
+    progress(None);
+    Ok(format!(
+        "{} is up: {ipv4}, mesh {}, {}; recorded in {}\n",
+        o.name,
+        row.mesh_address,
+        if is_nameserver {
+            "nameserver"
+        } else {
+            "not a nameserver"
+        },
+        profile_path.display()
+    ))
+}
+
+/// Polls the new node's admin API until it reports itself healthy with a mesh address and
+/// sees every node in `others` alive.
+async fn wait_joined(
+    target: &Target,
+    options: &ssh::Options,
+    name: &str,
+    others: &[String],
+) -> Result<crate::store::cluster::nodes::Node, String> {
+    let deadline = tokio::time::Instant::now() + JOIN_WAIT;
+    let mut last;
+    // A new connection: group membership given during init applies to new logins.
+    let link = AdminLink::connect(target, options)
+        .await
+        .map_err(|e| e.to_string())?;
+    let result = loop {
+        match (link.client.nodes().await, link.client.membership().await) {
+            (Ok(nodes), Ok(view)) => {
+                let me = nodes.iter().find(|n| n.node.name == name);
+                let missing: Vec<&String> =
+                    others.iter().filter(|o| !view.alive.contains(o)).collect();
+                match me {
+                    Some(n)
+                        if n.health.is_some()
+                            && !n.node.mesh_address.is_empty()
+                            && missing.is_empty() =>
+                    {
+                        break Ok(n.node.clone());
+                    }
+                    Some(_) => last = format!("it does not see {missing:?} alive yet"),
+                    None => last = "it has not recorded itself yet".into(),
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => last = e.to_string(),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            break Err(format!("not joined after {}s: {last}", JOIN_WAIT.as_secs()));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    link.close().await;
+    result
+}
+
+/// The machine's public IPv4: the host when it is an address, else the address the SSH
+/// connection reached (`$SSH_CONNECTION`'s third field).
+fn public_ipv4(host: &str, ssh_connection: &str) -> Option<Ipv4Addr> {
+    if let Ok(a) = host.parse::<Ipv4Addr>() {
+        return Some(a);
+    }
+    ssh_connection
+        .split_whitespace()
+        .nth(2)
+        .and_then(|a| a.parse().ok())
+}
+
+/// The coordinates of `ip` in the GeoIP database at `db`.
+fn locate(db: Option<&Path>, ip: Ipv4Addr) -> Option<(f64, f64)> {
+    use crate::dns::GeoLocator as _;
+    let geo = crate::dns::MmdbLocator::open(db?).ok()?;
+    let p = geo.locate(IpAddr::V4(ip))?;
+    Some((p.latitude, p.longitude))
+}
+
+/// Removes every trace of Makiatto from a machine (run as root).
+pub fn cleanup_script() -> String {
+    format!(
+        "systemctl disable --now makiatto.service >/dev/null 2>&1 || true; \
+         rm -f {UNIT}; systemctl daemon-reload; systemctl reset-failed makiatto.service >/dev/null 2>&1 || true; \
+         rm -rf {DATA_DIR} /etc/makiatto /run/makiatto {BINARY} {BINARY}.maki-upload; \
+         if id -u makiatto >/dev/null 2>&1; then userdel makiatto; fi; \
+         if getent group makiatto >/dev/null; then groupdel makiatto; fi; true"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn elf_architectures() {
+        let mut h = vec![0u8; 64];
+        h[..4].copy_from_slice(b"\x7fELF");
+        h[5] = 1;
+        h[18] = 0x3e;
+        assert_eq!(elf_arch(&h), Some("x86_64"));
+        h[18] = 0xb7;
+        assert_eq!(elf_arch(&h), Some("aarch64"));
+        assert_eq!(elf_arch(b"#!/bin/sh\n"), None);
+    }
+
+    #[test]
+    fn the_rendered_configuration_is_valid() {
+        let seed = Machine {
+            name: "vector".into(),
+            ssh_target: "root@192.0.2.1".into(),
+            ssh_port: 22,
+            is_nameserver: true,
+            wg_public_key: "YWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWE=".into(),
+            wg_address: Some(Ipv4Addr::new(10, 44, 44, 1)),
+            ipv4: Ipv4Addr::new(192, 0, 2, 1),
+            ipv6: None,
+            latitude: Some(1.0),
+            longitude: Some(2.0),
+        };
+        let text = render_config(
+            "klukai",
+            Ipv4Addr::new(192, 0, 2, 2),
+            (-33.87, 151.21),
+            false,
+            Some(Ipv4Addr::new(10, 44, 44, 2)),
+            &[&seed],
+            false,
+        );
+        let c = NodeConfig::parse(Path::new("c.toml"), &text).unwrap();
+        assert_eq!(c.name(), "klukai");
+        assert_eq!(c.mesh.seed_nodes.len(), 1);
+        assert_eq!(c.mesh.seed_nodes[0].endpoint, "192.0.2.1:51880");
+        assert!(!c.node.is_nameserver);
+        assert!(!c.acme.enabled);
+    }
+
+    #[test]
+    fn names_are_dns_labels() {
+        assert!(valid_name("vector"));
+        assert!(valid_name("ns-1"));
+        for bad in ["", "Vector", "-a", "a-", "a.b", "a_b", &"a".repeat(64)] {
+            assert!(!valid_name(bad), "{bad}");
+        }
+    }
+}
