@@ -66,6 +66,33 @@ enum Command {
     Deployments { domain: String },
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
+    /// Run a local demo cluster (no root): GeoDNS, HTTP and HTTPS on loopback addresses.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct DemoArgs {
+    /// Number of nodes (1-3: Sydney, Frankfurt, New York).
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Print one JSON line with every node's endpoints once the cluster serves.
+    #[arg(long)]
+    json: bool,
+    /// The project to deploy.
+    #[arg(long, default_value = "examples/makiatto.toml")]
+    project: PathBuf,
+    /// GeoIP city database (else MAKIATTO_GEOIP, else the test setup's cache).
+    #[arg(long)]
+    geoip: Option<PathBuf>,
+    /// Address of the first node (the others follow).
+    #[arg(long, default_value = "127.0.0.1")]
+    first_ip: std::net::Ipv4Addr,
+    /// Added to every port (DNS 10053, HTTP 10080, HTTPS 10443, ...).
+    #[arg(long, default_value_t = 0)]
+    port_offset: u16,
+    /// Skip HTTPS (otherwise on when Pebble, the test ACME CA, is installed).
+    #[arg(long)]
+    no_https: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -233,6 +260,14 @@ pub fn run(cli: &Cli) -> Result<(String, bool), MakiattoError> {
         Command::Peer(Peer::WgConfig { name }) => ok(node(cli)?.wg_config(name)?),
         Command::Rollback { domain, id } => ok(node(cli)?.rollback(domain, id.as_deref())?),
         Command::Deployments { domain } => ok(node(cli)?.deployments(domain)?),
+        Command::Demo(d) => {
+            let mut o = crate::demo::DemoOptions::new();
+            (o.nodes, o.project, o.first_ip) = (d.nodes, d.project.clone(), d.first_ip);
+            (o.port_offset, o.https) = (d.port_offset, !d.no_https);
+            o.geoip = d.geoip.clone().unwrap_or(o.geoip);
+            crate::demo::run(&o, d.json)?;
+            ok(String::new())
+        }
     }
 }
 

@@ -34,6 +34,7 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod deploy;
 mod diag;
 mod error;
