@@ -218,6 +218,14 @@ impl Membership {
         })
     }
 
+    /// Publishes the view on `view` instead of a channel of its own (so a view outlives
+    /// one run, e.g. across a move to a new address).
+    #[must_use]
+    pub fn publish_to(mut self, view: watch::Sender<MembershipView>) -> Self {
+        self.view = view;
+        self
+    }
+
     /// The view, updated on every change.
     pub fn subscribe(&self) -> watch::Receiver<MembershipView> {
         self.view.subscribe()

@@ -155,7 +155,7 @@ pub struct MeshNode {
     view: watch::Receiver<MembershipView>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
-    mesh_address: Ipv4Addr,
+    mesh_address: watch::Receiver<Ipv4Addr>,
     cluster: ClusterNodes,
 }
 
@@ -249,85 +249,30 @@ impl MeshNode {
             TunnelKind::WireGuard { .. } => Admission::Nodes,
             TunnelKind::Direct => Admission::Range(net),
         });
-        reconcile(&store, &tunnel, &config, &known, &cluster).await;
-        // With WireGuard the services only take packets that came out of the tunnel.
-        let device = tunnel.interface().map(str::to_owned);
-
+        let mut mesh_address = mesh_address;
+        if let Some(moved) = reconcile(&store, &tunnel, &config, &known, &cluster).await {
+            move_tunnel(&tunnel, moved).await?;
+            mesh_address = moved;
+        }
+        let (address_tx, address_rx) = watch::channel(mesh_address);
         let (stop, stop_rx) = watch::channel(false);
-        let stopped = |mut rx: watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|s| *s).await;
-        };
         let mut tasks = JoinSet::new();
 
-        // Membership.
-        let udp = bind_udp(
-            SocketAddrV4::new(mesh_address, config.membership_port),
-            device.as_deref(),
-        )
-        .await?;
-        let seeds_known = known.clone();
-        let mport = config.membership_port;
-        let seeds: membership::Seeds = Arc::new(move || {
-            lock(&seeds_known)
-                .values()
-                .map(|a| SocketAddr::V4(SocketAddrV4::new(*a, mport)))
-                .collect()
-        });
-        let m = Membership::new(
-            config.name.clone(),
-            udp,
-            seeds,
-            Some(cluster.clone()),
-            MembershipOptions::default(),
-        )
-        .map_err(|e| MeshError::io("starting membership", e))?;
-        let view = m.subscribe();
-        tasks.spawn(m.run(stopped(stop_rx.clone())));
-
-        // Replication.
-        let listener = bind_tcp(
-            SocketAddrV4::new(mesh_address, config.replication_port),
-            device.as_deref(),
-            "replication",
-        )?;
-        let rport = config.replication_port;
-        let peer_view = view.clone();
-        let peers: replication::Peers = Arc::new(move || {
-            peer_view
-                .borrow()
-                .alive()
-                .map(|(_, m)| SocketAddr::new(m.addr.ip(), rport))
-                .collect()
-        });
-        let mut ropts = ReplicatorOptions::default();
-        if let Some(ms) = config.sync_interval_ms {
-            ropts.sync_interval_min = Duration::from_millis(ms);
-            ropts.sync_interval_max = Duration::from_millis(ms * 2);
-        }
-        let rstore = store.clone();
-        let rstop = stop_rx.clone();
-        let rallow = cluster.allow(Service::Replication);
-        tasks.spawn(async move {
-            if let Err(error) =
-                replication::run(rstore, listener, rallow, peers, ropts, stopped(rstop)).await
-            {
-                warn!(%error, "replication stopped");
-            }
-        });
-
-        // Blobs.
-        let blob_listener = bind_tcp(
-            SocketAddrV4::new(mesh_address, config.blob_port),
-            device.as_deref(),
-            "blob",
-        )?;
-        tasks.spawn(blobs::serve(
-            blob_listener,
-            blobs.clone(),
-            cluster.allow(Service::Blobs),
-            blobs::ServeOptions::default(),
-            stopped(stop_rx.clone()),
-        ));
+        // Membership, replication and blobs, bound to the mesh address; bound again
+        // when the node moves.
+        let services = Services {
+            store: store.clone(),
+            blobs: blobs.clone(),
+            config: config.clone(),
+            cluster: cluster.clone(),
+            known: known.clone(),
+            // With WireGuard the services only take packets that came out of the tunnel.
+            device: tunnel.interface().map(str::to_owned),
+            view: watch::channel(MembershipView::default()).0,
+        };
+        let view = services.view.subscribe();
+        let bound = services.bind(mesh_address).await?;
+        tasks.spawn(services.run(bound, address_rx.clone(), stop_rx.clone()));
 
         // Peer reconciliation: on changes to nodes / external_peers, and periodically.
         {
@@ -350,7 +295,14 @@ impl MeshNode {
                         () = changed(&mut nodes_changed) => {}
                         () = changed(&mut peers_changed) => {}
                     }
-                    reconcile(&store, &tunnel, &config, &known, &cluster).await;
+                    if let Some(moved) = reconcile(&store, &tunnel, &config, &known, &cluster).await {
+                        match move_tunnel(&tunnel, moved).await {
+                            Ok(()) => {
+                                let _ = address_tx.send(moved);
+                            }
+                            Err(error) => warn!(%error, to = %moved, "moving the mesh address failed; retrying"),
+                        }
+                    }
                 }
             });
         }
@@ -363,7 +315,7 @@ impl MeshNode {
             view,
             stop,
             tasks,
-            mesh_address,
+            mesh_address: address_rx,
             cluster,
         })
     }
@@ -393,9 +345,9 @@ impl MeshNode {
         &self.tunnel
     }
 
-    /// This node's mesh address.
+    /// This node's mesh address (it changes when the node loses an address collision).
     pub fn mesh_address(&self) -> Ipv4Addr {
-        self.mesh_address
+        *self.mesh_address.borrow()
     }
 
     /// The membership view.
@@ -435,6 +387,163 @@ impl MeshNode {
             self.tasks.shutdown().await;
         }
     }
+}
+
+/// The services bound to the mesh address: membership, replication, blobs.
+struct Services {
+    store: Store,
+    blobs: BlobStore,
+    config: NodeConfig,
+    cluster: ClusterNodes,
+    known: Known,
+    device: Option<String>,
+    /// The membership view, kept across moves.
+    view: watch::Sender<MembershipView>,
+}
+
+/// The services' sockets on one mesh address.
+struct Bound {
+    address: Ipv4Addr,
+    udp: UdpSocket,
+    replication: TcpListener,
+    blobs: TcpListener,
+}
+
+impl Services {
+    async fn bind(&self, address: Ipv4Addr) -> Result<Bound> {
+        let c = &self.config;
+        let device = self.device.as_deref();
+        Ok(Bound {
+            address,
+            udp: bind_udp(SocketAddrV4::new(address, c.membership_port), device).await?,
+            replication: bind_tcp(
+                SocketAddrV4::new(address, c.replication_port),
+                device,
+                "replication",
+            )?,
+            blobs: bind_tcp(SocketAddrV4::new(address, c.blob_port), device, "blob")?,
+        })
+    }
+
+    /// Runs the services on `bound` until `stop`; when `address` changes, stops them
+    /// (membership leaves the cluster under the old identity) and starts them again on
+    /// the new address.
+    async fn run(
+        self,
+        mut bound: Bound,
+        mut address: watch::Receiver<Ipv4Addr>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        loop {
+            let (round_tx, round_rx) = watch::channel(false);
+            let mut tasks = self.spawn(bound, &round_rx);
+            let moved = tokio::select! {
+                _ = stop.wait_for(|s| *s) => false,
+                changed = address.changed() => changed.is_ok(),
+            };
+            let _ = round_tx.send(true);
+            let drained = tokio::time::timeout(Duration::from_secs(10), async {
+                while tasks.join_next().await.is_some() {}
+            })
+            .await;
+            if drained.is_err() {
+                tasks.shutdown().await;
+            }
+            if !moved {
+                return;
+            }
+            // Bind the new address; it may take a moment to appear on the interface.
+            loop {
+                let to = *address.borrow_and_update();
+                match self.bind(to).await {
+                    Ok(b) => {
+                        info!(address = %to, "mesh services moved");
+                        bound = b;
+                        break;
+                    }
+                    Err(error) => {
+                        warn!(%error, "binding the mesh services on the new address failed; retrying");
+                    }
+                }
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    _ = address.changed() => {}
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+
+    fn spawn(&self, bound: Bound, round: &watch::Receiver<bool>) -> JoinSet<()> {
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let c = &self.config;
+        let mut tasks = JoinSet::new();
+        let seeds_known = self.known.clone();
+        let mport = c.membership_port;
+        let seeds: membership::Seeds = Arc::new(move || {
+            lock(&seeds_known)
+                .values()
+                .map(|a| SocketAddr::V4(SocketAddrV4::new(*a, mport)))
+                .collect()
+        });
+        match Membership::new(
+            c.name.clone(),
+            bound.udp,
+            seeds,
+            Some(self.cluster.clone()),
+            MembershipOptions::default(),
+        ) {
+            Ok(m) => {
+                tasks.spawn(m.publish_to(self.view.clone()).run(stopped(round.clone())));
+            }
+            Err(error) => warn!(%error, address = %bound.address, "starting membership failed"),
+        }
+        let rport = c.replication_port;
+        let peer_view = self.view.subscribe();
+        let peers: replication::Peers = Arc::new(move || {
+            peer_view
+                .borrow()
+                .alive()
+                .map(|(_, m)| SocketAddr::new(m.addr.ip(), rport))
+                .collect()
+        });
+        let mut ropts = ReplicatorOptions::default();
+        if let Some(ms) = c.sync_interval_ms {
+            ropts.sync_interval_min = Duration::from_millis(ms);
+            ropts.sync_interval_max = Duration::from_millis(ms * 2);
+        }
+        let (rstore, rallow, rstop) = (
+            self.store.clone(),
+            self.cluster.allow(Service::Replication),
+            round.clone(),
+        );
+        let listener = bound.replication;
+        tasks.spawn(async move {
+            if let Err(error) =
+                replication::run(rstore, listener, rallow, peers, ropts, stopped(rstop)).await
+            {
+                warn!(%error, "replication stopped");
+            }
+        });
+        tasks.spawn(blobs::serve(
+            bound.blobs,
+            self.blobs.clone(),
+            self.cluster.allow(Service::Blobs),
+            blobs::ServeOptions::default(),
+            stopped(round.clone()),
+        ));
+        tasks
+    }
+}
+
+/// Moves the tunnel to `to` (off the async workers: it runs `ip`).
+async fn move_tunnel(tunnel: &Arc<dyn Tunnel>, to: Ipv4Addr) -> Result<()> {
+    let t = tunnel.clone();
+    tokio::task::spawn_blocking(move || t.set_mesh_address(to))
+        .await
+        .map_err(|e| MeshError::Config(format!("move task failed: {e}")))?
 }
 
 async fn changed(rx: &mut Option<watch::Receiver<u64>>) {
@@ -641,20 +750,32 @@ pub fn desired_peers(
     by_key.into_values().collect()
 }
 
+/// Applies the store to the tunnel and the cluster set; returns the address this node
+/// must move to when it lost a collision (and its address was not configured).
 async fn reconcile(
     store: &Store,
     tunnel: &Arc<dyn Tunnel>,
     config: &NodeConfig,
     known: &Known,
     cluster: &ClusterNodes,
-) {
+) -> Option<Ipv4Addr> {
     let read = store.read(|c| Ok((nodes::list(c)?, external_peers::list(c)?)));
     let (ns, ps) = match read {
         Ok(r) => r,
         Err(error) => {
             warn!(%error, "reading peers from the store failed");
-            return;
+            return None;
         }
+    };
+    if config.mesh_address.is_none() {
+        check_collision(store, config, &ns, &ps);
+    }
+    // With WireGuard every node applies the same deterministic resolution of shared
+    // addresses, so a node that moves is routed and admitted at its new address before
+    // its own row reaches anyone.
+    let ns = match config.tunnel {
+        TunnelKind::WireGuard { .. } => effective_nodes(config.mesh_cidr, ns, &ps),
+        TunnelKind::Direct => ns,
     };
     {
         let mut k = lock(known);
@@ -673,9 +794,6 @@ async fn reconcile(
         cluster_members(config, &ns),
         ps.iter().filter_map(|p| p.mesh_address.parse().ok()),
     );
-    if config.mesh_address.is_none() {
-        check_collision(store, config, &ns, &ps);
-    }
     let desired = desired_peers(
         &config.name,
         &ns,
@@ -694,6 +812,54 @@ async fn reconcile(
         Ok(_) => {}
         Err(error) => warn!(%error, "reconciling WireGuard peers failed"),
     }
+    if config.mesh_address.is_some() {
+        return None;
+    }
+    let own: Ipv4Addr = ns
+        .iter()
+        .find(|n| n.name == config.name)
+        .and_then(|n| n.mesh_address.parse().ok())?;
+    (own != tunnel.mesh_address()).then_some(own)
+}
+
+/// The `nodes` rows with the addresses [`addr::resolve_collisions`] gives them: a node
+/// sharing an address with a claimant that wins (another node or an external peer) gets
+/// the address it moves to, as it computes itself. Rows are unchanged when the range is
+/// exhausted.
+fn effective_nodes(
+    net: Ipv4Net,
+    mut ns: Vec<nodes::Node>,
+    ps: &[external_peers::ExternalPeer],
+) -> Vec<nodes::Node> {
+    let claims: Vec<Claim> = ns
+        .iter()
+        .map(|n| (&n.name, &n.wg_public_key, &n.mesh_address))
+        .chain(
+            ps.iter()
+                .map(|p| (&p.name, &p.wg_public_key, &p.mesh_address)),
+        )
+        .filter_map(|(name, key, mesh)| {
+            Some(Claim {
+                claimant: Claimant {
+                    name: name.clone(),
+                    public_key: key.clone(),
+                },
+                address: mesh.parse().ok()?,
+            })
+        })
+        .collect();
+    let Ok(moves) = addr::resolve_collisions(net, &claims) else {
+        return ns;
+    };
+    for m in moves {
+        if let Some(n) = ns
+            .iter_mut()
+            .find(|n| n.name == m.claimant.name && n.wg_public_key == m.claimant.public_key)
+        {
+            n.mesh_address = m.to.to_string();
+        }
+    }
+    ns
 }
 
 /// `(name, mesh address)` of every cluster node: the `nodes` rows with a valid key and
@@ -719,8 +885,8 @@ fn cluster_members(config: &NodeConfig, ns: &[nodes::Node]) -> Vec<(String, Ipv4
 
 /// Detects that this node lost its mesh address to a concurrent joiner
 /// ([`addr::resolve_collisions`]: every node computes the same winner) and records the
-/// address it moves to in its `nodes` row. The interface keeps the old address until the
-/// node restarts (the next start picks the recorded one); the log says so.
+/// address it moves to in its `nodes` row; [`reconcile`] then moves the tunnel and the
+/// services re-bind.
 fn check_collision(
     store: &Store,
     config: &NodeConfig,
@@ -757,7 +923,7 @@ fn check_collision(
     let Some(m) = moves.iter().find(|m| m.claimant == me) else {
         return;
     };
-    warn!(from = %m.from, to = %m.to, "mesh address taken by a node that wins the tie; moving (applied at the next start)");
+    warn!(from = %m.from, to = %m.to, "mesh address taken by a claimant that wins the tie; moving");
     let moved = store.write(|tx| {
         if let Some(mut row) = nodes::get(tx, &config.name)? {
             row.mesh_address = m.to.to_string();
@@ -999,6 +1165,27 @@ mod tests {
         // Resolved: a second check moves nothing.
         check_collision(&store, &config("b", &kb), &rows, &[]);
         assert_eq!(read(), rows);
+    }
+
+    #[test]
+    fn every_node_computes_where_the_loser_of_a_collision_goes() {
+        let (ka, kb) = (PrivateKey::generate(), PrivateKey::generate());
+        let net = addr::default_mesh_net();
+        let shared = "10.44.44.5";
+        let ns = vec![node("b", &kb.public_key(), shared)];
+        // An external peer named lower than b keeps the address: b moves.
+        let ext = vec![external_peers::ExternalPeer {
+            name: "a".into(),
+            wg_public_key: ka.public_key().to_base64(),
+            endpoint: None,
+            mesh_address: shared.into(),
+            created_ms: 0,
+        }];
+        let moved = effective_nodes(net, ns.clone(), &ext);
+        assert_ne!(moved[0].mesh_address, shared);
+        assert!(addr::is_host(net, moved[0].mesh_address.parse().unwrap()));
+        // No collision: nothing changes.
+        assert_eq!(effective_nodes(net, ns.clone(), &[]), ns);
     }
 
     #[test]

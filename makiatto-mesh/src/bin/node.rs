@@ -31,6 +31,14 @@ enum Cmd {
     Members,
     /// Connections and datagrams refused by the mesh services.
     Refusals,
+    /// This node's current mesh address.
+    Address,
+    /// Record a `nodes` row claiming `mesh_address` (a concurrent joiner).
+    PutNode {
+        name: String,
+        public_key: String,
+        mesh_address: String,
+    },
     /// WireGuard peers.
     Peers,
     /// Open a TCP connection to `addr`.
@@ -227,6 +235,28 @@ async fn handle(
         ),
         Cmd::Members => serde_json::to_value(&*node.membership().borrow())?,
         Cmd::Refusals => serde_json::to_value(node.refusals())?,
+        Cmd::Address => json!(node.mesh_address().to_string()),
+        Cmd::PutNode {
+            name,
+            public_key,
+            mesh_address,
+        } => {
+            let row = nodes::Node {
+                name,
+                wg_public_key: public_key,
+                wg_endpoint: String::new(),
+                mesh_address,
+                ipv4: String::new(),
+                ipv6: None,
+                latitude: 0.0,
+                longitude: 0.0,
+                is_nameserver: false,
+                site_id: String::new(),
+                created_ms: 0,
+            };
+            store.write(|tx| nodes::upsert(tx, &row))?;
+            Value::Null
+        }
         Cmd::Peers => {
             let t = node.tunnel().clone();
             let peers = tokio::task::spawn_blocking(move || t.peers()).await??;

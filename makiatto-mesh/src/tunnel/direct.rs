@@ -15,7 +15,7 @@ use crate::keys::PublicKey;
 /// results as with WireGuard.
 #[derive(Debug)]
 pub struct Direct {
-    address: Ipv4Addr,
+    address: Mutex<Ipv4Addr>,
     net: Ipv4Net,
     peers: Mutex<BTreeMap<PublicKey, PeerConfig>>,
 }
@@ -25,7 +25,7 @@ impl Direct {
     /// treated as the mesh (e.g. `127.0.0.0/8` for tests on loopback).
     pub fn new(address: Ipv4Addr, net: Ipv4Net) -> Self {
         Direct {
-            address,
+            address: Mutex::new(address),
             net,
             peers: Mutex::new(BTreeMap::new()),
         }
@@ -38,7 +38,7 @@ impl Tunnel for Direct {
     }
 
     fn mesh_address(&self) -> Ipv4Addr {
-        self.address
+        *self.address.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn mesh_net(&self) -> Ipv4Net {
@@ -52,6 +52,11 @@ impl Tunnel for Direct {
             next.into_iter().map(|p| (p.public_key, p)).collect();
         *peers = next;
         Ok(changes)
+    }
+
+    fn set_mesh_address(&self, address: Ipv4Addr) -> Result<()> {
+        *self.address.lock().unwrap_or_else(PoisonError::into_inner) = address;
+        Ok(())
     }
 
     fn peers(&self) -> Result<Vec<PeerStatus>> {

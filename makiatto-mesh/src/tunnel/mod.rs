@@ -91,4 +91,7 @@ pub trait Tunnel: Debug + Send + Sync {
     fn set_peers(&self, desired: &[PeerConfig]) -> Result<PeerChanges>;
     /// The live state of every peer.
     fn peers(&self) -> Result<Vec<PeerStatus>>;
+    /// Moves this node to mesh address `address` (after losing a collision), keeping the
+    /// peers. Blocking.
+    fn set_mesh_address(&self, address: Ipv4Addr) -> Result<()>;
 }

@@ -94,6 +94,8 @@ struct Applied {
 /// Needs `CAP_NET_ADMIN` (root) and `/dev/net/tun`.
 pub struct WireGuardTunnel {
     config: WireGuardConfig,
+    /// The current mesh address (`config.mesh_address` until a move).
+    address: Mutex<Ipv4Addr>,
     device: Mutex<Option<DeviceHandle>>,
     applied: Mutex<BTreeMap<PublicKey, Applied>>,
 }
@@ -137,6 +139,7 @@ impl WireGuardTunnel {
             message: format!("{e:?}"),
         })?;
         let tunnel = WireGuardTunnel {
+            address: Mutex::new(config.mesh_address),
             config,
             device: Mutex::new(Some(device)),
             applied: Mutex::new(BTreeMap::new()),
@@ -189,7 +192,32 @@ impl Tunnel for WireGuardTunnel {
     }
 
     fn mesh_address(&self) -> Ipv4Addr {
-        self.config.mesh_address
+        *self.address.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set_mesh_address(&self, address: Ipv4Addr) -> Result<()> {
+        let net = self.config.mesh_net;
+        if !net.contains(&address) {
+            return Err(MeshError::Config(format!(
+                "mesh address {address} is outside the mesh CIDR {net}"
+            )));
+        }
+        let mut current = self.address.lock().unwrap_or_else(PoisonError::into_inner);
+        if *current == address {
+            return Ok(());
+        }
+        let iface = &self.config.interface;
+        let cidr = |a: Ipv4Addr| format!("{a}/{}", net.prefix_len());
+        // The old one first: removing a primary address also drops the secondaries of
+        // its subnet (unless promote_secondaries), which the new one would be.
+        // Already gone after an earlier, half-done attempt: fine.
+        if let Err(error) = ip(&["address", "del", &cidr(*current), "dev", iface]) {
+            debug!(%error, "removing the old mesh address");
+        }
+        ip(&["address", "replace", &cidr(address), "dev", iface])?;
+        info!(iface = %iface, from = %*current, to = %address, "mesh address moved");
+        *current = address;
+        Ok(())
     }
 
     fn mesh_net(&self) -> Ipv4Net {

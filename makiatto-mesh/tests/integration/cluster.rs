@@ -3,6 +3,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use makiatto_mesh::addr::{self, Claim, Claimant};
 use serde_json::json;
 
 use crate::harness::{Cluster, SERIAL, in_ns, run_out, wait_for};
@@ -330,4 +331,110 @@ async fn replication_latency() {
     );
     eprintln!("LATENCY samples={samples} p50_ms={p50:.2} p99_ms={p99:.2} max_ms={max:.2}");
     assert!(p99 < 500.0, "p99 {p99} ms misses the 500 ms goal");
+}
+
+/// A node whose address was allocated (not configured) and that loses it to a concurrent
+/// joiner moves at run time: the tunnel address, the services and its identity in SWIM,
+/// with every other node routing and admitting it at the new address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_loses_its_address_moves_while_running() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start_opts(3, false, &[1]).await;
+    wait_all_alive(&mut c).await;
+    c.wait_converged("the nodes table", Duration::from_secs(60))
+        .await;
+    let old = c.nodes[1].mesh;
+    assert_eq!(
+        c.nodes[1].cmd(json!({"cmd": "address"})).await,
+        json!(old.to_string())
+    );
+
+    // "a0" (a lower name: it keeps the address) registered at n1's address.
+    let thief = makiatto_mesh::PrivateKey::generate()
+        .public_key()
+        .to_base64();
+    c.nodes[0]
+        .cmd(json!({"cmd": "put_node", "name": "a0", "public_key": thief, "mesh_address": old.to_string()}))
+        .await;
+    let mut claims: Vec<Claim> = c
+        .nodes
+        .iter()
+        .map(|n| Claim {
+            claimant: Claimant {
+                name: n.name.clone(),
+                public_key: n.key.public_key().to_base64(),
+            },
+            address: n.mesh,
+        })
+        .collect();
+    claims.push(Claim {
+        claimant: Claimant {
+            name: "a0".into(),
+            public_key: thief,
+        },
+        address: old,
+    });
+    let moves = addr::resolve_collisions(c.mesh_net, &claims).unwrap();
+    assert_eq!(moves.len(), 1, "{moves:?}");
+    assert_eq!(moves[0].claimant.name, "n1");
+    let to = moves[0].to;
+
+    let want = json!(to.to_string());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while c.nodes[1].cmd(json!({"cmd": "address"})).await != want {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "n1 did not move to {to}\n{}",
+            c.nodes[1].log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let shown = in_ns(
+        &c.nodes[1].ns,
+        &[
+            "ip",
+            "-4",
+            "-o",
+            "address",
+            "show",
+            "dev",
+            &c.nodes[1].iface,
+        ],
+    )
+    .unwrap_or_default();
+    assert!(
+        shown.contains(&format!("{to}/")) && !shown.contains(&format!("{old}/")),
+        "{shown}"
+    );
+    // The others see n1 alive at its new address; everyone sees everyone.
+    let at = json!(format!("{to}:7947"));
+    for i in [0, 2] {
+        let deadline = std::time::Instant::now() + FORM;
+        loop {
+            let v = c.nodes[i].cmd(json!({"cmd": "members"})).await;
+            let m = &v["members"]["n1"];
+            if m["addr"] == at && m["liveness"] == json!("Alive") {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "n{i} does not see n1 alive at {to}: {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    wait_all_alive(&mut c).await;
+    // Replication both ways and TCP through the new address.
+    c.nodes[1]
+        .cmd(json!({"cmd": "put", "key": "from-n1", "value": "v"}))
+        .await;
+    c.nodes[0]
+        .cmd(json!({"cmd": "put", "key": "from-n0", "value": "v"}))
+        .await;
+    c.wait_converged("convergence after the move", Duration::from_secs(60))
+        .await;
+    assert_eq!(c.nodes[2].count().await, 2);
+    c.nodes[0]
+        .cmd(json!({"cmd": "connect", "addr": format!("{to}:7946")}))
+        .await;
 }

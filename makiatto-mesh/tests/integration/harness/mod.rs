@@ -271,6 +271,13 @@ impl Cluster {
     /// (`n<i>.underlay.test:51880`), resolved through `/etc/netns/<ns>/hosts` (which
     /// `ip netns exec` mounts over `/etc/hosts`).
     pub async fn start_with(n: usize, host_names: bool) -> Cluster {
+        Self::start_opts(n, host_names, &[]).await
+    }
+
+    /// Like [`Cluster::start_with`]; the nodes in `auto_address` have no mesh address in
+    /// their configuration (they take the allocator's choice, the one the harness
+    /// expects, and move when they lose a collision).
+    pub async fn start_opts(n: usize, host_names: bool, auto_address: &[usize]) -> Cluster {
         require_root_tools();
         let id = CLUSTERS.fetch_add(1, Ordering::SeqCst);
         let prefix = format!(
@@ -368,7 +375,7 @@ impl Cluster {
                 mesh_cidr: cluster.mesh_net,
                 // Explicit, so a rare collision between two concurrent first choices
                 // cannot make the test flaky (allocation is covered by unit tests).
-                mesh_address: Some(node.mesh),
+                mesh_address: (!auto_address.contains(&node.index)).then_some(node.mesh),
                 endpoint: endpoint(node),
                 public_ipv4: node.underlay.to_string(),
                 persistent_keepalive_secs: Some(5),
