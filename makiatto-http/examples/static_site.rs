@@ -3,8 +3,12 @@
 //! ```sh
 //! cargo run --release -p makiatto-http --example static_site -- \
 //!     --dir ./public --host example.com [--alias www.example.com] \
-//!     [--http 0.0.0.0:8080] [--https 0.0.0.0:8443 --cert cert.pem --key key.pem] [--threads 2]
+//!     [--http 0.0.0.0:8080] [--https 0.0.0.0:8443 --cert cert.pem --key key.pem] [--threads 2] \
+//!     [--manifest]
 //! ```
+//! `--manifest` hashes the directory at start and serves it as an immutable deployment, as
+//! a node does: ETags from the manifest, and paths not in it are missing without a file
+//! system call.
 //! `--http`/`--https`/`--alias` may be repeated. With a certificate, plain HTTP requests for
 //! the names it covers are redirected to HTTPS (the first `--https` port).
 
@@ -27,6 +31,7 @@ struct Args {
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     threads: usize,
+    manifest: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -47,6 +52,7 @@ fn parse() -> Result<Args, String> {
             "--cert" => a.cert = Some(val()?.into()),
             "--key" => a.key = Some(val()?.into()),
             "--threads" => a.threads = val()?.parse().map_err(|e| format!("--threads: {e}"))?,
+            "--manifest" => a.manifest = true,
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -79,7 +85,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 async fn run(args: Args, dir: PathBuf, host: String) -> Result<(), Box<dyn std::error::Error>> {
     let sites = Arc::new(StaticSites::new());
     let aliases: Vec<&str> = args.aliases.iter().map(String::as_str).collect();
-    sites.insert(Site::new(host.to_ascii_lowercase(), dir), &aliases);
+    let mut site = Site::new(host.to_ascii_lowercase(), &dir);
+    if args.manifest {
+        let mut files = std::collections::HashMap::new();
+        hash_tree(&dir, &dir, &mut files)?;
+        tracing::info!(files = files.len(), "manifest built");
+        site.manifest = Some(Arc::new(files));
+    }
+    sites.insert(site, &aliases);
     let certs = Arc::new(MemoryCerts::new());
     if let (Some(c), Some(k)) = (&args.cert, &args.key) {
         let cert = Certificate::from_pem(&std::fs::read(c)?, &std::fs::read(k)?)?;
@@ -101,5 +114,27 @@ async fn run(args: Args, dir: PathBuf, host: String) -> Result<(), Box<dyn std::
     });
     tracing::info!("serving");
     server.run(token).await?;
+    Ok(())
+}
+
+/// Every regular file under `dir` by path relative to `root` → blake3.
+fn hash_tree(
+    root: &std::path::Path,
+    dir: &std::path::Path,
+    out: &mut std::collections::HashMap<String, blake3::Hash>,
+) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            hash_tree(root, &path, out)?;
+        } else if kind.is_file()
+            && let Ok(rel) = path.strip_prefix(root)
+            && let Some(rel) = rel.to_str()
+        {
+            out.insert(rel.to_owned(), blake3::hash(&std::fs::read(&path)?));
+        }
+    }
     Ok(())
 }

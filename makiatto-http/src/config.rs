@@ -64,6 +64,11 @@ pub struct ServerConfig {
     /// How long a cached file is trusted before its metadata is checked again. A node
     /// serves immutable deployments and can set this high.
     pub revalidate_ms: u64,
+    /// Request paths remembered as missing (per deployment root, rechecked after
+    /// `revalidate_ms`), kept apart from the file cache so that a flood of missing paths
+    /// cannot evict files. Sites with a manifest need none: a path absent from the
+    /// manifest is missing without a file system call.
+    pub negative_cache_entries: usize,
 }
 
 impl Default for ServerConfig {
@@ -97,6 +102,7 @@ impl Default for ServerConfig {
             memory_cache_bytes: 256 * 1024 * 1024,
             memory_file_max_bytes: 2 * 1024 * 1024,
             revalidate_ms: 1000,
+            negative_cache_entries: 65_536,
         }
     }
 }

@@ -93,7 +93,7 @@ pub(crate) struct FileEntry {
     pub(crate) cache_control: HeaderValue,
 }
 
-/// A cache slot: a file, or the knowledge that nothing is there.
+/// A cache slot: a file (misses live in `FileCache::misses`).
 #[derive(Debug)]
 struct Slot {
     checked_ms: AtomicU64,
@@ -122,15 +122,38 @@ pub(crate) struct FileCacheConfig {
     pub(crate) memory_bytes: u64,
     pub(crate) memory_file_max_bytes: u64,
     pub(crate) revalidate_after: Duration,
+    pub(crate) negative_entries: usize,
 }
 
-/// Resolved files keyed by (deployment root, request path).
+/// Resolved files keyed by (deployment root, request path), and, apart so that a flood
+/// of missing paths cannot evict files, the paths found missing.
 #[derive(Debug)]
 pub(crate) struct FileCache {
     slots: quick_cache::sync::Cache<String, Arc<Slot>, SlotWeight>,
+    /// Paths with nothing behind them → when that was last checked (ms since `epoch`).
+    misses: quick_cache::sync::Cache<String, u64>,
     hashes: quick_cache::sync::Cache<(PathBuf, Ident), blake3::Hash>,
     epoch: Instant,
     cfg: FileCacheConfig,
+    /// Lookups that went to the file system (for tests and metrics).
+    fs_lookups: AtomicU64,
+}
+
+/// The files a request path may name, in order: `/` → `index.html`, `/a/` →
+/// `a/index.html`, `/a` → `a`, `a.html`, `a/index.html`.
+fn candidates(safe: &SafePath) -> Vec<String> {
+    let rel = safe.rel.as_str();
+    if rel.is_empty() {
+        vec!["index.html".into()]
+    } else if safe.trailing_slash {
+        vec![format!("{rel}/index.html")]
+    } else {
+        vec![
+            rel.to_owned(),
+            format!("{rel}.html"),
+            format!("{rel}/index.html"),
+        ]
+    }
 }
 
 impl FileCache {
@@ -142,10 +165,18 @@ impl FileCache {
                 cfg.memory_bytes.max(1 << 16),
                 SlotWeight,
             ),
+            misses: quick_cache::sync::Cache::new(cfg.negative_entries.max(1)),
             hashes: quick_cache::sync::Cache::new(65_536),
             epoch: Instant::now(),
             cfg,
+            fs_lookups: AtomicU64::new(0),
         }
+    }
+
+    /// How many lookups went to the file system so far.
+    #[cfg(test)]
+    pub(crate) fn fs_lookups(&self) -> u64 {
+        self.fs_lookups.load(Ordering::Relaxed)
     }
 
     fn now_ms(&self) -> u64 {
@@ -159,6 +190,13 @@ impl FileCache {
         site: &Arc<Site>,
         safe: &SafePath,
     ) -> Option<Arc<FileEntry>> {
+        // A deployment's manifest lists every file it has: a path whose candidates are
+        // all absent from it is missing, with no file system call and nothing cached.
+        if let Some(manifest) = &site.manifest
+            && !candidates(safe).iter().any(|c| manifest.contains_key(c))
+        {
+            return None;
+        }
         let mut key = String::with_capacity(site.root.as_os_str().len() + safe.rel.len() + 3);
         key.push_str(&site.root.to_string_lossy());
         key.push('\n');
@@ -166,11 +204,16 @@ impl FileCache {
         if safe.trailing_slash {
             key.push('/');
         }
+        let revalidate = self.cfg.revalidate_after.as_millis() as u64;
+        if let Some(checked) = self.misses.get(&key)
+            && self.now_ms().saturating_sub(checked) < revalidate
+        {
+            return None;
+        }
         let prev = self.slots.get(&key);
         if let Some(slot) = &prev {
             let now = self.now_ms();
             let checked = slot.checked_ms.load(Ordering::Relaxed);
-            let revalidate = self.cfg.revalidate_after.as_millis() as u64;
             if now.saturating_sub(checked) < revalidate
                 || (revalidate > 0
                     && slot
@@ -187,12 +230,19 @@ impl FileCache {
         let safe = safe.clone();
         let prev_file = prev.and_then(|s| s.file.clone());
         tokio::task::spawn_blocking(move || {
+            this.fs_lookups.fetch_add(1, Ordering::Relaxed);
             let file = this.resolve_blocking(&site, &safe, prev_file.as_ref());
-            let slot = Arc::new(Slot {
-                checked_ms: AtomicU64::new(this.now_ms()),
-                file: file.clone(),
-            });
-            this.slots.insert(key, slot);
+            if file.is_some() {
+                this.misses.remove(&key);
+                let slot = Arc::new(Slot {
+                    checked_ms: AtomicU64::new(this.now_ms()),
+                    file: file.clone(),
+                });
+                this.slots.insert(key, slot);
+            } else {
+                this.slots.remove(&key);
+                this.misses.insert(key, this.now_ms());
+            }
             file
         })
         .await
@@ -207,19 +257,10 @@ impl FileCache {
         prev: Option<&Arc<FileEntry>>,
     ) -> Option<Arc<FileEntry>> {
         let root = fs::canonicalize(&site.root).ok()?;
-        let rel = safe.rel.as_str();
-        let candidates: Vec<String> = if rel.is_empty() {
-            vec!["index.html".into()]
-        } else if safe.trailing_slash {
-            vec![format!("{rel}/index.html")]
-        } else {
-            vec![
-                rel.to_owned(),
-                format!("{rel}.html"),
-                format!("{rel}/index.html"),
-            ]
-        };
-        for c in candidates {
+        for c in candidates(safe) {
+            if site.manifest.as_ref().is_some_and(|m| !m.contains_key(&c)) {
+                continue;
+            }
             let Some((path, meta)) = regular_file_under(&root, &root.join(&c)) else {
                 continue;
             };
@@ -477,5 +518,82 @@ impl http_body::Body for FileBody {
 
     fn size_hint(&self) -> http_body::SizeHint {
         http_body::SizeHint::with_exact(self.remaining)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn cache() -> Arc<FileCache> {
+        Arc::new(FileCache::new(FileCacheConfig {
+            memory_bytes: 1 << 20,
+            memory_file_max_bytes: 1 << 16,
+            revalidate_after: Duration::from_secs(600),
+            negative_entries: 100,
+        }))
+    }
+
+    fn path(p: &str) -> SafePath {
+        crate::path::sanitize(p).unwrap()
+    }
+
+    fn tree(files: &[&str]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for f in files {
+            let p = dir.path().join(f);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, f.as_bytes()).unwrap();
+        }
+        dir
+    }
+
+    #[tokio::test]
+    async fn a_manifest_answers_missing_paths_without_the_file_system() {
+        let dir = tree(&["index.html", "about/index.html"]);
+        let mut site = Site::new("a.test", dir.path());
+        let manifest: HashMap<String, blake3::Hash> = ["index.html", "about/index.html"]
+            .iter()
+            .map(|f| ((*f).to_owned(), blake3::hash(f.as_bytes())))
+            .collect();
+        site.manifest = Some(Arc::new(manifest));
+        let site = Arc::new(site);
+        let c = cache();
+        for i in 0..1000 {
+            let p = path(&format!("/missing/{i}"));
+            assert!(c.lookup(&site, &p).await.is_none());
+        }
+        assert_eq!(c.fs_lookups(), 0, "missing paths went to the file system");
+        assert!(c.lookup(&site, &path("/about")).await.is_some());
+        assert!(c.lookup(&site, &path("/")).await.is_some());
+        assert_eq!(c.fs_lookups(), 2);
+    }
+
+    #[tokio::test]
+    async fn missing_paths_are_bounded_apart_from_files_and_kept_per_deployment() {
+        let one = tree(&["index.html", "a.css"]);
+        let site = Arc::new(Site::new("a.test", one.path()));
+        let c = cache();
+        assert!(c.lookup(&site, &path("/a.css")).await.is_some());
+        assert!(c.lookup(&site, &path("/nope")).await.is_none());
+        assert!(c.lookup(&site, &path("/nope")).await.is_none());
+        assert_eq!(c.fs_lookups(), 2, "a repeated miss went to the file system");
+        // A flood of distinct missing paths (far more than the cache holds).
+        for i in 0..50_000 {
+            let p = path(&format!("/flood/{i}/{}", "x".repeat(64)));
+            assert!(c.lookup(&site, &p).await.is_none());
+        }
+        // The misses held stay within their own bound, outside the file cache's memory.
+        assert!(c.misses.len() <= 100, "{} misses held", c.misses.len());
+        assert_eq!(c.slots.len(), 1, "misses took file cache slots");
+        let before = c.fs_lookups();
+        assert!(c.lookup(&site, &path("/a.css")).await.is_some());
+        assert_eq!(c.fs_lookups(), before, "the flood evicted a cached file");
+        // A new deployment (another root) does not inherit the old misses.
+        let two = tree(&["index.html", "nope.html"]);
+        let next = Arc::new(Site::new("a.test", two.path()));
+        assert!(c.lookup(&next, &path("/nope")).await.is_some());
     }
 }

@@ -59,6 +59,7 @@ impl HttpServer {
             memory_bytes: cfg.memory_cache_bytes,
             memory_file_max_bytes: cfg.memory_file_max_bytes,
             revalidate_after: Duration::from_millis(cfg.revalidate_ms),
+            negative_entries: cfg.negative_cache_entries,
         }));
         let hsts = (cfg.hsts_max_age_secs > 0)
             .then(|| {
