@@ -16,7 +16,7 @@ use makiatto_store::transport::{SyncTransport as _, TcpTransport};
 use makiatto_store::{BlobHash, BlobStore, Options, Store, cluster};
 use serde_json::{Value, json};
 
-use crate::harness::{Cluster, SERIAL};
+use crate::harness::{Cluster, SERIAL, in_ns, run_out};
 
 const PROBE_LINE: &str = "MESH_PROBE_RESULT ";
 
@@ -68,6 +68,32 @@ async fn external_peers_and_forged_identities_are_refused() {
     let x = c
         .add_wireguard_go_peer("o11y", "10.77.0.50".parse().unwrap(), 1, 1)
         .await;
+    // Its AllowedIPs on every node is exactly its /32.
+    let x_pub = x.key.public_key().to_base64();
+    for n in &c.nodes {
+        let allowed = run_out("wg", &["show", &n.iface, "allowed-ips"]).unwrap_or_default();
+        let line = allowed.lines().find(|l| l.starts_with(&x_pub));
+        assert_eq!(
+            line.map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>()),
+            Some(vec![format!("{}/32", x.mesh).as_str()]),
+            "{}: {allowed}",
+            n.name
+        );
+    }
+    // The services listen on the mesh address, bound to the tunnel interface.
+    let listening = in_ns(&c.nodes[0].ns, &["ss", "-H", "-lntu"]).unwrap_or_default();
+    for port in [7946, 7947, 7948] {
+        let bound: Vec<&str> = listening
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(4))
+            .filter(|local| local.ends_with(&format!(":{port}")))
+            .collect();
+        assert_eq!(
+            bound,
+            vec![format!("{n0}%{}:{port}", c.nodes[0].iface).as_str()],
+            "{listening}"
+        );
+    }
     let before = c.nodes[0].refusals().await;
     let report = probe_in(
         &x.ns,
