@@ -373,4 +373,108 @@ mod tests {
         accounts.save("{\"k\":1}").unwrap();
         assert_eq!(accounts.load().unwrap().as_deref(), Some("{\"k\":1}"));
     }
+
+    fn node(name: &str, ipv4: &str, nameserver: bool) -> nodes::Node {
+        nodes::Node {
+            name: name.into(),
+            wg_public_key: String::new(),
+            wg_endpoint: String::new(),
+            mesh_address: String::new(),
+            ipv4: ipv4.into(),
+            ipv6: None,
+            latitude: 0.0,
+            longitude: 0.0,
+            is_nameserver: nameserver,
+            site_id: name.into(),
+            created_ms: 0,
+        }
+    }
+
+    /// The places a CA may reach: every healthy node's HTTP port (issue 13) and every
+    /// healthy nameserver's DNS, this node's own servers on the addresses they bound;
+    /// orders cover the wildcard and the nameserver hostnames over DNS-01.
+    #[test]
+    fn challenges_are_checked_on_every_healthy_node_and_nameserver() {
+        use makiatto_mesh::membership::{Liveness, MemberInfo};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            dir.path().join("s.db"),
+            &cluster::SCHEMA,
+            Options::default(),
+        )
+        .unwrap();
+        store
+            .write(|tx| {
+                nodes::upsert(tx, &node("me", "192.0.2.1", true))?;
+                nodes::upsert(tx, &node("ns-up", "192.0.2.2", true))?;
+                nodes::upsert(tx, &node("edge-up", "192.0.2.3", false))?;
+                nodes::upsert(tx, &node("ns-down", "192.0.2.4", true))?;
+                domains::upsert(
+                    tx,
+                    &domains::Domain {
+                        name: "example.test".into(),
+                        active_deployment: None,
+                        updated_ms: 0,
+                    },
+                )
+            })
+            .unwrap();
+        let member = |liveness| MemberInfo {
+            addr: "192.0.2.9:7947".parse().unwrap(),
+            liveness,
+        };
+        let mut view = MembershipView::default();
+        view.members.insert("ns-up".into(), member(Liveness::Alive));
+        view.members
+            .insert("edge-up".into(), member(Liveness::Alive));
+        view.members
+            .insert("ns-down".into(), member(Liveness::Down));
+        let (_tx, view) = watch::channel(view);
+        let reach = Reach {
+            me: "me".into(),
+            store: store.clone(),
+            view,
+            http: Some("0.0.0.0:8080".parse().unwrap()),
+            dns: Some("192.0.2.1:5353".parse().unwrap()),
+            dns_port: 5353,
+        };
+        assert_eq!(reach.own_http(), Some("127.0.0.1:8080".parse().unwrap()));
+        let mut http = (reach.http01_peers())();
+        http.sort();
+        assert_eq!(
+            http,
+            [
+                "192.0.2.2:8080".parse().unwrap(),
+                "192.0.2.3:8080".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            reach.nameservers(),
+            [
+                "192.0.2.1:5353".parse().unwrap(),
+                "192.0.2.2:5353".parse().unwrap()
+            ]
+        );
+
+        let orders = orders(&store);
+        assert_eq!(orders.len(), 1);
+        assert_eq!(
+            orders[0].names,
+            [
+                "example.test",
+                "*.example.test",
+                "me.ns.example.test",
+                "ns-down.ns.example.test",
+                "ns-up.ns.example.test"
+            ]
+        );
+        assert_eq!(
+            orders[0].dns01_names,
+            [
+                "me.ns.example.test",
+                "ns-down.ns.example.test",
+                "ns-up.ns.example.test"
+            ]
+        );
+    }
 }
