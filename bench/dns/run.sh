@@ -13,6 +13,15 @@
 #
 #   bench/dns/run.sh                 # all servers, RUNS=1, DNS_SECS=15
 #   RUNS=2 SERVERS="ours gdnsd" bench/dns/run.sh
+# Variants of ours, for before/after comparisons under the same load (interleaved like the
+# peers):
+#   ours_rrl   response rate limiting on at 1 000 000/s (every answer counted, none dropped)
+#   ours_wild  bound to 0.0.0.0 (packet info on every datagram, answers sent from the
+#              queried address)
+#   base       another build of examples/geodns: BASE_BIN=/path/to/geodns
+#   SERVERS="base ours ours_rrl ours_wild" BASE_BIN=/tmp/geodns-base bench/dns/run.sh
+# MIXES picks the mixes (default "a txt a_ecs1 a_ecsrnd"); a_tcp is mix a over TCP
+# (dnsperf -m tcp, 4 connections), e.g. SERVERS="base ours" MIXES=a_tcp.
 # Needs root (apt-get for dnsperf, gdnsd, knot). All servers run at once on
 # 127.0.0.1:5311-5313 and are loaded in turn (mix by mix); they are stopped by PID.
 set -euo pipefail
@@ -137,6 +146,7 @@ load() {   # load NAME MODE RUN: one dnsperf run against one server
         txt)      args=(-d $W/q_txt.txt) ;;
         a_ecs1)   args=(-d $W/q_a.txt -E 8:00011800010101) ;;
         a_ecsrnd) args=(-B -d $W/q_ecs_rand.bin) ;;
+        a_tcp)    args=(-m tcp -d $W/q_a.txt) ;;
     esac
     t0=$(tree_ticks "$pid"); w0=$(date +%s.%N)
     out=$(dnsperf -s 127.0.0.1 -p "$port" "${args[@]}" -l "$DNS_SECS" -c 4 -T 1 -Q 500000 -t 2 2>&1)
@@ -144,17 +154,25 @@ load() {   # load NAME MODE RUN: one dnsperf run against one server
     local cpu qps lat sd lost
     cpu=$(awk -v a="$t0" -v b="$t1" -v w0="$w0" -v w1="$w1" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.0f", (b-a)/hz/(w1-w0)*100 }')
     qps=$(awk '/Queries per second/ {printf "%.0f", $4}' <<<"$out")
-    lat=$(awk '/Average Latency/ {printf "%.3f", $4*1000}' <<<"$out")
-    sd=$(awk '/Latency StdDev/ {printf "%.3f", $4*1000}' <<<"$out")
+    lat=$(awk '/Average Latency/ {printf "%.3f", $4*1000; exit}' <<<"$out")
+    sd=$(awk '/Latency StdDev/ {printf "%.3f", $4*1000; exit}' <<<"$out")
     lost=$(awk '/Queries lost/ {print $3}' <<<"$out")
     echo "RESULT server=$name mode=$mode run=$run qps=$qps server_cpu=$cpu avg_lat_ms=$lat lat_sd_ms=$sd lost=$lost" | tee -a "$RESULTS"
 }
 
 # ------------------------------------------------------------------ servers
-start_ours() {
-    local port=5311
+run_geodns() {   # run_geodns NAME PORT BINARY BIND_ADDR [ENV=VALUE...]
+    local name=$1 port=$2 bin=$3 bind=$4; shift 4
+    env "$@" MAKIATTO_MMDB="$GEO_SRC" MAKIATTO_UDP_THREADS=1 "$bin" $W/zone.toml "$bind:$port" 2>$W/$name.log &
+    PID[$name]=$!; PORT[$name]=$port
+    wait_udp $port
+    verify $name $port
+}
+build_ours() {
+    [ -x "$CARGO_TARGET_DIR/release/examples/geodns" ] && [ -n "${OURS_BUILT:-}" ] && return 0
     log "building makiatto-dns examples/geodns (release)"
     cargo build -q --release -p makiatto-dns --example geodns
+    OURS_BUILT=1
     cat > $W/zone.toml <<'TOML'
 [[nodes]]
 name = "syd"
@@ -175,10 +193,14 @@ longitude = -74.00
 domain = "example.com"
 records = [{ name = "@", type = "TXT", value = "v=peer-bench static txt" }]
 TOML
-    MAKIATTO_MMDB="$GEO_SRC" MAKIATTO_UDP_THREADS=1 "$CARGO_TARGET_DIR/release/examples/geodns" $W/zone.toml 127.0.0.1:$port 2>$W/ours.log &
-    PID[ours]=$!; PORT[ours]=$port
-    wait_udp $port
-    verify ours $port
+}
+start_ours() { build_ours; run_geodns ours 5311 "$CARGO_TARGET_DIR/release/examples/geodns" 127.0.0.1; }
+start_ours_rrl() { build_ours; run_geodns ours_rrl 5315 "$CARGO_TARGET_DIR/release/examples/geodns" 127.0.0.1 MAKIATTO_RRL=1000000:2; }
+start_ours_wild() { build_ours; run_geodns ours_wild 5316 "$CARGO_TARGET_DIR/release/examples/geodns" 0.0.0.0; }
+start_base() {
+    build_ours   # writes the zone
+    [ -x "${BASE_BIN:-}" ] || { log "base: set BASE_BIN to a geodns binary"; return 1; }
+    run_geodns base 5314 "$BASE_BIN" 127.0.0.1
 }
 
 start_gdnsd() {
@@ -274,7 +296,7 @@ for s in $SERVERS; do
 done
 # Interleaved (mix, run, server) so that drifting load from other work on the machine hits
 # every server alike; idle servers use no CPU.
-for mode in a txt a_ecs1 a_ecsrnd; do
+for mode in ${MIXES:-a txt a_ecs1 a_ecsrnd}; do
     for run in $(seq 1 "$RUNS"); do
         for s in $SERVERS; do load "$s" "$mode" "$run"; done
     done
@@ -291,9 +313,9 @@ for line in open(sys.argv[1]):
     kv = dict(f.split("=", 1) for f in line.split()[1:])
     rows[(kv["server"], kv["mode"])].append(kv)
 def mean(xs): return sum(xs) / len(xs)
-order = ["ours", "gdnsd", "knot"]
+order = ["base", "ours", "ours_rrl", "ours_wild", "gdnsd", "knot"]
 servers = sorted({s for s, _ in rows}, key=order.index)
-modes = ["a", "txt", "a_ecs1", "a_ecsrnd"]
+modes = ["a", "txt", "a_ecs1", "a_ecsrnd", "a_tcp"]
 stats = {}
 for (s, m), r in rows.items():
     qps = mean([float(x["qps"]) for x in r]); cpu = mean([float(x["server_cpu"]) for x in r])
