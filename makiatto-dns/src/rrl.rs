@@ -278,6 +278,22 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_clients_share_a_56_and_mapped_ipv4_is_ipv4() {
+        let l = Limiter::new(RateLimit::new(NonZeroU32::MIN));
+        let r = answer(b"\x03www\x07example\x03com\x00", 1, 0, 1);
+        let at = |ip: &str| l.check(ip.parse().unwrap(), &r, 9_000_000);
+        assert_eq!(at("2001:db8:0:ab::1"), Verdict::Send);
+        assert_eq!(at("2001:db8:0:ff:1::9"), Verdict::Limited, "same /56");
+        assert_eq!(at("2001:db8:0:100::1"), Verdict::Send, "next /56");
+        assert_eq!(at("198.51.100.1"), Verdict::Send);
+        assert_eq!(
+            at("::ffff:198.51.100.2"),
+            Verdict::Limited,
+            "same /24, via a dual-stack socket"
+        );
+    }
+
+    #[test]
     fn slip_answer_is_header_and_question_with_tc() {
         let mut r = answer(b"\x03www\x07example\x03com\x00", 1, 0, 1);
         let question_end = r.len();
