@@ -239,7 +239,31 @@ pub fn run(cli: &Cli) -> Result<(String, bool), MakiattoError> {
             })?;
             ok(out)
         }
-        Command::Machine(_) => not_yet("machine add|upgrade|remove|restart", PROVISIONING),
+        Command::Machine(Machine::Remove { name, force }) => {
+            let loc = location()?;
+            let mut profile = profile::Profile::load(&loc)?;
+            let (key, runtime) = (cli.ssh_priv_key.as_deref(), runtime()?);
+            let out = with_steps(|progress| {
+                runtime.block_on(machine::remove(
+                    &mut profile,
+                    &loc.path,
+                    name,
+                    key,
+                    *force,
+                    &confirm,
+                    progress,
+                ))
+            })?;
+            ok(out)
+        }
+        Command::Machine(Machine::Restart { names }) => {
+            let (profile, key, runtime) = (profile()?, cli.ssh_priv_key.as_deref(), runtime()?);
+            let out = with_steps(|progress| {
+                runtime.block_on(machine::restart(&profile, names, key, progress))
+            })?;
+            ok(out)
+        }
+        Command::Machine(_) => not_yet("machine add|upgrade", PROVISIONING),
         Command::Wasm(Wasm::Fetch { force }) => ok(wit::fetch(Path::new("wit"), *force)?),
         Command::Completions { shell } => {
             let mut script = Vec::new();
@@ -299,6 +323,28 @@ fn init_options(cli: &Cli, i: &Init) -> Result<InitOptions, MakiattoError> {
         recreate: i.recreate,
         acme: !i.no_acme,
     })
+}
+
+/// Asks `question` on the terminal; anything but y/yes is no (and no terminal is no).
+fn confirm(question: &str) -> bool {
+    use std::io::{BufRead, Write};
+    let Ok(tty) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+    else {
+        return false;
+    };
+    let mut w = &tty;
+    if write!(w, "{question} [y/N] ")
+        .and_then(|()| w.flush())
+        .is_err()
+    {
+        return false;
+    }
+    let mut answer = String::new();
+    let _ = std::io::BufReader::new(&tty).read_line(&mut answer);
+    matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes")
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, MakiattoError> {

@@ -13,6 +13,7 @@
 //! `/var/makiatto/` (data, WireGuard key, GeoIP database),
 //! `/etc/systemd/system/makiatto.service`, and the `makiatto` user and group.
 
+use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -215,7 +216,6 @@ pub fn render_config(
     seeds: &[&Machine],
     acme: bool,
 ) -> String {
-    use std::fmt::Write as _;
     let mut out = String::from("# Written by `maki machine init`.\n");
     let _ = write!(
         out,
@@ -646,8 +646,8 @@ pub async fn init(
     ))
 }
 
-/// Polls the new node's admin API until it reports itself healthy with a mesh address and
-/// sees every node in `others` alive.
+/// Polls the new node's admin API until it reports itself with a mesh address and sees at
+/// least one node of `others` alive (when there are others).
 async fn wait_joined(
     target: &Target,
     options: &ssh::Options,
@@ -707,6 +707,184 @@ fn locate(db: Option<&Path>, ip: Ipv4Addr) -> Option<(f64, f64)> {
     let geo = crate::dns::MmdbLocator::open(db?).ok()?;
     let p = geo.locate(IpAddr::V4(ip))?;
     Some((p.latitude, p.longitude))
+}
+
+/// `maki machine remove`: stops the node, removes it from the cluster state through another
+/// node, deletes everything Makiatto put on it, and drops it from the profile. A machine
+/// that cannot be reached is still removed from the cluster and the profile (the output
+/// says that its files remain). `confirm` is asked unless `force`.
+pub async fn remove(
+    profile: &mut Profile,
+    profile_path: &Path,
+    name: &str,
+    key: Option<&Path>,
+    force: bool,
+    confirm: &dyn Fn(&str) -> bool,
+    progress: Progress<'_>,
+) -> Result<String, MachineError> {
+    let Some(m) = profile.machine(name).cloned() else {
+        return Err(usage(
+            format!("the profile has no machine named `{name}`"),
+            "`maki machine list` shows the machines",
+        ));
+    };
+    if !force
+        && !confirm(&format!(
+            "Remove {name} ({}) from the cluster and delete Makiatto from it? This cannot be undone.",
+            m.ssh_target
+        ))
+    {
+        return Err(usage(
+            "removal cancelled",
+            "pass --force to skip the question",
+        ));
+    }
+    let s = Steps {
+        host: format!("{}:{}", m.ssh_target, m.ssh_port),
+        progress,
+    };
+    let target: Target = m.ssh_target.parse().map_err(|e: SshError| {
+        s.fail("reading the profile", &e, "fix ssh_target in the profile")
+    })?;
+    let mut options = options_for(&m, key);
+    options.interactive = true;
+    s.start("stopping the service");
+    let ssh = match tokio::time::timeout(Duration::from_secs(20), Ssh::connect(&target, &options))
+        .await
+    {
+        Ok(Ok(ssh)) => {
+            ssh.root(
+                "stop",
+                "systemctl disable --now makiatto.service >/dev/null 2>&1 || true",
+            )
+            .await
+            .map_err(|e| {
+                s.fail(
+                    "stopping the service",
+                    &e,
+                    "stop it by hand: systemctl disable --now makiatto",
+                )
+            })?;
+            Some(ssh)
+        }
+        _ => None,
+    };
+    let others: Vec<&Machine> = profile.machines.iter().filter(|o| o.name != name).collect();
+    if !others.is_empty() {
+        s.start("removing the node from the cluster");
+        let (via, link) = first_reachable(&others, key).await?;
+        link.client.remove_node(name).await.map_err(|e| {
+            s.fail(
+                &format!("removing the node through {via}"),
+                &e,
+                "check `maki health`",
+            )
+        })?;
+        link.close().await;
+    }
+    let mut out = String::new();
+    if let Some(ssh) = ssh {
+        s.start("deleting Makiatto from the machine");
+        ssh.root("clean up", &cleanup_script()).await.map_err(|e| {
+            s.fail(
+                "deleting Makiatto from the machine",
+                &e,
+                "run `maki machine remove` again",
+            )
+        })?;
+        ssh.close().await;
+        let _ = writeln!(
+            out,
+            "{name}: service, binary, configuration, keys, data, user and unit deleted"
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "{name}: unreachable over SSH, so its files were left in place; `maki machine init --recreate` reinstalls it"
+        );
+    }
+    profile.machines.retain(|o| o.name != name);
+    profile
+        .save(profile_path)
+        .map_err(|e| s.fail("saving the profile", &e, "check the profile path"))?;
+    progress(None);
+    let _ = writeln!(out, "{name} removed from the cluster and the profile");
+    Ok(out)
+}
+
+/// The machines named (all when `names` is empty), or an error naming an unknown one.
+pub fn select<'p>(
+    profile: &'p Profile,
+    names: &[String],
+) -> Result<Vec<&'p Machine>, MachineError> {
+    if names.is_empty() {
+        return Ok(profile.machines.iter().collect());
+    }
+    names
+        .iter()
+        .map(|n| {
+            profile.machine(n).ok_or_else(|| {
+                usage(
+                    format!("the profile has no machine named `{n}`"),
+                    "`maki machine list` shows the machines",
+                )
+            })
+        })
+        .collect()
+}
+
+/// `maki machine restart`: restarts the service on each machine in turn and waits until
+/// its admin API answers again.
+pub async fn restart(
+    profile: &Profile,
+    names: &[String],
+    key: Option<&Path>,
+    progress: Progress<'_>,
+) -> Result<String, MachineError> {
+    let mut out = String::new();
+    for m in select(profile, names)? {
+        let s = Steps {
+            host: format!("{}:{}", m.ssh_target, m.ssh_port),
+            progress,
+        };
+        s.start(&format!("restarting {}", m.name));
+        let target: Target = m
+            .ssh_target
+            .parse()
+            .map_err(|e: SshError| s.fail("reading the profile", &e, "fix ssh_target"))?;
+        let options = options_for(m, key);
+        let ssh = Ssh::connect(&target, &options)
+            .await
+            .map_err(|e| s.fail("connecting", &e, "fix SSH access"))?;
+        ssh.root("restart", "systemctl restart makiatto.service")
+            .await
+            .map_err(|e| {
+                s.fail(
+                    "restarting the service",
+                    &e,
+                    "see `journalctl -u makiatto` on the node",
+                )
+            })?;
+        ssh.close().await;
+        let others: Vec<String> = profile
+            .machines
+            .iter()
+            .filter(|o| o.name != m.name)
+            .map(|o| o.name.clone())
+            .collect();
+        wait_joined(&target, &options, &m.name, &others)
+            .await
+            .map_err(|r| {
+                s.failed(
+                    "waiting for the node",
+                    r,
+                    "see `journalctl -u makiatto` on the node",
+                )
+            })?;
+        let _ = writeln!(out, "{} restarted", m.name);
+    }
+    progress(None);
+    Ok(out)
 }
 
 /// Removes every trace of Makiatto from a machine (run as root).

