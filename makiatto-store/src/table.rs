@@ -43,11 +43,19 @@ pub(crate) struct TableSql {
     /// Multi-row clock upserts by row count (parameters: pk, site_ord, ver, ts, then
     /// cid, cv, seq per row).
     clock_upsert_rows: Mutex<HashMap<usize, Arc<str>>>,
+    /// Multi-row inserts of new rows by (column subset, row count).
+    rows_insert: Mutex<HashMap<RowsKey, Arc<str>>>,
+    /// Multi-row clock inserts of one origin version by cell count (parameters: site_ord,
+    /// ver, ts, then pk, cid, cv, seq per cell).
+    clocks_insert: Mutex<HashMap<usize, Arc<str>>>,
     clock: String,
     pk_list: String,
     pub(crate) backfill_sentinel: String,
     pub(crate) backfill_col: Vec<String>,
 }
+
+/// A multi-row insert's shape: the column subset and the row count.
+type RowsKey = (Vec<usize>, usize);
 
 /// Quotes an SQL identifier.
 pub(crate) fn ident(name: &str) -> String {
@@ -339,6 +347,74 @@ impl TableSql {
         sql
     }
 
+    /// The insert of `n` new rows, each with the key and the columns at `cols`: parameters
+    /// are each row's key values then its columns' values, row after row. A row that exists
+    /// is updated (it cannot, when the caller found no clock for it).
+    pub(crate) fn rows_insert(&self, table: &TableInfo, cols: &[usize], n: usize) -> Arc<str> {
+        let mut cache = self
+            .rows_insert
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(sql) = cache.get(&(cols.to_vec(), n)) {
+            return sql.clone();
+        }
+        let names: Vec<String> = cols.iter().map(|&i| ident(&table.cols[i])).collect();
+        let width = table.pks.len() + cols.len();
+        let one = "(".to_owned() + &join((0..width).map(|_| "?".to_owned()), ", ") + ")";
+        let mut sql = "INSERT INTO ".to_owned() + &ident(&table.name) + " (" + &self.pk_list;
+        for n in &names {
+            sql += ", ";
+            sql += n;
+        }
+        sql += ") VALUES ";
+        sql += &join((0..n).map(|_| one.clone()), ", ");
+        if names.is_empty() {
+            sql += " ON CONFLICT DO NOTHING";
+        } else {
+            sql += &(" ON CONFLICT (".to_owned() + &self.pk_list + ") DO UPDATE SET ");
+            sql += &join(names.iter().map(|c| c.clone() + " = excluded." + c), ", ");
+        }
+        let sql: Arc<str> = Arc::from(sql);
+        cache.insert((cols.to_vec(), n), sql.clone());
+        sql
+    }
+
+    /// The upsert of `n` clock rows of one origin version (any keys).
+    pub(crate) fn clocks_insert(&self, n: usize) -> Arc<str> {
+        let mut cache = self
+            .clocks_insert
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(sql) = cache.get(&n) {
+            return sql.clone();
+        }
+        let rows = join(
+            (0..n).map(|i| {
+                let p = |k: usize| "?".to_owned() + &(4 + 4 * i + k).to_string();
+                "(".to_owned()
+                    + &p(0)
+                    + ", "
+                    + &p(1)
+                    + ", "
+                    + &p(2)
+                    + ", ?1, ?2, "
+                    + &p(3)
+                    + ", ?3)"
+            }),
+            ", ",
+        );
+        let sql: Arc<str> = Arc::from(
+            "INSERT INTO ".to_owned()
+                + &self.clock
+                + " (pk, cid, cv, site_ord, ver, seq, ts) VALUES "
+                + &rows
+                + " ON CONFLICT (pk, cid) DO UPDATE SET cv = excluded.cv, site_ord = excluded.site_ord, \
+                   ver = excluded.ver, seq = excluded.seq, ts = excluded.ts",
+        );
+        cache.insert(n, sql.clone());
+        sql
+    }
+
     /// The upsert of `n` clock rows of one key, all of one origin version.
     pub(crate) fn clock_upsert_rows(&self, n: usize) -> Arc<str> {
         let mut cache = self
@@ -437,6 +513,8 @@ impl TableSql {
             },
             row_upsert: Mutex::default(),
             clock_upsert_rows: Mutex::default(),
+            rows_insert: Mutex::default(),
+            clocks_insert: Mutex::default(),
             clock: clock.clone(),
             pk_list,
             backfill_sentinel: "INSERT INTO ".to_owned()

@@ -432,13 +432,26 @@ fn merge_change(
         g.push(cell);
     }
     let mut out = Vec::new();
+    let mut fresh = FreshRows::default();
     for key in order {
         let mut cells = groups.remove(&key).unwrap_or_default();
         cells.sort_by_key(|c| (!c.is_sentinel(), c.seq));
         let Some(info) = tables.get(key.0) else {
             continue;
         };
-        if let Some(kind) = merge_row(tx, info, sites, ord, c, key.1, &cells)? {
+        let clocks = load_clocks(tx, info, key.1)?;
+        if clocks.is_empty() && is_insert(&cells) {
+            // A row never seen here, arriving whole: its cells win and are written in
+            // multi-row statements with the version's other new rows.
+            fresh.add(info, key.1, &cells)?;
+            out.push(RowChange {
+                table: Arc::from(info.name.as_str()),
+                pk: key.1.to_vec(),
+                kind: RowChangeKind::Upsert(info.cols.clone()),
+            });
+            continue;
+        }
+        if let Some(kind) = merge_row(tx, info, sites, (ord, c), key.1, &cells, clocks)? {
             out.push(RowChange {
                 table: Arc::from(info.name.as_str()),
                 pk: key.1.to_vec(),
@@ -446,32 +459,136 @@ fn merge_change(
             });
         }
     }
+    fresh.write(tx, ord, c)?;
     Ok(out)
+}
+
+/// Whether a row's cells (sentinel first) are a plain insert: a live sentinel, then at most
+/// one cell per column, all of that generation. Merged into a row with no local clocks,
+/// such cells all win: the row is written with exactly these values and clocks.
+fn is_insert(cells: &[&Cell]) -> bool {
+    let Some((first, cols)) = cells.split_first() else {
+        return false;
+    };
+    if !first.is_sentinel() || first.cl % 2 == 0 {
+        return false;
+    }
+    let mut seen: Vec<&str> = Vec::with_capacity(cols.len());
+    for c in cols {
+        if c.is_sentinel() || c.cl != first.cl || seen.contains(&c.cid.as_str()) {
+            return false;
+        }
+        seen.push(&c.cid);
+    }
+    true
+}
+
+/// Rows new to this replica from one version, written together (see [`is_insert`]).
+#[derive(Default)]
+struct FreshRows<'a> {
+    /// Per table: its info, the rows by column subset (each row's parameters: key values
+    /// then column values), and the clock cells (pk, cid, cv, seq).
+    tables: BTreeMap<&'a str, FreshTable<'a>>,
+}
+
+struct FreshTable<'a> {
+    info: &'a TableInfo,
+    rows: BTreeMap<Vec<usize>, Vec<Vec<Value>>>,
+    clocks: Vec<(&'a [u8], &'a str, i64, u32)>,
+}
+
+/// Rows per multi-row insert, and clock cells per multi-row clock insert.
+const FRESH_ROWS: usize = 64;
+const FRESH_CLOCKS: usize = 128;
+
+impl<'a> FreshRows<'a> {
+    fn add(&mut self, info: &'a TableInfo, pk: &'a [u8], cells: &[&'a Cell]) -> Result<()> {
+        let t = self
+            .tables
+            .entry(info.name.as_str())
+            .or_insert_with(|| FreshTable {
+                info,
+                rows: BTreeMap::new(),
+                clocks: Vec::new(),
+            });
+        let mut cols: Vec<(usize, &Value)> = Vec::with_capacity(cells.len());
+        for cell in cells {
+            t.clocks.push((pk, cell.cid.as_str(), cell.cv, cell.seq));
+            if !cell.is_sentinel() {
+                let idx = *info.col_index.get(&cell.cid).ok_or_else(|| {
+                    StoreError::Malformed(format!("unknown column {} of {}", cell.cid, info.name))
+                })?;
+                cols.push((idx, &cell.val));
+            }
+        }
+        cols.sort_by_key(|(i, _)| *i);
+        let mut params = unpack(pk)?;
+        params.extend(cols.iter().map(|(_, v)| (*v).clone()));
+        t.rows
+            .entry(cols.iter().map(|(i, _)| *i).collect())
+            .or_default()
+            .push(params);
+        Ok(())
+    }
+
+    fn write(self, tx: &Transaction<'_>, ord: i64, c: &Change) -> Result<()> {
+        for t in self.tables.into_values() {
+            for (cols, rows) in &t.rows {
+                for chunk in rows.chunks(FRESH_ROWS) {
+                    let sql = t.info.sql.rows_insert(t.info, cols, chunk.len());
+                    tx.prepare_cached(&sql)?
+                        .execute(params_from_iter(chunk.iter().flatten()))?;
+                }
+            }
+            for chunk in t.clocks.chunks(FRESH_CLOCKS) {
+                let mut args: Vec<rusqlite::types::Value> = Vec::with_capacity(3 + 4 * chunk.len());
+                args.push(ord.into());
+                args.push((c.ver as i64).into());
+                args.push((c.ts as i64).into());
+                for &(pk, cid, cv, seq) in chunk {
+                    args.push(rusqlite::types::Value::Blob(pk.to_vec()));
+                    args.push(cid.to_owned().into());
+                    args.push(cv.into());
+                    args.push(i64::from(seq).into());
+                }
+                tx.prepare_cached(&t.info.sql.clocks_insert(chunk.len()))?
+                    .execute(params_from_iter(args))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The clocks of one row: column (or sentinel) → its clock.
+fn load_clocks(
+    tx: &Transaction<'_>,
+    info: &TableInfo,
+    pk: &[u8],
+) -> Result<HashMap<String, ClockMeta>> {
+    let mut clocks = HashMap::new();
+    let mut stmt = tx.prepare_cached(&info.sql.clock_get_row)?;
+    let mut rows = stmt.query([pk])?;
+    while let Some(r) = rows.next()? {
+        let meta = ClockMeta {
+            cv: r.get(1)?,
+            site_ord: r.get(2)?,
+            ts: r.get::<_, i64>(5)? as u64,
+        };
+        clocks.insert(r.get(0)?, meta);
+    }
+    Ok(clocks)
 }
 
 fn merge_row(
     tx: &Transaction<'_>,
     info: &TableInfo,
     sites: &Sites,
-    ord: i64,
-    c: &Change,
+    (ord, c): (i64, &Change),
     pk: &[u8],
     cells: &[&Cell],
+    mut clocks: HashMap<String, ClockMeta>,
 ) -> Result<Option<RowChangeKind>> {
     let sql = &info.sql;
-    let mut clocks: HashMap<String, ClockMeta> = HashMap::new();
-    {
-        let mut stmt = tx.prepare_cached(&sql.clock_get_row)?;
-        let mut rows = stmt.query([pk])?;
-        while let Some(r) = rows.next()? {
-            let meta = ClockMeta {
-                cv: r.get(1)?,
-                site_ord: r.get(2)?,
-                ts: r.get::<_, i64>(5)? as u64,
-            };
-            clocks.insert(r.get(0)?, meta);
-        }
-    }
     let site_of = |m: &ClockMeta| sites.site(m.site_ord).unwrap_or(SiteId([0; 16]));
     let pk_values = unpack(pk)?;
     let mut cl_l = clocks.get(SENTINEL).map_or(0, |m| m.cv);
