@@ -773,6 +773,7 @@ async fn reconcile(
     // With WireGuard every node applies the same deterministic resolution of shared
     // addresses, so a node that moves is routed and admitted at its new address before
     // its own row reaches anyone.
+    let rows = ns.clone();
     let ns = match config.tunnel {
         TunnelKind::WireGuard { .. } => effective_nodes(config.mesh_cidr, ns, &ps),
         TunnelKind::Direct => ns,
@@ -790,16 +791,20 @@ async fn reconcile(
         }
         k.remove(&config.name);
     }
-    cluster.set(
-        cluster_members(config, &ns),
-        ps.iter().filter_map(|p| p.mesh_address.parse().ok()),
-    );
-    let desired = desired_peers(
+    let mut desired = desired_peers(
         &config.name,
         &ns,
         &ps,
         &config.seeds,
         config.persistent_keepalive_secs,
+    );
+    let moving = keep_old_routes(&config.name, &rows, &ns, &mut desired);
+    let mut members = cluster_members(config, &ns);
+    members.retain(|(_, a)| !moving.iter().any(|(_, old)| old == a));
+    members.extend(moving);
+    cluster.set(
+        members,
+        ps.iter().filter_map(|p| p.mesh_address.parse().ok()),
     );
     // The tunnel call may resolve names and talk to the UAPI socket: keep it off the
     // async workers.
@@ -820,6 +825,39 @@ async fn reconcile(
         .find(|n| n.name == config.name)
         .and_then(|n| n.mesh_address.parse().ok())?;
     (own != tunnel.mesh_address()).then_some(own)
+}
+
+/// While a node that lost a collision has not recorded its new address yet, it still
+/// sends from the old one: its peer keeps the old address besides the new one (taken from
+/// whoever else claims it, the winner included, until the row moves), so it is reached,
+/// learns that it lost, and moves. Returns those `(name, old address)`.
+fn keep_old_routes(
+    own_name: &str,
+    rows: &[nodes::Node],
+    effective: &[nodes::Node],
+    desired: &mut Vec<PeerConfig>,
+) -> Vec<(String, Ipv4Addr)> {
+    let mut moving = Vec::new();
+    for (row, eff) in rows.iter().zip(effective) {
+        if row.name == own_name || row.mesh_address == eff.mesh_address {
+            continue;
+        }
+        let (Ok(old), Ok(key)) = (
+            row.mesh_address.parse::<Ipv4Addr>(),
+            PublicKey::from_base64(&row.wg_public_key),
+        ) else {
+            continue;
+        };
+        for p in desired.iter_mut() {
+            p.allowed_ips.retain(|n| n.addr() != old);
+        }
+        if let Some(p) = desired.iter_mut().find(|p| p.public_key == key) {
+            p.allowed_ips.push(Ipv4Net::from(old));
+            moving.push((row.name.clone(), old));
+        }
+    }
+    desired.retain(|p| !p.allowed_ips.is_empty());
+    moving
 }
 
 /// The `nodes` rows with the addresses [`addr::resolve_collisions`] gives them: a node
@@ -1186,6 +1224,56 @@ mod tests {
         assert!(addr::is_host(net, moved[0].mesh_address.parse().unwrap()));
         // No collision: nothing changes.
         assert_eq!(effective_nodes(net, ns.clone(), &[]), ns);
+    }
+
+    #[test]
+    fn a_moving_node_keeps_its_old_address_until_its_row_moves() {
+        let (ka, kn, ko) = (
+            PrivateKey::generate().public_key(),
+            PrivateKey::generate().public_key(),
+            PrivateKey::generate().public_key(),
+        );
+        let net = addr::default_mesh_net();
+        let rows = vec![
+            node("a0", &ka, "10.44.44.5"),
+            node("n1", &kn, "10.44.44.5"),
+            node("n0", &ko, "10.44.44.1"),
+        ];
+        let effective = effective_nodes(net, rows.clone(), &[]);
+        let to: Ipv4Addr = effective[1].mesh_address.parse().unwrap();
+        assert_ne!(to.to_string(), "10.44.44.5");
+        let mut desired = desired_peers("n0", &effective, &[], &[], None);
+        let moving = keep_old_routes("n0", &rows, &effective, &mut desired);
+        assert_eq!(
+            moving,
+            vec![("n1".to_owned(), "10.44.44.5".parse().unwrap())]
+        );
+        let n1 = desired.iter().find(|p| p.public_key == kn).unwrap();
+        assert_eq!(
+            n1.allowed_ips,
+            vec![Ipv4Net::from(to), "10.44.44.5/32".parse().unwrap()]
+        );
+        assert!(
+            desired.iter().all(|p| p.public_key != ka),
+            "the winner waits"
+        );
+        // Once n1's row has moved, the winner gets the address.
+        let rows = effective.clone();
+        let mut desired = desired_peers("n0", &rows, &[], &[], None);
+        assert!(
+            keep_old_routes(
+                "n0",
+                &rows,
+                &effective_nodes(net, rows.clone(), &[]),
+                &mut desired
+            )
+            .is_empty()
+        );
+        let a0 = desired.iter().find(|p| p.public_key == ka).unwrap();
+        assert_eq!(
+            a0.allowed_ips,
+            vec!["10.44.44.5/32".parse::<Ipv4Net>().unwrap()]
+        );
     }
 
     #[test]

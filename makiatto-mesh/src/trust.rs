@@ -23,7 +23,7 @@
 //! Refusals are counted per service ([`ClusterNodes::refusals`]) and logged at debug, at
 //! most once a second per service.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -94,7 +94,7 @@ pub type Allow = Arc<dyn Fn(SocketAddr) -> bool + Send + Sync>;
 struct Snapshot {
     /// Node mesh address to its name.
     by_addr: BTreeMap<Ipv4Addr, String>,
-    by_name: BTreeMap<String, Ipv4Addr>,
+    by_name: BTreeMap<String, BTreeSet<Ipv4Addr>>,
     /// External peers' addresses (never nodes, in either mode).
     external: Vec<Ipv4Addr>,
 }
@@ -136,8 +136,8 @@ impl ClusterNodes {
 
     /// Replaces the set: `nodes` are `(name, mesh address)` of the cluster's nodes,
     /// `external` the external peers' addresses. An address claimed by two names goes to
-    /// the lowest name (as [`crate::addr::resolve_collisions`] decides); a name claimed at
-    /// two addresses keeps the lowest address.
+    /// the lowest name (as [`crate::addr::resolve_collisions`] decides); a name may have
+    /// several addresses (a node moving to a new one).
     pub fn set(
         &self,
         nodes: impl IntoIterator<Item = (String, Ipv4Addr)>,
@@ -147,10 +147,10 @@ impl ClusterNodes {
         let mut pairs: Vec<(String, Ipv4Addr)> = nodes.into_iter().collect();
         pairs.sort();
         for (name, addr) in pairs {
-            if next.by_name.contains_key(&name) || next.by_addr.contains_key(&addr) {
+            if next.by_addr.contains_key(&addr) {
                 continue;
             }
-            next.by_name.insert(name.clone(), addr);
+            next.by_name.entry(name.clone()).or_default().insert(addr);
             next.by_addr.insert(addr, name);
         }
         next.external = external
@@ -196,7 +196,7 @@ impl ClusterNodes {
         };
         let s = self.read();
         match (s.by_name.get(name), s.by_addr.get(&ip)) {
-            (Some(registered), _) => *registered == ip,
+            (Some(registered), _) => registered.contains(&ip),
             (None, Some(_)) => false,
             (None, None) => match self.inner.admission {
                 Admission::Nodes => false,
