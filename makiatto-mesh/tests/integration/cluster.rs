@@ -349,13 +349,24 @@ async fn a_node_that_loses_its_address_moves_while_running() {
         json!(old.to_string())
     );
 
-    // "a0" (a lower name: it keeps the address) registered at n1's address.
+    // "a0" (a lower name: it keeps the address) registered at n1's address while n1 is
+    // cut off: n0 and n2 apply the resolution before n1 can hear of a0.
+    c.partition(1);
     let thief = makiatto_mesh::PrivateKey::generate()
         .public_key()
         .to_base64();
     c.nodes[0]
         .cmd(json!({"cmd": "put_node", "name": "a0", "public_key": thief, "mesh_address": old.to_string()}))
         .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while c.nodes[0].hash().await != c.nodes[2].hash().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "n2 did not learn of a0"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    c.heal(1);
     let mut claims: Vec<Claim> = c
         .nodes
         .iter()
