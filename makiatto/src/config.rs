@@ -77,10 +77,19 @@ pub struct DnsSection {
     pub enabled: bool,
     /// UDP and TCP address.
     pub addr: SocketAddr,
-    /// DNS over TLS address; `None`: no DoT.
+    /// Serve DNS over TLS (with the node's certificates, chosen by SNI).
+    pub dot: bool,
+    /// DNS over TLS address; `None`: the DNS address's IP on port 853 when DNS is on port
+    /// 53, else none (set it to run DoT beside DNS on another port).
     pub dot_addr: Option<SocketAddr>,
     /// GeoIP database (mmdb); `None`: `<data_dir>/geoip.mmdb`.
     pub geoip_db: Option<PathBuf>,
+    /// UDP response rate limit per client /24 (IPv4) or /56 (IPv6) and answer, in answers
+    /// per second (BIND/Knot-style RRL against reflection); 0: off.
+    pub rate_limit: u32,
+    /// With `rate_limit`: every n-th limited answer goes out truncated (TC) so real
+    /// resolvers retry over TCP; 0: drop them all.
+    pub rate_limit_slip: u32,
 }
 
 /// `[web]`: the HTTP and HTTPS server.
@@ -126,6 +135,9 @@ pub struct MeshSection {
     /// Nodes to join through over WireGuard (`[[mesh.seed_nodes]]`), written by
     /// `maki machine init`: each one's name, public key, endpoint and mesh address.
     pub seed_nodes: Vec<SeedNode>,
+    /// Let the `direct` backend (no tunnel, nothing authenticated) run on an address that
+    /// is neither loopback nor private; off, such a node refuses to start.
+    pub allow_public_direct: bool,
 }
 
 /// `[[mesh.seed_nodes]]`: a node already in the cluster, reached over WireGuard.
@@ -163,6 +175,37 @@ pub struct AcmeSection {
     /// A PEM root to trust for the directory instead of the web PKI (test CAs such as
     /// Pebble).
     pub directory_root: Option<PathBuf>,
+    /// The CA's domain for the zones' CAA record (`0 issue "<caa>"`); `None`: derived from
+    /// the directory (`letsencrypt.org` for Let's Encrypt's, no CAA record for others).
+    pub caa: Option<String>,
+}
+
+impl DnsSection {
+    /// Where DNS over TLS listens, if anywhere (see [`DnsSection::dot_addr`]).
+    pub fn dot_listen(&self) -> Option<SocketAddr> {
+        if !self.dot {
+            return None;
+        }
+        self.dot_addr
+            .or_else(|| (self.addr.port() == 53).then(|| SocketAddr::new(self.addr.ip(), 853)))
+    }
+}
+
+impl AcmeSection {
+    /// The CAA issuer domain the zones publish, if any.
+    pub fn caa_issuer(&self) -> Option<String> {
+        if let Some(c) = &self.caa {
+            return (!c.is_empty()).then(|| c.clone());
+        }
+        let host = self
+            .directory
+            .split("://")
+            .nth(1)?
+            .split(['/', ':'])
+            .next()?;
+        (host == "letsencrypt.org" || host.ends_with(".letsencrypt.org"))
+            .then(|| "letsencrypt.org".to_owned())
+    }
 }
 
 /// `[o11y]`: OpenTelemetry export, as in the guide.
@@ -377,8 +420,11 @@ impl Default for DnsSection {
         Self {
             enabled: true,
             addr: any(53),
-            dot_addr: Some(any(853)),
+            dot: true,
+            dot_addr: None,
             geoip_db: None,
+            rate_limit: 0,
+            rate_limit_slip: 2,
         }
     }
 }
@@ -406,6 +452,7 @@ impl Default for MeshSection {
             sync_port: 51881,
             seeds: Vec::new(),
             seed_nodes: Vec::new(),
+            allow_public_direct: false,
         }
     }
 }
@@ -425,6 +472,7 @@ impl Default for AcmeSection {
             email: None,
             directory: "https://acme-v02.api.letsencrypt.org/directory".into(),
             directory_root: None,
+            caa: None,
         }
     }
 }
@@ -447,6 +495,46 @@ mod tests {
 
     fn parse(text: &str) -> Result<NodeConfig, ConfigError> {
         NodeConfig::parse(Path::new("config.toml"), text)
+    }
+
+    #[test]
+    fn dot_follows_dns_on_port_53_and_caa_follows_the_directory() {
+        let minimal = "[node]\nname = \"a\"\nipv4 = \"192.0.2.1\"\n";
+        let c = parse(minimal).unwrap();
+        assert_eq!(c.dns.dot_listen(), Some("0.0.0.0:853".parse().unwrap()));
+        assert_eq!(c.acme.caa_issuer().as_deref(), Some("letsencrypt.org"));
+        let c = parse(&(minimal.to_owned() + "[dns]\naddr = \"127.0.0.2:5353\"\n")).unwrap();
+        assert_eq!(c.dns.dot_listen(), None);
+        let c = parse(&(minimal.to_owned() + "[dns]\ndot = false\n")).unwrap();
+        assert_eq!(c.dns.dot_listen(), None);
+        let other = "[acme]\ndirectory = \"https://acme.zerossl.com/v2/DV90\"\n";
+        assert_eq!(
+            parse(&(minimal.to_owned() + other))
+                .unwrap()
+                .acme
+                .caa_issuer(),
+            None
+        );
+        let staging =
+            "[acme]\ndirectory = \"https://acme-staging-v02.api.letsencrypt.org/directory\"\n";
+        assert_eq!(
+            parse(&(minimal.to_owned() + staging))
+                .unwrap()
+                .acme
+                .caa_issuer()
+                .as_deref(),
+            Some("letsencrypt.org")
+        );
+        let set =
+            "[acme]\ndirectory = \"https://acme.zerossl.com/v2/DV90\"\ncaa = \"sectigo.com\"\n";
+        assert_eq!(
+            parse(&(minimal.to_owned() + set))
+                .unwrap()
+                .acme
+                .caa_issuer()
+                .as_deref(),
+            Some("sectigo.com")
+        );
     }
 
     /// The single problem's line and message.

@@ -47,7 +47,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub use certs::{StoreCerts, StoreChallenges};
+pub use certs::{SniCerts, StoreCerts, StoreChallenges};
 pub use sites::StoreSites;
 pub use supervise::{Health, SubsystemState};
 
@@ -115,6 +115,7 @@ pub struct NodeHandle {
     store: Store,
     dns: Option<DnsServer>,
     dns_addr: Option<SocketAddr>,
+    dot_addr: Option<SocketAddr>,
     http_addr: Option<SocketAddr>,
     https_addr: Option<SocketAddr>,
     admin_socket: PathBuf,
@@ -141,23 +142,52 @@ impl Node {
         let mut tasks = JoinSet::new();
         let view = mesh.membership();
 
+        // Certificates from the store, for HTTPS and DNS over TLS.
+        let certs = Arc::new(StoreCerts::default());
+        {
+            let (store, certs) = (store.clone(), Arc::clone(&certs));
+            tasks.spawn(supervise::supervise(
+                "certificates",
+                health.clone(),
+                cancel.clone(),
+                move |token| reload_certs(store.clone(), Arc::clone(&certs), token),
+            ));
+        }
+
         // DNS.
+        let mut dot_addr = None;
         let (dns, dns_addr) = if config.dns.enabled {
             let me = name.clone();
             let alive = view.clone();
             let zones = ZoneHandle::new(Arc::new(ZoneSet::default()))?;
-            let first = build_zones(&store, &me, &alive.borrow())?;
+            let caa = config.acme.caa_issuer();
+            let first = build_zones(&store, (&me, caa.as_deref()), &alive.borrow())?;
             let broken = zones::set_servable(&zones, first).map_err(NodeError::Config)?;
             if !broken.is_empty() {
                 tracing::warn!(?broken, "zones not served: they do not compile");
             }
             let (udp, tcp) = makiatto_dns::bind_udp_tcp(config.dns.addr)?;
             let addr = udp.local_addr().map_err(io("reading the DNS address"))?;
-            let server = DnsServer::builder(zones.clone())
+            let mut builder = DnsServer::builder(zones.clone())
                 .locator(locator(&config.geoip_db()))
                 .udp(udp)
-                .tcp(tcp)
-                .start()?;
+                .tcp(tcp);
+            if let Some(rps) = std::num::NonZeroU32::new(config.dns.rate_limit) {
+                builder = builder
+                    .rate_limit(makiatto_dns::RateLimit::new(rps).slip(config.dns.rate_limit_slip));
+            }
+            // DNS over TLS with the node's certificates (they cover `<node>.ns.<domain>`).
+            if let Some(dot) = config.dns.dot_listen() {
+                let listener = std::net::TcpListener::bind(dot)
+                    .map_err(io(format!("binding DNS over TLS on {dot}")))?;
+                dot_addr = Some(
+                    listener
+                        .local_addr()
+                        .map_err(io("reading the DoT address"))?,
+                );
+                builder = builder.tls(listener, Arc::new(certs::SniCerts(Arc::clone(&certs))));
+            }
+            let server = builder.start()?;
             let (store, health_z) = (store.clone(), health.clone());
             tasks.spawn(supervise::supervise(
                 "dns-zones",
@@ -166,7 +196,7 @@ impl Node {
                 move |token| {
                     sync_zones(
                         store.clone(),
-                        me.clone(),
+                        (me.clone(), caa.clone()),
                         alive.clone(),
                         zones.clone(),
                         health_z.clone(),
@@ -211,16 +241,6 @@ impl Node {
         // HTTP and HTTPS, with certificates and ACME answers from the store.
         let (mut http_addr, mut https_addr) = (None, None);
         if config.web.enabled {
-            let certs = Arc::new(StoreCerts::default());
-            {
-                let (store, certs) = (store.clone(), Arc::clone(&certs));
-                tasks.spawn(supervise::supervise(
-                    "certificates",
-                    health.clone(),
-                    cancel.clone(),
-                    move |token| reload_certs(store.clone(), Arc::clone(&certs), token),
-                ));
-            }
             let server = HttpServer::new(
                 ServerConfig {
                     http_addrs: vec![config.web.http_addr],
@@ -353,6 +373,7 @@ impl Node {
             store,
             dns,
             dns_addr,
+            dot_addr,
             http_addr,
             https_addr,
             admin_socket: admin_path,
@@ -411,6 +432,11 @@ impl NodeHandle {
     /// The DNS address (UDP and TCP), when DNS is enabled.
     pub fn dns_addr(&self) -> Option<SocketAddr> {
         self.dns_addr
+    }
+
+    /// The bound DNS over TLS address (`None` when off).
+    pub fn dot_addr(&self) -> Option<SocketAddr> {
+        self.dot_addr
     }
 
     /// The HTTP address, when the web server is enabled.
@@ -556,7 +582,7 @@ fn mesh_config(config: &NodeConfig) -> Result<MeshConfig, NodeError> {
         blob_port: port(2)?,
         reconcile_every_ms: 2000,
         sync_interval_ms: None,
-        allow_public_direct: false,
+        allow_public_direct: m.allow_public_direct,
     })
 }
 
@@ -642,14 +668,18 @@ fn locator(path: &Path) -> Arc<dyn GeoLocator> {
     }
 }
 
-fn build_zones(store: &Store, me: &str, view: &MembershipView) -> Result<ZoneSet, NodeError> {
-    Ok(store.read(|c| zones::build(c, &|n| n == me || view.is_alive(n)))?)
+fn build_zones(
+    store: &Store,
+    (me, caa): (&str, Option<&str>),
+    view: &MembershipView,
+) -> Result<ZoneSet, NodeError> {
+    Ok(store.read(|c| zones::build(c, &|n| n == me || view.is_alive(n), caa))?)
 }
 
 /// Rebuilds the zones on every change of the tables they come from and of membership.
 async fn sync_zones(
     store: Store,
-    me: String,
+    (me, caa): (String, Option<String>),
     mut view: watch::Receiver<MembershipView>,
     zones: ZoneHandle,
     health: Health,
@@ -667,7 +697,8 @@ async fn sync_zones(
     .collect();
     let mut published = std::collections::BTreeSet::new();
     loop {
-        let set = build_zones(&store, &me, &view.borrow_and_update()).map_err(|e| e.to_string())?;
+        let set = build_zones(&store, (&me, caa.as_deref()), &view.borrow_and_update())
+            .map_err(|e| e.to_string())?;
         let broken = zones::set_servable(&zones, set)?;
         if broken.is_empty() {
             health.set("dns-zones", SubsystemState::Running);

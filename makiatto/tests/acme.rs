@@ -94,6 +94,7 @@ ipv4 = "{ip}"
 data_dir = "{data}"
 [dns]
 addr = "{ip}:0"
+dot_addr = "{ip}:0"
 [web]
 http_addr = "{ip}:{http}"
 https_addr = "{ip}:0"
@@ -221,6 +222,29 @@ directory_root = "{ca}"
             "no certificate for {host} chaining to Pebble's root"
         );
     }
+    // DNS over TLS with the same certificate, chosen by the nameserver name (SNI), verified
+    // by kdig against Pebble's root; the answer is the node (the only one, so the nearest).
+    let dot = node.dot_addr().expect("DoT is on");
+    let out = Command::new("kdig")
+        .args([
+            &format!("@{}", dot.ip()),
+            "-p",
+            &dot.port().to_string(),
+            "+tls",
+            &format!("+tls-ca={}", root_pem.display()),
+            "+tls-hostname=solo.ns.example.test",
+            "example.test",
+            "A",
+            "+short",
+        ])
+        .output()
+        .expect("kdig (knot-dnsutils, scripts/setup.d/20-dns.sh)");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        ip.to_string(),
+        "DoT answer; kdig said {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let names = node
         .store()
         .read(makiatto::store::cluster::certificates::list)

@@ -60,6 +60,19 @@ impl StoreCerts {
     }
 }
 
+/// The store's certificates chosen by SNI, for DNS over TLS (`<node>.ns.<domain>` is in
+/// every domain's certificate). A client without SNI, or naming a host with no
+/// certificate, is refused, as over HTTPS.
+#[derive(Debug)]
+pub struct SniCerts(pub Arc<StoreCerts>);
+
+impl rustls::server::ResolvesServerCert for SniCerts {
+    fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let name = makiatto_http::normalize_host(hello.server_name()?)?;
+        self.0.resolve(&name)
+    }
+}
+
 /// ACME challenge answers in the store's `acme_challenges` table.
 #[derive(Debug, Clone)]
 pub struct StoreChallenges {

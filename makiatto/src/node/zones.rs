@@ -12,10 +12,12 @@ use makiatto_dns::{NodeEntry, RecordEntry, Zone, ZoneHandle, ZoneSet};
 /// Record types whose `priority` column is written before the value (`10 mail.`).
 const PRIORITY_FIRST: [&str; 2] = ["MX", "SRV"];
 
-/// The zone set of the store's current state; `healthy` says whether a node is alive.
+/// The zone set of the store's current state; `healthy` says whether a node is alive;
+/// `caa` is the CA domain for each zone's CAA record (none without it).
 pub(crate) fn build(
     conn: &Connection,
     healthy: &dyn Fn(&str) -> bool,
+    caa: Option<&str>,
 ) -> crate::store::Result<ZoneSet> {
     let nodes = nodes::list(conn)?
         .into_iter()
@@ -55,7 +57,7 @@ pub(crate) fn build(
             geo_names,
             geo_apex: true,
             ttl: 60,
-            acme_ca: Some("letsencrypt.org".into()),
+            acme_ca: caa.map(str::to_owned),
             hostmaster: None,
             records,
         });
