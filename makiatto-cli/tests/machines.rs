@@ -166,7 +166,7 @@ const PLACES: [(&str, &str); 3] = [("-33.87", "151.21"), ("50.11", "8.68"), ("40
 #[test]
 fn the_getting_started_guide_on_three_real_machines() {
     assert_eq!(
-        unsafe_free_uid(),
+        effective_uid(),
         0,
         "provisioning real machines needs root ({SETUP})"
     );
@@ -349,10 +349,75 @@ fn the_getting_started_guide_on_three_real_machines() {
     for server in &m.ips[..2] {
         assert_eq!(dig(server, CLIENTS[1]), [m.ips[1].clone()]);
     }
+
+    // A rolling upgrade to a rebuilt binary: the node runs it afterwards.
+    let rebuilt = maki.home.path().join("makiatto-rebuilt");
+    let mut bytes = std::fs::read(&daemon).unwrap();
+    bytes.extend_from_slice(b"rebuilt");
+    std::fs::write(&rebuilt, &bytes).unwrap();
+    let rebuilt_sha = sha256(&rebuilt);
+    let running = |i: usize| {
+        let out = m.ssh(
+            i,
+            "sha256sum /proc/$(systemctl show -p MainPID --value makiatto)/exe | cut -d' ' -f1",
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let out = maki.ok(&[
+        "machine",
+        "upgrade",
+        "klukai",
+        "--binary-path",
+        rebuilt.to_str().unwrap(),
+    ]);
+    assert!(out.contains("klukai upgraded"), "{out}");
+    assert_eq!(running(1), rebuilt_sha);
+    // A binary that does not become healthy is rolled back.
+    let out = maki.run(&[
+        "machine",
+        "upgrade",
+        "klukai",
+        "--binary-path",
+        "/bin/false",
+    ]);
+    assert!(!out.status.success());
+    // One line whatever the diagnostic's wrapping.
+    let err: String = String::from_utf8_lossy(&out.stderr)
+        .split_whitespace()
+        .filter(|w| *w != "│")
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(err.contains("the previous binary is back"), "{err}");
+    eventually(
+        Duration::from_secs(30),
+        "klukai runs the rebuilt binary again",
+        || (running(1) == rebuilt_sha).then_some(()),
+    );
+    eventually(
+        Duration::from_secs(30),
+        "health green after the rollback",
+        || maki.run(&["health"]).status.success().then_some(()),
+    );
+
+    // `machine add` imports a running node into another profile.
+    let other = Maki {
+        home: tempfile::tempdir().unwrap(),
+        key: maki.key.clone(),
+    };
+    let out = other.ok(&["machine", "add", &format!("root@{}", m.ips[0])]);
+    assert!(out.contains("vector"), "{out}");
+    let theirs = std::fs::read_to_string(other.profile()).unwrap();
+    let ours = std::fs::read_to_string(maki.profile()).unwrap();
+    let key_line = |t: &str| {
+        t.lines()
+            .find(|l| l.starts_with("wg_public_key"))
+            .map(str::to_owned)
+    };
+    assert_eq!(key_line(&theirs), key_line(&ours), "{theirs}");
 }
 
 /// The effective user id, from /proc (no libc, no unsafe).
-fn unsafe_free_uid() -> u32 {
+fn effective_uid() -> u32 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -361,4 +426,13 @@ fn unsafe_free_uid() -> u32 {
                 .and_then(|l| l.split_whitespace().nth(2)?.parse().ok())
         })
         .unwrap_or(u32::MAX)
+}
+
+fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
 }

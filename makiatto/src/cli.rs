@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{CommandFactory, Parser, Subcommand};
 
-use crate::MakiattoError::{self, NotYet};
+use crate::MakiattoError;
 use crate::machine::{self, InitOptions, Nameserver};
 use crate::ssh::Target;
 use crate::{
@@ -100,13 +100,18 @@ enum Machine {
     /// Install Makiatto on a server and join it to the cluster.
     Init(Init),
     /// Add an existing Makiatto node to the profile.
-    Add { ssh_target: String },
+    Add {
+        ssh_target: String,
+        /// SSH port.
+        #[arg(long, default_value_t = 22)]
+        port: u16,
+    },
     /// List the machines of the profile.
     List,
     /// Upgrade the Makiatto binary (all machines when none is named).
     Upgrade {
         names: Vec<String>,
-        /// Use this local binary instead of a release download.
+        /// The daemon binary to install (default: `makiatto` beside `maki`).
         #[arg(long)]
         binary_path: Option<PathBuf>,
     },
@@ -195,7 +200,6 @@ enum Wasm {
     },
 }
 
-const PROVISIONING: &str = "arrives with issue 7";
 const DRY: &str = "dry run: nothing was uploaded\n";
 
 /// Parses the process arguments and runs the command; returns what to print and whether
@@ -263,7 +267,38 @@ pub fn run(cli: &Cli) -> Result<(String, bool), MakiattoError> {
             })?;
             ok(out)
         }
-        Command::Machine(_) => not_yet("machine add|upgrade", PROVISIONING),
+        Command::Machine(Machine::Upgrade { names, binary_path }) => {
+            let (profile, key, runtime) = (profile()?, cli.ssh_priv_key.as_deref(), runtime()?);
+            let binary = binary_path.clone().unwrap_or_else(beside_maki);
+            let out = with_steps(|progress| {
+                runtime.block_on(machine::upgrade(&profile, names, &binary, key, progress))
+            })?;
+            ok(out)
+        }
+        Command::Machine(Machine::Add { ssh_target, port }) => {
+            let loc = location()?;
+            let mut profile = match profile::Profile::load(&loc) {
+                Err(profile::ProfileError::Missing { .. }) => profile::Profile::default(),
+                other => other?,
+            };
+            let target: Target = ssh_target.parse()?;
+            let options = crate::ssh::Options {
+                port: *port,
+                key: cli.ssh_priv_key.clone(),
+                interactive: true,
+            };
+            let runtime = runtime()?;
+            let out = with_steps(|progress| {
+                runtime.block_on(machine::add(
+                    &mut profile,
+                    &loc.path,
+                    &target,
+                    &options,
+                    progress,
+                ))
+            })?;
+            ok(out)
+        }
         Command::Wasm(Wasm::Fetch { force }) => ok(wit::fetch(Path::new("wit"), *force)?),
         Command::Completions { shell } => {
             let mut script = Vec::new();
@@ -297,13 +332,7 @@ pub fn run(cli: &Cli) -> Result<(String, bool), MakiattoError> {
 
 fn init_options(cli: &Cli, i: &Init) -> Result<InitOptions, MakiattoError> {
     let target: Target = i.ssh_target.parse()?;
-    let binary = match &i.binary_path {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()
-            .ok()
-            .and_then(|exe| exe.parent().map(|d| d.join("makiatto")))
-            .unwrap_or_else(|| PathBuf::from("makiatto")),
-    };
+    let binary = i.binary_path.clone().unwrap_or_else(beside_maki);
     Ok(InitOptions {
         name: i.name.clone(),
         target,
@@ -323,6 +352,14 @@ fn init_options(cli: &Cli, i: &Init) -> Result<InitOptions, MakiattoError> {
         recreate: i.recreate,
         acme: !i.no_acme,
     })
+}
+
+/// The `makiatto` binary beside the running `maki`.
+fn beside_maki() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join("makiatto")))
+        .unwrap_or_else(|| PathBuf::from("makiatto"))
 }
 
 /// Asks `question` on the terminal; anything but y/yes is no (and no terminal is no).
@@ -395,8 +432,4 @@ fn node(cli: &Cli) -> Result<Remote, MakiattoError> {
     }
     let profile = profile::Profile::load(&profile::locate_from_env(cli.profile.as_deref())?)?;
     Remote::over_ssh(&profile, cli.ssh_priv_key.as_deref())
-}
-
-fn not_yet<T>(command: &'static str, delivery: &'static str) -> Result<T, MakiattoError> {
-    Err(NotYet { command, delivery })
 }

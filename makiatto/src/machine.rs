@@ -887,12 +887,254 @@ pub async fn restart(
     Ok(out)
 }
 
+/// How long `upgrade` waits for an upgraded node before putting the old binary back.
+pub const UPGRADE_WAIT: Duration = Duration::from_secs(30);
+
+/// `maki machine upgrade`: one machine at a time, installs `binary` (checksum verified),
+/// restarts the node and waits until it runs the new binary and rejoins; otherwise puts the
+/// previous binary back, restarts it, and stops the rollout with an error.
+pub async fn upgrade(
+    profile: &Profile,
+    names: &[String],
+    binary: &Path,
+    key: Option<&Path>,
+    progress: Progress<'_>,
+) -> Result<String, MachineError> {
+    let machines = select(profile, names)?;
+    let data = std::fs::read(binary).map_err(|e| {
+        usage(
+            format!("cannot read the daemon binary {}: {e}", binary.display()),
+            "pass the makiatto binary with --binary-path",
+        )
+    })?;
+    let Some(arch) = elf_arch(&data) else {
+        return Err(usage(
+            format!(
+                "{} is not a Linux x86_64 or aarch64 binary",
+                binary.display()
+            ),
+            "pass the makiatto daemon binary with --binary-path",
+        ));
+    };
+    let sha = ssh::sha256_hex(&data);
+    let mut out = String::new();
+    for m in machines {
+        let s = Steps {
+            host: format!("{}:{}", m.ssh_target, m.ssh_port),
+            progress,
+        };
+        s.start(&format!("upgrading {}", m.name));
+        let target: Target = m
+            .ssh_target
+            .parse()
+            .map_err(|e: SshError| s.fail("reading the profile", &e, "fix ssh_target"))?;
+        let options = options_for(m, key);
+        let ssh = Ssh::connect(&target, &options)
+            .await
+            .map_err(|e| s.fail("connecting", &e, "fix SSH access"))?;
+        let machine_arch = ssh
+            .root("uname", "uname -m")
+            .await
+            .map_err(|e| s.fail("detecting the system", &e, "check the machine"))?;
+        if machine_arch.trim() != arch {
+            return Err(s.failed(
+                "detecting the system",
+                format!(
+                    "the machine is {} but the binary is {arch}",
+                    machine_arch.trim()
+                ),
+                "pass a binary built for the machine with --binary-path",
+            ));
+        }
+        ssh.root(
+            "keep the previous binary",
+            &format!("cp -p {BINARY} {BINARY}.previous"),
+        )
+        .await
+        .map_err(|e| s.fail("keeping the previous binary", &e, "check /usr/local/bin"))?;
+        ssh.upload(BINARY, &data, 0o755)
+            .await
+            .map_err(|e| s.fail("installing the binary", &e, "check free space"))?;
+        ssh.root("restart", "systemctl restart makiatto.service")
+            .await
+            .map_err(|e| s.fail("restarting", &e, "see `journalctl -u makiatto`"))?;
+        let others: Vec<String> = profile
+            .machines
+            .iter()
+            .filter(|o| o.name != m.name)
+            .map(|o| o.name.clone())
+            .collect();
+        let healthy = tokio::time::timeout(UPGRADE_WAIT, async {
+            let running = running_sha(&ssh).await;
+            if running.as_deref() != Some(sha.as_str()) {
+                return Err("the service does not run the new binary".to_owned());
+            }
+            wait_joined(&target, &options, &m.name, &others)
+                .await
+                .map(|_| ())
+        })
+        .await
+        .unwrap_or_else(|_| Err(format!("not healthy after {}s", UPGRADE_WAIT.as_secs())));
+        if let Err(reason) = healthy {
+            s.start(&format!("putting the previous binary back on {}", m.name));
+            let restored = ssh
+                .root(
+                    "restore",
+                    &format!(
+                        "mv -f {BINARY}.previous {BINARY} && systemctl restart makiatto.service"
+                    ),
+                )
+                .await;
+            ssh.close().await;
+            return Err(s.failed(
+                "upgrading",
+                format!(
+                    "the new binary did not become healthy ({reason}); {}",
+                    if restored.is_ok() {
+                        "the previous binary is back"
+                    } else {
+                        "putting the previous binary back failed too"
+                    }
+                ),
+                "the rollout stopped here; see `journalctl -u makiatto` on the node",
+            ));
+        }
+        let _ = ssh
+            .root("clean up", &format!("rm -f {BINARY}.previous"))
+            .await;
+        ssh.close().await;
+        let _ = writeln!(out, "{} upgraded", m.name);
+    }
+    progress(None);
+    Ok(out)
+}
+
+/// The SHA-256 of the binary the service runs, once it has a main process.
+async fn running_sha(ssh: &Ssh) -> Option<String> {
+    let deadline = tokio::time::Instant::now() + UPGRADE_WAIT;
+    loop {
+        let out = ssh
+            .root(
+                "running binary",
+                "pid=$(systemctl show -p MainPID --value makiatto.service);                  [ \"$pid\" != 0 ] && sha256sum /proc/$pid/exe | cut -d' ' -f1",
+            )
+            .await;
+        if let Ok(sha) = out {
+            return Some(sha.trim().to_owned());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// `maki machine add`: imports a running node into the profile from its configuration,
+/// its public key and its own row in the cluster.
+pub async fn add(
+    profile: &mut Profile,
+    profile_path: &Path,
+    target: &Target,
+    options: &ssh::Options,
+    progress: Progress<'_>,
+) -> Result<String, MachineError> {
+    let s = Steps {
+        host: format!("{target}:{}", options.port),
+        progress,
+    };
+    s.start("reading the node configuration");
+    let ssh = Ssh::connect(target, options)
+        .await
+        .map_err(|e| s.fail("connecting", &e, "fix SSH access"))?;
+    let text = ssh
+        .root("read config", &format!("cat {CONFIG}"))
+        .await
+        .map_err(|e| {
+            s.fail(
+                "reading the node configuration",
+                &e,
+                "is Makiatto installed? `maki machine init` installs it",
+            )
+        })?;
+    let config = NodeConfig::parse(Path::new(CONFIG), &text).map_err(|e| {
+        s.fail(
+            "reading the node configuration",
+            &e,
+            "fix the node's configuration",
+        )
+    })?;
+    let name = config.name().to_owned();
+    if profile.machine(&name).is_some() {
+        return Err(usage(
+            format!("the profile already has a machine named `{name}`"),
+            "`maki machine list` shows it",
+        ));
+    }
+    let conn = ssh
+        .root("ssh connection", "echo \"${SSH_CONNECTION:-}\"")
+        .await
+        .map_err(|e| s.fail("reading the address", &e, "check the machine"))?;
+    let ipv4 = config
+        .node
+        .ipv4
+        .or_else(|| public_ipv4(&target.host, conn.trim()))
+        .ok_or_else(|| {
+            s.failed(
+                "reading the address",
+                "no public IPv4 address",
+                "give the machine by its IPv4 address",
+            )
+        })?;
+    let link = AdminLink::over(ssh).await.map_err(|e| {
+        s.fail(
+            "reaching the admin API",
+            &e,
+            "is the makiatto service running?",
+        )
+    })?;
+    let nodes = link.client.nodes().await.map_err(|e| {
+        s.fail(
+            "reading the node's row",
+            &e,
+            "is the makiatto service running?",
+        )
+    })?;
+    link.close().await;
+    let Some(row) = nodes.into_iter().find(|n| n.node.name == name) else {
+        return Err(s.failed(
+            "reading the node's row",
+            format!("the node does not list itself as {name}"),
+            "wait until it has started",
+        ));
+    };
+    profile.machines.push(Machine {
+        name: name.clone(),
+        ssh_target: target.to_string(),
+        ssh_port: options.port,
+        is_nameserver: config.node.is_nameserver,
+        wg_public_key: row.node.wg_public_key,
+        wg_address: row.node.mesh_address.parse().ok(),
+        ipv4,
+        ipv6: config.node.ipv6,
+        latitude: config.node.latitude.map(|l| *l.get_ref()),
+        longitude: config.node.longitude.map(|l| *l.get_ref()),
+    });
+    profile
+        .save(profile_path)
+        .map_err(|e| s.fail("saving the profile", &e, "check the profile path"))?;
+    progress(None);
+    Ok(format!(
+        "{name} ({ipv4}) added to {}\n",
+        profile_path.display()
+    ))
+}
+
 /// Removes every trace of Makiatto from a machine (run as root).
 pub fn cleanup_script() -> String {
     format!(
         "systemctl disable --now makiatto.service >/dev/null 2>&1 || true; \
          rm -f {UNIT}; systemctl daemon-reload; systemctl reset-failed makiatto.service >/dev/null 2>&1 || true; \
-         rm -rf {DATA_DIR} /etc/makiatto /run/makiatto {BINARY} {BINARY}.maki-upload; \
+         rm -rf {DATA_DIR} /etc/makiatto /run/makiatto {BINARY} {BINARY}.maki-upload {BINARY}.previous; \
          if id -u makiatto >/dev/null 2>&1; then userdel makiatto; fi; \
          if getent group makiatto >/dev/null; then groupdel makiatto; fi; true"
     )
