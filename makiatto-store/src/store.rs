@@ -498,8 +498,23 @@ impl Store {
     /// the requester lacks, then `Cleared` ranges for known versions without cells, until
     /// the byte budget is spent. The last frame is always `SyncDone`.
     pub fn serve_sync(&self, req: &SyncReq) -> Result<Vec<Frame>> {
+        let mut out = Vec::new();
+        self.serve_sync_into(req, &mut |f| {
+            out.push(f);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// [`Store::serve_sync`], handing each frame to `sink` as soon as it is made, so a
+    /// transport can send the answer while it is read (a sink error ends the session).
+    pub fn serve_sync_into(
+        &self,
+        req: &SyncReq,
+        sink: &mut dyn FnMut(Frame) -> Result<()>,
+    ) -> Result<()> {
         let mut conn = self.reader()?;
-        let r = serve_sync(&mut conn, &self.inner.tables, req);
+        let r = serve_sync(&mut conn, &self.inner.tables, req, sink);
         if !conn.is_autocommit() {
             let _ = conn.execute_batch("ROLLBACK");
         }
@@ -1003,7 +1018,8 @@ fn serve_sync(
     conn: &mut Connection,
     tables: &BTreeMap<String, Arc<TableInfo>>,
     req: &SyncReq,
-) -> Result<Vec<Frame>> {
+    out: &mut dyn FnMut(Frame) -> Result<()>,
+) -> Result<()> {
     let tx = conn.transaction()?;
     let sites = Sites::load(&tx)?;
     let known_b = load_known(&tx, &sites)?;
@@ -1021,10 +1037,10 @@ fn serve_sync(
         }
     }
     let groups_b = pending::load(&tx, &sites)?;
-    let mut out = vec![Frame::SyncStart {
+    out(Frame::SyncStart {
         responder_known: Known(known_b.iter().map(|(s, r)| (*s, r.to_pairs())).collect()),
         responder_pending: pending::to_wire(&groups_b),
-    }];
+    })?;
     // What the requester lacks first; then, when that is all sent, its pending versions
     // whose deps this replica does not hold completely (see `crate::pending`).
     let mut work: Vec<(SiteId, std::ops::RangeInclusive<u64>)> = Vec::new();
@@ -1103,7 +1119,7 @@ fn serve_sync(
                         Some(mut cells) => {
                             if used >= req.byte_budget {
                                 complete = false;
-                                push_cleared(&mut out, *site, &mut cleared);
+                                push_cleared(out, *site, &mut cleared)?;
                                 break 'sites;
                             }
                             cells.sort_by_key(|(c, _)| c.seq);
@@ -1127,19 +1143,19 @@ fn serve_sync(
                             }
                             let n = parts.len();
                             for (i, cells) in parts.into_iter().enumerate() {
-                                out.push(Frame::Version {
+                                out(Frame::Version {
                                     site: *site,
                                     ver: v,
                                     ts,
                                     part: i as u32,
                                     last_part: i + 1 == n,
                                     cells,
-                                });
+                                })?;
                             }
                         }
                     }
                 }
-                push_cleared(&mut out, *site, &mut cleared);
+                push_cleared(out, *site, &mut cleared)?;
                 if win_hi == u64::MAX {
                     break;
                 }
@@ -1149,18 +1165,22 @@ fn serve_sync(
         }
     }
     let responder_known = Known(known_b.iter().map(|(s, r)| (*s, r.to_pairs())).collect());
-    out.push(Frame::SyncDone {
+    out(Frame::SyncDone {
         complete,
         responder_known,
-    });
-    Ok(out)
+    })
 }
 
-fn push_cleared(out: &mut Vec<Frame>, site: SiteId, cleared: &mut Vec<(u64, u64)>) {
-    if !cleared.is_empty() {
-        out.push(Frame::Cleared {
-            site,
-            ranges: std::mem::take(cleared),
-        });
+fn push_cleared(
+    out: &mut dyn FnMut(Frame) -> Result<()>,
+    site: SiteId,
+    cleared: &mut Vec<(u64, u64)>,
+) -> Result<()> {
+    if cleared.is_empty() {
+        return Ok(());
     }
+    out(Frame::Cleared {
+        site,
+        ranges: std::mem::take(cleared),
+    })
 }

@@ -301,6 +301,73 @@ async fn tcp_pulls_both_ways_converge() {
     server_b.stop().await;
 }
 
+/// The answer streams into the requester and is merged as it arrives; a connection lost
+/// in the middle of a version leaves the versions that arrived whole applied and nothing
+/// of the cut one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_answer_cut_mid_version_applies_whole_versions_only() {
+    let a = node(CLUSTER);
+    let b = node(CLUSTER);
+    put(&a.store, "small", "x", 1);
+    // One transaction over a MiB: its answer comes in several parts.
+    a.store
+        .write(|tx| {
+            for i in 0..300 {
+                tx.execute(
+                    "INSERT INTO kv (k, a, b) VALUES (?1, ?2, ?3)",
+                    rusqlite::params![format!("big{i}"), "z".repeat(4000), i],
+                )?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    let frames = a.store.serve_sync(&b.store.sync_request(u64::MAX)).unwrap();
+    let cut = frames
+        .iter()
+        .position(|f| {
+            matches!(
+                f,
+                Frame::Version {
+                    ver: 2,
+                    part: 0,
+                    last_part: false,
+                    ..
+                }
+            )
+        })
+        .expect("version 2 in several parts")
+        + 1;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        s.write_all(&frame_bytes(&hello(CLUSTER))).await.unwrap();
+        for _ in 0..2 {
+            // The client's Hello, then its request.
+            wire::read_frame(&mut s, wire::DEFAULT_MAX_FRAME)
+                .await
+                .unwrap();
+        }
+        for f in &frames[..cut] {
+            s.write_all(&frame_bytes(f)).await.unwrap();
+        }
+        // ... and the connection drops.
+    });
+    let err = TcpTransport::for_store(&b.store)
+        .pull_apply(&addr, b.store.sync_request(u64::MAX), &b.store)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Truncated), "{err:?}");
+    server.await.unwrap();
+    assert_eq!(get(&b.store, "small").as_deref(), Some("x"));
+    assert_eq!(
+        count(&b.store, "SELECT count(*) FROM kv WHERE k LIKE 'big%'"),
+        0
+    );
+    let site = a.store.site();
+    assert_eq!(b.store.known().ranges(&site).to_pairs(), vec![(1, 1)]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_push_reaches_peer_without_pull() {
     let a = node(CLUSTER);

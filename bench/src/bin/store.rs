@@ -143,16 +143,12 @@ async fn main() {
     let mut sessions = 0;
     loop {
         sessions += 1;
-        let frames = transport
-            .pull(&addr, fresh.sync_request(8 << 20))
+        // As the replicator does: the answer is merged while it streams in.
+        let pulled = transport
+            .pull_apply(&addr, fresh.sync_request(8 << 20), &fresh)
             .await
             .unwrap();
-        let f = fresh.clone();
-        let done = tokio::task::spawn_blocking(move || f.apply_sync(frames))
-            .await
-            .unwrap()
-            .unwrap();
-        if done.is_some_and(|(complete, _)| complete) {
+        if pulled.done.is_some_and(|(complete, _)| complete) {
             break;
         }
     }

@@ -43,8 +43,8 @@ use std::fmt::Debug;
 use std::future::Future;
 use std::hash::Hash;
 
-use crate::Result;
 use crate::wire::{Chunk, Frame, SyncReq};
+use crate::{Known, Result, Store, StoreError};
 
 mod memory;
 mod replicator;
@@ -53,6 +53,34 @@ mod tcp;
 pub use memory::{MemoryNetwork, MemoryTransport, NodeId};
 pub use replicator::{Replicator, ReplicatorOptions, SyncStats};
 pub use tcp::{ServeOptions, TcpTransport, serve_tcp};
+
+/// What one applied sync session brought.
+#[derive(Debug, Clone, Default)]
+pub struct Pulled {
+    /// The `SyncDone` fields (complete, responder's known set); `None` when the answer
+    /// ended before it (what arrived whole was applied).
+    pub done: Option<(bool, Known)>,
+    /// Frames received.
+    pub frames: usize,
+    /// Whole versions received.
+    pub versions: usize,
+}
+
+impl Pulled {
+    /// Counts one received frame.
+    pub fn count(&mut self, f: &Frame) {
+        self.frames += 1;
+        if matches!(
+            f,
+            Frame::Version {
+                last_part: true,
+                ..
+            }
+        ) {
+            self.versions += 1;
+        }
+    }
+}
 
 /// A way to reach peers for replication.
 ///
@@ -70,6 +98,28 @@ pub trait SyncTransport: Send + Sync + 'static {
         peer: &Self::Peer,
         req: SyncReq,
     ) -> impl Future<Output = Result<Vec<Frame>>> + Send;
+
+    /// Runs one sync session with `peer` and applies the answer to `store`. The default
+    /// applies it once whole; a transport that streams applies it while it arrives.
+    fn pull_apply(
+        &self,
+        peer: &Self::Peer,
+        req: SyncReq,
+        store: &Store,
+    ) -> impl Future<Output = Result<Pulled>> + Send {
+        let store = store.clone();
+        async move {
+            let frames = self.pull(peer, req).await?;
+            let mut pulled = Pulled::default();
+            for f in &frames {
+                pulled.count(f);
+            }
+            pulled.done = tokio::task::spawn_blocking(move || store.apply_sync(frames))
+                .await
+                .map_err(StoreError::Task)??;
+            Ok(pulled)
+        }
+    }
 
     /// Delivers broadcast chunks to `peer`. Delivery is best effort: a chunk may be dropped
     /// on the way (sync repairs it), so `Ok` does not mean it was applied.

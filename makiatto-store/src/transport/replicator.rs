@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, trace, warn};
 
 use super::SyncTransport;
-use crate::wire::{Change, Chunk, Frame};
+use crate::wire::{Change, Chunk};
 use crate::{ChunkOutcome, Known, Result, Store, StoreError};
 
 /// Tuning of a [`Replicator`] (replication.md §3.8-3.9).
@@ -217,25 +217,10 @@ impl<T: SyncTransport> Shared<T> {
         while stats.rounds < self.options.max_sync_rounds.max(1) {
             stats.rounds += 1;
             let req = self.store.sync_request(self.options.byte_budget);
-            let frames = self.transport.pull(peer, req).await?;
-            stats.frames += frames.len();
-            stats.versions += frames
-                .iter()
-                .filter(|f| {
-                    matches!(
-                        f,
-                        Frame::Version {
-                            last_part: true,
-                            ..
-                        }
-                    )
-                })
-                .count();
-            let store = self.store.clone();
-            let done = tokio::task::spawn_blocking(move || store.apply_sync(frames))
-                .await
-                .map_err(StoreError::Task)??;
-            let Some((complete, responder_known)) = done else {
+            let pulled = self.transport.pull_apply(peer, req, &self.store).await?;
+            stats.frames += pulled.frames;
+            stats.versions += pulled.versions;
+            let Some((complete, responder_known)) = pulled.done else {
                 return Err(StoreError::Truncated);
             };
             stats.complete = complete;

@@ -19,9 +19,9 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, debug_span, warn};
 
-use super::SyncTransport;
+use super::{Pulled, SyncTransport};
 use crate::wire::{self, Chunk, Frame, SyncReq};
-use crate::{Result, SiteId, Store, StoreError};
+use crate::{Result, SiteId, Store, StoreError, SyncSession};
 
 /// The client side of the TCP transport. Each `pull` or `push` opens one connection.
 #[derive(Debug, Clone)]
@@ -83,30 +83,53 @@ impl TcpTransport {
     }
 
     async fn pull_inner(&self, peer: SocketAddr, req: SyncReq) -> Result<Vec<Frame>> {
+        let (tx, mut rx) = mpsc::channel(64);
+        let collect = async {
+            let mut frames = Vec::new();
+            while let Some(f) = rx.recv().await {
+                frames.push(f);
+            }
+            frames
+        };
+        let (read, frames) = tokio::join!(self.pull_frames(peer, req, tx), collect);
+        read.map(|()| frames)
+    }
+
+    /// Sends `req` to `peer` and hands each answer frame to `out` as it arrives, up to and
+    /// including `SyncDone`; an answer that ends before it is [`StoreError::Truncated`].
+    async fn pull_frames(
+        &self,
+        peer: SocketAddr,
+        req: SyncReq,
+        out: mpsc::Sender<Frame>,
+    ) -> Result<()> {
         let mut stream = self.open(peer).await?;
         let (read, write) = stream.split();
         let mut write = BufWriter::new(write);
         wire::write_frame(&mut write, &Frame::SyncReq(req)).await?;
         write.flush().await?;
         let mut read = BufReader::new(read).take(self.max_answer_bytes);
-        let mut frames = Vec::new();
         loop {
-            match wire::read_frame(&mut read, self.max_frame).await? {
+            let f = match wire::read_frame(&mut read, self.max_frame).await? {
                 None => return Err(StoreError::Truncated),
                 Some(Frame::Busy) => return Err(StoreError::Busy),
-                Some(f @ Frame::SyncDone { .. }) => {
-                    frames.push(f);
-                    return Ok(frames);
-                }
                 Some(
-                    f @ (Frame::SyncStart { .. } | Frame::Version { .. } | Frame::Cleared { .. }),
-                ) => frames.push(f),
+                    f @ (Frame::SyncStart { .. }
+                    | Frame::Version { .. }
+                    | Frame::Cleared { .. }
+                    | Frame::SyncDone { .. }),
+                ) => f,
                 Some(other) => {
                     return Err(StoreError::Malformed(format!(
                         "unexpected frame in a sync answer: {}",
                         crate::store::frame_name(&other)
                     )));
                 }
+            };
+            let done = matches!(f, Frame::SyncDone { .. });
+            out.send(f).await.map_err(|_| StoreError::Closed)?;
+            if done {
+                return Ok(());
             }
         }
     }
@@ -134,6 +157,35 @@ impl SyncTransport for TcpTransport {
         tokio::time::timeout(self.session_timeout, self.pull_inner(*peer, req))
             .await
             .map_err(|_| timeout_error("sync session", self.session_timeout))?
+    }
+
+    /// Applies the answer while it arrives: versions are merged as their frames come in,
+    /// so reading on the peer, the transfer and merging here overlap.
+    async fn pull_apply(&self, peer: &SocketAddr, req: SyncReq, store: &Store) -> Result<Pulled> {
+        let (tx, mut rx) = mpsc::channel::<Frame>(32);
+        let store = store.clone();
+        let applier = tokio::task::spawn_blocking(move || {
+            let mut session = SyncSession::default();
+            let mut pulled = Pulled::default();
+            while let Some(f) = rx.blocking_recv() {
+                pulled.count(&f);
+                if let Some(done) = session.feed(&store, f)? {
+                    pulled.done = Some(done);
+                    return Ok(pulled);
+                }
+            }
+            // The answer ended early: what arrived whole is applied.
+            session.flush(&store)?;
+            Ok::<_, StoreError>(pulled)
+        });
+        let read = tokio::time::timeout(self.session_timeout, self.pull_frames(*peer, req, tx))
+            .await
+            .map_err(|_| timeout_error("sync session", self.session_timeout));
+        let applied = applier.await.map_err(StoreError::Task)?;
+        // An applier error (a malformed version...) explains a reader that saw it close.
+        let pulled = applied?;
+        read??;
+        Ok(pulled)
     }
 
     async fn push(&self, peer: &SocketAddr, chunks: Vec<Chunk>) -> Result<()> {
@@ -346,14 +398,38 @@ impl Ctx {
             return self.write_all(write, &[Frame::Busy]).await;
         };
         req.byte_budget = req.byte_budget.min(self.options.max_byte_budget);
+        // Frames are written while the answer is read from the store (a small queue in
+        // between), so the client can apply the first versions while later ones are read.
+        let (tx, mut rx) = mpsc::channel::<Frame>(16);
         let store = self.store.clone();
-        let frames = tokio::task::spawn_blocking(move || store.serve_sync(&req))
-            .await
-            .map_err(StoreError::Task)??;
-        debug!(frames = frames.len(), "serving a sync session");
-        let r = self.write_all(write, &frames).await;
+        let serving = tokio::task::spawn_blocking(move || {
+            store.serve_sync_into(&req, &mut |f| {
+                tx.blocking_send(f).map_err(|_| StoreError::Closed)
+            })
+        });
+        let timeout = self.options.write_timeout;
+        let mut frames = 0usize;
+        let written = async {
+            while let Some(f) = rx.recv().await {
+                frames += 1;
+                tokio::time::timeout(timeout, wire::write_frame(write, &f))
+                    .await
+                    .map_err(|_| timeout_error("write", timeout))??;
+                if rx.is_empty() {
+                    tokio::time::timeout(timeout, write.flush())
+                        .await
+                        .map_err(|_| timeout_error("write", timeout))??;
+                }
+            }
+            Ok::<_, StoreError>(())
+        }
+        .await;
+        drop(rx);
+        let served = serving.await.map_err(StoreError::Task)?;
+        debug!(frames, "served a sync session");
         drop(permit);
-        r
+        written?;
+        served
     }
 
     /// Reads the next frame; end of stream is [`StoreError::Truncated`].
