@@ -194,8 +194,9 @@ async fn serve_site(shared: &Shared, site: &Arc<Site>, req: &Parts) -> Response 
     }
 }
 
-fn accepted_encodings(headers: &HeaderMap) -> [bool; 3] {
-    let mut ok = [false; 3];
+/// The q-value, in thousandths, the request gives each of `Encoding::ALL` (0 = not
+/// acceptable): its own entry, else `*`, else 0. A malformed q-value counts as 0.
+fn accepted_encodings(headers: &HeaderMap) -> [u16; 3] {
     let mut star = None;
     let mut explicit = [None; 3];
     for v in headers.get_all(header::ACCEPT_ENCODING) {
@@ -203,23 +204,43 @@ fn accepted_encodings(headers: &HeaderMap) -> [bool; 3] {
         for item in v.split(',') {
             let mut parts = item.split(';');
             let name = parts.next().unwrap_or("").trim();
-            let q_ok = parts
+            let q = parts
                 .find_map(|p| p.trim().strip_prefix("q="))
-                .is_none_or(|q| q.trim().parse::<f32>().is_ok_and(|q| q > 0.0));
+                .map_or(1000, |q| {
+                    q.trim()
+                        .parse::<f32>()
+                        .ok()
+                        .filter(|q| (0.0..=1.0).contains(q))
+                        .map_or(0, |q| (q * 1000.0).round() as u16)
+                });
             if name == "*" {
-                star = Some(q_ok);
+                star = Some(q);
             }
-            for (i, e) in Encoding::ALL.iter().enumerate() {
+            for e in Encoding::ALL {
                 if name.eq_ignore_ascii_case(e.token()) {
-                    explicit[i] = Some(q_ok);
+                    explicit[e.rank()] = Some(q);
                 }
             }
         }
     }
-    for i in 0..3 {
-        ok[i] = explicit[i].or(star).unwrap_or(false);
+    let mut q = [0; 3];
+    for (i, x) in q.iter_mut().enumerate() {
+        *x = explicit[i].or(star).unwrap_or(0);
     }
-    ok
+    q
+}
+
+/// The variant to send: the highest q-value wins, br > zstd > gzip among equals.
+fn pick_variant<'a>(f: &'a FileEntry, headers: &HeaderMap) -> Option<(Encoding, &'a Repr)> {
+    let q = accepted_encodings(headers);
+    let mut best: Option<(u16, Encoding, &Repr)> = None;
+    for (e, r) in &f.variants {
+        let qe = q[e.rank()];
+        if qe > 0 && best.is_none_or(|(bq, be, _)| qe > bq || (qe == bq && e.rank() < be.rank())) {
+            best = Some((qe, *e, r));
+        }
+    }
+    best.map(|(_, e, r)| (e, r))
 }
 
 fn etag_matches(list: &str, etag: &HeaderValue) -> bool {
@@ -292,16 +313,7 @@ async fn respond(
     let (repr, enc): (&Repr, Option<Encoding>) = if range_hdr.is_some() || f.variants.is_empty() {
         (&f.identity, None)
     } else {
-        let ok = accepted_encodings(headers);
-        f.variants
-            .iter()
-            .find(|(e, _)| {
-                Encoding::ALL
-                    .iter()
-                    .position(|x| x == e)
-                    .is_some_and(|i| ok[i])
-            })
-            .map_or((&f.identity, None), |(e, r)| (r, Some(*e)))
+        pick_variant(f, headers).map_or((&f.identity, None), |(e, r)| (r, Some(e)))
     };
 
     let mut resp = Response::new(Body::empty());
@@ -464,13 +476,18 @@ mod tests {
             header::ACCEPT_ENCODING,
             HeaderValue::from_static("gzip, br;q=0"),
         );
-        assert_eq!(accepted_encodings(&h), [false, false, true]);
+        assert_eq!(accepted_encodings(&h), [0, 0, 1000]);
         h.insert(
             header::ACCEPT_ENCODING,
-            HeaderValue::from_static("*;q=0.5, gzip;q=0"),
+            HeaderValue::from_static("*;q=0.5, gzip;q=0, zstd;q=0.8"),
         );
-        assert_eq!(accepted_encodings(&h), [true, true, false]);
+        assert_eq!(accepted_encodings(&h), [500, 800, 0]);
+        h.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("br;q=2, zstd;q=x, gzip;q=0.001"),
+        );
+        assert_eq!(accepted_encodings(&h), [0, 0, 1]);
         h.remove(header::ACCEPT_ENCODING);
-        assert_eq!(accepted_encodings(&h), [false, false, false]);
+        assert_eq!(accepted_encodings(&h), [0, 0, 0]);
     }
 }

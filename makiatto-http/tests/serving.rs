@@ -331,28 +331,134 @@ async fn precompressed_variants() {
     assert_eq!(r.header("vary"), None);
 }
 
-#[tokio::test]
-async fn compressible_files_are_gzipped_once_without_a_sibling() {
+fn decode(encoding: &str, body: &[u8]) -> String {
     use std::io::Read;
-    let s = start(|_| {}).await;
-    let r = get(s.http, H, "/long.html", &[("Accept-Encoding", "br, gzip")]).await;
-    assert_eq!(r.header("content-encoding"), Some("gzip"));
-    assert_eq!(r.header("vary"), Some("Accept-Encoding"));
-    let want = common::long_html();
-    assert!(
-        r.body.len() < want.len() / 2,
-        "not compressed: {} bytes",
-        r.body.len()
-    );
     let mut plain = String::new();
-    flate2::read::GzDecoder::new(r.body.as_slice())
-        .read_to_string(&mut plain)
-        .unwrap();
-    assert_eq!(plain, want);
+    match encoding {
+        "br" => brotli::Decompressor::new(body, 4096)
+            .read_to_string(&mut plain)
+            .map(|_| ()),
+        "zstd" => zstd::stream::decode_all(body).map(|v| plain = String::from_utf8(v).unwrap()),
+        "gzip" => flate2::read::GzDecoder::new(body)
+            .read_to_string(&mut plain)
+            .map(|_| ()),
+        other => panic!("unexpected encoding {other}"),
+    }
+    .unwrap_or_else(|e| panic!("{encoding} body does not decode: {e}"));
+    plain
+}
+
+#[tokio::test]
+async fn compressible_files_get_br_zstd_and_gzip_on_first_load() {
+    let s = start(|_| {}).await;
+    let want = common::long_html();
+    let mut etags = vec![];
+    for enc in ["br", "zstd", "gzip"] {
+        let r = get(s.http, H, "/long.html", &[("Accept-Encoding", enc)]).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("content-encoding"), Some(enc));
+        assert_eq!(r.header("vary"), Some("Accept-Encoding"));
+        assert!(
+            r.body.len() < want.len() / 2,
+            "{enc} not compressed: {} bytes",
+            r.body.len()
+        );
+        assert_eq!(decode(enc, &r.body), want);
+        etags.push(r.header("etag").unwrap().to_owned());
+        // The variant's ETag revalidates that variant.
+        let r = get(
+            s.http,
+            H,
+            "/long.html",
+            &[
+                ("Accept-Encoding", enc),
+                ("If-None-Match", &etags[etags.len() - 1]),
+            ],
+        )
+        .await;
+        assert_eq!(r.status, 304, "{enc}");
+    }
     let r = get(s.http, H, "/long.html", &[]).await;
-    assert_eq!((r.header("content-encoding"), r.text()), (None, want));
+    assert_eq!(
+        (r.header("content-encoding"), r.text()),
+        (None, want.clone())
+    );
+    assert_eq!(r.header("vary"), Some("Accept-Encoding"));
+    etags.push(r.header("etag").unwrap().to_owned());
+    let mut distinct = etags.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        4,
+        "ETags shared between encodings: {etags:?}"
+    );
+
+    // q-values first, then br > zstd > gzip among equals.
+    for (accept, chosen) in [
+        ("gzip, deflate, br, zstd", Some("br")),
+        ("gzip, zstd", Some("zstd")),
+        ("zstd;q=0.5, gzip", Some("gzip")),
+        ("br;q=0.2, zstd;q=0.9, gzip;q=0.9", Some("zstd")),
+        ("*;q=0.3, br;q=0", Some("zstd")),
+        ("br;q=0, zstd;q=0, gzip;q=0", None),
+        ("identity", None),
+    ] {
+        let r = get(s.http, H, "/long.html", &[("Accept-Encoding", accept)]).await;
+        assert_eq!(r.header("content-encoding"), chosen, "{accept}");
+    }
+
+    // A range is cut from the identity bytes, whatever the client accepts.
+    let r = get(
+        s.http,
+        H,
+        "/long.html",
+        &[
+            ("Accept-Encoding", "br, zstd, gzip"),
+            ("Range", "bytes=3-12"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 206);
+    assert_eq!(r.header("content-encoding"), None);
+    assert_eq!(r.text(), want[3..=12]);
+
+    // A real client: curl asks for what it can decode and decodes it.
+    let url = format!("http://site.test:{}/long.html", s.http.port());
+    let resolve = format!("site.test:{}:127.0.0.1", s.http.port());
+    let dir = tempfile::tempdir().unwrap();
+    let hdrs = dir.path().join("headers");
+    let hdrs = hdrs.to_str().unwrap();
+    let (body, code) =
+        common::curl(&["--compressed", "-D", hdrs, "--resolve", &resolve, &url]).await;
+    assert_eq!(
+        (String::from_utf8(body).unwrap(), code.as_str()),
+        (want.clone(), "200 1.1")
+    );
+    let head = std::fs::read_to_string(hdrs).unwrap().to_ascii_lowercase();
+    assert!(head.contains("content-encoding: br\r\n"), "{head}");
+    for enc in ["br", "zstd"] {
+        let (body, code) = common::curl(&[
+            "-H",
+            &format!("Accept-Encoding: {enc}"),
+            "--http2-prior-knowledge",
+            "--resolve",
+            &resolve,
+            &url,
+        ])
+        .await;
+        assert_eq!(code, "200 2");
+        assert_eq!(decode(enc, &body), want, "{enc} over HTTP/2");
+    }
+
     // Incompressible types are left alone.
-    let r = get(s.http, H, "/big.bin", &[("Accept-Encoding", "gzip")]).await;
+    let r = get(
+        s.http,
+        H,
+        "/big.bin",
+        &[("Accept-Encoding", "br, zstd, gzip")],
+    )
+    .await;
     assert_eq!(r.header("content-encoding"), None);
 }
 
