@@ -217,7 +217,7 @@ pub(crate) fn udp_loop(
         os::fd::AsRawFd,
     };
 
-    use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg, sendmsg};
+    use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg};
 
     let v6 = socket.local_addr().is_ok_and(|a| a.is_ipv6());
     let cmsg_buffer = || pktinfo.then(|| Vec::with_capacity(pktinfo::space(v6)));
@@ -227,8 +227,12 @@ pub(crate) fn udp_loop(
     let mut send_headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, cmsg_buffer());
     let mut bufs = vec![[0u8; 4096]; BATCH];
     let mut outs: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(1232)).collect();
-    let mut received: Vec<(usize, Option<SockaddrStorage>, Option<Local>)> =
-        Vec::with_capacity(BATCH);
+    // Per received datagram: its length (0 when truncated), source and local address. The
+    // addresses are copied once here and once more, for the answered ones, into `addrs`
+    // (which sendmmsg takes as is when all answers leave from the socket's own address).
+    let mut lens: Vec<usize> = Vec::with_capacity(BATCH);
+    let mut sources: Vec<Option<SockaddrStorage>> = Vec::with_capacity(BATCH);
+    let mut received_locals: Vec<Option<Local>> = Vec::with_capacity(BATCH);
     let mut replies: Vec<usize> = Vec::with_capacity(BATCH);
     let mut addrs: Vec<Option<SockaddrStorage>> = Vec::with_capacity(BATCH);
     let mut locals: Vec<Option<Local>> = Vec::with_capacity(BATCH);
@@ -236,7 +240,9 @@ pub(crate) fn udp_loop(
     let mut group_addrs: Vec<Option<SockaddrStorage>> = Vec::with_capacity(BATCH);
     let mut done = [false; BATCH];
     while !stop.load(Ordering::Relaxed) {
-        received.clear();
+        lens.clear();
+        sources.clear();
+        received_locals.clear();
         let mut lost_pktinfo = false;
         {
             let mut iovs: Vec<[IoSliceMut<'_>; 1]> =
@@ -251,14 +257,13 @@ pub(crate) fn udp_loop(
                 Ok(results) => {
                     for msg in results {
                         let truncated = msg.flags.contains(MsgFlags::MSG_TRUNC);
-                        let local = if pktinfo {
+                        if pktinfo {
                             let local = pktinfo::local(&msg);
                             lost_pktinfo |= local.is_none();
-                            local
-                        } else {
-                            None
-                        };
-                        received.push((if truncated { 0 } else { msg.bytes }, msg.address, local));
+                            received_locals.push(local);
+                        }
+                        lens.push(if truncated { 0 } else { msg.bytes });
+                        sources.push(msg.address);
                     }
                 }
                 Err(errno) => {
@@ -279,7 +284,9 @@ pub(crate) fn udp_loop(
         addrs.clear();
         locals.clear();
         let now_us = rrl.as_ref().map_or(0, |r| r.limiter.now_us());
-        for (i, (len, addr, local)) in received.iter().enumerate() {
+        // One snapshot for the batch: a zone swap applies from the next one.
+        let snapshot = engine.zones.snapshot();
+        for (i, (&len, addr)) in lens.iter().zip(&sources).enumerate() {
             let Some(addr) = addr else { continue };
             let ip = if let Some(v4) = addr.as_sockaddr_in() {
                 if v4.port() == 0 {
@@ -294,11 +301,20 @@ pub(crate) fn udp_loop(
             } else {
                 continue;
             };
+            let local = received_locals.get(i).copied().flatten();
             // Without the destination address a wildcard socket cannot answer correctly.
             if pktinfo && local.is_none() {
                 continue;
             }
-            if *len < 12 || !engine.respond(&bufs[i][..*len], ip, Transport::Udp, &mut outs[i]) {
+            if len < 12
+                || !engine.respond_from(
+                    &snapshot,
+                    &bufs[i][..len],
+                    ip,
+                    Transport::Udp,
+                    &mut outs[i],
+                )
+            {
                 continue;
             }
             if let Some(rrl) = rrl.as_mut()
@@ -308,12 +324,19 @@ pub(crate) fn udp_loop(
             }
             replies.push(i);
             addrs.push(Some(*addr));
-            locals.push(*local);
+            locals.push(local);
         }
         if replies.is_empty() {
             continue;
         }
-        // One sendmmsg per source address (all of them when not wildcard-bound).
+        if !pktinfo {
+            // Every answer leaves from the socket's address: one sendmmsg for the batch.
+            let slices: Vec<[IoSlice<'_>; 1]> =
+                replies.iter().map(|&i| [IoSlice::new(&outs[i])]).collect();
+            send_batch(fd, &mut send_headers, &slices, &addrs, &[]);
+            continue;
+        }
+        // One sendmmsg per local address the queries arrived on.
         done[..replies.len()].fill(false);
         for first in 0..replies.len() {
             if done[first] {
@@ -335,26 +358,32 @@ pub(crate) fn udp_loop(
                 .iter()
                 .map(|&k| [IoSlice::new(&outs[replies[k]])])
                 .collect();
-            let sent = match sendmmsg(
-                fd,
-                &mut send_headers,
-                slices.iter(),
-                &group_addrs,
-                &cmsgs,
-                MsgFlags::empty(),
-            ) {
-                Ok(results) => results.count(),
-                Err(errno) => {
-                    tracing::debug!(error = %std::io::Error::from(errno), "udp send failed");
-                    0
-                }
-            };
-            // Whatever sendmmsg did not take goes out one by one.
-            for (slice, addr) in slices.iter().zip(&group_addrs).skip(sent) {
-                if let Err(errno) = sendmsg(fd, slice, &cmsgs, MsgFlags::empty(), addr.as_ref()) {
-                    tracing::debug!(error = %std::io::Error::from(errno), "udp send failed");
-                }
-            }
+            send_batch(fd, &mut send_headers, &slices, &group_addrs, &cmsgs);
+        }
+    }
+}
+
+/// Sends `slices` to `addrs` with one `sendmmsg` (each with `cmsgs`), and one by one whatever
+/// it did not take.
+#[cfg(target_os = "linux")]
+fn send_batch(
+    fd: std::os::fd::RawFd,
+    headers: &mut nix::sys::socket::MultiHeaders<nix::sys::socket::SockaddrStorage>,
+    slices: &[[std::io::IoSlice<'_>; 1]],
+    addrs: &[Option<nix::sys::socket::SockaddrStorage>],
+    cmsgs: &[nix::sys::socket::ControlMessage<'_>],
+) {
+    use nix::sys::socket::{MsgFlags, sendmmsg, sendmsg};
+    let sent = match sendmmsg(fd, headers, slices.iter(), addrs, cmsgs, MsgFlags::empty()) {
+        Ok(results) => results.count(),
+        Err(errno) => {
+            tracing::debug!(error = %std::io::Error::from(errno), "udp send failed");
+            0
+        }
+    };
+    for (slice, addr) in slices.iter().zip(addrs).skip(sent) {
+        if let Err(errno) = sendmsg(fd, slice, cmsgs, MsgFlags::empty(), addr.as_ref()) {
+            tracing::debug!(error = %std::io::Error::from(errno), "udp send failed");
         }
     }
 }

@@ -351,6 +351,19 @@ impl Engine {
         transport: Transport,
         out: &mut Vec<u8>,
     ) -> bool {
+        self.respond_from(&self.zones.snapshot(), query, src, transport, out)
+    }
+
+    /// [`Engine::respond`] from a snapshot the caller loaded, so that a batch of queries
+    /// loads it once.
+    pub(crate) fn respond_from(
+        &self,
+        snapshot: &Compiled,
+        query: &[u8],
+        src: IpAddr,
+        transport: Transport,
+        out: &mut Vec<u8>,
+    ) -> bool {
         out.clear();
         // A dual-stack socket reports IPv4 clients as ::ffff:a.b.c.d; locate and cache them
         // as the IPv4 addresses they are (else every IPv4 client shares one /56 entry).
@@ -359,8 +372,7 @@ impl Engine {
             Parsed::Drop => return false,
             Parsed::Error(q, rcode) => (q, rcode),
             Parsed::Ok(q) => {
-                let snapshot = self.zones.snapshot();
-                self.answer(&snapshot, &q, src, transport, out);
+                self.answer(snapshot, &q, src, transport, out);
                 return true;
             }
         };
