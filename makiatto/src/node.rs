@@ -696,9 +696,15 @@ async fn sync_zones(
     .filter_map(|t| store.watch_table(t))
     .collect();
     let mut published = std::collections::BTreeSet::new();
+    let alive_of = |v: &MembershipView| -> std::collections::BTreeSet<String> {
+        v.alive().map(|(n, _)| n.to_owned()).collect()
+    };
     loop {
-        let set = build_zones(&store, (&me, caa.as_deref()), &view.borrow_and_update())
-            .map_err(|e| e.to_string())?;
+        let (set, alive) = {
+            let v = view.borrow_and_update();
+            let set = build_zones(&store, (&me, caa.as_deref()), &v).map_err(|e| e.to_string())?;
+            (set, alive_of(&v))
+        };
         let broken = zones::set_servable(&zones, set)?;
         if broken.is_empty() {
             health.set("dns-zones", SubsystemState::Running);
@@ -710,14 +716,25 @@ async fn sync_zones(
             health.set("dns-zones", SubsystemState::Degraded(why));
         }
         publish_dns01(&store, &zones, &mut published).map_err(|e| e.to_string())?;
-        let any_table = async {
-            let futures = watches.iter_mut().map(|w| Box::pin(w.changed()));
-            futures_select_all(futures).await;
-        };
-        tokio::select! {
-            () = cancel.cancelled() => return Ok(()),
-            r = view.changed() => if r.is_err() { return Err("membership ended".into()) },
-            () = any_table => {}
+        // Membership churn that leaves the set of live nodes as it was (suspicions
+        // cleared, incarnations, addresses learnt) changes no answer: nothing is rebuilt.
+        loop {
+            let any_table = async {
+                let futures = watches.iter_mut().map(|w| Box::pin(w.changed()));
+                futures_select_all(futures).await;
+            };
+            tokio::select! {
+                () = cancel.cancelled() => return Ok(()),
+                r = view.changed() => {
+                    if r.is_err() {
+                        return Err("membership ended".into());
+                    }
+                    if alive_of(&view.borrow_and_update()) != alive {
+                        break;
+                    }
+                }
+                () = any_table => break,
+            }
         }
     }
 }
