@@ -72,6 +72,10 @@ pub struct ServeOptions {
     pub request_timeout: Duration,
     /// Longest stall while writing (default 30 s).
     pub write_timeout: Duration,
+    /// Slowest transfer served, in bytes per second (default 64 KiB/s): a client that
+    /// reads slower (never stalling long enough for `write_timeout`) is cut off once it is
+    /// behind this rate by more than `write_timeout`, so it cannot hold a slot for hours.
+    pub min_rate: u64,
 }
 
 impl Default for ServeOptions {
@@ -80,6 +84,7 @@ impl Default for ServeOptions {
             max_connections: 16,
             request_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_secs(30),
+            min_rate: 64 << 10,
         }
     }
 }
@@ -170,6 +175,7 @@ async fn serve_one(
     let mut file = tokio::fs::File::from_std(file);
     file.seek(std::io::SeekFrom::Start(offset)).await?;
     let mut buf = vec![0u8; COPY_BUF];
+    let (started, mut sent) = (tokio::time::Instant::now(), 0u64);
     loop {
         let n = file.read(&mut buf).await?;
         if n == 0 {
@@ -178,6 +184,15 @@ async fn serve_one(
         tokio::time::timeout(options.write_timeout, stream.write_all(&buf[..n]))
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "write"))??;
+        sent += n as u64;
+        let allowed = options.write_timeout
+            + Duration::from_secs_f64(sent as f64 / options.min_rate.max(1) as f64);
+        if started.elapsed() > allowed {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "client reads below the minimum rate",
+            ));
+        }
     }
     stream.shutdown().await
 }
@@ -577,6 +592,62 @@ mod tests {
         .unwrap();
         assert_eq!(ok.resumed_from, 0);
         assert_eq!(c.read(&h2).unwrap(), d2);
+    }
+
+    /// A client that keeps reading, but slower than `min_rate`, is cut off and its slot
+    /// freed for the next one (the only slot, here).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_reading_below_the_minimum_rate_is_cut_off() {
+        use tokio::io::AsyncWriteExt;
+        let dir = tempfile::tempdir().unwrap();
+        let a = BlobStore::open(dir.path().join("a")).unwrap();
+        let d = data(7, 8 << 20);
+        let h = a.put_bytes(&d).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let options = ServeOptions {
+            max_connections: 1,
+            // No single write stalls this long at the client's pace: only the rate check
+            // can cut it off.
+            write_timeout: Duration::from_secs(2),
+            min_rate: 4 << 20,
+            ..ServeOptions::default()
+        };
+        tokio::spawn(serve(
+            listener,
+            a.clone(),
+            crate::replication::mesh_filter("127.0.0.0/8".parse().unwrap()),
+            options,
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut req = MAGIC.to_vec();
+        req.extend_from_slice(h.as_bytes());
+        req.extend_from_slice(&0u64.to_be_bytes());
+        slow.write_all(&req).await.unwrap();
+        // 64 KiB every 50 ms: about 1.3 MB/s, a third of the minimum.
+        let started = std::time::Instant::now();
+        let (mut got, mut buf) = (0usize, vec![0u8; 64 << 10]);
+        loop {
+            let n = slow.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            got += n;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert!(started.elapsed() < Duration::from_secs(20), "never cut off");
+        }
+        assert!(
+            got < d.len(),
+            "the slow client got the whole blob ({got} bytes)"
+        );
+        // The slot is free again: a normal fetch succeeds.
+        let c = BlobStore::open(dir.path().join("c")).unwrap();
+        let results = fetch_many(&c, &[h], &[addr], &FetchOptions::default()).await;
+        assert!(results[0].1.is_ok(), "{:?}", results[0].1);
     }
 
     #[tokio::test]
