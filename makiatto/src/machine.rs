@@ -59,6 +59,7 @@ Group=makiatto
 ExecStart=/usr/local/bin/makiatto --config /etc/makiatto/config.toml
 Restart=on-failure
 RestartSec=2
+TimeoutStopSec=30
 AmbientCapabilities=CAP_NET_BIND_SERVICE CAP_NET_ADMIN
 CapabilityBoundingSet=CAP_NET_BIND_SERVICE CAP_NET_ADMIN
 NoNewPrivileges=yes
