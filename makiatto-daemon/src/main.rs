@@ -68,7 +68,10 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(miette::miette!("cannot start the runtime: {e}")),
     };
-    match runtime.block_on(Node::run(config, shutdown_signal())) {
+    let result = runtime.block_on(Node::run(config, shutdown_signal()));
+    // Blocking work still running (a blob fetch, a sync answer) must not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),
     }

@@ -392,7 +392,13 @@ impl Node {
         let node = Self::start(config).await?;
         shutdown.await;
         tracing::info!("shutting down");
-        node.shutdown().await;
+        // Each part bounds its own drain; this bounds the whole, whatever hangs.
+        if tokio::time::timeout(Duration::from_secs(20), node.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown did not finish within 20 s; exiting anyway");
+        }
         Ok(())
     }
 }
