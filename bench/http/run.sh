@@ -1,29 +1,37 @@
 #!/usr/bin/env bash
-# makiatto-http (examples/static_site, release) against nginx and h2o serving the same
-# files with the same load as ../shared/peers/http_*.sh, so figures compare with the
+# makiatto-http (examples/static_site, release) against nginx, h2o and Caddy serving the
+# same files with the same load as ../shared/peers/http_*.sh, so figures compare with the
 # anchors there:  wrk -t1 -c64 -d${SECS}s --timeout 5s  on 1 KB / 100 KB / 1 MB files over
-# HTTP/1.1 keep-alive, and the 1 KB file over HTTPS (self-signed P-256, TLS 1.3).
-# Every server gets the same thread budget (THREADS, default 1).
+# HTTP/1.1 keep-alive, and the 1 KB file over HTTPS (self-signed P-256, TLS 1.3, SNI
+# localhost). Every server gets the same thread budget (THREADS, default 1: ours
+# --threads, nginx worker_processes, h2o num-threads, Caddy GOMAXPROCS).
 #
-#   bench/http/run.sh            # env: SECS (10), RUNS (1), THREADS (1), PEERS ("nginx h2o")
-# Prints one RESULT line per run, then a table with the ratio ours / best peer.
+# All servers run at once and the loads are interleaved: each round runs every (file,
+# server) pair once, the server order rotating from round to round, so a change in the
+# machine's load hits every server alike instead of whichever ran last.
+#
+#   bench/http/run.sh   # env: SECS (10), RUNS (rounds, 2), THREADS (1), PEERS ("nginx h2o caddy")
+# Prints one RESULT line per measurement, then a table per row (best of the rounds and
+# mean) with the ratio ours / best peer. On a shared machine, wrap it:
+#   flock /tmp/makiatto-bench.lock bench/http/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-SECS=${SECS:-10}; RUNS=${RUNS:-1}; THREADS=${THREADS:-1}; PEERS=${PEERS:-"nginx h2o"}
+source scripts/lib.sh
+SECS=${SECS:-10}; RUNS=${RUNS:-2}; THREADS=${THREADS:-1}; PEERS=${PEERS:-"nginx h2o caddy"}
 W=/tmp/makiatto-bench-http; WWW=$W/www; mkdir -p "$WWW"
 OUT=$W/results.txt; : > "$OUT"
 PIDS=()
 cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
-need=(wrk curl openssl python3)
-for p in $PEERS; do need+=("$p"); done
-missing=(); for p in "${need[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done
-if [ ${#missing[@]} -gt 0 ]; then
-  [ -e /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; RM_POLICY=1; }
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  [ "${RM_POLICY:-0}" = 1 ] && rm -f /usr/sbin/policy-rc.d
+# Installing nginx or caddy must not start their system services on ports 80/443.
+made_policy=0
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; made_policy=1
 fi
+# shellcheck disable=SC2086
+ensure_packages wrk curl openssl python3 iproute2 $PEERS
+[ $made_policy = 1 ] && rm -f /usr/sbin/policy-rc.d
 
 # The peers' files (same recipe as ../shared/peers/_lib.sh make_www).
 [ -s $WWW/index.html ] || python3 - <<PY
@@ -38,6 +46,7 @@ chmod 755 $W $WWW; chmod 644 $WWW/*
 [ -s $W/cert.pem ] || openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
   -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
   -keyout $W/key.pem -out $W/cert.pem 2>/dev/null
+chmod 644 $W/cert.pem
 
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/makiatto/target}
 cargo build -q --release -p makiatto-http --example static_site
@@ -48,32 +57,28 @@ ticks() { local t=0 p; for p in $1 $(ps -o pid= --ppid "$1"); do [ -r /proc/$p/s
 check() { local base=$1 f want got; for f in index.html 100kb.bin 1mb.bin; do
   want=$(stat -c %s $WWW/$f); got=$(curl -sk -o /dev/null -w '%{http_code}:%{size_download}' "$base/$f")
   [ "$got" = "200:$want" ] || { echo "check failed $base/$f -> $got" >&2; exit 1; }; done; }
-bench() { # name pid url file
-  local name=$1 pid=$2 url=$3 f=$4 run out t0 t1 w0 w1
-  for run in $(seq 1 "$RUNS"); do
-    t0=$(ticks "$pid"); w0=$(date +%s.%N)
-    out=$(wrk -t1 -c64 -d"${SECS}s" --timeout 5s "$url/$f" 2>&1)
-    t1=$(ticks "$pid"); w1=$(date +%s.%N)
-    local cpu; cpu=$(awk -v a="$t0" -v b="$t1" -v x="$w0" -v y="$w1" -v hz="$(getconf CLK_TCK)" 'BEGIN{printf "%.0f",(b-a)/hz/(y-x)*100}')
-    local rps tps non2xx errs
-    rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out"); tps=$(awk '/Transfer\/sec/ {print $2}' <<<"$out")
-    non2xx=$(awk '/Non-2xx/ {print $5}' <<<"$out"); errs=$(grep -o 'Socket errors:.*' <<<"$out" | tr -d ' ' || true)
-    echo "RESULT server=$name file=$f run=$run req_s=$rps transfer_s=$tps server_cpu=${cpu}% non2xx=${non2xx:-0} ${errs:-sockerr=0}" | tee -a "$OUT"
-  done
+bench() { # name pid url file run
+  local name=$1 pid=$2 url=$3 f=$4 run=$5 out t0 t1 w0 w1
+  t0=$(ticks "$pid"); w0=$(date +%s.%N)
+  out=$(wrk -t1 -c64 -d"${SECS}s" --timeout 5s "$url/$f" 2>&1)
+  t1=$(ticks "$pid"); w1=$(date +%s.%N)
+  local cpu; cpu=$(awk -v a="$t0" -v b="$t1" -v x="$w0" -v y="$w1" -v hz="$(getconf CLK_TCK)" 'BEGIN{printf "%.0f",(b-a)/hz/(y-x)*100}')
+  local rps tps non2xx errs
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out"); tps=$(awk '/Transfer\/sec/ {print $2}' <<<"$out")
+  non2xx=$(awk '/Non-2xx/ {print $5}' <<<"$out"); errs=$(grep -o 'Socket errors:.*' <<<"$out" | tr -d ' ' || true)
+  echo "RESULT server=$name file=$f run=$run req_s=${rps:-0} transfer_s=${tps:-0B} server_cpu=${cpu}% non2xx=${non2xx:-0} ${errs:-sockerr=0} load1=$(cut -d' ' -f1 /proc/loadavg)" | tee -a "$OUT"
 }
-FILES=(index.html 100kb.bin 1mb.bin)
+
+# Each server: name, pid, HTTP base URL, HTTPS base URL (127.0.0.1 has no certificate of
+# our own, since IP SANs are not SNI names, so HTTPS goes to https://localhost everywhere).
+NAMES=(); SPIDS=(); HTTP=(); HTTPS=()
+add() { NAMES+=("$1"); SPIDS+=("$2"); HTTP+=("http://127.0.0.1:$3"); HTTPS+=("https://localhost:$4"); }
 
 # --- ours
 P=18091; TP=18445
 "$OURS" --dir $WWW --host localhost --alias 127.0.0.1 --http 127.0.0.1:$P \
   --https 127.0.0.1:$TP --https "[::1]:$TP" --cert $W/cert.pem --key $W/key.pem --threads "$THREADS" >$W/ours.log 2>&1 &
-OPID=$!; PIDS+=($OPID); wait_port $P; wait_port $TP
-# 127.0.0.1 has no certificate of its own (IP SANs are not SNI names), so it is served
-# over plain HTTP; HTTPS goes to https://localhost (SNI localhost).
-check "http://127.0.0.1:$P"; check "https://localhost:$TP"
-for f in "${FILES[@]}"; do bench makiatto $OPID "http://127.0.0.1:$P" "$f"; done
-bench makiatto-https $OPID "https://localhost:$TP" index.html
-kill $OPID; wait $OPID 2>/dev/null || true
+PIDS+=($!); add makiatto $! $P $TP; wait_port $P; wait_port $TP
 
 # --- nginx
 if [[ " $PEERS " == *" nginx "* ]]; then
@@ -95,16 +100,12 @@ http {
 }
 CONF
   nginx -c $D/nginx.conf -p $D/ >$D/stdout.log 2>&1 &
-  NPID=$!; PIDS+=($NPID); wait_port $P; wait_port $TP; sleep 0.3
-  check "http://127.0.0.1:$P"
-  for f in "${FILES[@]}"; do bench nginx $NPID "http://127.0.0.1:$P" "$f"; done
-  bench nginx-https $NPID "https://localhost:$TP" index.html
-  kill $NPID; wait $NPID 2>/dev/null || true
+  PIDS+=($!); add nginx $! $P $TP; wait_port $P; wait_port $TP
 fi
 
-# --- h2o
+# --- h2o (TLS listener with the same certificate)
 if [[ " $PEERS " == *" h2o "* ]]; then
-  D=$W/h2o; rm -rf $D; mkdir -p $D/run; chown nobody $D/run; P=18093
+  D=$W/h2o; rm -rf $D; mkdir -p $D/run; chown nobody $D/run; P=18093; TP=18447
   cat > $D/h2o.conf <<CONF
 num-threads: $THREADS
 user: nobody
@@ -113,18 +114,68 @@ error-log: $D/error.log
 listen:
   host: 127.0.0.1
   port: $P
+listen:
+  host: 127.0.0.1
+  port: $TP
+  ssl:
+    certificate-file: $W/cert.pem
+    key-file: $W/key.pem
 hosts:
   default:
     paths:
       /:
         file.dir: $WWW
 CONF
+  h2o -t -c $D/h2o.conf >$D/check.log 2>&1 || { cat $D/check.log; exit 1; }
   h2o -c $D/h2o.conf >$D/h2o.log 2>&1 &
-  HPID=$!; PIDS+=($HPID); wait_port $P; sleep 0.3
-  check "http://127.0.0.1:$P"
-  for f in "${FILES[@]}"; do bench h2o $HPID "http://127.0.0.1:$P" "$f"; done
-  kill $HPID; wait $HPID 2>/dev/null || true
+  PIDS+=($!); add h2o $! $P $TP; wait_port $P; wait_port $TP
 fi
+
+# --- Caddy (as ../shared/peers/http_caddy.sh: file_server, admin off, no redirects)
+if [[ " $PEERS " == *" caddy "* ]]; then
+  D=$W/caddy; rm -rf $D; mkdir -p $D/data $D/config; P=18094; TP=18448
+  cat > $D/Caddyfile <<CONF
+{
+    admin off
+    auto_https disable_redirects
+}
+http://127.0.0.1:$P {
+    root * $WWW
+    file_server
+}
+https://localhost:$TP {
+    tls $W/cert.pem $W/key.pem
+    root * $WWW
+    file_server
+}
+CONF
+  XDG_DATA_HOME=$D/data XDG_CONFIG_HOME=$D/config HOME=$D GOMAXPROCS=$THREADS \
+    caddy run --config $D/Caddyfile --adapter caddyfile >$D/caddy.log 2>&1 &
+  PIDS+=($!); add caddy $! $P $TP; wait_port $P; wait_port $TP
+fi
+
+sleep 0.5
+for i in "${!NAMES[@]}"; do check "${HTTP[$i]}"; check "${HTTPS[$i]}"; done
+echo "INFO servers: ${NAMES[*]}; threads=$THREADS secs=$SECS rounds=$RUNS; nginx $(dpkg-query -W -f='${Version}' nginx 2>/dev/null || echo -)," \
+  "h2o $(dpkg-query -W -f='${Version}' h2o 2>/dev/null || echo -), caddy $(dpkg-query -W -f='${Version}' caddy 2>/dev/null || echo -); load $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT"
+
+# Rows: a file over HTTP, or index.html over HTTPS.
+ROWS=("http index.html" "http 100kb.bin" "http 1mb.bin" "https index.html")
+n=${#NAMES[@]}
+for run in $(seq 1 "$RUNS"); do
+  for row in "${ROWS[@]}"; do
+    read -r proto f <<<"$row"
+    for k in $(seq 0 $((n - 1))); do
+      i=$(( (k + run - 1) % n ))
+      if [ "$proto" = https ]; then
+        bench "${NAMES[$i]}-https" "${SPIDS[$i]}" "${HTTPS[$i]}" "$f" "$run"
+      else
+        bench "${NAMES[$i]}" "${SPIDS[$i]}" "${HTTP[$i]}" "$f" "$run"
+      fi
+    done
+  done
+done
+echo "INFO load at the end $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT"
 
 python3 - "$OUT" <<'PY'
 import re, sys, collections
@@ -133,19 +184,31 @@ def num(v):
     return float(m.group(1)) * {"": 1, "K": 1e3, "M": 1e6, "G": 1e9}[m.group(2)] if m else 0.0
 rows = collections.defaultdict(list)
 for line in open(sys.argv[1]):
+    if not line.startswith("RESULT"): continue
     f = dict(kv.split("=", 1) for kv in line.split()[1:] if "=" in kv)
-    rows[(f["server"], f["file"])].append((float(f["req_s"]), num(f["transfer_s"]), f["server_cpu"]))
-def best(server, file):
-    r = rows.get((server, file)); return max(r) if r else None
-print("\n| file | server | req/s | transfer/s | server CPU | ours / best peer (req/s) |")
-print("|---|---|---|---|---|---|")
-for file, ours, peers in [("index.html", "makiatto", ["nginx", "h2o"]), ("100kb.bin", "makiatto", ["nginx", "h2o"]),
-                          ("1mb.bin", "makiatto", ["nginx", "h2o"]), ("index.html", "makiatto-https", ["nginx-https"])]:
-    o = best(ours, file)
-    ps = [(best(p, file), p) for p in peers if best(p, file)]
-    bp = max(ps) if ps else None
-    for r, name in [(o, ours)] + ps:
-        if r is None: continue
-        ratio = f"{o[0] / bp[0][0]:.2f}x" if (name == ours and o and bp) else ""
-        print(f"| {file} | {name} | {r[0]/1000:.1f}k | {r[1]/1e9:.2f} GB/s | {r[2]} | {ratio} |")
+    rows[(f["server"], f["file"])].append((float(f["req_s"]), num(f["transfer_s"]), int(f["server_cpu"].rstrip("%"))))
+servers = []
+for (s, _) in rows:
+    b = s.removesuffix("-https")
+    if b not in servers: servers.append(b)
+peers = [s for s in servers if s != "makiatto"]
+print("\nBest of the rounds (mean in brackets); 1 KB rows in req/s, others in GB/s; server CPU = % of one core in the best round.")
+print("\n| row | " + " | ".join(servers) + " | makiatto / best peer (best; mean) |")
+print("|---|" + "---|" * (len(servers) + 1))
+for label, file, suffix, key in [("1 KB req/s", "index.html", "", 0), ("100 KB transfer/s", "100kb.bin", "", 1),
+                                 ("1 MB transfer/s", "1mb.bin", "", 1), ("1 KB over HTTPS req/s", "index.html", "-https", 0)]:
+    cells, best, mean = [], {}, {}
+    for s in servers:
+        r = rows.get((s + suffix, file))
+        if not r: cells.append("—"); continue
+        b = max(r, key=lambda x: x[key]); m = sum(x[key] for x in r) / len(r)
+        best[s], mean[s] = b[key], m
+        fmt = (lambda v: f"{v/1000:.1f}k") if key == 0 else (lambda v: f"{v/1e9:.2f}")
+        cells.append(f"{fmt(b[key])} ({fmt(m)}, {b[2]} %)")
+    ratio = ""
+    ps = [p for p in peers if p in best]
+    if "makiatto" in best and ps:
+        bp = max(ps, key=lambda p: best[p]); mp = max(ps, key=lambda p: mean[p])
+        ratio = f"{best['makiatto'] / best[bp]:.2f}x vs {bp}; {mean['makiatto'] / mean[mp]:.2f}x vs {mp}"
+    print(f"| {label} | " + " | ".join(cells) + f" | {ratio} |")
 PY
