@@ -1,9 +1,9 @@
 //! Integration tests for makiatto-store (one binary, a module per area).
 
 mod basic;
+mod completeness;
 mod crash;
 mod faults;
-mod completeness;
 mod model;
 mod props;
 mod sim;

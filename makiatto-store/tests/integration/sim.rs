@@ -308,9 +308,7 @@ fn pull(nodes: &[SimNode], to: usize, from: usize, budget: u64) {
     );
     // A budget-limited session continues until complete, as the replicator does.
     for _ in 0..64 {
-        let frames = b
-            .serve_sync(&a.sync_request(budget))
-            .unwrap();
+        let frames = b.serve_sync(&a.sync_request(budget)).unwrap();
         let (complete, _) = a.apply_sync(frames).unwrap().expect("SyncDone");
         if complete {
             return;
