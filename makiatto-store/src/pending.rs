@@ -17,6 +17,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use rusqlite::{Connection, params};
 
@@ -24,6 +25,9 @@ use crate::known::{Ranges, VersionSet};
 use crate::wire::Pending;
 use crate::writer::Sites;
 use crate::{Result, SiteId};
+
+/// The next group id (see `group_for`).
+static NEXT_ID: AtomicI64 = AtomicI64::new(1);
 
 /// Pending versions sharing their deps.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -129,7 +133,11 @@ fn group_for(groups: &mut Vec<Group>, resp: &mut Responder, key: Option<usize>) 
     {
         return i;
     }
-    let id = groups.iter().map(|g| g.id).max().unwrap_or(0) + 1;
+    // Ids are never reused in a process: a session that still names a group dropped
+    // since (resolved, or its transaction rolled back) must not find another one.
+    let floor = groups.iter().map(|g| g.id).max().unwrap_or(0) + 1;
+    NEXT_ID.fetch_max(floor, Ordering::Relaxed);
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let mut deps = resp.known.clone();
     if let Some((_, d)) = key.and_then(|i| resp.groups.get(i)) {
         deps.union_with(d);

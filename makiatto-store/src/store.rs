@@ -65,6 +65,8 @@ pub struct MergeReport {
     pub duplicates: usize,
     /// Versions deferred for an unknown table or column.
     pub deferred: usize,
+    /// Versions dropped because they failed to apply (sync fetches them again).
+    pub dropped: usize,
 }
 
 /// A multi-writer replicated SQLite database (cr-sqlite's model; see the crate docs).
@@ -810,6 +812,7 @@ fn merge_split(
             if changes.len() <= 1 {
                 if let Some(c) = changes.first() {
                     tracing::warn!(site = %c.site, ver = c.ver, error = %e, "dropping a version that fails to apply");
+                    report.dropped += 1;
                 }
                 if !cleared.is_empty() {
                     return Err(StoreError::Sqlite(e));
@@ -904,6 +907,9 @@ fn load_tables(conn: &Connection) -> Result<BTreeMap<String, Arc<TableInfo>>> {
 #[derive(Debug, Default)]
 pub struct SyncSession {
     responder: Option<Responder>,
+    /// Whether a version of this answer was deferred or dropped: the requester then does
+    /// not dominate the responder, and nothing is promoted.
+    incomplete: bool,
     partial: HashMap<(SiteId, u64), Vec<Cell>>,
     ready: Vec<Change>,
     ready_bytes: usize,
@@ -971,7 +977,10 @@ impl SyncSession {
                 responder_known,
             } => {
                 self.flush(store)?;
-                if complete && let Some(resp) = &self.responder {
+                if complete
+                    && !self.incomplete
+                    && let Some(resp) = &self.responder
+                {
                     let mut w = lock(&store.inner.writer);
                     w.promote(resp)?;
                     store.set_known(&w);
@@ -991,7 +1000,8 @@ impl SyncSession {
         if !self.ready.is_empty() {
             let batch = std::mem::take(&mut self.ready);
             self.ready_bytes = 0;
-            store.merge_with_cleared(&batch, &[], self.responder.as_mut())?;
+            let report = store.merge_with_cleared(&batch, &[], self.responder.as_mut())?;
+            self.incomplete |= report.deferred > 0 || report.dropped > 0;
         }
         Ok(())
     }

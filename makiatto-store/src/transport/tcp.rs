@@ -409,7 +409,9 @@ impl Ctx {
         });
         let timeout = self.options.write_timeout;
         let mut frames = 0usize;
-        let written = async {
+        // The whole answer within `write_timeout`, as before streaming: the store's read
+        // transaction (and a blocking thread) live as long as the session.
+        let written = tokio::time::timeout(timeout, async {
             while let Some(f) = rx.recv().await {
                 frames += 1;
                 tokio::time::timeout(timeout, wire::write_frame(write, &f))
@@ -422,8 +424,9 @@ impl Ctx {
                 }
             }
             Ok::<_, StoreError>(())
-        }
-        .await;
+        })
+        .await
+        .unwrap_or_else(|_| Err(timeout_error("sync answer", timeout)));
         drop(rx);
         let served = serving.await.map_err(StoreError::Task)?;
         debug!(frames, "served a sync session");
