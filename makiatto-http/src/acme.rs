@@ -633,7 +633,7 @@ impl<L: Lease, D: DnsChallenge> AcmeManager<L, D> {
             let missing: Vec<String> = targets
                 .iter()
                 .zip(answers)
-                .filter(|(_, got)| got.as_deref() != Some(ka))
+                .filter(|(_, got)| got.clone().flatten().as_deref() != Some(ka))
                 .map(|(a, _)| a.to_string())
                 .collect();
             Ok((!missing.is_empty()).then(|| format!("not served by {}", missing.join(", "))))
@@ -665,17 +665,16 @@ impl<L: Lease, D: DnsChallenge> AcmeManager<L, D> {
     }
 }
 
-/// Runs `futures` concurrently and returns their outputs in order.
+/// Runs `futures` concurrently and returns their outputs in order; `None` for one that
+/// panicked or was cancelled (a probe that failed is not visible; it never takes the
+/// orderer down).
 async fn futures_join<T: Send + 'static>(
     futures: Vec<impl Future<Output = T> + Send + 'static>,
-) -> Vec<T> {
+) -> Vec<Option<T>> {
     let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
     let mut out = Vec::with_capacity(handles.len());
     for h in handles {
-        match h.await {
-            Ok(v) => out.push(v),
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
-        }
+        out.push(h.await.ok());
     }
     out
 }
