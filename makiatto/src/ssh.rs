@@ -238,7 +238,10 @@ impl Ssh {
             user: self.target.user.clone(),
             reason,
         };
-        let out = self.raw("sudo -n true", None, "sudo -n true").await?;
+        // The C locale: the check below reads sudo's English message.
+        let out = self
+            .raw("LC_ALL=C sudo -n true", None, "sudo -n true")
+            .await?;
         if out.status.success() {
             return Ok(Sudo::NoPassword);
         }
@@ -259,7 +262,7 @@ impl Ssh {
         let mut input = password.clone().into_bytes();
         input.push(b'\n');
         let out = self
-            .raw("sudo -S -p '' true", Some(&input), "sudo -S true")
+            .raw("sudo -k -S -p '' true", Some(&input), "sudo -S true")
             .await?;
         if out.status.success() {
             Ok(Sudo::Password(password))
@@ -324,10 +327,13 @@ impl Ssh {
             Sudo::Root => (format!("sh -c {quoted}"), stdin.to_vec()),
             Sudo::NoPassword => (format!("sudo -n sh -c {quoted}"), stdin.to_vec()),
             Sudo::Password(p) => {
+                // `-k`: sudo ignores credentials cached by an earlier command on this
+                // connection and always reads the password line, so it never reaches
+                // the script's input.
                 let mut input = p.clone().into_bytes();
                 input.push(b'\n');
                 input.extend_from_slice(stdin);
-                (format!("sudo -S -p '' sh -c {quoted}"), input)
+                (format!("sudo -k -S -p '' sh -c {quoted}"), input)
             }
         };
         self.raw(&command, Some(&input), script).await
@@ -358,10 +364,8 @@ impl Ssh {
         let expected = sha256_hex(data);
         let tmp = format!("{path}.maki-upload");
         let (q, qt) = (quote(path), quote(&tmp));
-        let script = format!(
-            "set -e; umask 077; cat > {qt}; sha256sum {qt} | cut -d' ' -f1; \
-             chmod {mode:o} {qt}"
-        );
+        // Private (umask 077) until the checksum matched; the mode is set on install.
+        let script = format!("set -e; umask 077; cat > {qt}; sha256sum {qt} | cut -d' ' -f1");
         let out = self.root_output(&script, data).await?;
         if !out.status.success() {
             let _ = self.root("clean up", &format!("rm -f {qt}")).await;
@@ -381,8 +385,11 @@ impl Ssh {
                 expected,
             });
         }
-        self.root(&format!("install {path}"), &format!("mv -f {qt} {q}"))
-            .await?;
+        self.root(
+            &format!("install {path}"),
+            &format!("chmod {mode:o} {qt} && mv -f {qt} {q}"),
+        )
+        .await?;
         Ok(())
     }
 
