@@ -248,10 +248,9 @@ impl HttpServer {
                 let fut = tower_service::Service::call(&mut app, req);
                 async move {
                     let res = fut.await?;
-                    Ok::<_, std::convert::Infallible>(res.map(|body| Tracked {
-                        inner: body,
-                        _guard: guard,
-                    }))
+                    Ok::<_, std::convert::Infallible>(
+                        res.map(|body| Tracked { inner: body, guard }),
+                    )
                 }
             });
         let conn = self.builder.serve_connection(TokioIo::new(io), svc);
@@ -276,45 +275,51 @@ impl HttpServer {
             }
         }
         conn.as_mut().graceful_shutdown();
-        let _ = conn.await;
+        // Streams still in flight get a short grace; a stalled one would hold it forever.
+        let grace = idle
+            .unwrap_or(Duration::from_secs(10))
+            .min(Duration::from_secs(10));
+        let _ = tokio::time::timeout(grace, conn).await;
     }
 }
 
-/// Requests in flight on one connection and when the last one ended.
+/// Requests in flight on one connection, and when anything last moved: a request began or
+/// ended, or a response body gave a frame. A client that stops reading (over HTTP/2: never
+/// sends WINDOW_UPDATE while answering PINGs) stalls every body, so a connection with
+/// requests in flight but no progress for the idle timeout is closed too.
 struct Activity {
-    in_flight: std::sync::atomic::AtomicUsize,
-    idle_since: std::sync::Mutex<tokio::time::Instant>,
+    last: std::sync::Mutex<tokio::time::Instant>,
 }
 
 impl Activity {
     fn new() -> Self {
         Activity {
-            in_flight: std::sync::atomic::AtomicUsize::new(0),
-            idle_since: std::sync::Mutex::new(tokio::time::Instant::now()),
+            last: std::sync::Mutex::new(tokio::time::Instant::now()),
         }
     }
 
-    fn idle_since(&self) -> tokio::time::Instant {
+    fn last(&self) -> tokio::time::Instant {
         *self
-            .idle_since
+            .last
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// When to look again: `idle` after the last request ended, or `idle` from now while
-    /// requests are in flight.
-    fn idle_deadline(&self, idle: Duration) -> tokio::time::Instant {
-        let now = tokio::time::Instant::now();
-        if self.in_flight.load(std::sync::atomic::Ordering::Acquire) > 0 {
-            return now + idle;
-        }
-        (self.idle_since() + idle).max(now)
+    fn touch(&self) {
+        *self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = tokio::time::Instant::now();
     }
 
-    /// Whether no request has been in flight for `idle`.
+    /// When to look again: `idle` after the last progress.
+    fn idle_deadline(&self, idle: Duration) -> tokio::time::Instant {
+        (self.last() + idle).max(tokio::time::Instant::now())
+    }
+
+    /// Whether nothing moved for `idle`: no request, or none of those in flight advanced.
     fn idle_for(&self, idle: Duration) -> bool {
-        self.in_flight.load(std::sync::atomic::Ordering::Acquire) == 0
-            && self.idle_since().elapsed() >= idle
+        self.last().elapsed() >= idle
     }
 }
 
@@ -323,29 +328,21 @@ struct InFlight(Arc<Activity>);
 
 impl InFlight {
     fn new(a: Arc<Activity>) -> Self {
-        a.in_flight
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        a.touch();
         InFlight(a)
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        *self
-            .0
-            .idle_since
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = tokio::time::Instant::now();
-        self.0
-            .in_flight
-            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.0.touch();
     }
 }
 
 /// A response body that keeps its request counted as in flight until it is dropped.
 struct Tracked {
     inner: axum::body::Body,
-    _guard: InFlight,
+    guard: InFlight,
 }
 
 impl http_body::Body for Tracked {
@@ -356,7 +353,11 @@ impl http_body::Body for Tracked {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(Some(Ok(_)))) {
+            self.guard.0.touch();
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

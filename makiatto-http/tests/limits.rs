@@ -279,3 +279,63 @@ async fn idle_h2_connections_are_closed() {
     assert!(r.is_ok(), "idle HTTP/2 connection was kept open");
     assert!(idle_from.elapsed() >= Duration::from_millis(350));
 }
+
+/// A client that stops reading (HTTP/2: no WINDOW_UPDATE after the first window, while its
+/// connection still answers PINGs) holds a stream, a file and buffers; with no progress for
+/// `idle_timeout_ms` the connection is closed although a request is in flight.
+#[tokio::test]
+async fn a_stalled_h2_stream_does_not_hold_the_connection() {
+    // big.bin (1 MiB) streams from disk, frame by frame.
+    let s = start(|c| {
+        c.idle_timeout_ms = 500;
+        c.memory_file_max_bytes = 64 * 1024;
+    })
+    .await;
+    let (mut client, conn) = h2_client(&s).await;
+    assert_eq!(h2_get(&mut client, "site.test").await, 200);
+    let req = http::Request::get("http://site.test/big.bin")
+        .body(())
+        .unwrap();
+    let (resp, _) = client.send_request(req, true).unwrap();
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    // The body is never read: after the first window the server cannot send more.
+    let _stalled = resp.into_body();
+    let r = tokio::time::timeout(Duration::from_secs(10), conn).await;
+    assert!(
+        r.is_ok(),
+        "a connection whose only stream stalled was kept open"
+    );
+}
+
+/// A download that keeps moving is not idle, however long it takes: the client reads a
+/// 1 MiB body streamed from disk (about 400 KB/s) over longer than the idle timeout and
+/// the close grace together.
+/// (Progress is counted per body frame taken, so a client far slower than a frame per
+/// idle timeout, about 4 KiB/s with the defaults, is let go.)
+#[tokio::test]
+async fn a_slow_but_steady_h2_download_completes() {
+    let s = start(|c| {
+        c.idle_timeout_ms = 1000;
+        c.memory_file_max_bytes = 64 * 1024;
+    })
+    .await;
+    let (mut client, _conn) = h2_client(&s).await;
+    let req = http::Request::get("http://site.test/big.bin")
+        .body(())
+        .unwrap();
+    let (resp, _) = client.send_request(req, true).unwrap();
+    let mut body = resp.await.unwrap().into_body();
+    let (started, mut got) = (Instant::now(), 0usize);
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.expect("the download was cut off");
+        got += chunk.len();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    assert_eq!(got, common::big_content().len());
+    assert!(
+        started.elapsed() > Duration::from_millis(2200),
+        "too fast to test anything"
+    );
+}
