@@ -173,7 +173,7 @@ load() {   # load NAME MODE RUN: one dnsperf run against one server
     out=$(dnsperf -s 127.0.0.1 -p "$port" "${args[@]}" -l "$DNS_SECS" -c 4 -T 1 -Q 500000 -t 2 2>&1)
     t1=$(tree_ticks "$pid"); w1=$(date +%s.%N)
     local cpu qps lat sd lost
-    cpu=$(awk -v a="$t0" -v b="$t1" -v w0="$w0" -v w1="$w1" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.0f", (b-a)/hz/(w1-w0)*100 }')
+    cpu=$(awk -v a="$t0" -v b="$t1" -v w0="$w0" -v w1="$w1" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", (b-a)/hz/(w1-w0)*100 }')
     qps=$(awk '/Queries per second/ {printf "%.0f", $4}' <<<"$out")
     lat=$(awk '/Average Latency/ {printf "%.3f", $4*1000; exit}' <<<"$out")
     sd=$(awk '/Latency StdDev/ {printf "%.3f", $4*1000; exit}' <<<"$out")
