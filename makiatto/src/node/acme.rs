@@ -138,38 +138,49 @@ impl CertSink for StoreSink {
     }
 }
 
-/// One order per domain: the domain, `*.<domain>`, its aliases and `<node>.ns.<domain>`
-/// for every nameserver node; the wildcard and the nameserver hostnames over DNS-01 (a
-/// nameserver hostname resolves to its own node, which may be down), the rest over HTTP-01.
+/// Two orders per domain, so that one challenge type failing does not cost the other's
+/// names their certificate: the domain and its aliases over HTTP-01 (any node answers),
+/// and `*.<domain>` with `<node>.ns.<domain>` for every nameserver node over DNS-01
+/// through our own DNS (a wildcard needs it, and a nameserver hostname resolves to its own
+/// node, which may be down).
 pub(crate) fn orders(store: &Store) -> Vec<CertOrder> {
     let read = store.read(|c| Ok((domains::list(c)?, aliases::list(c)?, nodes::nameservers(c)?)));
     let Ok((domains, aliases, nameservers)) = read else {
         return Vec::new();
     };
-    domains
-        .into_iter()
-        .map(|d| {
-            let mut names = vec![d.name.clone(), format!("*.{}", d.name)];
-            names.extend(
-                aliases
-                    .iter()
-                    .filter(|a| a.domain == d.name)
-                    .map(|a| a.alias.clone()),
-            );
-            let ns: Vec<String> = nameservers
+    let dedup = |mut names: Vec<String>| {
+        let mut seen = std::collections::BTreeSet::new();
+        names.retain(|n| seen.insert(n.to_ascii_lowercase()));
+        names
+    };
+    let mut out = Vec::new();
+    for d in domains {
+        let mut web = vec![d.name.clone()];
+        web.extend(
+            aliases
                 .iter()
-                .map(|n| format!("{}.ns.{}", n.name, d.name))
-                .collect();
-            names.extend(ns.iter().cloned());
-            let mut seen = std::collections::BTreeSet::new();
-            names.retain(|n| seen.insert(n.to_ascii_lowercase()));
-            CertOrder {
-                names,
-                challenge: ChallengeKind::Http01,
-                dns01_names: ns,
-            }
-        })
-        .collect()
+                .filter(|a| a.domain == d.name)
+                .map(|a| a.alias.clone()),
+        );
+        out.push(CertOrder {
+            names: dedup(web),
+            challenge: ChallengeKind::Http01,
+            dns01_names: Vec::new(),
+        });
+        let mut dns = vec![format!("*.{}", d.name)];
+        dns.extend(
+            nameservers
+                .iter()
+                .map(|n| format!("{}.ns.{}", n.name, d.name)),
+        );
+        let dns = dedup(dns);
+        out.push(CertOrder {
+            names: dns.clone(),
+            challenge: ChallengeKind::Dns01,
+            dns01_names: dns,
+        });
+    }
+    out
 }
 
 /// Where this node's servers listen and which nodes are healthy: the addresses a CA may
@@ -457,24 +468,16 @@ mod tests {
         );
 
         let orders = orders(&store);
-        assert_eq!(orders.len(), 1);
-        assert_eq!(
-            orders[0].names,
-            [
-                "example.test",
-                "*.example.test",
-                "me.ns.example.test",
-                "ns-down.ns.example.test",
-                "ns-up.ns.example.test"
-            ]
-        );
-        assert_eq!(
-            orders[0].dns01_names,
-            [
-                "me.ns.example.test",
-                "ns-down.ns.example.test",
-                "ns-up.ns.example.test"
-            ]
-        );
+        assert_eq!(orders.len(), 2);
+        assert_eq!(orders[0].names, ["example.test"]);
+        assert!(orders[0].dns01_names.is_empty());
+        let dns = [
+            "*.example.test",
+            "me.ns.example.test",
+            "ns-down.ns.example.test",
+            "ns-up.ns.example.test",
+        ];
+        assert_eq!(orders[1].names, dns);
+        assert_eq!(orders[1].dns01_names, dns);
     }
 }
