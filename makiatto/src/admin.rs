@@ -89,6 +89,10 @@ pub struct NewNode {
     pub longitude: f64,
     /// Whether it answers as a nameserver.
     pub is_nameserver: bool,
+    /// Replace a node of that name registered with another key (`init --recreate`);
+    /// otherwise such a registration is refused.
+    #[serde(default)]
+    pub replace: bool,
 }
 
 /// Why an admin operation was refused or failed.
@@ -376,8 +380,18 @@ impl Admin<'_> {
         {
             return Err(AdminError::Invalid("coordinates out of range".into()));
         }
-        Ok(self.store.write(|tx| {
+        self.store.write(|tx| {
             let existing = nodes::get(tx, &new.name)?;
+            if let Some(e) = &existing
+                && e.wg_public_key != new.wg_public_key
+                && !new.replace
+            {
+                return Ok(Err(AdminError::Invalid(format!(
+                    "a node named {} is already in the cluster with another key; \
+                     remove it first, or pass --recreate to replace it",
+                    new.name
+                ))));
+            }
             let mut used: Vec<Ipv4Addr> = nodes::list(tx)?
                 .iter()
                 .filter(|n| n.name != new.name)
@@ -394,7 +408,7 @@ impl Admin<'_> {
                 .and_then(|n| n.mesh_address.parse::<Ipv4Addr>().ok())
                 .filter(|a| !used.contains(a) && cidr.contains(*a));
             let Some(address) = kept.or_else(|| peer::allocate(cidr, &used)) else {
-                return Ok(Err(PeerError::Full(cidr)));
+                return Ok(Err(AdminError::from(PeerError::Full(cidr))));
             };
             let row = nodes::Node {
                 name: new.name.clone(),
@@ -411,7 +425,7 @@ impl Admin<'_> {
             };
             nodes::upsert(tx, &row)?;
             Ok(Ok(row))
-        })??)
+        })?
     }
 
     /// Removes a node from the cluster state (its row and health report): the other nodes

@@ -550,6 +550,7 @@ pub async fn init(
                 latitude: lat,
                 longitude: lon,
                 is_nameserver,
+                replace: o.recreate,
             })
             .await
             .map_err(|e| {

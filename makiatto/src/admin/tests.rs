@@ -252,3 +252,40 @@ fn deploy_activates_and_keeps_the_newest_deployments() {
     assert!(list[0].active);
     assert!(list.iter().all(|d| d.id.as_str() >= "d02"), "oldest purged");
 }
+
+#[test]
+fn a_node_name_taken_with_another_key_is_refused_unless_replaced() {
+    let n = node();
+    let admin = Admin::new(&n.store, &n.blobs);
+    let cidr = crate::config::Ipv4Cidr {
+        network: Ipv4Addr::new(10, 44, 44, 0),
+        prefix_len: 24,
+    };
+    let key = |b: u8| makiatto_mesh::PublicKey([b; 32]).to_base64();
+    let new = |k: &str, replace: bool| NewNode {
+        name: "vector".into(),
+        wg_public_key: k.into(),
+        endpoint: "192.0.2.1:51880".into(),
+        ipv4: Ipv4Addr::new(192, 0, 2, 1),
+        latitude: 1.0,
+        longitude: 2.0,
+        is_nameserver: true,
+        replace,
+    };
+    let first = admin.add_node(&new(&key(1), false), cidr, 1).unwrap();
+    // The same node registering again keeps its address.
+    let again = admin.add_node(&new(&key(1), false), cidr, 2).unwrap();
+    assert_eq!(again.mesh_address, first.mesh_address);
+    // Another machine under the same name is refused, and the row is untouched.
+    let err = admin.add_node(&new(&key(2), false), cidr, 3).unwrap_err();
+    assert!(err.to_string().contains("already in the cluster"), "{err}");
+    let row = n
+        .store
+        .read(|c| cluster::nodes::get(c, "vector"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.wg_public_key, key(1));
+    // `--recreate` replaces it.
+    let replaced = admin.add_node(&new(&key(2), true), cidr, 4).unwrap();
+    assert_eq!(replaced.wg_public_key, key(2));
+}
