@@ -54,6 +54,30 @@ pub(crate) struct TableSql {
     pub(crate) backfill_col: Vec<String>,
 }
 
+/// A multi-row clock upsert of `n` rows, each row's VALUES tuple made by `row(i)`, from
+/// `cache` or built and cached.
+fn cached_clock_upsert(
+    cache: &Mutex<HashMap<usize, Arc<str>>>,
+    clock: &str,
+    n: usize,
+    row: impl Fn(usize) -> String,
+) -> Arc<str> {
+    let mut cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(sql) = cache.get(&n) {
+        return sql.clone();
+    }
+    let sql: Arc<str> = Arc::from(
+        "INSERT INTO ".to_owned()
+            + clock
+            + " (pk, cid, cv, site_ord, ver, seq, ts) VALUES "
+            + &join((0..n).map(row), ", ")
+            + " ON CONFLICT (pk, cid) DO UPDATE SET cv = excluded.cv, site_ord = excluded.site_ord, \
+               ver = excluded.ver, seq = excluded.seq, ts = excluded.ts",
+    );
+    cache.insert(n, sql.clone());
+    sql
+}
+
 /// A multi-row insert's shape: the column subset and the row count.
 type RowsKey = (Vec<usize>, usize);
 
@@ -381,66 +405,18 @@ impl TableSql {
 
     /// The upsert of `n` clock rows of one origin version (any keys).
     pub(crate) fn clocks_insert(&self, n: usize) -> Arc<str> {
-        let mut cache = self
-            .clocks_insert
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(sql) = cache.get(&n) {
-            return sql.clone();
-        }
-        let rows = join(
-            (0..n).map(|i| {
-                let p = |k: usize| "?".to_owned() + &(4 + 4 * i + k).to_string();
-                "(".to_owned()
-                    + &p(0)
-                    + ", "
-                    + &p(1)
-                    + ", "
-                    + &p(2)
-                    + ", ?1, ?2, "
-                    + &p(3)
-                    + ", ?3)"
-            }),
-            ", ",
-        );
-        let sql: Arc<str> = Arc::from(
-            "INSERT INTO ".to_owned()
-                + &self.clock
-                + " (pk, cid, cv, site_ord, ver, seq, ts) VALUES "
-                + &rows
-                + " ON CONFLICT (pk, cid) DO UPDATE SET cv = excluded.cv, site_ord = excluded.site_ord, \
-                   ver = excluded.ver, seq = excluded.seq, ts = excluded.ts",
-        );
-        cache.insert(n, sql.clone());
-        sql
+        cached_clock_upsert(&self.clocks_insert, &self.clock, n, |i| {
+            let p = |k: usize| "?".to_owned() + &(4 + 4 * i + k).to_string();
+            "(".to_owned() + &p(0) + ", " + &p(1) + ", " + &p(2) + ", ?1, ?2, " + &p(3) + ", ?3)"
+        })
     }
 
     /// The upsert of `n` clock rows of one key, all of one origin version.
     pub(crate) fn clock_upsert_rows(&self, n: usize) -> Arc<str> {
-        let mut cache = self
-            .clock_upsert_rows
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(sql) = cache.get(&n) {
-            return sql.clone();
-        }
-        let rows = join(
-            (0..n).map(|i| {
-                let p = |k: usize| "?".to_owned() + &(5 + 3 * i + k).to_string();
-                "(?1, ".to_owned() + &p(0) + ", " + &p(1) + ", ?2, ?3, " + &p(2) + ", ?4)"
-            }),
-            ", ",
-        );
-        let sql: Arc<str> = Arc::from(
-            "INSERT INTO ".to_owned()
-                + &self.clock
-                + " (pk, cid, cv, site_ord, ver, seq, ts) VALUES "
-                + &rows
-                + " ON CONFLICT (pk, cid) DO UPDATE SET cv = excluded.cv, site_ord = excluded.site_ord, \
-                   ver = excluded.ver, seq = excluded.seq, ts = excluded.ts",
-        );
-        cache.insert(n, sql.clone());
-        sql
+        cached_clock_upsert(&self.clock_upsert_rows, &self.clock, n, |i| {
+            let p = |k: usize| "?".to_owned() + &(5 + 3 * i + k).to_string();
+            "(?1, ".to_owned() + &p(0) + ", " + &p(1) + ", ?2, ?3, " + &p(2) + ", ?4)"
+        })
     }
 
     fn generate(name: &str, pks: &[String], cols: &[String]) -> Self {
