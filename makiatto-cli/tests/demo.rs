@@ -137,3 +137,81 @@ fn the_demo_serves_the_example_site_over_geodns_http_and_https() {
     drop(demo);
     assert!(!work.exists(), "{} left behind", work.display());
 }
+
+/// The `makiatto` processes whose parent is `pid`.
+fn daemons_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...
+        let Some((comm, rest)) = stat.split_once(") ") else {
+            continue;
+        };
+        let ppid = rest.split_whitespace().nth(1).and_then(|x| x.parse().ok());
+        if comm.ends_with("(makiatto") && ppid == Some(pid) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Stopped while it starts (SIGTERM before the cluster serves), the demo stops what it
+/// started: no daemon outlives it.
+#[test]
+fn a_demo_interrupted_while_starting_leaves_no_daemon_behind() {
+    let maki = PathBuf::from(env!("CARGO_BIN_EXE_maki"));
+    assert!(
+        maki.with_file_name("makiatto").is_file(),
+        "cargo test --workspace builds the daemon"
+    );
+    let mmdb = std::env::var("MAKIATTO_TEST_MMDB").expect("MAKIATTO_TEST_MMDB: run ./scripts/test");
+    let top = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let mut child = Command::new(&maki)
+        .current_dir(top)
+        .args([
+            "demo",
+            "--json",
+            "--no-https",
+            "--first-ip",
+            "127.0.0.44",
+            "--port-offset",
+            "3100",
+        ])
+        .args(["--geoip", &mmdb])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let daemons = loop {
+        let d = daemons_of(pid);
+        if !d.is_empty() {
+            break d;
+        }
+        assert!(std::time::Instant::now() < deadline, "no daemon started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(
+        !status.success(),
+        "an interrupted start is an error: {status}"
+    );
+    for d in daemons {
+        let state = std::fs::read_to_string(format!("/proc/{d}/stat")).unwrap_or_default();
+        assert!(
+            state.is_empty() || state.contains(") Z "),
+            "daemon {d} outlived the demo: {state}"
+        );
+    }
+}

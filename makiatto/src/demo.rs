@@ -10,6 +10,7 @@ use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -139,6 +140,46 @@ fn err(what: impl std::fmt::Display) -> MakiattoError {
     MakiattoError::Io(format!("demo: {what}"))
 }
 
+/// Set when SIGINT or SIGTERM arrives during [`run`], so that a demo interrupted while it
+/// starts stops what it started instead of leaving it behind.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+fn interrupted() -> Result<(), MakiattoError> {
+    if INTERRUPTED.load(Ordering::Relaxed) {
+        return Err(err("interrupted"));
+    }
+    Ok(())
+}
+
+/// Catches SIGINT and SIGTERM from now on: sets [`INTERRUPTED`] and sends on the channel.
+fn watch_signals() -> Result<std::sync::mpsc::Receiver<()>, MakiattoError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(err)?;
+    let (mut int, mut term) = runtime
+        .block_on(async {
+            Ok::<_, std::io::Error>((
+                signal(SignalKind::interrupt())?,
+                signal(SignalKind::terminate())?,
+            ))
+        })
+        .map_err(err)?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        runtime.block_on(async {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        });
+        INTERRUPTED.store(true, Ordering::Relaxed);
+        let _ = tx.send(());
+    });
+    Ok(rx)
+}
+
 /// Waits up to `limit` for `ok`, polling every 100 ms.
 fn wait_for(
     limit: Duration,
@@ -147,6 +188,7 @@ fn wait_for(
 ) -> Result<(), MakiattoError> {
     let deadline = Instant::now() + limit;
     while !ok() {
+        interrupted()?;
         if Instant::now() > deadline {
             return Err(err(format!("timed out after {}s: {what}", limit.as_secs())));
         }
@@ -323,6 +365,7 @@ impl Demo {
             if ok() {
                 return Ok(());
             }
+            interrupted()?;
             let exited = self
                 .children
                 .get_mut(i)
@@ -676,6 +719,7 @@ pub fn run(opts: &DemoOptions, json: bool) -> Result<(), MakiattoError> {
             let _ = writeln!(std::io::stdout(), "==> {line}");
         }
     };
+    let stop = watch_signals()?;
     let demo = start(opts, &say)?;
     let mut out = std::io::stdout().lock();
     let text = if json {
@@ -691,18 +735,7 @@ pub fn run(opts: &DemoOptions, json: bool) -> Result<(), MakiattoError> {
         .and_then(|()| out.flush())
         .map_err(err)?;
     drop(out);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(err)?;
-    runtime.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(err)?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r.map_err(err),
-            _ = term.recv() => Ok(()),
-        }
-    })?;
+    let _ = stop.recv();
     say("stopping the nodes");
     drop(demo);
     Ok(())
