@@ -37,7 +37,21 @@ pub(crate) struct StreamLimits {
     pub(crate) io: Duration,
 }
 
-/// Open connections per client address, shared by every stream listener of a server.
+/// The key a client's connections are counted under: its IPv4 address, or the /64 of its
+/// IPv6 address (one host usually holds a whole /64, and could otherwise rotate through it
+/// to take every slot).
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+    }
+}
+
+/// Open connections per client (see `client_key`), shared by every stream listener of a
+/// server.
 #[derive(Debug, Default)]
 pub(crate) struct ClientCounts(Mutex<HashMap<IpAddr, usize>>);
 
@@ -123,7 +137,7 @@ pub(crate) async fn serve(
         };
         // Reap finished connections so `len` counts open ones.
         while conns.try_join_next().is_some() {}
-        let ip = peer.ip().to_canonical();
+        let ip = client_key(peer.ip().to_canonical());
         if conns.len() >= limits.per_listener {
             tracing::debug!(%peer, "dns stream listener full, closing");
             continue;
@@ -215,5 +229,22 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[allow(clippy::many_single_char_names)]
+    fn ipv6_clients_count_per_64_and_ipv4_per_address() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::7".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_key(a), client_key(b));
+        assert_ne!(client_key(a), client_key(c));
+        let (x, y): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        assert_ne!(client_key(x), client_key(y));
     }
 }
