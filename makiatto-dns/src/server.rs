@@ -118,7 +118,8 @@ impl DnsServerBuilder {
         self
     }
 
-    /// Open TCP and DoT connections per client address, over all listeners (default 16). A
+    /// Open TCP and DoT connections per client (an IPv4 address or an IPv6 /64), over all
+    /// listeners (default 16). A
     /// connection over the cap is accepted and closed at once.
     #[must_use]
     pub fn max_connections_per_client(mut self, connections: usize) -> Self {
