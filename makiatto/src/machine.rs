@@ -979,11 +979,15 @@ pub async fn upgrade(
         .unwrap_or_else(|_| Err(format!("not healthy after {}s", UPGRADE_WAIT.as_secs())));
         if let Err(reason) = healthy {
             s.start(&format!("putting the previous binary back on {}", m.name));
+            // `reset-failed`: a binary that exits at once can run the unit into its start
+            // limit, after which systemd refuses to start it at all.
             let restored = ssh
                 .root(
                     "restore",
                     &format!(
-                        "mv -f {BINARY}.previous {BINARY} && systemctl restart makiatto.service"
+                        "mv -f {BINARY}.previous {BINARY} && \
+                         {{ systemctl reset-failed makiatto.service || true; }} && \
+                         systemctl restart makiatto.service"
                     ),
                 )
                 .await;
@@ -992,10 +996,9 @@ pub async fn upgrade(
                 "upgrading",
                 format!(
                     "the new binary did not become healthy ({reason}); {}",
-                    if restored.is_ok() {
-                        "the previous binary is back"
-                    } else {
-                        "putting the previous binary back failed too"
+                    match &restored {
+                        Ok(_) => "the previous binary is back".to_owned(),
+                        Err(e) => format!("putting the previous binary back failed too: {e}"),
                     }
                 ),
                 "the rollout stopped here; see `journalctl -u makiatto` on the node",
