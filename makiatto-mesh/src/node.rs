@@ -636,30 +636,28 @@ fn choose_address(
 /// Every mesh address claim in the store (nodes and external peers).
 pub fn store_claims(store: &Store) -> Result<Vec<Claim>> {
     let (ns, ps) = store.read(|c| Ok((nodes::list(c)?, external_peers::list(c)?)))?;
-    let mut claims = Vec::new();
-    for n in ns {
-        if let Ok(address) = n.mesh_address.parse() {
-            claims.push(Claim {
+    Ok(claims_of(&ns, &ps))
+}
+
+/// The mesh address claims of `ns` and `ps` (rows whose address does not parse claim
+/// nothing).
+fn claims_of(ns: &[nodes::Node], ps: &[external_peers::ExternalPeer]) -> Vec<Claim> {
+    ns.iter()
+        .map(|n| (&n.name, &n.wg_public_key, &n.mesh_address))
+        .chain(
+            ps.iter()
+                .map(|p| (&p.name, &p.wg_public_key, &p.mesh_address)),
+        )
+        .filter_map(|(name, key, mesh)| {
+            Some(Claim {
                 claimant: Claimant {
-                    name: n.name,
-                    public_key: n.wg_public_key,
+                    name: name.clone(),
+                    public_key: key.clone(),
                 },
-                address,
-            });
-        }
-    }
-    for p in ps {
-        if let Ok(address) = p.mesh_address.parse() {
-            claims.push(Claim {
-                claimant: Claimant {
-                    name: p.name,
-                    public_key: p.wg_public_key,
-                },
-                address,
-            });
-        }
-    }
-    Ok(claims)
+                address: mesh.parse().ok()?,
+            })
+        })
+        .collect()
 }
 
 /// The WireGuard peers this node should have: every other node and external peer in the
@@ -869,23 +867,7 @@ fn effective_nodes(
     mut ns: Vec<nodes::Node>,
     ps: &[external_peers::ExternalPeer],
 ) -> Vec<nodes::Node> {
-    let claims: Vec<Claim> = ns
-        .iter()
-        .map(|n| (&n.name, &n.wg_public_key, &n.mesh_address))
-        .chain(
-            ps.iter()
-                .map(|p| (&p.name, &p.wg_public_key, &p.mesh_address)),
-        )
-        .filter_map(|(name, key, mesh)| {
-            Some(Claim {
-                claimant: Claimant {
-                    name: name.clone(),
-                    public_key: key.clone(),
-                },
-                address: mesh.parse().ok()?,
-            })
-        })
-        .collect();
+    let claims = claims_of(&ns, ps);
     let Ok(moves) = addr::resolve_collisions(net, &claims) else {
         return ns;
     };
@@ -938,23 +920,7 @@ fn check_collision(
         name: config.name.clone(),
         public_key: key.public_key().to_base64(),
     };
-    let claims: Vec<Claim> = ns
-        .iter()
-        .map(|n| (&n.name, &n.wg_public_key, &n.mesh_address))
-        .chain(
-            ps.iter()
-                .map(|p| (&p.name, &p.wg_public_key, &p.mesh_address)),
-        )
-        .filter_map(|(name, key, mesh)| {
-            Some(Claim {
-                claimant: Claimant {
-                    name: name.clone(),
-                    public_key: key.clone(),
-                },
-                address: mesh.parse().ok()?,
-            })
-        })
-        .collect();
+    let claims = claims_of(ns, ps);
     let Ok(moves) = addr::resolve_collisions(config.mesh_cidr, &claims) else {
         return;
     };
