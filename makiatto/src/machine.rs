@@ -835,6 +835,30 @@ pub fn select<'p>(
         .collect()
 }
 
+/// Starts `step` on machine `m` of the profile and connects to it: the step's progress,
+/// the machine's target and SSH options, and the connection.
+async fn reach<'a>(
+    m: &Machine,
+    key: Option<&Path>,
+    progress: Progress<'a>,
+    step: &str,
+) -> Result<(Steps<'a>, Target, ssh::Options, Ssh), MachineError> {
+    let s = Steps {
+        host: format!("{}:{}", m.ssh_target, m.ssh_port),
+        progress,
+    };
+    s.start(step);
+    let target: Target = m
+        .ssh_target
+        .parse()
+        .map_err(|e: SshError| s.fail("reading the profile", &e, "fix ssh_target"))?;
+    let options = options_for(m, key);
+    let ssh = Ssh::connect(&target, &options)
+        .await
+        .map_err(|e| s.fail("connecting", &e, "fix SSH access"))?;
+    Ok((s, target, options, ssh))
+}
+
 /// `maki machine restart`: restarts the service on each machine in turn and waits until
 /// its admin API answers again.
 pub async fn restart(
@@ -845,19 +869,8 @@ pub async fn restart(
 ) -> Result<String, MachineError> {
     let mut out = String::new();
     for m in select(profile, names)? {
-        let s = Steps {
-            host: format!("{}:{}", m.ssh_target, m.ssh_port),
-            progress,
-        };
-        s.start(&format!("restarting {}", m.name));
-        let target: Target = m
-            .ssh_target
-            .parse()
-            .map_err(|e: SshError| s.fail("reading the profile", &e, "fix ssh_target"))?;
-        let options = options_for(m, key);
-        let ssh = Ssh::connect(&target, &options)
-            .await
-            .map_err(|e| s.fail("connecting", &e, "fix SSH access"))?;
+        let (s, target, options, ssh) =
+            reach(m, key, progress, &format!("restarting {}", m.name)).await?;
         ssh.root("restart", "systemctl restart makiatto.service")
             .await
             .map_err(|e| {
@@ -921,19 +934,8 @@ pub async fn upgrade(
     let sha = ssh::sha256_hex(&data);
     let mut out = String::new();
     for m in machines {
-        let s = Steps {
-            host: format!("{}:{}", m.ssh_target, m.ssh_port),
-            progress,
-        };
-        s.start(&format!("upgrading {}", m.name));
-        let target: Target = m
-            .ssh_target
-            .parse()
-            .map_err(|e: SshError| s.fail("reading the profile", &e, "fix ssh_target"))?;
-        let options = options_for(m, key);
-        let ssh = Ssh::connect(&target, &options)
-            .await
-            .map_err(|e| s.fail("connecting", &e, "fix SSH access"))?;
+        let (s, target, options, ssh) =
+            reach(m, key, progress, &format!("upgrading {}", m.name)).await?;
         let machine_arch = ssh
             .root("uname", "uname -m")
             .await
