@@ -29,8 +29,9 @@ fn tool(name: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-#[test]
-fn the_demo_serves_the_example_site_over_geodns_http_and_https() {
+/// `maki demo --json` from the top of the repository with the test GeoIP database and
+/// `args`; checks that the daemon was built beside `maki`.
+fn demo(args: &[&str]) -> Command {
     let maki = PathBuf::from(env!("CARGO_BIN_EXE_maki"));
     let daemon = maki.with_file_name("makiatto");
     assert!(
@@ -40,19 +41,21 @@ fn the_demo_serves_the_example_site_over_geodns_http_and_https() {
     );
     let mmdb = std::env::var("MAKIATTO_TEST_MMDB")
         .expect("MAKIATTO_TEST_MMDB is not set: run scripts/setup.d/20-dns.sh (./scripts/test)");
-    let top = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let mut child = Command::new(&maki)
-        .current_dir(top)
-        .args([
-            "demo",
-            "--json",
-            "--first-ip",
-            "127.0.0.41",
-            "--port-offset",
-            "3000",
-        ])
-        .args(["--geoip", &mmdb])
-        .stdin(Stdio::null())
+    let mut cmd = Command::new(&maki);
+    cmd.current_dir(top())
+        .args(["demo", "--json", "--geoip", &mmdb])
+        .args(args)
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn top() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
+}
+
+#[test]
+fn the_demo_serves_the_example_site_over_geodns_http_and_https() {
+    let mut child = demo(&["--first-ip", "127.0.0.41", "--port-offset", "3000"])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -69,7 +72,7 @@ fn the_demo_serves_the_example_site_over_geodns_http_and_https() {
     let nodes = v["nodes"].as_array().unwrap();
     assert_eq!(nodes.len(), 3);
     let ip = |i: usize| nodes[i]["ip"].as_str().unwrap().to_owned();
-    let index = std::fs::read_to_string(top.join("examples/site/index.html")).unwrap();
+    let index = std::fs::read_to_string(top().join("examples/site/index.html")).unwrap();
 
     // GeoDNS: whichever node is asked, a client answers with the node of its continent
     // (Sydney, Amsterdam -> Frankfurt, Mountain View -> New York).
@@ -164,30 +167,17 @@ fn daemons_of(pid: u32) -> Vec<u32> {
 /// started: no daemon outlives it.
 #[test]
 fn a_demo_interrupted_while_starting_leaves_no_daemon_behind() {
-    let maki = PathBuf::from(env!("CARGO_BIN_EXE_maki"));
-    assert!(
-        maki.with_file_name("makiatto").is_file(),
-        "cargo test --workspace builds the daemon"
-    );
-    let mmdb = std::env::var("MAKIATTO_TEST_MMDB").expect("MAKIATTO_TEST_MMDB: run ./scripts/test");
-    let top = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let mut child = Command::new(&maki)
-        .current_dir(top)
-        .args([
-            "demo",
-            "--json",
-            "--no-https",
-            "--first-ip",
-            "127.0.0.44",
-            "--port-offset",
-            "3100",
-        ])
-        .args(["--geoip", &mmdb])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = demo(&[
+        "--no-https",
+        "--first-ip",
+        "127.0.0.44",
+        "--port-offset",
+        "3100",
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
     let pid = child.id();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let daemons = loop {
