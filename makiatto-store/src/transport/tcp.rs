@@ -414,13 +414,9 @@ impl Ctx {
         let written = tokio::time::timeout(timeout, async {
             while let Some(f) = rx.recv().await {
                 frames += 1;
-                tokio::time::timeout(timeout, wire::write_frame(write, &f))
-                    .await
-                    .map_err(|_| timeout_error("write", timeout))??;
+                wire::write_frame(write, &f).await?;
                 if rx.is_empty() {
-                    tokio::time::timeout(timeout, write.flush())
-                        .await
-                        .map_err(|_| timeout_error("write", timeout))??;
+                    write.flush().await?;
                 }
             }
             Ok::<_, StoreError>(())
