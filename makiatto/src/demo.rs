@@ -333,10 +333,11 @@ pub fn start(opts: &DemoOptions, say: &dyn Fn(&str)) -> Result<Demo, MakiattoErr
         say("waiting for certificates from Pebble (ACME)");
         match p.fetch_root(demo.work.path()) {
             Ok(root) => {
+                let pem = std::fs::read(&root).unwrap_or_default();
                 let ok = demo.nodes.iter().all(|node| {
                     let deadline = Instant::now() + Duration::from_secs(90);
                     while Instant::now() < deadline {
-                        if https_get(node.https, &demo.domain, &root).is_some() {
+                        if tls_get(node.https, &demo.domain, "/", &pem).is_some() {
                             return true;
                         }
                         std::thread::sleep(Duration::from_millis(250));
@@ -623,12 +624,6 @@ fn body_if_ok(response: &[u8]) -> Option<Vec<u8>> {
         .nth(1)
         .is_some_and(|c| c == "200")
         .then(|| response[split + 4..].to_vec())
-}
-
-/// An HTTPS GET of `/` for `host`, verified against the PEM root at `root`.
-fn https_get(addr: SocketAddr, host: &str, root: &Path) -> Option<Vec<u8>> {
-    let pem = std::fs::read(root).ok()?;
-    tls_get(addr, host, "/", &pem)
 }
 
 /// An HTTP/1.0 GET over TLS, trusting only the certificates in `pem`; the body on 200.
