@@ -294,6 +294,7 @@ fn admin_node(
         mesh_cidr: "10.44.44.0/24".parse().unwrap(),
         mesh_port: 51880,
         membership: None,
+        locator: None,
     });
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let path = socket.clone();

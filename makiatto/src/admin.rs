@@ -20,7 +20,7 @@ use crate::peer::{self, PeerError};
 use crate::store::cluster::deployment_activations;
 use crate::store::cluster::external_peers::{self, ExternalPeer};
 use crate::store::cluster::node_health::{self, HealthStatus};
-use crate::store::cluster::{deployment_files, deployments, domains, nodes};
+use crate::store::cluster::{aliases, deployment_files, deployments, domains, nodes};
 use crate::store::{BlobHash, BlobStore, Store, StoreError};
 
 /// A node whose health row is older than this is not expected to activate deployments.
@@ -254,6 +254,24 @@ impl<'a> Admin<'a> {
             .into_iter()
             .map(|d| d.name)
             .collect())
+    }
+
+    /// The aliases of `domain` (names that serve its site), sorted. Unknown domains are
+    /// [`AdminError::UnknownDomain`].
+    pub fn aliases(&self, domain: &str) -> Result<Vec<String>, AdminError> {
+        let found = self.store.read(|c| {
+            if domains::get(c, domain)?.is_none() {
+                return Ok(None);
+            }
+            aliases::list_for_domain(c, domain).map(Some)
+        })?;
+        let mut names: Vec<String> = found
+            .ok_or_else(|| AdminError::UnknownDomain(domain.to_owned()))?
+            .into_iter()
+            .map(|a| a.alias)
+            .collect();
+        names.sort();
+        Ok(names)
     }
 
     /// Stops serving `domain` everywhere (its row and aliases go; its deployments stay

@@ -156,7 +156,8 @@ impl Node {
 
         // DNS.
         let mut dot_addr = None;
-        let (dns, dns_addr) = if config.dns.enabled {
+        let geo = config.dns.enabled.then(|| locator(&config.geoip_db()));
+        let (dns, dns_addr) = if let Some(geo) = &geo {
             let me = name.clone();
             let alive = view.clone();
             let zones = ZoneHandle::new(Arc::new(ZoneSet::default()))?;
@@ -169,7 +170,7 @@ impl Node {
             let (udp, tcp) = makiatto_dns::bind_udp_tcp(config.dns.addr)?;
             let addr = udp.local_addr().map_err(io("reading the DNS address"))?;
             let mut builder = DnsServer::builder(zones.clone())
-                .locator(locator(&config.geoip_db()))
+                .locator(Arc::clone(geo))
                 .udp(udp)
                 .tcp(tcp);
             if let Some(rps) = std::num::NonZeroU32::new(config.dns.rate_limit) {
@@ -319,6 +320,7 @@ impl Node {
             mesh_cidr: config.mesh.cidr,
             mesh_port: config.mesh.port,
             membership: Some(view.clone()),
+            locator: geo,
         });
         let first = Arc::new(std::sync::Mutex::new(Some(first)));
         {

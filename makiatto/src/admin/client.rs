@@ -137,6 +137,27 @@ impl Client {
         self.call(Method::GET, "/v1/domains", Bytes::new()).await
     }
 
+    /// A domain's aliases.
+    pub async fn aliases(&self, domain: &str) -> Result<Vec<String>, ClientError> {
+        self.call(
+            Method::GET,
+            &format!("/v1/domains/{domain}/aliases"),
+            Bytes::new(),
+        )
+        .await
+    }
+
+    /// Where the node's GeoIP data places `ip` (`None`: unknown to it).
+    pub async fn locate(
+        &self,
+        ip: std::net::IpAddr,
+    ) -> Result<Option<super::socket::GeoLocation>, ClientError> {
+        let answer: super::socket::GeoAnswer = self
+            .call(Method::GET, &format!("/v1/geo/{ip}"), Bytes::new())
+            .await?;
+        Ok(answer.location)
+    }
+
     /// Stops serving a domain everywhere.
     pub async fn remove_domain(&self, domain: &str) -> Result<(), ClientError> {
         let _: serde_json::Value = self

@@ -16,6 +16,8 @@
 //! | `DELETE /v1/domains/{domain}` | | `{}`: the domain is no longer served; `404` when unknown |
 //! | `GET /v1/deployments/{id}/rollout` | | [`Rollout`](crate::deploy::Rollout): `{"active", "waiting", "failed"}` over the healthy nodes |
 //! | `GET /v1/domains/{domain}/deployments` | | `[`[`DeploymentSummary`]`]` |
+//! | `GET /v1/domains/{domain}/aliases` | | `["www.example.com", ..]`; `404` when unknown |
+//! | `GET /v1/geo/{ip}` | | [`GeoAnswer`]: where this node's GeoIP data places the address |
 //! | `POST /v1/domains/{domain}/rollback` | `{"deployment": id or null}` | `{"active"}` |
 //! | `GET /v1/peers` | | `[{"name", "wg_public_key", "endpoint", "mesh_address", "created_ms"}]` |
 //! | `POST /v1/peers` | [`NewPeer`] | `201` the peer with its mesh address |
@@ -26,6 +28,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -42,6 +45,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::UnixListener;
 use tokio::task::JoinSet;
 
+use makiatto_dns::GeoLocator;
 use makiatto_mesh::membership::MembershipView;
 use tokio::sync::watch;
 
@@ -75,6 +79,26 @@ pub struct AdminState {
     pub mesh_port: u16,
     /// This node's membership view (`GET /v1/membership`), when it runs a mesh.
     pub membership: Option<watch::Receiver<MembershipView>>,
+    /// The locator its DNS answers with (`GET /v1/geo/{ip}`), when it serves DNS.
+    pub locator: Option<Arc<dyn GeoLocator>>,
+}
+
+/// `GET /v1/geo/{ip}` answer: where the node's GeoIP data places an address.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GeoAnswer {
+    /// The address asked about.
+    pub ip: IpAddr,
+    /// Its location; `None` when the node does not know it (or has no GeoIP data).
+    pub location: Option<GeoLocation>,
+}
+
+/// A position in degrees.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct GeoLocation {
+    /// Latitude, north positive.
+    pub latitude: f64,
+    /// Longitude, east positive.
+    pub longitude: f64,
 }
 
 /// `GET /v1/membership` answer: the members this node sees, by state.
@@ -264,6 +288,27 @@ async fn route(
             let list: Vec<DeploymentSummary> =
                 blocking(state, move |a| a.deployments(&domain)).await?;
             Ok(json(StatusCode::OK, &list))
+        }
+        (&Method::GET, ["v1", "domains", domain, "aliases"]) => {
+            let domain = (*domain).to_owned();
+            let list = blocking(state, move |a| a.aliases(&domain)).await?;
+            Ok(json(StatusCode::OK, &list))
+        }
+        (&Method::GET, ["v1", "geo", ip]) => {
+            let ip: IpAddr = ip
+                .parse()
+                .map_err(|_| Failure::BadRequest(format!("`{ip}` is not an IP address")))?;
+            let location = state.locator.as_ref().and_then(|l| l.locate(ip));
+            Ok(json(
+                StatusCode::OK,
+                &GeoAnswer {
+                    ip,
+                    location: location.map(|p| GeoLocation {
+                        latitude: p.latitude,
+                        longitude: p.longitude,
+                    }),
+                },
+            ))
         }
         (&Method::POST, ["v1", "domains", domain, "rollback"]) => {
             let domain = (*domain).to_owned();

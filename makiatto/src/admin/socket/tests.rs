@@ -45,6 +45,11 @@ async fn the_admin_api_over_a_unix_socket() {
         mesh_cidr: "10.44.44.0/24".parse().unwrap(),
         mesh_port: 51880,
         membership: None,
+        locator: Some(Arc::new(makiatto_dns::StaticLocator::new().with(
+            "1.1.1.0".parse().unwrap(),
+            24,
+            makiatto_dns::GeoPoint::new(-33.87, 151.21),
+        ))),
     });
     let listener = bind(&socket).unwrap();
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
@@ -68,7 +73,8 @@ async fn the_admin_api_over_a_unix_socket() {
     // A site and its deployment rows.
     std::fs::create_dir_all(dir.path().join("site")).unwrap();
     std::fs::write(dir.path().join("site/index.html"), "hello").unwrap();
-    let text = "[[domain]]\nname = \"example.com\"\npath = \"site\"\n";
+    let text =
+        "[[domain]]\nname = \"example.com\"\npath = \"site\"\naliases = [\"www.example.com\"]\n";
     let project = Project::parse(Path::new("makiatto.toml"), text, dir.path()).unwrap();
     let plan = Plan::build(&project, &manifest::Options::default(), &|_, _| {}).unwrap();
     let rows = plan.domains[0].rows("d1", 1, "test").unwrap();
@@ -118,6 +124,34 @@ async fn the_admin_api_over_a_unix_socket() {
     assert_eq!(body[0]["id"].as_str(), Some("d1"));
     // `maki sync` creates and activates in one step.
     assert_eq!(body[0]["active"].as_bool(), Some(true));
+
+    // Aliases per domain, and where the node's locator places an address (`maki health`).
+    let (status, body) = call(
+        &socket,
+        Method::GET,
+        "/v1/domains/example.com/aliases",
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(
+        (status, body),
+        (StatusCode::OK, serde_json::json!(["www.example.com"]))
+    );
+    let (status, _) = call(
+        &socket,
+        Method::GET,
+        "/v1/domains/nope.example/aliases",
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, body) = call(&socket, Method::GET, "/v1/geo/1.1.1.7", Vec::new()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["location"]["latitude"].as_f64(), Some(-33.87));
+    let (_, body) = call(&socket, Method::GET, "/v1/geo/8.8.8.8", Vec::new()).await;
+    assert!(body["location"].is_null(), "{body}");
+    let (status, _) = call(&socket, Method::GET, "/v1/geo/not-an-ip", Vec::new()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
 
     let rollback = |id: &str| {
         serde_json::to_vec(&RollbackRequest {
@@ -243,6 +277,7 @@ async fn push_uploads_only_missing_blobs_through_the_client() {
         mesh_cidr: "10.44.44.0/24".parse().unwrap(),
         mesh_port: 51880,
         membership: None,
+        locator: None,
     });
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve(bind(&socket).unwrap(), state, async {
