@@ -69,6 +69,10 @@ pub struct ServerConfig {
     /// cannot evict files. Sites with a manifest need none: a path absent from the
     /// manifest is missing without a file system call.
     pub negative_cache_entries: usize,
+    /// Answer plain HTTP/1.1 GET/HEAD requests for files held in memory without going
+    /// through hyper (see the crate README). `false` sends every request through hyper;
+    /// the answers are the same either way.
+    pub fast_path: bool,
 }
 
 impl Default for ServerConfig {
@@ -103,6 +107,7 @@ impl Default for ServerConfig {
             memory_file_max_bytes: 2 * 1024 * 1024,
             revalidate_ms: 1000,
             negative_cache_entries: 65_536,
+            fast_path: true,
         }
     }
 }

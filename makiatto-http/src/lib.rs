@@ -19,6 +19,7 @@
 mod challenge;
 mod config;
 mod error;
+mod fast;
 mod files;
 mod host;
 mod path;

@@ -29,6 +29,8 @@ pub(crate) struct Shared {
     pub(crate) files: Arc<FileCache>,
     pub(crate) hsts: Option<HeaderValue>,
     pub(crate) https_port: Option<u16>,
+    /// Requests answered on the HTTP/1.1 fast path.
+    pub(crate) fast_answers: std::sync::atomic::AtomicU64,
 }
 
 /// The TLS server name of the connection a request came on.
@@ -197,10 +199,22 @@ async fn serve_site(shared: &Shared, site: &Arc<Site>, req: &Parts) -> Response 
 /// The q-value, in thousandths, the request gives each of `Encoding::ALL` (0 = not
 /// acceptable): its own entry, else `*`, else 0. A malformed q-value counts as 0.
 fn accepted_encodings(headers: &HeaderMap) -> [u16; 3] {
+    accepted_encodings_in(
+        headers
+            .get_all(header::ACCEPT_ENCODING)
+            .iter()
+            .map(HeaderValue::as_bytes),
+    )
+}
+
+/// [`accepted_encodings`] over the raw `Accept-Encoding` values of a request (the HTTP/1.1
+/// fast path has no `HeaderMap`). A value that is not visible ASCII is skipped, as
+/// `HeaderValue::to_str` would.
+pub(crate) fn accepted_encodings_in<'a>(values: impl Iterator<Item = &'a [u8]>) -> [u16; 3] {
     let mut star = None;
     let mut explicit = [None; 3];
-    for v in headers.get_all(header::ACCEPT_ENCODING) {
-        let Ok(v) = v.to_str() else { continue };
+    for v in values {
+        let Some(v) = header_str(v) else { continue };
         for item in v.split(',') {
             let mut parts = item.split(';');
             let name = parts.next().unwrap_or("").trim();
@@ -230,9 +244,23 @@ fn accepted_encodings(headers: &HeaderMap) -> [u16; 3] {
     q
 }
 
+/// A header value as text under the rule of `HeaderValue::to_str`: visible ASCII, space
+/// and tab only.
+pub(crate) fn header_str(v: &[u8]) -> Option<&str> {
+    if v.iter().all(|&b| b == b'\t' || (32..127).contains(&b)) {
+        std::str::from_utf8(v).ok()
+    } else {
+        None
+    }
+}
+
 /// The variant to send: the highest q-value wins, br > zstd > gzip among equals.
 fn pick_variant<'a>(f: &'a FileEntry, headers: &HeaderMap) -> Option<(Encoding, &'a Repr)> {
-    let q = accepted_encodings(headers);
+    pick_variant_q(f, accepted_encodings(headers))
+}
+
+/// [`pick_variant`] from the q-values of [`accepted_encodings_in`].
+pub(crate) fn pick_variant_q(f: &FileEntry, q: [u16; 3]) -> Option<(Encoding, &Repr)> {
     let mut best: Option<(u16, Encoding, &Repr)> = None;
     for (e, r) in &f.variants {
         let qe = q[e.rank()];
@@ -243,7 +271,7 @@ fn pick_variant<'a>(f: &'a FileEntry, headers: &HeaderMap) -> Option<(Encoding, 
     best.map(|(_, e, r)| (e, r))
 }
 
-fn etag_matches(list: &str, etag: &HeaderValue) -> bool {
+pub(crate) fn etag_matches(list: &str, etag: &HeaderValue) -> bool {
     let Ok(etag) = etag.to_str() else {
         return false;
     };

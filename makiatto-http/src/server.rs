@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 use crate::HttpError;
 use crate::challenge::ChallengeStore;
 use crate::config::ServerConfig;
+use crate::fast::{End, FastConn, Rewind};
 use crate::files::{FileCache, FileCacheConfig};
 use crate::serve::{Shared, TlsSni, TrustedProxy, router};
 use crate::site::SiteResolver;
@@ -74,6 +75,7 @@ impl HttpServer {
             files,
             hsts,
             https_port: cfg.https_redirect_port,
+            fast_answers: std::sync::atomic::AtomicU64::new(0),
         });
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
@@ -153,6 +155,13 @@ impl HttpServer {
         self.accept_loop(listener, true, shutdown).await;
     }
 
+    /// How many requests the HTTP/1.1 fast path answered so far.
+    pub fn fast_path_answers(&self) -> u64 {
+        self.shared
+            .fast_answers
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Waits up to `limit` for open connections to end after a shutdown.
     pub async fn drain(&self, limit: Duration) {
         self.tracker.close();
@@ -194,10 +203,13 @@ impl HttpServer {
                     .await;
                     match hs {
                         Ok(Ok(tls)) => {
-                            let sni = tls.get_ref().1.server_name().map(|s| TlsSni(Arc::from(s)));
+                            let conn = tls.get_ref().1;
+                            let sni = conn.server_name().map(|s| TlsSni(Arc::from(s)));
+                            let h1 = conn.alpn_protocol().is_none_or(|p| p == b"http/1.1");
                             let proxy = this.trusted(peer);
                             let tls = FirstByteDeadline::new(tls, this.cfg.header_read_timeout());
-                            this.serve_conn(tls, app, sni, proxy, token).await;
+                            let fast = h1.then_some(Scheme::Https);
+                            this.serve_conn(tls, app, sni, proxy, fast, token).await;
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "tls handshake failed"),
                         Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
@@ -206,7 +218,8 @@ impl HttpServer {
                     let proxy = this.trusted(peer);
                     let stream = WriteTimeout::new(stream, this.cfg.write_timeout());
                     let stream = FirstByteDeadline::new(stream, this.cfg.header_read_timeout());
-                    this.serve_conn(stream, app, None, proxy, token).await;
+                    this.serve_conn(stream, app, None, proxy, Some(Scheme::Http), token)
+                        .await;
                 }
             });
         }
@@ -226,10 +239,29 @@ impl HttpServer {
         app: axum::Router,
         sni: Option<TlsSni>,
         proxy: Option<TrustedProxy>,
+        fast: Option<Scheme>,
         shutdown: CancellationToken,
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let mut io = Rewind::new(io);
+        // Forwarded headers from a trusted proxy are the router's business.
+        if let Some(scheme) = fast
+            && self.cfg.fast_path
+            && proxy.is_none()
+        {
+            let fast = FastConn {
+                shared: &self.shared,
+                https: scheme == Scheme::Https,
+                sni: sni.as_ref().map(|s| &*s.0),
+                max_head: self.cfg.max_header_bytes.max(8192),
+                head_timeout: self.cfg.header_read_timeout(),
+            };
+            match fast.serve(io.inner_mut(), &shutdown).await {
+                End::Closed => return,
+                End::Handoff(rest) => io.rewind(rest),
+            }
+        }
         // Every request of a TLS connection carries the handshake's server name, so the
         // handler can refuse a Host that the connection's certificate does not cover.
         // Each request counts as in flight until its response body is done or dropped.
@@ -281,6 +313,13 @@ impl HttpServer {
             .min(Duration::from_secs(10));
         let _ = tokio::time::timeout(grace, conn).await;
     }
+}
+
+/// Which listener a connection that may take the HTTP/1.1 fast path came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scheme {
+    Http,
+    Https,
 }
 
 /// Requests in flight on one connection, and when anything last moved: a request began or

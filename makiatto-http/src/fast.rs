@@ -1,0 +1,531 @@
+//! The HTTP/1.1 fast path in front of hyper.
+//!
+//! On an HTTP/1.1 connection (plain, or TLS whose ALPN is `http/1.1` or absent) requests are
+//! parsed here with `httparse`. A plain GET or HEAD for a known host that resolves to a file
+//! held in memory is answered from the file's precomputed header values and bytes: every
+//! complete request in the buffer is answered and the answers go out in one write. Anything
+//! else (unknown host, a miss, redirects, ACME paths, ranges, conditionals other than
+//! `If-None-Match`, bodies, upgrades, HTTP/1.0, HTTP/2 prior knowledge, malformed or
+//! oversized heads) hands the connection, with every byte already read, to hyper for the
+//! rest of its life, so behaviour there is hyper's and the router's.
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio_util::sync::CancellationToken;
+
+use crate::host::normalize_host;
+use crate::path::sanitize;
+use crate::serve::{Shared, accepted_encodings_in, etag_matches, header_str, pick_variant_q};
+
+/// Most header lines a request may have on the fast path; more go to hyper (whose limit is
+/// 100).
+const MAX_HEADERS: usize = 48;
+/// Bodies up to this size are copied behind their head, so that one small answer is one
+/// contiguous write (one TLS record); larger ones are written from the cached bytes.
+const COPY_BODY_MAX: usize = 16 * 1024;
+
+/// What the fast path of one connection needs.
+pub(crate) struct FastConn<'a> {
+    pub(crate) shared: &'a Shared,
+    pub(crate) https: bool,
+    /// The TLS server name, over HTTPS.
+    pub(crate) sni: Option<&'a str>,
+    /// Largest request head; larger goes to hyper (which answers 431).
+    pub(crate) max_head: usize,
+    /// Time a client has for each request head, counted from the end of the previous
+    /// answer, as hyper counts it; an idle connection is closed after it too.
+    pub(crate) head_timeout: Duration,
+}
+
+/// How the fast path left a connection.
+pub(crate) enum End {
+    /// Closed (by the client, a timeout, an error, `Connection: close` or shutdown).
+    Closed,
+    /// To be served by hyper from now on, starting with these bytes already read.
+    Handoff(Bytes),
+}
+
+/// A parsed request the fast path may answer.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct FastReq<'b> {
+    /// Length of the request head (the request has no body).
+    pub(crate) len: usize,
+    pub(crate) head: bool,
+    /// The path, without query.
+    pub(crate) path: &'b str,
+    pub(crate) host: &'b str,
+    /// q-values per `Encoding::ALL`.
+    pub(crate) q: [u16; 3],
+    pub(crate) if_none_match: Option<&'b str>,
+    pub(crate) close: bool,
+}
+
+/// What the start of a buffer holds.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Parsed<'b> {
+    /// Not a complete head yet.
+    Partial,
+    /// Something for hyper.
+    Decline,
+    Req(FastReq<'b>),
+}
+
+/// Bytes hyper and `http::Uri` accept in an origin-form target that the fast path takes
+/// as they are (RFC 3986 unreserved, sub-delims, `:@/?%`); any other byte goes to hyper.
+fn target_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&b)
+}
+
+/// Parses the request at the start of `buf`.
+pub(crate) fn parse(buf: &[u8], max_head: usize) -> Parsed<'_> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() <= max_head => return Parsed::Partial,
+        _ => return Parsed::Decline,
+    };
+    if len > max_head || req.version != Some(1) {
+        return Parsed::Decline;
+    }
+    let head = match req.method {
+        Some("GET") => false,
+        Some("HEAD") => true,
+        _ => return Parsed::Decline,
+    };
+    let Some(target) = req.path else {
+        return Parsed::Decline;
+    };
+    if !target.starts_with('/')
+        || !target.bytes().all(target_byte)
+        || target.starts_with("/.well-known/acme-challenge/")
+    {
+        return Parsed::Decline;
+    }
+    let path = target.split_once('?').map_or(target, |(p, _)| p);
+    let mut host = None;
+    let mut if_none_match = None;
+    let mut close = false;
+    for h in req.headers.iter() {
+        let name = h.name.as_bytes();
+        let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+        if is("host") {
+            if host.is_some() {
+                return Parsed::Decline;
+            }
+            let Some(v) = header_str(h.value) else {
+                return Parsed::Decline;
+            };
+            host = Some(v);
+        } else if is("if-none-match") {
+            if if_none_match.is_some() {
+                return Parsed::Decline;
+            }
+            let Some(v) = header_str(h.value) else {
+                return Parsed::Decline;
+            };
+            if_none_match = Some(v);
+        } else if is("connection") {
+            let Some(v) = header_str(h.value) else {
+                return Parsed::Decline;
+            };
+            for token in v.split(',').map(str::trim) {
+                if token.eq_ignore_ascii_case("close") {
+                    close = true;
+                } else if !token.eq_ignore_ascii_case("keep-alive") && !token.is_empty() {
+                    return Parsed::Decline;
+                }
+            }
+        } else if is("content-length")
+            || is("transfer-encoding")
+            || is("expect")
+            || is("upgrade")
+            || is("range")
+            || is("if-range")
+            || is("if-match")
+            || is("if-unmodified-since")
+            || is("if-modified-since")
+            || is("http2-settings")
+        {
+            return Parsed::Decline;
+        }
+    }
+    let Some(host) = host else {
+        return Parsed::Decline;
+    };
+    let q = accepted_encodings_in(
+        req.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("accept-encoding"))
+            .map(|h| h.value),
+    );
+    Parsed::Req(FastReq {
+        len,
+        head,
+        path,
+        host,
+        q,
+        if_none_match,
+        close,
+    })
+}
+
+/// Answers pending on a connection, written together.
+#[derive(Default)]
+struct Out {
+    parts: Vec<Bytes>,
+    cur: Vec<u8>,
+}
+
+impl Out {
+    fn is_empty(&self) -> bool {
+        self.parts.is_empty() && self.cur.is_empty()
+    }
+
+    fn body(&mut self, b: &Bytes) {
+        if b.len() <= COPY_BODY_MAX {
+            self.cur.extend_from_slice(b);
+        } else {
+            if !self.cur.is_empty() {
+                self.parts.push(Bytes::copy_from_slice(&self.cur));
+                self.cur.clear();
+            }
+            self.parts.push(b.clone());
+        }
+    }
+
+    async fn flush<S: AsyncWrite + Unpin>(&mut self, io: &mut S) -> io::Result<()> {
+        if self.parts.is_empty() {
+            if !self.cur.is_empty() {
+                io.write_all(&self.cur).await?;
+            }
+        } else {
+            if !self.cur.is_empty() {
+                self.parts.push(Bytes::copy_from_slice(&self.cur));
+            }
+            write_all_parts(io, &mut self.parts).await?;
+        }
+        self.parts.clear();
+        self.cur.clear();
+        io.flush().await
+    }
+}
+
+async fn write_all_parts<S: AsyncWrite + Unpin>(io: &mut S, parts: &mut [Bytes]) -> io::Result<()> {
+    let mut first = 0;
+    while first < parts.len() {
+        let slices: Vec<IoSlice<'_>> = parts[first..].iter().map(|b| IoSlice::new(b)).collect();
+        let mut n = io.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        while first < parts.len() && n > 0 {
+            let take = n.min(parts[first].len());
+            parts[first].advance(take);
+            n -= take;
+            if parts[first].is_empty() {
+                first += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+thread_local! {
+    /// The `Date` value, formatted once a second per thread.
+    static DATE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+}
+
+fn push_date(out: &mut Vec<u8>) {
+    let now = SystemTime::now();
+    let secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DATE.with_borrow_mut(|(at, text)| {
+        if *at != secs {
+            *at = secs;
+            *text = httpdate::fmt_http_date(now);
+        }
+        out.extend_from_slice(text.as_bytes());
+    });
+}
+
+fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+impl FastConn<'_> {
+    /// Appends the answer to `r` to `out`, or `false` when hyper must answer it.
+    async fn answer(&self, r: &FastReq<'_>, out: &mut Out) -> bool {
+        let shared = self.shared;
+        let Some(host) = normalize_host(r.host) else {
+            return false;
+        };
+        if self.https {
+            // A host the connection's certificate may not cover: the router decides.
+            if self.sni != Some(host.as_str()) {
+                return false;
+            }
+        } else if shared.certs.resolve(&host).is_some() {
+            // Redirected to HTTPS by the router.
+            return false;
+        }
+        let Some(site) = shared.sites.resolve(&host) else {
+            return false;
+        };
+        let Some(safe) = sanitize(r.path) else {
+            return false;
+        };
+        let Some(f) = shared.files.lookup(&site, &safe).await else {
+            return false;
+        };
+        let (repr, enc) = if f.variants.is_empty() {
+            (&f.identity, None)
+        } else {
+            pick_variant_q(&f, r.q).map_or((&f.identity, None), |(e, v)| (v, Some(e)))
+        };
+        let Some(body) = &repr.body else {
+            return false;
+        };
+        let not_modified = r
+            .if_none_match
+            .is_some_and(|list| etag_matches(list, &repr.etag));
+        let o = &mut out.cur;
+        o.extend_from_slice(if not_modified {
+            b"HTTP/1.1 304 Not Modified\r\n"
+        } else {
+            b"HTTP/1.1 200 OK\r\n"
+        });
+        header(o, b"etag", repr.etag.as_bytes());
+        header(o, b"last-modified", f.last_modified.as_bytes());
+        let cc = site
+            .settings
+            .cache_control
+            .as_ref()
+            .unwrap_or(&f.cache_control);
+        header(o, b"cache-control", cc.as_bytes());
+        if !f.variants.is_empty() {
+            header(o, b"vary", b"Accept-Encoding");
+        }
+        if !not_modified {
+            header(o, b"content-type", f.content_type.as_bytes());
+            if let Some(e) = enc {
+                header(o, b"content-encoding", e.token().as_bytes());
+            }
+            header(o, b"accept-ranges", b"bytes");
+            header(o, b"content-length", repr.len_header.as_bytes());
+        } else if r.head {
+            // What hyper writes for an empty body on HEAD, 304 or not.
+            header(o, b"content-length", b"0");
+        }
+        if self.https
+            && let Some(h) = &shared.hsts
+        {
+            header(o, b"strict-transport-security", h.as_bytes());
+        }
+        if r.close {
+            header(o, b"connection", b"close");
+        }
+        o.extend_from_slice(b"date: ");
+        push_date(o);
+        o.extend_from_slice(b"\r\n\r\n");
+        if !not_modified && !r.head && !body.is_empty() {
+            out.body(body);
+        }
+        shared
+            .fast_answers
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        true
+    }
+
+    /// Serves requests on `io` until the connection closes or must go to hyper.
+    pub(crate) async fn serve<S>(&self, io: &mut S, shutdown: &CancellationToken) -> End
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut buf = BytesMut::with_capacity(8 * 1024);
+        let mut out = Out::default();
+        let mut deadline = tokio::time::Instant::now() + self.head_timeout;
+        loop {
+            let mut answered = false;
+            let mut close = false;
+            let mut handoff = false;
+            while !buf.is_empty() {
+                let n = match parse(&buf, self.max_head) {
+                    Parsed::Partial => break,
+                    Parsed::Decline => {
+                        handoff = true;
+                        break;
+                    }
+                    Parsed::Req(r) => {
+                        if !self.answer(&r, &mut out).await {
+                            handoff = true;
+                            break;
+                        }
+                        close = r.close;
+                        r.len
+                    }
+                };
+                buf.advance(n);
+                answered = true;
+                if close {
+                    break;
+                }
+            }
+            if !out.is_empty() && out.flush(io).await.is_err() {
+                return End::Closed;
+            }
+            if handoff {
+                return End::Handoff(buf.freeze());
+            }
+            if close {
+                let _ = io.shutdown().await;
+                return End::Closed;
+            }
+            if answered {
+                deadline = tokio::time::Instant::now() + self.head_timeout;
+            }
+            if buf.capacity() - buf.len() < 4096 {
+                buf.reserve(8 * 1024);
+            }
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return End::Closed,
+                r = tokio::time::timeout_at(deadline, io.read_buf(&mut buf)) => match r {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => return End::Closed,
+                },
+            }
+        }
+    }
+}
+
+/// A stream that yields `pre` before reading from `inner`: hands hyper the bytes the fast
+/// path already read.
+#[derive(Debug)]
+pub(crate) struct Rewind<S> {
+    pre: Bytes,
+    inner: S,
+}
+
+impl<S> Rewind<S> {
+    pub(crate) fn new(inner: S) -> Self {
+        Rewind {
+            pre: Bytes::new(),
+            inner,
+        }
+    }
+
+    pub(crate) fn rewind(&mut self, pre: Bytes) {
+        self.pre = pre;
+    }
+
+    pub(crate) fn inner_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.pre.is_empty() {
+            let n = this.pre.len().min(buf.remaining());
+            buf.put_slice(&this.pre[..n]);
+            this.pre.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_plain_get() {
+        let raw = b"GET /a/b.html?x=1 HTTP/1.1\r\nHost: Example.test\r\nAccept-Encoding: gzip\r\nIf-None-Match: \"x\"\r\n\r\nGET";
+        let Parsed::Req(r) = parse(raw, 8192) else {
+            panic!("not parsed");
+        };
+        assert_eq!(r.path, "/a/b.html");
+        assert_eq!(r.host, "Example.test");
+        assert_eq!(r.q, [0, 0, 1000]);
+        assert_eq!(r.if_none_match, Some("\"x\""));
+        assert_eq!(&raw[r.len..], b"GET");
+        assert!(!r.head && !r.close);
+    }
+
+    #[test]
+    fn declines_what_hyper_must_answer() {
+        for raw in [
+            &b"POST / HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+            b"GET / HTTP/1.0\r\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nRange: bytes=0-1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nIf-Modified-Since: x\r\n\r\n",
+            b"GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET /a\"b HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET /.well-known/acme-challenge/t HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            b"\x16\x03\x01",
+        ] {
+            assert_eq!(
+                parse(raw, 8192),
+                Parsed::Decline,
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+        assert_eq!(
+            parse(b"GET / HTTP/1.1\r\nHost: a\r\n", 8192),
+            Parsed::Partial
+        );
+        assert_eq!(parse(b"GET / HTTP/1.1\r\nHost: a\r\n", 10), Parsed::Decline);
+    }
+}
