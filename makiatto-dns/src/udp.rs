@@ -1,6 +1,10 @@
 //! The UDP fast path: one loop per thread per socket, answering from the [`Engine`], with
 //! response rate limiting when configured.
 //!
+//! On Linux the answers of a batch that go to the same client address and have the same size
+//! leave as one send with UDP segmentation offload (`UDP_SEGMENT`), which the kernel splits
+//! into one datagram per answer; see `Sender`.
+//!
 //! On Linux a socket bound to a wildcard address (`0.0.0.0`, `::`) asks for the destination
 //! address of each query (`IP_PKTINFO`, `IPV6_RECVPKTINFO`) and sends the answer from that
 //! address, so a host with several addresses answers from the one that was asked; resolvers
@@ -201,8 +205,8 @@ pub(crate) fn enable_pktinfo(_socket: &UdpSocket) -> std::io::Result<bool> {
 }
 
 /// The UDP fast path on Linux: `recvmmsg` (waiting for the first datagram, then taking what is
-/// queued, up to [`BATCH`]) and one `sendmmsg` for all the answers (one per source address
-/// when the socket is wildcard-bound).
+/// queued, up to [`BATCH`]) and `sendmmsg` for the answers (per local address when the socket
+/// is wildcard-bound), answers of one size to one client coalesced by the [`Sender`].
 #[cfg(target_os = "linux")]
 #[allow(clippy::too_many_lines)]
 pub(crate) fn udp_loop(
@@ -212,10 +216,7 @@ pub(crate) fn udp_loop(
     limiter: Option<&Limiter>,
     pktinfo: bool,
 ) {
-    use std::{
-        io::{IoSlice, IoSliceMut},
-        os::fd::AsRawFd,
-    };
+    use std::{io::IoSliceMut, os::fd::AsRawFd};
 
     use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg};
 
@@ -224,7 +225,7 @@ pub(crate) fn udp_loop(
     let mut rrl = limiter.map(Rrl::new);
     let fd = socket.as_raw_fd();
     let mut recv_headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, cmsg_buffer());
-    let mut send_headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, cmsg_buffer());
+    let mut sender = Sender::new(socket, pktinfo.then(|| pktinfo::space(v6)));
     let mut bufs = vec![[0u8; 4096]; BATCH];
     let mut outs: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(1232)).collect();
     // Per received datagram: its length (0 when truncated), source and local address. The
@@ -238,6 +239,7 @@ pub(crate) fn udp_loop(
     let mut locals: Vec<Option<Local>> = Vec::with_capacity(BATCH);
     let mut group: Vec<usize> = Vec::with_capacity(BATCH);
     let mut group_addrs: Vec<Option<SockaddrStorage>> = Vec::with_capacity(BATCH);
+    let mut group_replies: Vec<usize> = Vec::with_capacity(BATCH);
     let mut done = [false; BATCH];
     while !stop.load(Ordering::Relaxed) {
         lens.clear();
@@ -330,10 +332,8 @@ pub(crate) fn udp_loop(
             continue;
         }
         if !pktinfo {
-            // Every answer leaves from the socket's address: one sendmmsg for the batch.
-            let slices: Vec<[IoSlice<'_>; 1]> =
-                replies.iter().map(|&i| [IoSlice::new(&outs[i])]).collect();
-            send_batch(fd, &mut send_headers, &slices, &addrs, &[]);
+            // Every answer leaves from the socket's address: one send for the batch.
+            sender.send(&outs, &replies, &addrs, None);
             continue;
         }
         // One sendmmsg per local address the queries arrived on.
@@ -352,13 +352,9 @@ pub(crate) fn udp_loop(
                 }
             }
             let info = locals[first].map(pktinfo::Info::new);
-            let cmsgs: Vec<nix::sys::socket::ControlMessage<'_>> =
-                info.iter().map(pktinfo::Info::cmsg).collect();
-            let slices: Vec<[IoSlice<'_>; 1]> = group
-                .iter()
-                .map(|&k| [IoSlice::new(&outs[replies[k]])])
-                .collect();
-            send_batch(fd, &mut send_headers, &slices, &group_addrs, &cmsgs);
+            group_replies.clear();
+            group_replies.extend(group.iter().map(|&k| replies[k]));
+            sender.send(&outs, &group_replies, &group_addrs, info.as_ref());
         }
     }
 }
@@ -384,6 +380,189 @@ fn send_batch(
     for (slice, addr) in slices.iter().zip(addrs).skip(sent) {
         if let Err(errno) = sendmsg(fd, slice, cmsgs, MsgFlags::empty(), addr.as_ref()) {
             tracing::debug!(error = %std::io::Error::from(errno), "udp send failed");
+        }
+    }
+}
+
+/// Largest answer sent with UDP GSO: the IPv6 minimum MTU less the IPv6 and UDP headers, so a
+/// segment never needs IP fragmentation (which GSO refuses). Larger answers go out one by one.
+#[cfg(target_os = "linux")]
+const GSO_MAX_SEGMENT: usize = 1232;
+
+/// Payload bytes in one GSO send: under UDP's 64 KiB datagram limit with room for headers.
+#[cfg(target_os = "linux")]
+const GSO_MAX_BYTES: usize = 60_000;
+
+/// Answers of one size to one client address, sent as one GSO datagram.
+#[cfg(target_os = "linux")]
+#[derive(Clone, Copy)]
+struct Group {
+    addr: Option<nix::sys::socket::SockaddrStorage>,
+    len: usize,
+    /// Indices of the answers in the batch's answer buffers.
+    members: [usize; BATCH],
+    count: usize,
+}
+
+/// Sends a batch of answers. With UDP generic segmentation offload (`UDP_SEGMENT`, Linux 4.18+)
+/// the answers of equal size to the same client address go out as one send with the segment
+/// size in a control message: the kernel runs the IP and UDP send path (and, over loopback, the
+/// receive path up to UDP) once for the group and cuts it into the separate datagrams the
+/// client reads, each exactly one answer. When the kernel refuses a segmented send (`EIO`,
+/// `EINVAL`: no checksum offload on the route, IPsec, an old kernel), GSO is turned off for
+/// the socket and the answers go out one datagram per answer.
+#[cfg(target_os = "linux")]
+struct Sender {
+    fd: std::os::fd::RawFd,
+    /// Headers for plain sends (with room for the packet info when the socket uses it).
+    plain: nix::sys::socket::MultiHeaders<nix::sys::socket::SockaddrStorage>,
+    /// Headers for segmented sends (packet info when used, and the segment size); `None`
+    /// when GSO is off.
+    segmented: Option<nix::sys::socket::MultiHeaders<nix::sys::socket::SockaddrStorage>>,
+    groups: Vec<Group>,
+}
+
+#[cfg(target_os = "linux")]
+impl Sender {
+    /// A sender for `socket`; `pktinfo_space` is the control buffer size of the packet info
+    /// sent with every answer (`None` when the socket does not use it).
+    fn new(socket: &UdpSocket, pktinfo_space: Option<usize>) -> Self {
+        use nix::sys::socket::{MultiHeaders, cmsg_space, getsockopt, sockopt};
+        use std::os::fd::AsRawFd;
+        // A kernel without UDP_SEGMENT would ignore the control message and send the group as
+        // one datagram: ask for the option first, as quinn does.
+        let gso = getsockopt(socket, sockopt::UdpGsoSegment).is_ok();
+        let segmented = gso.then(|| {
+            let space = pktinfo_space.unwrap_or(0) + cmsg_space::<u16>();
+            MultiHeaders::preallocate(BATCH, Some(Vec::with_capacity(space)))
+        });
+        Self {
+            fd: socket.as_raw_fd(),
+            plain: MultiHeaders::preallocate(BATCH, pktinfo_space.map(Vec::with_capacity)),
+            segmented,
+            groups: Vec::with_capacity(BATCH),
+        }
+    }
+
+    /// Sends `outs[answers[k]]` to `addrs[k]` for every k, each with `info` when given.
+    fn send(
+        &mut self,
+        outs: &[Vec<u8>],
+        answers: &[usize],
+        addrs: &[Option<nix::sys::socket::SockaddrStorage>],
+        info: Option<&pktinfo::Info>,
+    ) {
+        use nix::sys::socket::{MultiHeaders, SockaddrStorage};
+        use std::io::IoSlice;
+        let base: Vec<nix::sys::socket::ControlMessage<'_>> =
+            info.map(pktinfo::Info::cmsg).into_iter().collect();
+        let plain =
+            |headers: &mut MultiHeaders<SockaddrStorage>,
+             answers: &mut dyn Iterator<Item = (usize, Option<SockaddrStorage>)>| {
+                let (slices, to): (Vec<[IoSlice<'_>; 1]>, Vec<_>) = answers
+                    .map(|(i, addr)| ([IoSlice::new(&outs[i])], addr))
+                    .unzip();
+                send_batch(self.fd, headers, &slices, &to, &base);
+            };
+        if self.segmented.is_none() || answers.len() < 2 {
+            plain(
+                &mut self.plain,
+                &mut answers.iter().copied().zip(addrs.iter().copied()),
+            );
+            return;
+        }
+        self.groups.clear();
+        for (&i, &addr) in answers.iter().zip(addrs) {
+            let len = outs[i].len();
+            let joined = len <= GSO_MAX_SEGMENT
+                && self.groups.iter_mut().any(|g| {
+                    let fits = g.len == len && (g.count + 1) * len <= GSO_MAX_BYTES;
+                    if fits && g.addr == addr {
+                        g.members[g.count] = i;
+                        g.count += 1;
+                    }
+                    fits && g.addr == addr
+                });
+            if !joined {
+                let mut members = [0; BATCH];
+                members[0] = i;
+                self.groups.push(Group {
+                    addr,
+                    len,
+                    members,
+                    count: 1,
+                });
+            }
+        }
+        if self.groups.len() == answers.len() {
+            plain(
+                &mut self.plain,
+                &mut answers.iter().copied().zip(addrs.iter().copied()),
+            );
+            return;
+        }
+        // One sendmmsg per answer size: the segment size is a control message shared by all
+        // the messages of a sendmmsg call.
+        self.groups.sort_by_key(|g| g.len);
+        let mut start = 0;
+        while start < self.groups.len() {
+            let len = self.groups[start].len;
+            let end = start
+                + self.groups[start..]
+                    .iter()
+                    .take_while(|g| g.len == len)
+                    .count();
+            let run = &self.groups[start..end];
+            start = end;
+            let members = |run: &[Group]| -> Vec<(usize, Option<SockaddrStorage>)> {
+                run.iter()
+                    .flat_map(|g| g.members[..g.count].iter().map(move |&i| (i, g.addr)))
+                    .collect()
+            };
+            let (Some(headers), Ok(segment)) = (self.segmented.as_mut(), u16::try_from(len)) else {
+                plain(&mut self.plain, &mut members(run).into_iter());
+                continue;
+            };
+            if run.iter().all(|g| g.count == 1) {
+                plain(&mut self.plain, &mut members(run).into_iter());
+                continue;
+            }
+            let slices: Vec<Vec<IoSlice<'_>>> = run
+                .iter()
+                .map(|g| {
+                    g.members[..g.count]
+                        .iter()
+                        .map(|&i| IoSlice::new(&outs[i]))
+                        .collect()
+                })
+                .collect();
+            let to: Vec<_> = run.iter().map(|g| g.addr).collect();
+            let mut cmsgs = base.clone();
+            cmsgs.push(nix::sys::socket::ControlMessage::UdpGsoSegments(&segment));
+            let sent = match nix::sys::socket::sendmmsg(
+                self.fd,
+                headers,
+                slices.iter(),
+                &to,
+                &cmsgs,
+                nix::sys::socket::MsgFlags::empty(),
+            ) {
+                Ok(results) => results.count(),
+                Err(errno) => {
+                    if matches!(errno, nix::errno::Errno::EIO | nix::errno::Errno::EINVAL) {
+                        tracing::info!(
+                            error = %std::io::Error::from(errno),
+                            "udp segmentation offload refused: sending answers one by one"
+                        );
+                        self.segmented = None;
+                    } else {
+                        tracing::debug!(error = %std::io::Error::from(errno), "udp send failed");
+                    }
+                    0
+                }
+            };
+            // Whatever the kernel did not take goes out one datagram per answer.
+            plain(&mut self.plain, &mut members(&run[sent..]).into_iter());
         }
     }
 }

@@ -2,6 +2,8 @@
 //! city database (see scripts/setup.d/20-dns.sh). Missing prerequisites fail the tests.
 
 mod geo;
+#[cfg(target_os = "linux")]
+mod gso;
 mod limits;
 mod malformed;
 #[cfg(target_os = "linux")]

@@ -17,7 +17,7 @@ use nix::sched::{CloneFlags, setns};
 
 use crate::support::{status, zone_set};
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
         s.lines()
             .find(|l| l.starts_with("Uid:"))
@@ -26,7 +26,7 @@ fn is_root() -> bool {
     })
 }
 
-fn ip(args: &[&str]) {
+pub(crate) fn ip(args: &[&str]) {
     let out = Command::new("ip")
         .args(args)
         .output()
@@ -87,7 +87,7 @@ fn setup() -> Namespaces {
 }
 
 /// Binds `addr` inside network namespace `ns` (from a thread that joins it).
-fn bind_in(ns: &str, addr: SocketAddr) -> UdpSocket {
+pub(crate) fn bind_in(ns: &str, addr: SocketAddr) -> UdpSocket {
     let path = format!("/run/netns/{ns}");
     std::thread::spawn(move || {
         let f = std::fs::File::open(&path).unwrap();

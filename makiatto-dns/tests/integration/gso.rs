@@ -1,0 +1,180 @@
+//! UDP segmentation offload on the fast path: answers of one size to one client leave as one
+//! segmented send, and the client still reads one datagram per answer, each exactly the answer
+//! it gets on its own. The queries are queued on the server's sockets before the server starts,
+//! so its first `recvmmsg` takes them all in one batch. In a network namespace of its own, the
+//! loopback device's packet counter shows the coalescing: a segmented send crosses it as one
+//! packet (without GSO, 64 queries and answers here are 64 packets).
+//! Needs root (ip netns); skipped with a message otherwise.
+
+use std::{
+    collections::HashMap,
+    net::{SocketAddr, UdpSocket},
+    process::Command,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use hickory_proto::rr::RecordType;
+use makiatto_dns::{DnsServer, ZoneHandle};
+
+use crate::{
+    pktinfo::{bind_in, ip, is_root},
+    support::{query, zone_set},
+};
+
+struct Namespace(String);
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.0])
+            .status();
+    }
+}
+
+/// Packets sent on the namespace's loopback device.
+fn lo_tx_packets(ns: &str) -> u64 {
+    let out = Command::new("ip")
+        .args(["-n", ns, "-s", "link", "show", "dev", "lo"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    lines.find(|l| l.trim_start().starts_with("TX:")).unwrap();
+    lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no TX packet count in:\n{text}"))
+}
+
+/// The query kinds of the test: three answer sizes.
+const KINDS: [(&str, RecordType, bool); 3] = [
+    ("example.com.", RecordType::A, false),
+    ("example.com.", RecordType::TXT, true),
+    ("example.com.", RecordType::MX, true),
+];
+
+fn kind_query(id: u16) -> Vec<u8> {
+    let (name, rtype, edns) = KINDS[usize::from(id) % KINDS.len()];
+    query(id, name, rtype, edns)
+}
+
+/// Reads datagrams on `socket` until `count` have arrived or 5 s have passed.
+fn read_answers(socket: &UdpSocket, count: usize) -> Vec<Vec<u8>> {
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut answers = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    while answers.len() < count && Instant::now() < deadline {
+        if let Ok(n) = socket.recv(&mut buf) {
+            answers.push(buf[..n].to_vec());
+        }
+    }
+    answers
+}
+
+#[test]
+fn coalesced_answers_reach_the_client_as_separate_datagrams() {
+    if !is_root() {
+        eprintln!(
+            "SKIPPED coalesced_answers_reach_the_client_as_separate_datagrams: needs root for ip netns"
+        );
+        return;
+    }
+    let ns = Namespace(format!("mkdns-g-{}", std::process::id()));
+    ip(&["netns", "add", &ns.0]);
+    ip(&["-n", &ns.0, "link", "set", "lo", "up"]);
+    // A socket on an address (plain sendmmsg) and a wildcard one (packet info with every send).
+    let server_v4 = bind_in(&ns.0, "127.0.0.1:0".parse().unwrap());
+    let server_wild = bind_in(&ns.0, "[::]:0".parse().unwrap());
+    let targets: [SocketAddr; 2] = [
+        server_v4.local_addr().unwrap(),
+        SocketAddr::new(
+            "::1".parse().unwrap(),
+            server_wild.local_addr().unwrap().port(),
+        ),
+    ];
+    // Per target, two clients: 24 queries of three sizes interleaved, and 8 of one size.
+    let mut clients = Vec::new();
+    for target in targets {
+        let local: SocketAddr = if target.is_ipv4() {
+            "127.0.0.1:0".parse().unwrap()
+        } else {
+            "[::1]:0".parse().unwrap()
+        };
+        for ids in [0..24u16, 24..32] {
+            let client = bind_in(&ns.0, local);
+            client.connect(target).unwrap();
+            for id in ids.clone() {
+                client.send(&kind_query(id)).unwrap();
+            }
+            clients.push((client, ids));
+        }
+    }
+    let before = lo_tx_packets(&ns.0);
+    let zones = ZoneHandle::new(Arc::new(zone_set())).unwrap();
+    let server = DnsServer::builder(zones)
+        .udp(server_v4)
+        .udp(server_wild)
+        .start()
+        .unwrap();
+    let mut received: Vec<(usize, Vec<Vec<u8>>)> = Vec::new();
+    for (c, (client, ids)) in clients.iter().enumerate() {
+        received.push((c, read_answers(client, ids.len())));
+    }
+    let answer_packets = lo_tx_packets(&ns.0) - before;
+
+    // Each kind's answer on its own, from a fresh client, as the reference.
+    let reference: HashMap<(usize, usize), Vec<u8>> = (0..targets.len())
+        .flat_map(|t| (0..KINDS.len()).map(move |k| (t, k)))
+        .map(|(t, k)| {
+            let local = clients[2 * t].0.local_addr().unwrap().ip();
+            let client = bind_in(&ns.0, SocketAddr::new(local, 0));
+            client.connect(targets[t]).unwrap();
+            client.send(&kind_query(u16::try_from(k).unwrap())).unwrap();
+            let answer = read_answers(&client, 1);
+            assert_eq!(answer.len(), 1, "no answer to a lone query of kind {k}");
+            ((t, k), answer[0].clone())
+        })
+        .collect();
+
+    for (c, answers) in &received {
+        let (client, ids) = &clients[*c];
+        assert_eq!(
+            answers.len(),
+            ids.len(),
+            "client {c} ({:?}) got {} datagrams for {} queries",
+            client.local_addr(),
+            answers.len(),
+            ids.len()
+        );
+        let mut seen: Vec<u16> = Vec::new();
+        for answer in answers {
+            assert!(answer.len() >= 12, "short datagram {answer:?}");
+            let id = u16::from_be_bytes([answer[0], answer[1]]);
+            assert!(ids.contains(&id), "client {c}: unexpected id {id}");
+            seen.push(id);
+            let mut expected = reference[&(c / 2, usize::from(id) % KINDS.len())].clone();
+            expected[..2].copy_from_slice(&id.to_be_bytes());
+            assert_eq!(
+                answer, &expected,
+                "client {c}, id {id}: the datagram is not exactly the answer"
+            );
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, ids.clone().collect::<Vec<_>>(), "client {c}");
+    }
+    // 64 answers; without coalescing they are 64 loopback packets.
+    assert!(
+        answer_packets < 64,
+        "{answer_packets} loopback packets for 64 answers: none was coalesced"
+    );
+    eprintln!("64 answers crossed loopback as {answer_packets} packets");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(server.shutdown()).unwrap();
+}
