@@ -17,12 +17,16 @@ use crate::Result;
 use crate::keys::PublicKey;
 
 mod direct;
+mod sockbuf;
 mod uapi;
 mod wireguard;
 
 pub use direct::Direct;
 pub use uapi::{UapiPeer, uapi_get};
-pub use wireguard::{DEFAULT_QUIET_AFTER, WireGuardConfig, WireGuardTunnel};
+pub use wireguard::{
+    DEFAULT_QUIET_AFTER, DEFAULT_SOCKET_BUFFER, DEFAULT_TX_QUEUE_LEN, WireGuardConfig,
+    WireGuardTunnel,
+};
 
 /// Default WireGuard listen port.
 pub const DEFAULT_LISTEN_PORT: u16 = 51880;

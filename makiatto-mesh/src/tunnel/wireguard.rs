@@ -4,13 +4,14 @@ use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, ToSocketAddrs as _};
 use std::process::Command;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
 use boringtun::device::{DeviceConfig, DeviceHandle};
 use ipnet::Ipv4Net;
 use tracing::{debug, info, warn};
 
+use super::sockbuf;
 use super::uapi::{self, uapi_get, uapi_set};
 use super::{DEFAULT_LISTEN_PORT, DEFAULT_MTU, PeerChanges, PeerConfig, PeerStatus, Tunnel};
 use crate::keys::{PrivateKey, PublicKey};
@@ -19,6 +20,18 @@ use crate::{MeshError, Result};
 /// Default of [`WireGuardConfig::quiet_after`]. WireGuard rekeys every 2 minutes, so a
 /// live peer handshakes more often than this.
 pub const DEFAULT_QUIET_AFTER: Duration = Duration::from_secs(135);
+
+/// Default of [`WireGuardConfig::socket_buffer`]: 7 MiB, as wireguard-go sets. With the
+/// kernel's default (208 KiB) a single TCP stream through the tunnel overflows the receive
+/// queue of the UDP socket and retransmits (`BENCHMARKS.md`, Mesh).
+pub const DEFAULT_SOCKET_BUFFER: usize = 7 << 20;
+
+/// Default of [`WireGuardConfig::tx_queue_len`] (the kernel gives a TUN device 500).
+pub const DEFAULT_TX_QUEUE_LEN: u32 = 1000;
+
+/// How often new UDP sockets of the device (one per peer, opened after its first packet)
+/// are looked for to size their buffers.
+const SOCKET_SCAN_EVERY: Duration = Duration::from_secs(1);
 
 /// Settings of a [`WireGuardTunnel`].
 #[derive(Clone)]
@@ -42,6 +55,13 @@ pub struct WireGuardConfig {
     /// endpoint is resolved again on the next [`Tunnel::set_peers`] and a new address
     /// applied (default [`DEFAULT_QUIET_AFTER`]).
     pub quiet_after: Duration,
+    /// Receive and send buffer of the device's UDP sockets, in bytes (default
+    /// [`DEFAULT_SOCKET_BUFFER`]; 0 keeps the kernel's default). Above
+    /// `net.core.rmem_max` only with `CAP_NET_ADMIN`.
+    pub socket_buffer: usize,
+    /// Transmit queue length of the TUN interface, in packets (default
+    /// [`DEFAULT_TX_QUEUE_LEN`]).
+    pub tx_queue_len: u32,
 }
 
 impl WireGuardConfig {
@@ -61,6 +81,8 @@ impl WireGuardConfig {
             mesh_net,
             threads: 1,
             quiet_after: DEFAULT_QUIET_AFTER,
+            socket_buffer: DEFAULT_SOCKET_BUFFER,
+            tx_queue_len: DEFAULT_TX_QUEUE_LEN,
         }
     }
 }
@@ -76,6 +98,8 @@ impl fmt::Debug for WireGuardConfig {
             .field("mesh_net", &self.mesh_net)
             .field("threads", &self.threads)
             .field("quiet_after", &self.quiet_after)
+            .field("socket_buffer", &self.socket_buffer)
+            .field("tx_queue_len", &self.tx_queue_len)
             .finish()
     }
 }
@@ -98,6 +122,9 @@ pub struct WireGuardTunnel {
     address: Mutex<Ipv4Addr>,
     device: Mutex<Option<DeviceHandle>>,
     applied: Mutex<BTreeMap<PublicKey, Applied>>,
+    /// Sizes the buffers of the device's UDP sockets as they appear; stops when this is
+    /// dropped.
+    sizer: Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
 }
 
 impl fmt::Debug for WireGuardTunnel {
@@ -138,11 +165,12 @@ impl WireGuardTunnel {
             iface: iface.clone(),
             message: format!("{e:?}"),
         })?;
-        let tunnel = WireGuardTunnel {
+        let mut tunnel = WireGuardTunnel {
             address: Mutex::new(config.mesh_address),
             config,
             device: Mutex::new(Some(device)),
             applied: Mutex::new(BTreeMap::new()),
+            sizer: None,
         };
         let c = &tunnel.config;
         uapi_set(
@@ -154,10 +182,21 @@ impl WireGuardTunnel {
             ),
         )?;
         ip(&["link", "set", "dev", &iface, "mtu", &c.mtu.to_string()])?;
+        ip(&[
+            "link",
+            "set",
+            "dev",
+            &iface,
+            "txqueuelen",
+            &c.tx_queue_len.to_string(),
+        ])?;
         let cidr = format!("{}/{}", c.mesh_address, c.mesh_net.prefix_len());
         ip(&["address", "replace", &cidr, "dev", &iface])?;
         ip(&["link", "set", "dev", &iface, "up"])?;
         info!(iface = %iface, address = %cidr, port = c.listen_port, "WireGuard interface up");
+        if c.socket_buffer > 0 {
+            tunnel.sizer = Some(spawn_sizer(c.listen_port, c.socket_buffer)?);
+        }
         Ok(tunnel)
     }
 
@@ -182,6 +221,10 @@ impl Drop for WireGuardTunnel {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         drop(handle);
+        if let Some((stop, thread)) = self.sizer.take() {
+            drop(stop);
+            let _ = thread.join();
+        }
         let _ = std::fs::remove_file(uapi::socket_path(&self.config.interface));
     }
 }
@@ -373,6 +416,52 @@ impl Tunnel for WireGuardTunnel {
             })
             .collect())
     }
+}
+
+/// Sizes the buffers of the listening sockets now, then of the connected sockets as
+/// boringtun opens them (one per peer after its first packet, again after it expired), until
+/// the sender is dropped.
+fn spawn_sizer(port: u16, bytes: usize) -> Result<(mpsc::Sender<()>, std::thread::JoinHandle<()>)> {
+    let mut warned = false;
+    let mut pass = move || match sockbuf::size_udp_sockets(port, bytes) {
+        Ok(done) => {
+            if done.sized > 0 {
+                debug!(
+                    port,
+                    bytes,
+                    sockets = done.sized,
+                    "UDP socket buffers sized"
+                );
+            }
+            if done.capped && !warned {
+                warned = true;
+                warn!(
+                    port,
+                    bytes,
+                    "UDP socket buffers capped at net.core.rmem_max/wmem_max (no CAP_NET_ADMIN): \
+                     expect losses under load"
+                );
+            }
+        }
+        Err(error) => {
+            if !warned {
+                warned = true;
+                warn!(%error, port, "cannot size the UDP socket buffers");
+            }
+        }
+    };
+    pass();
+    let (stop, stopped) = mpsc::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("wg-sockbuf".into())
+        .spawn(move || {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(SOCKET_SCAN_EVERY)
+            {
+                pass();
+            }
+        })
+        .map_err(|e| MeshError::io("starting the socket buffer thread", e))?;
+    Ok((stop, thread))
 }
 
 fn remove_request(key: &PublicKey) -> String {

@@ -2,7 +2,9 @@
 
 use std::collections::BTreeSet;
 
-use makiatto_mesh::tunnel::{PeerChanges, PeerConfig, Tunnel};
+use makiatto_mesh::tunnel::{
+    DEFAULT_SOCKET_BUFFER, DEFAULT_TX_QUEUE_LEN, PeerChanges, PeerConfig, Tunnel,
+};
 use makiatto_mesh::{Direct, PrivateKey, PublicKey, WireGuardConfig, WireGuardTunnel};
 
 use crate::harness::{Cluster, SERIAL};
@@ -140,6 +142,34 @@ fn wireguard_battery_in_namespace() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "51990");
+    // The TUN queue is lengthened and the device's UDP sockets (IPv4 and IPv6 listeners)
+    // get large buffers; the kernel reports twice the size set.
+    let qlen = std::fs::read_to_string(format!("/sys/class/net/{iface}/tx_queue_len")).unwrap();
+    assert_eq!(qlen.trim(), DEFAULT_TX_QUEUE_LEN.to_string());
+    let out = std::process::Command::new("ss")
+        .args(["-uamnH", "sport = :51990"])
+        .output()
+        .unwrap();
+    let ss = String::from_utf8_lossy(&out.stdout);
+    let buffers: Vec<(usize, usize)> = ss
+        .split("skmem:(")
+        .skip(1)
+        .map(|m| {
+            let field = |name: &str| -> usize {
+                m.split([',', ')'])
+                    .find_map(|f| f.strip_prefix(name)?.parse().ok())
+                    .unwrap()
+            };
+            (field("rb"), field("tb"))
+        })
+        .collect();
+    assert_eq!(buffers.len(), 2, "{ss}");
+    for (rb, tb) in buffers {
+        assert!(
+            rb >= 2 * DEFAULT_SOCKET_BUFFER && tb >= 2 * DEFAULT_SOCKET_BUFFER,
+            "{ss}"
+        );
+    }
     battery(&t);
     // A peer lost from the device (here removed by hand with `wg`) is added again on the
     // next pass: the plan is made against what the device lists.
