@@ -178,3 +178,64 @@ fn coalesced_answers_reach_the_client_as_separate_datagrams() {
         .unwrap();
     rt.block_on(server.shutdown()).unwrap();
 }
+
+/// When the kernel refuses a segmented send, the answers still arrive, one datagram each. Here
+/// the loopback MTU (1000) is below the answer size (about 1100 bytes), which GSO refuses
+/// (segments are never fragmented) and a plain send fragments.
+#[test]
+fn refused_segmentation_falls_back_to_one_datagram_per_answer() {
+    if !is_root() {
+        eprintln!(
+            "SKIPPED refused_segmentation_falls_back_to_one_datagram_per_answer: needs root for ip netns"
+        );
+        return;
+    }
+    let ns = Namespace(format!("mkdns-f-{}", std::process::id()));
+    ip(&["netns", "add", &ns.0]);
+    ip(&["-n", &ns.0, "link", "set", "lo", "mtu", "1000", "up"]);
+    let server_socket = bind_in(&ns.0, "127.0.0.1:0".parse().unwrap());
+    let target = server_socket.local_addr().unwrap();
+    let mut set = zone_set();
+    set.zones[0].records.push(makiatto_dns::RecordEntry {
+        name: "mid".into(),
+        record_type: "TXT".into(),
+        value: "m".repeat(1050),
+        ttl: None,
+    });
+    let client = bind_in(&ns.0, "127.0.0.1:0".parse().unwrap());
+    client.connect(target).unwrap();
+    let burst = |first: u16| {
+        for id in first..first + 8 {
+            client
+                .send(&query(id, "mid.example.com.", RecordType::TXT, true))
+                .unwrap();
+        }
+    };
+    burst(0);
+    let zones = ZoneHandle::new(Arc::new(set)).unwrap();
+    let server = DnsServer::builder(zones)
+        .udp(server_socket)
+        .start()
+        .unwrap();
+    let first = read_answers(&client, 8);
+    // A second burst once the first is answered: it meets the sender after the refusal.
+    burst(8);
+    let second = read_answers(&client, 8);
+    for (answers, ids) in [(first, 0..8u16), (second, 8..16)] {
+        assert_eq!(answers.len(), 8, "answers to queries {ids:?}");
+        for answer in &answers {
+            assert!(
+                answer.len() > 1000,
+                "expected a ~1100-byte answer, got {} bytes",
+                answer.len()
+            );
+            let id = u16::from_be_bytes([answer[0], answer[1]]);
+            assert!(ids.contains(&id), "unexpected id {id}");
+            assert_eq!(answers[0][2..], answer[2..], "answers differ beyond the id");
+        }
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(server.shutdown()).unwrap();
+}
