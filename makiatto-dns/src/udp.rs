@@ -562,7 +562,9 @@ impl Sender {
                 }
             };
             // Whatever the kernel did not take goes out one datagram per answer.
-            plain(&mut self.plain, &mut members(&run[sent..]).into_iter());
+            if sent < run.len() {
+                plain(&mut self.plain, &mut members(&run[sent..]).into_iter());
+            }
         }
     }
 }
