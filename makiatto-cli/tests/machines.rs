@@ -2,12 +2,22 @@
 //! `scripts/machines` (torn down by a guard even when the test fails), provisioned with the
 //! real `maki` binary over SSH and the `makiatto` daemon built beside it.
 //!
+//! Also: a release download from a local HTTP server on the host bridge (checksum beside
+//! the asset, a wrong one refused with nothing installed, no downloader on the machine),
+//! a user whose sudo needs a password (MAKIATTO_SUDO_PASSWORD), mesh addresses left to the
+//! cluster (not pinned), a refused login that `remove` does not take for an unreachable
+//! machine, and an upgrade rollback that restores the store the new binary clobbered.
+//!
 //! Needs root, systemd-nspawn and the cached root filesystem (`scripts/setup.d/50-machines.sh`),
 //! dig, curl and the GeoIP database (`MAKIATTO_TEST_MMDB`, `scripts/setup.d/20-dns.sh`). It
 //! fails, naming the setup script, when something is missing.
 
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const SETUP: &str =
@@ -92,11 +102,18 @@ impl Maki {
     }
 
     fn run(&self, args: &[&str]) -> Output {
+        self.run_with(&self.key, &[], args)
+    }
+
+    /// `maki` with another SSH key and extra environment variables.
+    fn run_with(&self, key: &str, env: &[(&str, &str)], args: &[&str]) -> Output {
         let out = Command::new(env!("CARGO_BIN_EXE_maki"))
             .arg("--profile")
             .arg(self.profile())
-            .args(["--ssh-priv-key", &self.key])
+            .args(["--ssh-priv-key", key])
             .args(args)
+            .env_remove("MAKIATTO_SUDO_PASSWORD")
+            .env_remove("MAKIATTO_BINARY_URL")
             .current_dir(repo().join("examples"))
             .env("NO_COLOR", "1")
             .env("HOME", self.home.path())
@@ -105,6 +122,7 @@ impl Maki {
                 self.home.path().join("known_hosts"),
             )
             .env_remove("MAKIATTO_PROFILE")
+            .envs(env.iter().copied())
             .output()
             .expect("maki runs");
         eprintln!(
@@ -144,6 +162,52 @@ fn dig(server: &str, subnet: &str) -> Vec<String> {
         .lines()
         .map(str::to_owned)
         .collect()
+}
+
+/// A minimal HTTP/1.0 file server on all addresses (the machines reach it on the bridge's
+/// address): `GET <path>` answers the file `files[path]`, else 404. Records the paths asked.
+struct FileServer {
+    port: u16,
+    asked: Arc<Mutex<Vec<String>>>,
+}
+
+impl FileServer {
+    fn start(files: HashMap<String, PathBuf>) -> Self {
+        let listener = TcpListener::bind("0.0.0.0:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let (files, log) = (Arc::new(files), asked.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let (files, log) = (files.clone(), log.clone());
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(&conn);
+                    let mut line = String::new();
+                    let _ = reader.read_line(&mut line);
+                    let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
+                    // The rest of the request head.
+                    let mut h = String::new();
+                    while reader.read_line(&mut h).is_ok_and(|n| n > 2) {
+                        h.clear();
+                    }
+                    log.lock().unwrap().push(path.clone());
+                    let mut w = &conn;
+                    match files.get(&path).and_then(|f| std::fs::File::open(f).ok()) {
+                        Some(mut f) => {
+                            let len = f.metadata().unwrap().len();
+                            let _ = write!(w, "HTTP/1.0 200 OK\r\nContent-Length: {len}\r\n\r\n");
+                            let _ = std::io::copy(&mut f, &mut w);
+                        }
+                        None => {
+                            let _ =
+                                write!(w, "HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+                        }
+                    }
+                });
+            }
+        });
+        Self { port, asked }
+    }
 }
 
 /// Polls `f` until it returns `Some`, at most `limit`.
@@ -198,8 +262,56 @@ fn the_getting_started_guide_on_three_real_machines() {
         home: tempfile::tempdir().unwrap(),
         key,
     };
+    // Release downloads from the host, on the bridge's address.
+    let files = maki.home.path();
+    let version = env!("CARGO_PKG_VERSION");
+    std::fs::write(
+        files.join("good.sha256"),
+        format!("{}  makiatto-x86_64\n", sha256(&daemon)),
+    )
+    .unwrap();
+    std::fs::write(files.join("bad.sha256"), format!("{}\n", "0".repeat(64))).unwrap();
+    // A "new binary" that migrates the store to something the old one cannot read, and
+    // then fails.
+    let fake = files.join("fake");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho not-a-database > /var/makiatto/store.db\nrm -f /var/makiatto/store.db-wal /var/makiatto/store.db-shm\nexit 1\n",
+    )
+    .unwrap();
+    let server = FileServer::start(HashMap::from([
+        (format!("/rel/v{version}/makiatto-x86_64"), daemon.clone()),
+        (
+            format!("/rel/v{version}/makiatto-x86_64.sha256"),
+            files.join("good.sha256"),
+        ),
+        ("/bad/makiatto-x86_64".into(), daemon.clone()),
+        (
+            "/bad/makiatto-x86_64.sha256".into(),
+            files.join("bad.sha256"),
+        ),
+        ("/fake/makiatto-x86_64".into(), fake.clone()),
+    ]));
+    let gateway = m.ips[0].rsplit_once('.').unwrap().0.to_owned() + ".1";
+    let url = |dir: &str| format!("http://{gateway}:{}/{dir}/makiatto-{{arch}}", server.port);
+    let release = url("rel/v{version}");
+
+    // A user whose sudo needs a password.
+    let out = m.ssh(
+        2,
+        "useradd -m -s /bin/bash -G sudo ops && echo 'ops:pass w0rd' | chpasswd && \
+         install -d -m 700 -o ops -g ops /home/ops/.ssh && \
+         install -m 600 -o ops -g ops /root/.ssh/authorized_keys /home/ops/.ssh/ && \
+         ! runuser -u ops -- sudo -n true 2>/dev/null",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     let names = ["vector", "klukai", "tololo"];
-    let users = ["root", "deploy", "root"];
+    let users = ["root", "deploy", "ops"];
     let init = |i: usize, extra: &[&str]| {
         let target = format!("{}@{}", users[i], m.ips[i]);
         let mut args = vec![
@@ -216,16 +328,114 @@ fn the_getting_started_guide_on_three_real_machines() {
             "--no-acme",
         ];
         args.extend_from_slice(extra);
-        maki.run(&args)
+        maki.run_with(&maki.key, &[("MAKIATTO_SUDO_PASSWORD", "pass w0rd")], &args)
+    };
+    // One line whatever the diagnostic's wrapping.
+    let stderr = |out: &Output| -> String {
+        String::from_utf8_lossy(&out.stderr)
+            .split_whitespace()
+            .filter(|w| *w != "│")
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let nothing_installed = |i: usize| {
+        let left = m.ssh(
+            i,
+            "ls -d /var/makiatto /etc/makiatto /usr/local/bin/makiatto* 2>/dev/null; getent passwd makiatto",
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&left.stdout).trim(),
+            "",
+            "left behind"
+        );
     };
 
-    // init ×3, one of them as a sudo user.
+    // init ×3: root; a sudo user without a password, the binary uploaded; a user whose
+    // sudo needs a password, the binary downloaded by the machine.
     let started = Instant::now();
-    for (i, name) in names.iter().enumerate() {
+    for (i, name) in names.iter().enumerate().take(2) {
         let out = init(i, &[]);
         assert!(out.status.success(), "init {name}");
     }
-    eprintln!("3 inits took {:?}", started.elapsed());
+    // A wrong sudo password is refused.
+    let target = format!("ops@{}", m.ips[2]);
+    let out = maki.run_with(
+        &maki.key,
+        &[("MAKIATTO_SUDO_PASSWORD", "wrong")],
+        &[
+            "machine",
+            "init",
+            "tololo",
+            &target,
+            "--lat",
+            "0",
+            "--lon",
+            "0",
+            "--no-acme",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("the password was refused"),
+        "{}",
+        stderr(&out)
+    );
+    // A download whose checksum does not match is refused and leaves nothing behind.
+    let out = init(2, &["--binary-url", &url("bad")]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("arrived with SHA-256") && err.contains("nothing was installed"),
+        "{err}"
+    );
+    nothing_installed(2);
+    // Without curl or wget the machine cannot download: a clear error.
+    m.ssh(2, "mv /usr/bin/curl /usr/bin/curl.off");
+    let out = init(2, &["--binary-url", &release]);
+    m.ssh(2, "mv /usr/bin/curl.off /usr/bin/curl");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("neither curl nor wget"),
+        "{}",
+        stderr(&out)
+    );
+    nothing_installed(2);
+    let out = init(2, &["--binary-url", &release]);
+    assert!(
+        out.status.success(),
+        "init tololo from the release download"
+    );
+    let asked = server.asked.lock().unwrap().clone();
+    assert!(
+        asked.contains(&format!("/rel/v{version}/makiatto-x86_64")),
+        "{asked:?}"
+    );
+    eprintln!("3 inits (and 3 refused) took {:?}", started.elapsed());
+    // No node has its mesh address pinned; the profile has the address each one holds.
+    let profile = std::fs::read_to_string(maki.profile()).unwrap();
+    let addresses: Vec<&str> = profile
+        .lines()
+        .filter_map(|l| l.strip_prefix("wg_address = "))
+        .map(|a| a.trim_matches('"'))
+        .collect();
+    assert_eq!(addresses.len(), 3, "{profile}");
+    for (i, address) in addresses.iter().enumerate() {
+        let out = m.ssh(
+            i,
+            "sed -n '/^\\[mesh\\]/,/^\\[\\[/p' /etc/makiatto/config.toml | grep '^address' ; ip -4 -o addr",
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !text.contains("address ="),
+            "mesh address pinned on {}: {text}",
+            names[i]
+        );
+        assert!(
+            text.contains(&format!("inet {address}/")),
+            "{}: {text}",
+            names[i]
+        );
+    }
     let list = maki.ok(&["machine", "list"]);
     for (name, ip) in names.iter().zip(&m.ips) {
         assert!(list.contains(name) && list.contains(ip.as_str()), "{list}");
@@ -316,6 +526,29 @@ fn the_getting_started_guide_on_three_real_machines() {
         "vector's membership names the missing node: {report}"
     );
 
+    // A refused login is not an unreachable machine: remove fails and changes nothing.
+    let wrong_key = maki.home.path().join("wrong_key");
+    let keygen = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&wrong_key)
+        .status()
+        .unwrap();
+    assert!(keygen.success());
+    let out = maki.run_with(
+        wrong_key.to_str().unwrap(),
+        &[],
+        &["machine", "remove", "klukai", "--force"],
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("refused the SSH login") && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert!(maki.ok(&["machine", "list"]).contains("klukai"));
+    let active = m.ssh(1, "systemctl is-active makiatto");
+    assert_eq!(String::from_utf8_lossy(&active.stdout).trim(), "active");
+
     // Removing the dead machine drops it from the cluster and the profile.
     let out = maki.ok(&["machine", "remove", "tololo", "--force"]);
     assert!(out.contains("unreachable"), "{out}");
@@ -372,22 +605,25 @@ fn the_getting_started_guide_on_three_real_machines() {
     ]);
     assert!(out.contains("klukai upgraded"), "{out}");
     assert_eq!(running(1), rebuilt_sha);
-    // A binary that does not become healthy is rolled back.
+    // A binary that migrates the store and then fails is rolled back, binary AND store
+    // (downloaded by the machine, checked against --binary-sha256).
     let out = maki.run(&[
         "machine",
         "upgrade",
         "klukai",
-        "--binary-path",
-        "/bin/false",
+        "--binary-url",
+        &url("fake"),
+        "--binary-sha256",
+        &sha256(&fake),
     ]);
     assert!(!out.status.success());
-    // One line whatever the diagnostic's wrapping.
-    let err: String = String::from_utf8_lossy(&out.stderr)
-        .split_whitespace()
-        .filter(|w| *w != "│")
-        .collect::<Vec<_>>()
-        .join(" ");
-    assert!(err.contains("the previous binary is back"), "{err}");
+    let err = stderr(&out);
+    assert!(
+        err.contains("the previous binary and its store are back"),
+        "{err}"
+    );
+    let header = m.ssh(1, "head -c 15 /var/makiatto/store.db");
+    assert_eq!(String::from_utf8_lossy(&header.stdout), "SQLite format 3");
     eventually(
         Duration::from_secs(30),
         "klukai runs the rebuilt binary again",

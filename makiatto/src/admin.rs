@@ -93,6 +93,9 @@ pub struct NewNode {
     /// otherwise such a registration is refused.
     #[serde(default)]
     pub replace: bool,
+    /// The mesh address it must have (`init --mesh-address`); `None`: one is allocated.
+    #[serde(default)]
+    pub mesh_address: Option<Ipv4Addr>,
 }
 
 /// Why an admin operation was refused or failed.
@@ -425,7 +428,18 @@ impl Admin<'_> {
                 .as_ref()
                 .and_then(|n| n.mesh_address.parse::<Ipv4Addr>().ok())
                 .filter(|a| !used.contains(a) && cidr.contains(*a));
-            let Some(address) = kept.or_else(|| peer::allocate(cidr, &used)) else {
+            if let Some(a) = new.mesh_address
+                && (used.contains(&a) || !cidr.contains(a))
+            {
+                return Ok(Err(AdminError::Invalid(format!(
+                    "mesh address {a} is taken or outside the mesh range"
+                ))));
+            }
+            let Some(address) = new
+                .mesh_address
+                .or(kept)
+                .or_else(|| peer::allocate(cidr, &used))
+            else {
                 return Ok(Err(AdminError::from(PeerError::Full(cidr))));
             };
             let row = nodes::Node {

@@ -111,9 +111,8 @@ enum Machine {
     /// Upgrade the Makiatto binary (all machines when none is named).
     Upgrade {
         names: Vec<String>,
-        /// The daemon binary to install (default: `makiatto` beside `maki`).
-        #[arg(long)]
-        binary_path: Option<PathBuf>,
+        #[command(flatten)]
+        binary: BinaryArgs,
     },
     /// Remove a machine from the cluster and clean it up.
     Remove {
@@ -136,9 +135,12 @@ struct Init {
     /// SSH port.
     #[arg(long, default_value_t = 22)]
     port: u16,
-    /// The makiatto daemon binary to install (default: `makiatto` beside `maki`).
+    #[command(flatten)]
+    binary: BinaryArgs,
+    /// Pin this mesh address in the node's configuration (default: the cluster allocates
+    /// one, and the node moves if it loses an address collision).
     #[arg(long)]
-    binary_path: Option<PathBuf>,
+    mesh_address: Option<std::net::Ipv4Addr>,
     /// Not a nameserver.
     #[arg(long, conflicts_with = "force_ns")]
     skip_ns: bool,
@@ -160,6 +162,45 @@ struct Init {
     /// Do not obtain certificates (HTTP only).
     #[arg(long)]
     no_acme: bool,
+}
+
+/// Which daemon binary `init` and `upgrade` install.
+#[derive(Debug, clap::Args)]
+#[allow(clippy::struct_field_names)] // the fields are the --binary-* flags
+struct BinaryArgs {
+    /// The makiatto daemon binary to upload (default: `makiatto` beside `maki`, else the
+    /// release download).
+    #[arg(long)]
+    binary_path: Option<PathBuf>,
+    /// Release download URL the machine fetches; {version} and {arch} (x86_64, aarch64)
+    /// are replaced (default: the GitHub release of this version).
+    #[arg(long, env = machine::BINARY_URL_ENV)]
+    binary_url: Option<String>,
+    /// The download's SHA-256 (default: read from the URL with `.sha256` appended).
+    #[arg(long)]
+    binary_sha256: Option<String>,
+}
+
+impl BinaryArgs {
+    /// --binary-path, else --binary-url, else `makiatto` beside `maki`, else the release.
+    fn source(&self) -> machine::BinarySource {
+        let url = |template: String| machine::BinarySource::Url {
+            template,
+            sha256: self.binary_sha256.clone(),
+        };
+        if let Some(p) = &self.binary_path {
+            return machine::BinarySource::Path(p.clone());
+        }
+        if let Some(u) = &self.binary_url {
+            return url(u.clone());
+        }
+        let beside = beside_maki();
+        if beside.is_file() {
+            machine::BinarySource::Path(beside)
+        } else {
+            url(machine::DEFAULT_BINARY_URL.to_owned())
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -267,9 +308,9 @@ pub fn run(cli: &Cli) -> Result<(String, bool), MakiattoError> {
             })?;
             ok(out)
         }
-        Command::Machine(Machine::Upgrade { names, binary_path }) => {
+        Command::Machine(Machine::Upgrade { names, binary }) => {
             let (profile, key, runtime) = (profile()?, cli.ssh_priv_key.as_deref(), runtime()?);
-            let binary = binary_path.clone().unwrap_or_else(beside_maki);
+            let binary = binary.source();
             let out = with_steps(|progress| {
                 runtime.block_on(machine::upgrade(&profile, names, &binary, key, progress))
             })?;
@@ -332,7 +373,7 @@ pub fn run(cli: &Cli) -> Result<(String, bool), MakiattoError> {
 
 fn init_options(cli: &Cli, i: &Init) -> Result<InitOptions, MakiattoError> {
     let target: Target = i.ssh_target.parse()?;
-    let binary = i.binary_path.clone().unwrap_or_else(beside_maki);
+    let binary = i.binary.source();
     Ok(InitOptions {
         name: i.name.clone(),
         target,
@@ -342,6 +383,7 @@ fn init_options(cli: &Cli, i: &Init) -> Result<InitOptions, MakiattoError> {
             interactive: true,
         },
         binary,
+        mesh_address: i.mesh_address,
         nameserver: match (i.skip_ns, i.force_ns) {
             (true, _) => Nameserver::Skip,
             (_, true) => Nameserver::Force,
@@ -362,8 +404,13 @@ fn beside_maki() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("makiatto"))
 }
 
-/// Asks `question` on the terminal; anything but y/yes is no (and no terminal is no).
+/// Asks `question` on the terminal (the spinner hidden meanwhile); anything but y/yes is
+/// no (and no terminal is no).
 fn confirm(question: &str) -> bool {
+    crate::ssh::on_terminal(|| ask(question))
+}
+
+fn ask(question: &str) -> bool {
     use std::io::{BufRead, Write};
     let Ok(tty) = std::fs::OpenOptions::new()
         .read(true)
@@ -391,10 +438,15 @@ fn runtime() -> Result<tokio::runtime::Runtime, MakiattoError> {
         .map_err(|e| MakiattoError::Io(e.to_string()))
 }
 
-/// Runs `f` with a spinner on stderr naming the current step.
+/// Runs `f` with a spinner on stderr naming the current step; the spinner hides while a
+/// question is asked on the terminal ([`crate::ssh::on_terminal`]).
 fn with_steps<T>(f: impl FnOnce(machine::Progress<'_>) -> T) -> T {
     let bar = indicatif::ProgressBar::new_spinner();
     bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    let hidden = bar.clone();
+    crate::ssh::set_suspender(Some(std::sync::Arc::new(move |f: &mut dyn FnMut()| {
+        hidden.suspend(f);
+    })));
     let result = f(&|step| match step {
         Some(s) => {
             bar.println(format!("==> {s}"));
@@ -402,6 +454,7 @@ fn with_steps<T>(f: impl FnOnce(machine::Progress<'_>) -> T) -> T {
         }
         None => bar.finish_and_clear(),
     });
+    crate::ssh::set_suspender(None);
     bar.finish_and_clear();
     result
 }

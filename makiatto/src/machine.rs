@@ -2,12 +2,20 @@
 //!
 //! [`init`] installs a node step by step (each step named in progress and in errors):
 //! connect and check sudo, detect the OS and architecture, refuse a machine that already
-//! holds Makiatto data (unless `recreate`), install the daemon binary (SHA-256 checked on the
-//! machine), create the `makiatto` system user and its directories, have the node generate
+//! holds Makiatto data (unless `recreate`), install the daemon binary (a local file uploaded,
+//! or a release the machine downloads — [`BinarySource`]; SHA-256 checked on the machine
+//! either way), create the `makiatto` system user and its directories, have the node generate
 //! its WireGuard key (only the public key leaves it), place it (given coordinates or the
 //! GeoIP database), register it through a node already in the cluster, write its
 //! configuration and a least-privilege systemd unit, start it, wait until it is in the
-//! membership view, and record it in the profile.
+//! membership view, and record it in the profile. The mesh address is not written into the
+//! configuration (unless asked for): the node takes the one the cluster allocates, may move
+//! when it loses an address collision, and the profile records the address it has once it
+//! joined.
+//!
+//! [`upgrade`] copies the store database aside (service stopped) before starting the new
+//! binary, judges the new binary by the node's own fresh health report, and on failure
+//! puts back both the previous binary and that copy of the data.
 //!
 //! Files on a node: `/usr/local/bin/makiatto`, `/etc/makiatto/config.toml`,
 //! `/var/makiatto/` (data, WireGuard key, GeoIP database),
@@ -22,7 +30,7 @@ use miette::Diagnostic;
 
 use crate::admin::NewNode;
 use crate::admin::client::Client;
-use crate::config::NodeConfig;
+use crate::config::{NodeConfig, SeedNode};
 use crate::profile::{Machine, Profile};
 use crate::ssh::{self, Ssh, SshError, Target, quote};
 
@@ -42,6 +50,162 @@ pub const WG_PORT: u16 = 51880;
 pub const JOIN_WAIT: Duration = Duration::from_secs(90);
 /// Nameservers a cluster gets before new nodes stop being nameservers by default.
 pub const DEFAULT_NAMESERVERS: usize = 3;
+/// Where `upgrade` keeps the store database while a new binary is on trial.
+pub const UPGRADE_BACKUP: &str = "/var/makiatto/upgrade-backup";
+/// The store database files (SQLite and its write-ahead log).
+const STORE_FILES: &str = "store.db store.db-wal store.db-shm";
+/// The release download used when no binary is given: `{version}` is this `maki`'s
+/// version, `{arch}` the machine's (`uname -m`: x86_64, aarch64). The SHA-256 is read from
+/// the same URL with `.sha256` appended.
+pub const DEFAULT_BINARY_URL: &str = "https://github.com/makiatto/makiatto/releases/download/v{version}/makiatto-{arch}-unknown-linux-gnu";
+/// The environment variable with another release download URL template.
+pub const BINARY_URL_ENV: &str = "MAKIATTO_BINARY_URL";
+/// The architectures a release exists for (`uname -m` spelling).
+pub const ARCHITECTURES: [&str; 2] = ["x86_64", "aarch64"];
+
+/// Where the daemon binary comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BinarySource {
+    /// A local file, uploaded over SSH.
+    Path(PathBuf),
+    /// A release the machine downloads (curl, else wget).
+    Url {
+        /// URL template: `{version}` and `{arch}` are replaced.
+        template: String,
+        /// The expected SHA-256 (hex); `None`: read from `<url>.sha256`.
+        sha256: Option<String>,
+    },
+}
+
+impl BinarySource {
+    /// The release download URL for this version and `arch`.
+    pub fn url(template: &str, arch: &str) -> String {
+        template
+            .replace("{version}", crate::VERSION)
+            .replace("{arch}", arch)
+    }
+}
+
+/// A [`BinarySource`] checked and (for a file) read before any machine is touched.
+enum Binary {
+    Bytes {
+        data: Vec<u8>,
+        arch: &'static str,
+    },
+    Url {
+        template: String,
+        sha256: Option<String>,
+    },
+}
+
+impl Binary {
+    fn load(source: &BinarySource) -> Result<Self, MachineError> {
+        match source {
+            BinarySource::Path(path) => {
+                let data = std::fs::read(path).map_err(|e| {
+                    usage(
+                        format!("cannot read the daemon binary {}: {e}", path.display()),
+                        "build it (`cargo build -p makiatto-daemon`), pass --binary-path, or --binary-url",
+                    )
+                })?;
+                let Some(arch) = elf_arch(&data) else {
+                    return Err(usage(
+                        format!("{} is not a Linux x86_64 or aarch64 binary", path.display()),
+                        "pass the makiatto daemon binary with --binary-path",
+                    ));
+                };
+                Ok(Self::Bytes { data, arch })
+            }
+            BinarySource::Url { template, sha256 } => {
+                if !(template.starts_with("https://") || template.starts_with("http://")) {
+                    return Err(usage(
+                        format!("`{template}` is not an http(s) URL"),
+                        "pass --binary-url https://…/makiatto-{arch} ({version} and {arch} are replaced)",
+                    ));
+                }
+                let sha256 = sha256
+                    .as_deref()
+                    .map(parse_sha256)
+                    .transpose()
+                    .map_err(|()| {
+                        usage(
+                            "--binary-sha256 is not a SHA-256 (64 hex digits)",
+                            "pass the output of `sha256sum makiatto`",
+                        )
+                    })?;
+                Ok(Self::Url {
+                    template: template.clone(),
+                    sha256,
+                })
+            }
+        }
+    }
+
+    /// Whether the binary suits a machine of architecture `arch`; else why not.
+    fn check_arch(&self, arch: &str) -> Result<(), String> {
+        match self {
+            Self::Bytes { arch: ours, .. } if *ours != arch => {
+                Err(format!("the machine is {arch} but the binary is {ours}"))
+            }
+            Self::Url { .. } if !ARCHITECTURES.contains(&arch) => Err(format!(
+                "the machine is {arch}; Makiatto releases exist for {}",
+                ARCHITECTURES.join(" and ")
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The SHA-256 the binary must have on a machine of architecture `arch` (for a
+    /// download without a given one: read from `<url>.sha256` by the machine).
+    async fn sha256(&self, ssh: &Ssh, arch: &str) -> Result<String, SshError> {
+        match self {
+            Self::Bytes { data, .. } => Ok(ssh::sha256_hex(data)),
+            Self::Url {
+                sha256: Some(sha), ..
+            } => Ok(sha.clone()),
+            Self::Url { template, .. } => {
+                let url = format!("{}.sha256", BinarySource::url(template, arch));
+                let text = ssh.fetch_text(&url).await?;
+                let first = text.split_whitespace().next().unwrap_or_default();
+                parse_sha256(first).map_err(|()| SshError::Command {
+                    target: ssh.target().to_string(),
+                    command: format!("download {url}"),
+                    reason: "it does not start with a SHA-256 (64 hex digits)".into(),
+                })
+            }
+        }
+    }
+
+    /// Installs the binary at [`BINARY`] (atomically) once it has SHA-256 `sha`.
+    async fn install(&self, ssh: &Ssh, arch: &str, sha: &str) -> Result<(), SshError> {
+        match self {
+            Self::Bytes { data, .. } => ssh.upload(BINARY, data, 0o755).await,
+            Self::Url { template, .. } => {
+                ssh.fetch(BINARY, &BinarySource::url(template, arch), sha, 0o755)
+                    .await
+            }
+        }
+    }
+
+    /// What `init`'s and `upgrade`'s remedies say to pass instead.
+    fn remedy(&self) -> &'static str {
+        match self {
+            Self::Bytes { .. } => "pass a binary built for the machine with --binary-path",
+            Self::Url { .. } => {
+                "check --binary-url (or MAKIATTO_BINARY_URL) and --binary-sha256, or pass --binary-path"
+            }
+        }
+    }
+}
+
+/// A lowercase SHA-256 from 64 hex digits.
+fn parse_sha256(s: &str) -> Result<String, ()> {
+    if s.len() == 64 && s.chars().all(|c| c.is_ascii_hexdigit()) {
+        Ok(s.to_ascii_lowercase())
+    } else {
+        Err(())
+    }
+}
 
 /// The systemd unit: the daemon as the unprivileged `makiatto` user with only the two
 /// capabilities it needs (ports below 1024, the WireGuard interface), a read-only system
@@ -102,7 +266,10 @@ pub struct InitOptions {
     /// Port, key.
     pub ssh: ssh::Options,
     /// The daemon binary to install.
-    pub binary: PathBuf,
+    pub binary: BinarySource,
+    /// The mesh address to pin in the configuration; `None` (usual): the cluster
+    /// allocates one and the node may move on a collision.
+    pub mesh_address: Option<Ipv4Addr>,
     /// Nameserver choice.
     pub nameserver: Nameserver,
     /// Coordinates; `None`: looked up in `geoip_db`.
@@ -207,7 +374,8 @@ pub fn elf_arch(head: &[u8]) -> Option<&'static str> {
     }
 }
 
-/// The node configuration `init` writes.
+/// The node configuration `init` writes, built with the `toml` crate (values are
+/// escaped: a name or key cannot add keys of its own).
 pub fn render_config(
     name: &str,
     ipv4: Ipv4Addr,
@@ -216,31 +384,85 @@ pub fn render_config(
     mesh_address: Option<Ipv4Addr>,
     seeds: &[&Machine],
     acme: bool,
-) -> String {
-    let mut out = String::from("# Written by `maki machine init`.\n");
-    let _ = write!(
-        out,
-        "[node]\nname = \"{name}\"\nlatitude = {lat:?}\nlongitude = {lon:?}\nipv4 = \"{ipv4}\"\n\
-         is_nameserver = {is_nameserver}\ndata_dir = \"{DATA_DIR}\"\n\n\
-         [dns]\ngeoip_db = \"{DATA_DIR}/geoip.mmdb\"\n\n\
-         [admin]\nsocket = \"{ADMIN_SOCKET}\"\n\n\
-         [acme]\nenabled = {acme}\n\n\
-         [mesh]\nbackend = \"boringtun\"\nport = {WG_PORT}\n"
-    );
-    if let Some(a) = mesh_address {
-        let _ = writeln!(out, "address = \"{a}\"");
+) -> Result<String, toml::ser::Error> {
+    #[derive(serde::Serialize)]
+    struct File<'a> {
+        node: Node<'a>,
+        dns: Dns,
+        admin: Admin,
+        acme: Acme,
+        mesh: Mesh,
     }
-    for m in seeds {
-        let (Some(address), false) = (m.wg_address, m.wg_public_key.is_empty()) else {
-            continue;
-        };
-        let _ = write!(
-            out,
-            "\n[[mesh.seed_nodes]]\nname = \"{}\"\nwg_public_key = \"{}\"\nendpoint = \"{}:{WG_PORT}\"\naddress = \"{address}\"\n",
-            m.name, m.wg_public_key, m.ipv4
-        );
+    #[derive(serde::Serialize)]
+    struct Node<'a> {
+        name: &'a str,
+        latitude: f64,
+        longitude: f64,
+        ipv4: Ipv4Addr,
+        is_nameserver: bool,
+        data_dir: &'static str,
     }
-    out
+    #[derive(serde::Serialize)]
+    struct Dns {
+        geoip_db: String,
+    }
+    #[derive(serde::Serialize)]
+    struct Admin {
+        socket: &'static str,
+    }
+    #[derive(serde::Serialize)]
+    struct Acme {
+        enabled: bool,
+    }
+    #[derive(serde::Serialize)]
+    struct Mesh {
+        backend: &'static str,
+        port: u16,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        address: Option<Ipv4Addr>,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        seed_nodes: Vec<SeedNode>,
+    }
+    let file = File {
+        node: Node {
+            name,
+            latitude: lat,
+            longitude: lon,
+            ipv4,
+            is_nameserver,
+            data_dir: DATA_DIR,
+        },
+        dns: Dns {
+            geoip_db: format!("{DATA_DIR}/geoip.mmdb"),
+        },
+        admin: Admin {
+            socket: ADMIN_SOCKET,
+        },
+        acme: Acme { enabled: acme },
+        mesh: Mesh {
+            backend: "boringtun",
+            port: WG_PORT,
+            address: mesh_address,
+            seed_nodes: seeds
+                .iter()
+                .filter_map(|m| {
+                    let (Some(address), false) = (m.wg_address, m.wg_public_key.is_empty()) else {
+                        return None;
+                    };
+                    Some(SeedNode {
+                        name: m.name.clone(),
+                        wg_public_key: m.wg_public_key.clone(),
+                        endpoint: format!("{}:{WG_PORT}", m.ipv4),
+                        address,
+                    })
+                })
+                .collect(),
+        },
+    };
+    Ok(format!(
+        "# Written by `maki machine init`.\n{}",
+        toml::to_string(&file)?
+    ))
 }
 
 /// A node's admin API reached over SSH (the admin socket forwarded to a local one).
@@ -253,9 +475,14 @@ pub struct AdminLink {
 }
 
 impl AdminLink {
-    /// Connects to `target` and forwards its admin socket.
+    /// Connects to `target` and forwards its admin socket. Needs no root (the login user is
+    /// in the `makiatto` group), so it never asks for a sudo password.
     pub async fn connect(target: &Target, options: &ssh::Options) -> Result<Self, SshError> {
-        let ssh = Ssh::connect(target, options).await?;
+        let options = ssh::Options {
+            interactive: false,
+            ..options.clone()
+        };
+        let ssh = Ssh::connect(target, &options).await?;
         Self::over(ssh).await
     }
 
@@ -353,21 +580,7 @@ pub async fn init(
             "choose another name, or pass --recreate to reinstall it",
         ));
     }
-    let binary = std::fs::read(&o.binary).map_err(|e| {
-        usage(
-            format!("cannot read the daemon binary {}: {e}", o.binary.display()),
-            "build it (`cargo build -p makiatto-daemon`) or pass --binary-path",
-        )
-    })?;
-    let Some(arch) = elf_arch(&binary) else {
-        return Err(usage(
-            format!(
-                "{} is not a Linux x86_64 or aarch64 binary",
-                o.binary.display()
-            ),
-            "pass the makiatto daemon binary with --binary-path",
-        ));
-    };
+    let binary = Binary::load(&o.binary)?;
     let geoip = match &o.geoip_db {
         Some(p) => Some(std::fs::read(p).map_err(|e| {
             usage(
@@ -407,13 +620,10 @@ pub async fn init(
             "Makiatto runs on Linux (Debian, Ubuntu or similar)",
         ));
     }
-    if field(1) != arch {
-        return Err(s.failed(
-            "detecting the system",
-            format!("the machine is {} but the binary is {arch}", field(1)),
-            "pass a binary built for the machine with --binary-path",
-        ));
-    }
+    let arch = field(1);
+    binary
+        .check_arch(arch)
+        .map_err(|r| s.failed("detecting the system", r, binary.remedy()))?;
     if field(3) != "systemd" {
         return Err(s.failed(
             "detecting the system",
@@ -447,11 +657,18 @@ pub async fn init(
     }
 
     s.start("installing the makiatto binary (checksum verified)");
-    ssh.upload(BINARY, &binary, 0o755).await.map_err(|e| {
+    let sha = binary
+        .sha256(&ssh, arch)
+        .await
+        .map_err(|e| s.fail("installing the binary", &e, binary.remedy()))?;
+    binary.install(&ssh, arch, &sha).await.map_err(|e| {
         s.fail(
             "installing the binary",
             &e,
-            "check free space in /usr/local/bin",
+            &format!(
+                "nothing was installed; {}; check free space in /usr/local/bin",
+                binary.remedy()
+            ),
         )
     })?;
 
@@ -536,7 +753,10 @@ pub async fn init(
         .iter()
         .filter(|m| m.name != o.name)
         .collect();
-    let mut mesh_address = None;
+    // The node's own entry among the seeds: the address the cluster allocated for it, its
+    // first claim (not a pin: it moves if it loses a collision). The other nodes have it
+    // at that address as a WireGuard peer before it starts.
+    let mut itself = None;
     if !others.is_empty() {
         s.start("registering the node with the cluster");
         let (via, link) = first_reachable(&others, o.ssh.key.as_deref()).await?;
@@ -551,6 +771,7 @@ pub async fn init(
                 longitude: lon,
                 is_nameserver,
                 replace: o.recreate,
+                mesh_address: o.mesh_address,
             })
             .await
             .map_err(|e| {
@@ -561,19 +782,47 @@ pub async fn init(
                 )
             })?;
         link.close().await;
-        mesh_address = row.mesh_address.parse().ok();
+        let address = row.mesh_address.parse().map_err(|_| {
+            s.failed(
+                &format!("registering the node through {via}"),
+                format!("the cluster gave the mesh address `{}`", row.mesh_address),
+                "check `maki health`",
+            )
+        })?;
+        itself = Some(Machine {
+            name: o.name.clone(),
+            ssh_target: o.target.to_string(),
+            ssh_port: o.ssh.port,
+            is_nameserver,
+            wg_public_key: wg_public_key.clone(),
+            wg_address: Some(address),
+            ipv4,
+            ipv6: None,
+            latitude: Some(lat),
+            longitude: Some(lon),
+        });
     }
+    let seeds: Vec<&Machine> = others.iter().copied().chain(itself.as_ref()).collect();
 
     s.start("writing the node configuration");
+    // No mesh address unless asked for: a pinned node could never move off an address
+    // collision. The node starts at the one allocated above (its own seed entry).
     let config = render_config(
         &o.name,
         ipv4,
         (lat, lon),
         is_nameserver,
-        mesh_address,
-        &others,
+        o.mesh_address,
+        &seeds,
         o.acme,
-    );
+    )
+    .map_err(|e| {
+        s.failed(
+            "writing the node configuration",
+            e.to_string(),
+            "report this as a bug",
+        )
+    })?;
     NodeConfig::parse(Path::new(CONFIG), &config)
         .map_err(|e| s.fail("writing the node configuration", &e, "report this as a bug"))?;
     ssh.upload(CONFIG, config.as_bytes(), 0o644)
@@ -713,8 +962,10 @@ fn locate(db: Option<&Path>, ip: Ipv4Addr) -> Option<(f64, f64)> {
 
 /// `maki machine remove`: stops the node, removes it from the cluster state through another
 /// node, deletes everything Makiatto put on it, and drops it from the profile. A machine
-/// that cannot be reached is still removed from the cluster and the profile (the output
-/// says that its files remain). `confirm` is asked unless `force`.
+/// that cannot be reached (no connection) is removed from the cluster and the profile only
+/// with `force` (the output says that its files remain); a machine that answers but
+/// refuses the login (or sudo) is an error and nothing changes. `confirm` is asked unless
+/// `force`.
 pub async fn remove(
     profile: &mut Profile,
     profile_path: &Path,
@@ -751,9 +1002,30 @@ pub async fn remove(
     let mut options = options_for(&m, key);
     options.interactive = true;
     s.start("stopping the service");
+    let unreachable = |reason: String| {
+        s.failed(
+            "connecting",
+            format!("the machine cannot be reached: {reason}"),
+            "nothing was changed; if the machine is gone for good, `--force` removes it from the cluster and the profile (its files stay on it)",
+        )
+    };
     let ssh = match tokio::time::timeout(Duration::from_secs(20), Ssh::connect(&target, &options))
         .await
     {
+        Ok(Err(e @ SshError::Connect { .. })) if !force => return Err(unreachable(e.to_string())),
+        Err(_) if !force => return Err(unreachable("SSH timed out after 20s".into())),
+        Ok(Err(e @ SshError::Connect { .. })) => {
+            tracing::debug!(error = %e, "removing an unreachable machine");
+            None
+        }
+        Err(_) => None,
+        Ok(Err(e)) => {
+            return Err(s.fail(
+                "connecting",
+                &e,
+                "nothing was changed: the machine answers but refuses this login; fix the access and run remove again",
+            ));
+        }
         Ok(Ok(ssh)) => {
             ssh.root(
                 "stop",
@@ -769,7 +1041,6 @@ pub async fn remove(
             })?;
             Some(ssh)
         }
-        _ => None,
     };
     let others: Vec<&Machine> = profile.machines.iter().filter(|o| o.name != name).collect();
     if !others.is_empty() {
@@ -905,33 +1176,22 @@ pub async fn restart(
 /// How long `upgrade` waits for an upgraded node before putting the old binary back.
 pub const UPGRADE_WAIT: Duration = Duration::from_secs(30);
 
-/// `maki machine upgrade`: one machine at a time, installs `binary` (checksum verified),
-/// restarts the node and waits until it runs the new binary and rejoins; otherwise puts the
-/// previous binary back, restarts it, and stops the rollout with an error.
+/// `maki machine upgrade`: one machine at a time, installs `binary` (checksum verified)
+/// beside the running one, stops the service, copies the store database aside
+/// ([`UPGRADE_BACKUP`]), starts the new binary and waits until the node itself reports it
+/// healthy (its own health report written after the restart, the new binary running, the
+/// other nodes seen alive). Otherwise it puts back the previous binary AND the copied
+/// database (the new binary may have migrated the store to a schema the old one refuses),
+/// restarts, and stops the rollout with an error.
 pub async fn upgrade(
     profile: &Profile,
     names: &[String],
-    binary: &Path,
+    binary: &BinarySource,
     key: Option<&Path>,
     progress: Progress<'_>,
 ) -> Result<String, MachineError> {
     let machines = select(profile, names)?;
-    let data = std::fs::read(binary).map_err(|e| {
-        usage(
-            format!("cannot read the daemon binary {}: {e}", binary.display()),
-            "pass the makiatto binary with --binary-path",
-        )
-    })?;
-    let Some(arch) = elf_arch(&data) else {
-        return Err(usage(
-            format!(
-                "{} is not a Linux x86_64 or aarch64 binary",
-                binary.display()
-            ),
-            "pass the makiatto daemon binary with --binary-path",
-        ));
-    };
-    let sha = ssh::sha256_hex(&data);
+    let binary = Binary::load(binary)?;
     let mut out = String::new();
     for m in machines {
         let (s, target, options, ssh) =
@@ -940,66 +1200,77 @@ pub async fn upgrade(
             .root("uname", "uname -m")
             .await
             .map_err(|e| s.fail("detecting the system", &e, "check the machine"))?;
-        if machine_arch.trim() != arch {
-            return Err(s.failed(
-                "detecting the system",
-                format!(
-                    "the machine is {} but the binary is {arch}",
-                    machine_arch.trim()
-                ),
-                "pass a binary built for the machine with --binary-path",
-            ));
-        }
+        let arch = machine_arch.trim();
+        binary
+            .check_arch(arch)
+            .map_err(|r| s.failed("detecting the system", r, binary.remedy()))?;
+        let sha = binary
+            .sha256(&ssh, arch)
+            .await
+            .map_err(|e| s.fail("installing the binary", &e, binary.remedy()))?;
         ssh.root(
             "keep the previous binary",
             &format!("cp -p {BINARY} {BINARY}.previous"),
         )
         .await
         .map_err(|e| s.fail("keeping the previous binary", &e, "check /usr/local/bin"))?;
-        ssh.upload(BINARY, &data, 0o755)
-            .await
-            .map_err(|e| s.fail("installing the binary", &e, "check free space"))?;
-        ssh.root("restart", "systemctl restart makiatto.service")
-            .await
-            .map_err(|e| s.fail("restarting", &e, "see `journalctl -u makiatto`"))?;
-        let others: Vec<String> = profile
-            .machines
-            .iter()
-            .filter(|o| o.name != m.name)
-            .map(|o| o.name.clone())
-            .collect();
-        let healthy = tokio::time::timeout(UPGRADE_WAIT, async {
-            let running = running_sha(&ssh).await;
-            if running.as_deref() != Some(sha.as_str()) {
-                return Err("the service does not run the new binary".to_owned());
-            }
-            wait_joined(&target, &options, &m.name, &others)
-                .await
-                .map(|_| ())
-        })
-        .await
-        .unwrap_or_else(|_| Err(format!("not healthy after {}s", UPGRADE_WAIT.as_secs())));
-        if let Err(reason) = healthy {
-            s.start(&format!("putting the previous binary back on {}", m.name));
-            // `reset-failed`: a binary that exits at once can run the unit into its start
-            // limit, after which systemd refuses to start it at all.
-            let restored = ssh
-                .root(
-                    "restore",
-                    &format!(
-                        "mv -f {BINARY}.previous {BINARY} && \
-                         {{ systemctl reset-failed makiatto.service || true; }} && \
-                         systemctl restart makiatto.service"
-                    ),
-                )
+        // The running service keeps the old file open: replacing it changes nothing yet.
+        if let Err(e) = binary.install(&ssh, arch, &sha).await {
+            let _ = ssh
+                .root("clean up", &format!("rm -f {BINARY}.previous"))
                 .await;
+            return Err(s.fail(
+                "installing the binary",
+                &e,
+                &format!(
+                    "nothing changed on the node; {}; check free space",
+                    binary.remedy()
+                ),
+            ));
+        }
+        s.start(&format!(
+            "stopping {}, copying its store aside, starting the new binary",
+            m.name
+        ));
+        // The node's clock: its health report must be newer than this.
+        let started = ssh.root("swap", &swap_script()).await.map_err(|e| {
+            s.fail(
+                "starting the new binary",
+                &e,
+                "see `journalctl -u makiatto`",
+            )
+        });
+        let healthy = match started {
+            Ok(text) => {
+                let since: i64 = text.trim().parse().unwrap_or(i64::MAX);
+                let others: Vec<String> = profile
+                    .machines
+                    .iter()
+                    .filter(|o| o.name != m.name)
+                    .map(|o| o.name.clone())
+                    .collect();
+                let deadline = tokio::time::Instant::now() + UPGRADE_WAIT;
+                if running_sha(&ssh).await.as_deref() == Some(sha.as_str()) {
+                    wait_healthy_since(&target, &options, &m.name, &others, since, deadline).await
+                } else {
+                    Err("the service does not run the new binary".to_owned())
+                }
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(reason) = healthy {
+            s.start(&format!(
+                "putting the previous binary and its data back on {}",
+                m.name
+            ));
+            let restored = ssh.root("restore", &restore_script()).await;
             ssh.close().await;
             return Err(s.failed(
                 "upgrading",
                 format!(
                     "the new binary did not become healthy ({reason}); {}",
                     match &restored {
-                        Ok(_) => "the previous binary is back".to_owned(),
+                        Ok(_) => "the previous binary and its store are back".to_owned(),
                         Err(e) => format!("putting the previous binary back failed too: {e}"),
                     }
                 ),
@@ -1007,13 +1278,94 @@ pub async fn upgrade(
             ));
         }
         let _ = ssh
-            .root("clean up", &format!("rm -f {BINARY}.previous"))
+            .root(
+                "clean up",
+                &format!("rm -rf {BINARY}.previous {UPGRADE_BACKUP}"),
+            )
             .await;
         ssh.close().await;
         let _ = writeln!(out, "{} upgraded", m.name);
     }
     progress(None);
     Ok(out)
+}
+
+/// Stops the service, copies the store database to [`UPGRADE_BACKUP`] (owner and mode
+/// kept), records the time (ms, the node's clock) and starts the service again (with the
+/// binary now installed). Prints that time.
+fn swap_script() -> String {
+    format!(
+        "set -e; systemctl stop makiatto.service; rm -rf {UPGRADE_BACKUP}; \
+         install -d -o makiatto -g makiatto -m 700 {UPGRADE_BACKUP}; \
+         for f in {STORE_FILES}; do if [ -e {DATA_DIR}/$f ]; then cp -p {DATA_DIR}/$f {UPGRADE_BACKUP}/; fi; done; \
+         date +%s%3N; systemctl reset-failed makiatto.service >/dev/null 2>&1 || true; \
+         systemctl start makiatto.service"
+    )
+}
+
+/// Stops the service, puts back the previous binary and the store database copied by
+/// [`swap_script`], and starts it (`reset-failed`: a binary that exits at once can run the
+/// unit into its start limit, after which systemd refuses to start it at all).
+fn restore_script() -> String {
+    format!(
+        "set -e; systemctl stop makiatto.service || true; mv -f {BINARY}.previous {BINARY}; \
+         if [ -d {UPGRADE_BACKUP} ]; then \
+         for f in {STORE_FILES}; do rm -f {DATA_DIR}/$f; done; \
+         for f in {STORE_FILES}; do if [ -e {UPGRADE_BACKUP}/$f ]; then cp -p {UPGRADE_BACKUP}/$f {DATA_DIR}/; fi; done; \
+         rm -rf {UPGRADE_BACKUP}; fi; \
+         systemctl reset-failed makiatto.service >/dev/null 2>&1 || true; systemctl start makiatto.service"
+    )
+}
+
+/// Polls the node's own admin API until its own health report is newer than `since` (its
+/// clock, ms) and healthy, and it sees every node of `others` alive; at most until
+/// `deadline`.
+async fn wait_healthy_since(
+    target: &Target,
+    options: &ssh::Options,
+    name: &str,
+    others: &[String],
+    since: i64,
+    deadline: tokio::time::Instant,
+) -> Result<(), String> {
+    use crate::store::cluster::node_health::HealthStatus;
+    let link = AdminLink::connect(target, options)
+        .await
+        .map_err(|e| e.to_string())?;
+    let result = loop {
+        let last = match (link.client.nodes().await, link.client.membership().await) {
+            (Ok(nodes), Ok(view)) => {
+                let own = nodes
+                    .iter()
+                    .find(|n| n.node.name == name)
+                    .and_then(|n| n.health.as_ref());
+                let missing: Vec<&String> =
+                    others.iter().filter(|o| !view.alive.contains(o)).collect();
+                match own {
+                    Some(h) if h.updated_ms >= since && h.status == HealthStatus::Healthy => {
+                        if missing.is_empty() {
+                            break Ok(());
+                        }
+                        format!("it does not see {missing:?} alive yet")
+                    }
+                    Some(h) if h.updated_ms >= since => {
+                        format!("it reports itself {:?}: {}", h.status, h.detail)
+                    }
+                    _ => "no health report from the new binary yet".to_owned(),
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => e.to_string(),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            break Err(format!(
+                "not healthy after {}s: {last}",
+                UPGRADE_WAIT.as_secs()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    link.close().await;
+    result
 }
 
 /// The SHA-256 of the binary the service runs, once it has a main process.
@@ -1185,13 +1537,80 @@ mod tests {
             Some(Ipv4Addr::new(10, 44, 44, 2)),
             &[&seed],
             false,
-        );
+        )
+        .unwrap();
         let c = NodeConfig::parse(Path::new("c.toml"), &text).unwrap();
         assert_eq!(c.name(), "klukai");
         assert_eq!(c.mesh.seed_nodes.len(), 1);
         assert_eq!(c.mesh.seed_nodes[0].endpoint, "192.0.2.1:51880");
         assert!(!c.node.is_nameserver);
         assert!(!c.acme.enabled);
+        assert_eq!(
+            c.mesh.address,
+            Some(IpAddr::V4(Ipv4Addr::new(10, 44, 44, 2)))
+        );
+        // Unpinned: no address key at all.
+        let text = render_config(
+            "klukai",
+            Ipv4Addr::new(192, 0, 2, 2),
+            (-33.87, 151.21),
+            false,
+            None,
+            &[&seed],
+            false,
+        )
+        .unwrap();
+        let c = NodeConfig::parse(Path::new("c.toml"), &text).unwrap();
+        assert_eq!(c.mesh.address, None);
+    }
+
+    #[test]
+    fn quotes_in_values_cannot_add_keys() {
+        let evil = "x\"\n[admin]\nsocket = \"/tmp/evil.sock\"\n[[mesh.seed_nodes]]\nname = \"y";
+        let seed = Machine {
+            name: evil.into(),
+            ssh_target: "root@192.0.2.1".into(),
+            ssh_port: 22,
+            is_nameserver: true,
+            wg_public_key: "k\"\nallow_public_direct = true\n#".into(),
+            wg_address: Some(Ipv4Addr::new(10, 44, 44, 1)),
+            ipv4: Ipv4Addr::new(192, 0, 2, 1),
+            ipv6: None,
+            latitude: None,
+            longitude: None,
+        };
+        let text = render_config(
+            "klukai",
+            Ipv4Addr::new(192, 0, 2, 2),
+            (1.0, 2.0),
+            false,
+            None,
+            &[&seed],
+            false,
+        )
+        .unwrap();
+        let c = NodeConfig::parse(Path::new("c.toml"), &text).unwrap();
+        assert_eq!(c.admin.socket, Path::new(ADMIN_SOCKET), "{text}");
+        assert!(!c.mesh.allow_public_direct, "{text}");
+        assert_eq!(c.mesh.seed_nodes.len(), 1, "{text}");
+        assert_eq!(c.mesh.seed_nodes[0].name, evil);
+        assert_eq!(c.mesh.seed_nodes[0].wg_public_key, seed.wg_public_key);
+    }
+
+    #[test]
+    fn release_urls_and_checksums() {
+        assert_eq!(
+            BinarySource::url("https://x/v{version}/makiatto-{arch}", "aarch64"),
+            format!("https://x/v{}/makiatto-aarch64", crate::VERSION)
+        );
+        assert_eq!(parse_sha256(&"AB".repeat(32)), Ok("ab".repeat(32)));
+        assert!(parse_sha256("abc").is_err());
+        assert!(parse_sha256(&"g".repeat(64)).is_err());
+        let bad = BinarySource::Url {
+            template: "file:///etc/passwd".into(),
+            sha256: None,
+        };
+        assert!(Binary::load(&bad).is_err());
     }
 
     #[test]

@@ -4,15 +4,21 @@
 //! - Host keys are checked against `~/.ssh/known_hosts`; a host seen for the first time is
 //!   added (`accept-new`). `MAKIATTO_SSH_KNOWN_HOSTS` names another known-hosts file.
 //! - Commands that need root run as they are for `root`, else through `sudo -n`; when sudo
-//!   wants a password, [`Ssh::connect`] asks for it on the terminal once and every later
-//!   command passes it on stdin (`sudo -S`), never on a command line.
-//! - [`Ssh::upload`] streams a file over stdin and checks its SHA-256 on the machine before
-//!   moving it into place; [`Ssh::forward_unix`] forwards a machine's Unix socket (the admin
-//!   socket) to a local one.
+//!   wants a password, [`Ssh::connect`] takes it from `MAKIATTO_SUDO_PASSWORD` or asks for
+//!   it on the terminal once, and every later command passes it on stdin (`sudo -S`), never
+//!   on a command line.
+//! - [`Ssh::upload`] streams a file over stdin and [`Ssh::fetch`] has the machine download
+//!   one (curl or wget); both check its SHA-256 on the machine before moving it into place.
+//!   [`Ssh::forward_unix`] forwards a machine's Unix socket (the admin socket) to a local one.
+//! - A failed login ([`SshError::Auth`]) is told apart from a machine that cannot be
+//!   reached ([`SshError::Connect`]).
+//! - Prompts on the terminal run through [`on_terminal`], which hides the progress spinner
+//!   while the user types.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use miette::Diagnostic;
@@ -22,6 +28,44 @@ use tokio::io::AsyncWriteExt;
 
 /// The environment variable naming a known-hosts file to use instead of `~/.ssh/known_hosts`.
 pub const KNOWN_HOSTS_ENV: &str = "MAKIATTO_SSH_KNOWN_HOSTS";
+/// The environment variable holding the sudo password for unattended runs (else it is
+/// asked on the terminal). Never pass it on a command line.
+pub const SUDO_PASSWORD_ENV: &str = "MAKIATTO_SUDO_PASSWORD";
+
+/// Runs `f` around a terminal prompt (a spinner registered with [`set_suspender`] hides).
+type Suspender = Arc<dyn Fn(&mut dyn FnMut()) + Send + Sync>;
+
+static SUSPENDER: Mutex<Option<Suspender>> = Mutex::new(None);
+
+/// Registers what hides progress output while the user is asked something (`None`:
+/// nothing to hide). The `maki` spinner registers itself while it runs.
+pub fn set_suspender(s: Option<Suspender>) {
+    *SUSPENDER.lock().unwrap_or_else(PoisonError::into_inner) = s;
+}
+
+/// Runs `f`, which talks to the user on the terminal, with the progress output hidden so
+/// that it cannot draw over the question.
+pub fn on_terminal<T>(f: impl FnOnce() -> T) -> T {
+    let s = SUSPENDER
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    let Some(s) = s else {
+        return f();
+    };
+    let (mut f, mut out) = (Some(f), None);
+    s(&mut || {
+        if let Some(f) = f.take() {
+            out = Some(f());
+        }
+    });
+    // A suspender that did not call back: run `f` anyway.
+    match (out, f) {
+        (Some(v), _) => v,
+        (None, Some(f)) => f(),
+        (None, None) => unreachable!("f ran and returned"),
+    }
+}
 
 /// `user@host`, as given on the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,7 +134,18 @@ pub enum SshError {
     #[error("`{0}` is not user@host")]
     #[diagnostic(help("e.g. root@203.0.113.1 or ubuntu@cdn1.example.com"))]
     BadTarget(String),
-    /// The connection failed.
+    /// The machine refused the login (key, user) or its host key does not match.
+    #[error("{target} refused the SSH login: {reason}")]
+    #[diagnostic(help(
+        "the machine is up but does not accept this login: check the user, the key (--ssh-priv-key, ssh-agent) and ~/.ssh/known_hosts; `ssh -p <port> {target}` shows the details"
+    ))]
+    Auth {
+        /// The machine.
+        target: String,
+        /// What ssh said.
+        reason: String,
+    },
+    /// The machine could not be reached.
     #[error("cannot connect to {target} over SSH: {reason}")]
     #[diagnostic(help(
         "check the address, the port (--port), the key (--ssh-priv-key) and that `ssh -p <port> {target}` works"
@@ -104,7 +159,7 @@ pub enum SshError {
     /// The user cannot become root.
     #[error("{target}: `{user}` cannot run commands as root with sudo: {reason}")]
     #[diagnostic(help(
-        "log in as root, or give `{user}` sudo rights (a password is asked on the terminal when sudo needs one)"
+        "log in as root, or give `{user}` sudo rights (a password is asked on the terminal when sudo needs one, or taken from MAKIATTO_SUDO_PASSWORD)"
     ))]
     NoSudo {
         /// The machine.
@@ -156,6 +211,9 @@ enum Sudo {
     NoPassword,
     /// `sudo -S` with this password on stdin.
     Password(String),
+    /// No way to become root on this connection (a non-interactive connection of a user
+    /// whose sudo needs a password nobody gave): root commands fail with this reason.
+    Unavailable(String),
 }
 
 impl fmt::Debug for Sudo {
@@ -164,6 +222,7 @@ impl fmt::Debug for Sudo {
             Self::Root => "Root",
             Self::NoPassword => "NoPassword",
             Self::Password(_) => "Password(..)",
+            Self::Unavailable(_) => "Unavailable",
         })
     }
 }
@@ -194,8 +253,10 @@ pub fn sha256_hex(data: &[u8]) -> String {
 }
 
 impl Ssh {
-    /// Connects to `target` and finds out how to become root (asking for the sudo
-    /// password on the terminal when needed and `options.interactive`).
+    /// Connects to `target` and finds out how to become root (the sudo password from
+    /// [`SUDO_PASSWORD_ENV`], else asked on the terminal when `options.interactive`).
+    /// A non-interactive connection that cannot become root still connects: only its root
+    /// commands fail ([`Self::user_output`] works).
     pub async fn connect(target: &Target, options: &Options) -> Result<Self, SshError> {
         let session = Self::session(target, options).await?;
         let mut ssh = Self {
@@ -205,7 +266,13 @@ impl Ssh {
             sudo: Sudo::Root,
         };
         if target.user != "root" {
-            ssh.sudo = ssh.find_sudo(options.interactive).await?;
+            ssh.sudo = match ssh.find_sudo(options.interactive).await {
+                Ok(s) => s,
+                Err(SshError::NoSudo { reason, .. }) if !options.interactive => {
+                    Sudo::Unavailable(reason)
+                }
+                Err(e) => return Err(e),
+            };
         }
         Ok(ssh)
     }
@@ -224,12 +291,14 @@ impl Ssh {
         if let Some(file) = std::env::var_os(KNOWN_HOSTS_ENV) {
             b.user_known_hosts_file(PathBuf::from(file));
         }
-        b.connect(&target.host)
-            .await
-            .map_err(|e| SshError::Connect {
-                target: format!("{target}:{}", options.port),
-                reason: error_chain(&e),
-            })
+        b.connect(&target.host).await.map_err(|e| {
+            let (target, reason) = (format!("{target}:{}", options.port), error_chain(&e));
+            if refused_login(&reason) {
+                SshError::Auth { target, reason }
+            } else {
+                SshError::Connect { target, reason }
+            }
+        })
     }
 
     async fn find_sudo(&self, interactive: bool) -> Result<Sudo, SshError> {
@@ -246,19 +315,26 @@ impl Ssh {
             return Ok(Sudo::NoPassword);
         }
         let err = String::from_utf8_lossy(&out.stderr).trim().to_owned();
-        if !err.contains("password") || !interactive {
+        let from_env = std::env::var(SUDO_PASSWORD_ENV).ok();
+        if !err.contains("password") || (!interactive && from_env.is_none()) {
             return Err(no_sudo(if err.is_empty() {
                 "sudo is not available".into()
             } else {
                 err
             }));
         }
-        let prompt = format!(
-            "[sudo] password for {} on {}: ",
-            self.target.user, self.target.host
-        );
-        let password = rpassword::prompt_password(prompt)
-            .map_err(|e| no_sudo(format!("cannot read the password: {e}")))?;
+        let password = match from_env {
+            Some(p) => p,
+            None => ask_password(&format!(
+                "[sudo] password for {} on {}: ",
+                self.target.user, self.target.host
+            ))
+            .map_err(|e| {
+                no_sudo(format!(
+                    "cannot read the password ({e}); without a terminal, set {SUDO_PASSWORD_ENV}"
+                ))
+            })?,
+        };
         let mut input = password.clone().into_bytes();
         input.push(b'\n');
         let out = self
@@ -269,6 +345,11 @@ impl Ssh {
         } else {
             Err(no_sudo("the password was refused".into()))
         }
+    }
+
+    /// Whether the login user is root (no sudo needed).
+    pub fn is_root(&self) -> bool {
+        matches!(self.sudo, Sudo::Root)
     }
 
     /// The machine, `user@host`.
@@ -316,6 +397,12 @@ impl Ssh {
             .map_err(|e| fail(error_chain(&e)))
     }
 
+    /// Runs `command` (a shell command line) as the login user, without sudo; returns its
+    /// output whatever its status.
+    pub async fn user_output(&self, command: &str) -> Result<std::process::Output, SshError> {
+        self.raw(command, None, command).await
+    }
+
     /// Runs the shell `script` as root with `stdin`; returns its output whatever its status.
     pub async fn root_output(
         &self,
@@ -334,6 +421,13 @@ impl Ssh {
                 input.push(b'\n');
                 input.extend_from_slice(stdin);
                 (format!("sudo -k -S -p '' sh -c {quoted}"), input)
+            }
+            Sudo::Unavailable(reason) => {
+                return Err(SshError::NoSudo {
+                    target: self.target.to_string(),
+                    user: self.target.user.clone(),
+                    reason: reason.clone(),
+                });
             }
         };
         self.raw(&command, Some(&input), script).await
@@ -363,16 +457,77 @@ impl Ssh {
     pub async fn upload(&self, path: &str, data: &[u8], mode: u32) -> Result<(), SshError> {
         let expected = sha256_hex(data);
         let tmp = format!("{path}.maki-upload");
-        let (q, qt) = (quote(path), quote(&tmp));
+        let qt = quote(&tmp);
         // Private (umask 077) until the checksum matched; the mode is set on install.
         let script = format!("set -e; umask 077; cat > {qt}; sha256sum {qt} | cut -d' ' -f1");
         let out = self.root_output(&script, data).await?;
+        self.install_checked(path, &out, &expected, mode).await
+    }
+
+    /// Has the machine download `url` (curl, else wget) to `path` as root with `mode`,
+    /// atomically, once its SHA-256 is `expected` (lowercase hex). Nothing is left at
+    /// `path` or beside it when the download or the check fails.
+    pub async fn fetch(
+        &self,
+        path: &str,
+        url: &str,
+        expected: &str,
+        mode: u32,
+    ) -> Result<(), SshError> {
+        let qt = quote(&format!("{path}.maki-upload"));
+        let script = format!(
+            "set -e; umask 077; {DOWNLOADER}; get {} {qt}; sha256sum {qt} | cut -d' ' -f1",
+            quote(url)
+        );
+        let out = self.root_output(&script, b"").await?;
+        self.install_checked(path, &out, expected, mode).await
+    }
+
+    /// Has the machine download the small text file at `url` (curl, else wget); returns it.
+    pub async fn fetch_text(&self, url: &str) -> Result<String, SshError> {
+        let script = format!("set -e; {DOWNLOADER}; get {} -", quote(url));
+        let out = self.root_output(&script, b"").await?;
+        if out.status.success() {
+            return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+        }
+        Err(self.download_error(url, &out))
+    }
+
+    fn download_error(&self, url: &str, out: &std::process::Output) -> SshError {
+        let err = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        SshError::Command {
+            target: self.target.to_string(),
+            command: format!("download {url}"),
+            reason: if err.contains(NO_DOWNLOADER) {
+                "the machine has neither curl nor wget: install one (apt install curl) or pass --binary-path".into()
+            } else {
+                format!("{}: {err}", out.status)
+            },
+        }
+    }
+
+    /// The second half of [`Self::upload`] and [`Self::fetch`]: `out` is the script that
+    /// wrote `<path>.maki-upload` and printed its SHA-256. Installs it when that is
+    /// `expected`, else removes it.
+    async fn install_checked(
+        &self,
+        path: &str,
+        out: &std::process::Output,
+        expected: &str,
+        mode: u32,
+    ) -> Result<(), SshError> {
+        let tmp = format!("{path}.maki-upload");
+        let (q, qt) = (quote(path), quote(&tmp));
         if !out.status.success() {
             let _ = self.root("clean up", &format!("rm -f {qt}")).await;
+            let err = String::from_utf8_lossy(&out.stderr);
+            if err.contains(NO_DOWNLOADER) || err.contains("maki-download") {
+                return Err(self.download_error(path, out));
+            }
             return Err(SshError::Command {
                 target: self.target.to_string(),
-                command: format!("upload {path}"),
-                reason: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+                command: format!("write {path}"),
+                reason: err.trim().to_owned(),
             });
         }
         let got = String::from_utf8_lossy(&out.stdout).trim().to_owned();
@@ -382,7 +537,7 @@ impl Ssh {
                 target: self.target.to_string(),
                 path: path.to_owned(),
                 got,
-                expected,
+                expected: expected.to_owned(),
             });
         }
         self.root(
@@ -413,6 +568,37 @@ impl Ssh {
     pub async fn close(self) {
         let _ = self.session.close().await;
     }
+}
+
+/// What [`DOWNLOADER`] prints when the machine has neither curl nor wget.
+const NO_DOWNLOADER: &str = "maki-no-downloader";
+
+/// Shell: defines `get <url> <file or ->` with curl, else wget (HTTP errors fail), else
+/// fails printing [`NO_DOWNLOADER`].
+const DOWNLOADER: &str = "if command -v curl >/dev/null 2>&1; then \
+     get() { curl -fsSL --proto '=http,https' --connect-timeout 20 --retry 2 -o \"$2\" \"$1\" || { echo \"maki-download: curl failed for $1\" >&2; return 1; }; }; \
+     elif command -v wget >/dev/null 2>&1; then \
+     get() { wget -q -T 20 -O \"$2\" \"$1\" || { echo \"maki-download: wget failed for $1\" >&2; return 1; }; }; \
+     else echo maki-no-downloader >&2; exit 3; fi";
+
+/// Asks for a password on the terminal, the progress output hidden meanwhile.
+fn ask_password(prompt: &str) -> std::io::Result<String> {
+    on_terminal(|| rpassword::prompt_password(prompt))
+}
+
+/// Whether ssh's message says the machine answered but refused the login (as opposed to a
+/// machine that cannot be reached).
+fn refused_login(reason: &str) -> bool {
+    [
+        "Permission denied",
+        "Host key verification failed",
+        "REMOTE HOST IDENTIFICATION HAS CHANGED",
+        "Too many authentication failures",
+        "no matching host key type",
+        "Authentication failed",
+    ]
+    .iter()
+    .any(|m| reason.contains(m))
 }
 
 /// An error and its causes on one line.
@@ -458,6 +644,37 @@ mod tests {
             .output()
             .unwrap();
         assert_eq!(out.stdout, b"a'b $HOME `x`");
+    }
+
+    #[test]
+    fn a_password_prompt_hides_the_spinner() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let hidden = Arc::new(AtomicBool::new(false));
+        let seen = hidden.clone();
+        set_suspender(Some(Arc::new(move |f: &mut dyn FnMut()| {
+            seen.store(true, Ordering::SeqCst);
+            f();
+        })));
+        // No terminal in tests: the prompt fails, but only after hiding the spinner.
+        let _ = ask_password("password: ");
+        set_suspender(None);
+        assert!(hidden.load(Ordering::SeqCst));
+        assert_eq!(on_terminal(|| 7), 7);
+    }
+
+    #[test]
+    fn a_refused_login_is_not_an_unreachable_machine() {
+        assert!(refused_login(
+            "failed to connect: deploy@10.0.0.1: Permission denied (publickey,password)."
+        ));
+        assert!(refused_login("Host key verification failed."));
+        assert!(!refused_login(
+            "ssh: connect to host 10.0.0.1 port 22: Connection refused"
+        ));
+        assert!(!refused_login(
+            "ssh: connect to host 10.0.0.1 port 22: Connection timed out"
+        ));
+        assert!(!refused_login("No route to host"));
     }
 
     #[test]

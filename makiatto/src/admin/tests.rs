@@ -271,6 +271,7 @@ fn a_node_name_taken_with_another_key_is_refused_unless_replaced() {
         longitude: 2.0,
         is_nameserver: true,
         replace,
+        mesh_address: None,
     };
     let first = admin.add_node(&new(&key(1), false), cidr, 1).unwrap();
     // The same node registering again keeps its address.
