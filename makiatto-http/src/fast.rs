@@ -528,4 +528,38 @@ mod tests {
         );
         assert_eq!(parse(b"GET / HTTP/1.1\r\nHost: a\r\n", 10), Parsed::Decline);
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 2000,
+            failure_persistence: None,
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+
+        /// Any bytes: no panic; an accepted request is a complete head within the buffer
+        /// that parses the same on its own; a partial one is a prefix of something.
+        #[test]
+        fn parse_never_panics(
+            raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+            prefix in proptest::sample::select(vec![
+                &b""[..],
+                b"GET / HTTP/1.1\r\nHost: a\r\n",
+                b"HEAD /x?y HTTP/1.1\r\nHost: a\r\nIf-None-Match: ",
+                b"GET /a HTTP/1.1\r\nConnection: ",
+            ]),
+            max_head in 8usize..512,
+        ) {
+            let mut buf = prefix.to_vec();
+            buf.extend_from_slice(&raw);
+            match parse(&buf, max_head) {
+                Parsed::Req(r) => {
+                    proptest::prop_assert!(r.len <= buf.len() && r.len <= max_head);
+                    proptest::prop_assert!(r.path.starts_with('/'));
+                    proptest::prop_assert_eq!(parse(&buf[..r.len], max_head), Parsed::Req(r));
+                }
+                Parsed::Partial => proptest::prop_assert!(buf.len() <= max_head),
+                Parsed::Decline => {}
+            }
+        }
+    }
 }

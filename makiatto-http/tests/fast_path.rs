@@ -10,15 +10,19 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{TestServer, start, tls_connect};
-use makiatto_http::HttpServer;
+use makiatto_http::{HttpServer, ServerConfig};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// The same sites and certificates as `srv`, served with the fast path off.
-async fn slow_twin(srv: &TestServer) -> (SocketAddr, SocketAddr, HttpServer) {
+async fn slow_twin(
+    srv: &TestServer,
+    header_read_timeout_ms: u64,
+) -> (SocketAddr, SocketAddr, HttpServer) {
     let cfg = makiatto_http::ServerConfig {
         https_redirect_port: Some(8443),
         revalidate_ms: 0,
+        header_read_timeout_ms,
         fast_path: false,
         ..makiatto_http::ServerConfig::default()
     };
@@ -209,7 +213,8 @@ async fn etags(addr: SocketAddr, host: &str) -> Vec<String> {
 #[tokio::test]
 async fn fast_path_answers_like_hyper() {
     let srv = start(|c| c.https_redirect_port = Some(8443)).await;
-    let (slow_http, slow_https, slow) = slow_twin(&srv).await;
+    let (slow_http, slow_https, slow) =
+        slow_twin(&srv, ServerConfig::default().header_read_timeout_ms).await;
     let tags = etags(srv.http, "site.test").await;
     // The files the fast path serves from memory are loaded by the first requests; a
     // second pass sees them cached.
@@ -324,4 +329,108 @@ fn compare(want: &[Answer], got: &[Answer], host: &str, reqs: &[(String, Vec<u8>
         );
     }
     assert_eq!(want.len(), got.len(), "host {host}: answer counts differ");
+}
+
+/// Raw bytes as a client might send them: a few requests the fast path answers, then
+/// something it must decline (garbage, a mutated request, a body, a partial head) and
+/// maybe more requests behind it.
+fn raw_input() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+    use proptest::prelude::*;
+    let good = prop::sample::select(vec![
+        "GET / HTTP/1.1\r\nHost: site.test\r\n\r\n",
+        "HEAD /about HTTP/1.1\r\nHost: www.site.test\r\nAccept-Encoding: br\r\n\r\n",
+        "GET /long.html?q HTTP/1.1\r\nhost: SITE.test:80\r\nAccept-Encoding: gzip, zstd\r\n\r\n",
+        "GET /style.css HTTP/1.1\r\nHost: site.test\r\nIf-None-Match: *\r\n\r\n",
+        "GET /missing HTTP/1.1\r\nHost: site.test\r\n\r\n",
+        "POST /about HTTP/1.1\r\nHost: site.test\r\nContent-Length: 3\r\n\r\nabc",
+    ]);
+    let tail = prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..64),
+        (good.clone(), any::<prop::sample::Index>(), any::<u8>()).prop_map(|(g, i, b)| {
+            let mut v = g.as_bytes().to_vec();
+            let at = i.index(v.len());
+            v[at] = b;
+            v
+        }),
+        (good.clone(), any::<prop::sample::Index>()).prop_map(|(g, i)| {
+            let v = g.as_bytes();
+            v[..i.index(v.len())].to_vec()
+        }),
+    ];
+    (
+        prop::collection::vec(good.clone(), 0..4),
+        tail,
+        prop::collection::vec(good, 0..3),
+    )
+        .prop_map(|(before, tail, after)| {
+            let mut v = Vec::new();
+            for g in before {
+                v.extend_from_slice(g.as_bytes());
+            }
+            v.extend_from_slice(&tail);
+            for g in after {
+                v.extend_from_slice(g.as_bytes());
+            }
+            // Ends the connection unless the tail left a head open (then the header read
+            // timeout does).
+            v.extend_from_slice(b"GET / HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\r\n");
+            v
+        })
+}
+
+/// Sends `raw` and returns everything the server wrote until it closed, `date` lines
+/// blanked. (The client does not half-close: hyper drops the answers of a client that
+/// does, the fast path does not.)
+async fn raw_exchange(addr: SocketAddr, raw: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(raw).await.unwrap();
+    let mut out = Vec::new();
+    // A reset (hyper on some malformed input) ends the answer like a close.
+    let _ = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out))
+        .await
+        .expect("server did not close in time");
+    let mut clean = Vec::new();
+    for line in out.split_inclusive(|&b| b == b'\n') {
+        if line.starts_with(b"date: ") {
+            clean.extend_from_slice(b"date: -\r\n");
+        } else {
+            clean.extend_from_slice(line);
+        }
+    }
+    clean
+}
+
+#[test]
+fn whatever_the_fast_path_declines_reaches_hyper_intact() {
+    use proptest::prelude::*;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (srv, slow_http, slow) = rt.block_on(async {
+        let srv = start(|c| {
+            c.https_redirect_port = Some(8443);
+            c.header_read_timeout_ms = 300;
+        })
+        .await;
+        let (http, _, slow) = slow_twin(&srv, 300).await;
+        (srv, http, slow)
+    });
+    let cfg = ProptestConfig {
+        cases: 200,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
+    proptest!(cfg, |(raw in raw_input())| {
+        let (want, got) = rt.block_on(async {
+            tokio::join!(raw_exchange(slow_http, &raw), raw_exchange(srv.http, &raw))
+        });
+        prop_assert!(
+            want == got,
+            "input {:?}\nslow: {:?}\nfast: {:?}",
+            String::from_utf8_lossy(&raw),
+            String::from_utf8_lossy(&want),
+            String::from_utf8_lossy(&got)
+        );
+    });
+    assert_eq!(slow.fast_path_answers(), 0);
+    let fast = srv.server.fast_path_answers();
+    assert!(fast > 100);
 }
