@@ -14,7 +14,8 @@ use crate::pending::{self, Responder};
 use crate::table::{SENTINEL, TableInfo, ident};
 use crate::wire::{Cell, Change, Chunk, Frame, SyncReq};
 use crate::writer::{
-    LocalCommit, MergeCommit, Sites, Writer, get_meta, load_known, select_row, set_meta,
+    ClockRow, LocalCommit, MergeCommit, RowCache, Sites, Writer, clock_row_cells, get_meta,
+    load_known, select_row, set_meta,
 };
 use crate::{Result, Schema, SiteId, StoreError, TableClass, Value};
 
@@ -144,6 +145,8 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "trusted_schema", "ON")?;
         conn.pragma_update(None, "foreign_keys", "OFF")?;
+        // INSERT OR REPLACE of a live row runs the DELETE trigger, then the INSERT one.
+        conn.pragma_update(None, "recursive_triggers", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.set_prepared_statement_cache_capacity(512);
         conn.execute_batch(META_DDL)?;
@@ -186,6 +189,9 @@ impl Store {
 
         let mut pending_out = Vec::new();
         let mut tables = load_tables(&writer.conn)?;
+        for info in tables.values() {
+            upgrade_clock(&writer.conn, info)?;
+        }
         for m in schema.migrations.iter().filter(|m| m.version > found) {
             let commit = writer.local(&tables.clone(), |tx| {
                 tx.execute_batch(m.sql)?;
@@ -670,7 +676,8 @@ impl Store {
             for info in self.inner.tables.values() {
                 h.update(info.name.as_bytes());
                 let clock = crate::table::clock_table(&info.name);
-                let sql = "SELECT c.pk, c.cid, c.cv, c.site_ord, c.ts, s.cv FROM ".to_owned()
+                let sql = "SELECT c.pk, c.cid, c.cv, c.site_ord, c.ts, s.cv, c.imp FROM "
+                    .to_owned()
                     + &clock
                     + " c JOIN "
                     + &clock
@@ -680,18 +687,27 @@ impl Store {
                 while let Some(r) = rows.next()? {
                     let pk: Vec<u8> = r.get(0)?;
                     let cid: String = r.get(1)?;
-                    let cv: i64 = r.get(2)?;
                     let cl: i64 = r.get(5)?;
-                    h.update(&pk);
-                    h.update(cid.as_bytes());
-                    h.update(&cv.to_le_bytes());
-                    h.update(&cl.to_le_bytes());
-                    // Live rows' sentinels may carry either concurrent writer's metadata
-                    // (see the crate docs); tombstones' and columns' converge exactly.
-                    if cid != SENTINEL || cl % 2 == 0 {
-                        let site = sites.site(r.get(3)?).unwrap_or(SiteId([0; 16]));
-                        h.update(&site.0);
-                        h.update(&r.get::<_, i64>(4)?.to_le_bytes());
+                    let site = sites.site(r.get(3)?).unwrap_or(SiteId([0; 16]));
+                    let ts: i64 = r.get(4)?;
+                    let mut entries = vec![(cid, r.get::<_, i64>(2)?)];
+                    if r.get(6)? && cl % 2 == 1 {
+                        // Implicit column clocks hash like the clock rows they stand for.
+                        entries.extend(info.cols.iter().map(|c| (c.clone(), 1)));
+                        entries.sort();
+                    }
+                    for (cid, cv) in entries {
+                        h.update(&pk);
+                        h.update(cid.as_bytes());
+                        h.update(&cv.to_le_bytes());
+                        h.update(&cl.to_le_bytes());
+                        // Live rows' sentinels may carry either concurrent writer's
+                        // metadata (see the crate docs); tombstones' and columns' converge
+                        // exactly.
+                        if cid != SENTINEL || cl % 2 == 0 {
+                            h.update(&site.0);
+                            h.update(&ts.to_le_bytes());
+                        }
                     }
                 }
                 let sql = "SELECT * FROM ".to_owned()
@@ -874,6 +890,19 @@ fn change_ts(
         }
     }
     Ok(0)
+}
+
+/// Adds the `imp` column to a clock table written by an older version of this crate.
+fn upgrade_clock(conn: &Connection, info: &TableInfo) -> Result<()> {
+    let has_imp: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info(?1) WHERE name = 'imp'",
+        [info.name.clone() + "__crr_clock"],
+        |r| r.get(0),
+    )?;
+    if !has_imp {
+        conn.execute_batch(&info.clock_upgrade_sql())?;
+    }
+    Ok(())
 }
 
 fn meta_int(conn: &Connection, key: &str) -> Result<i64> {
@@ -1083,40 +1112,20 @@ fn serve_sync(
                 for info in tables.values() {
                     let mut stmt = tx.prepare_cached(&info.sql.clock_range)?;
                     let mut rows = stmt.query(params![ord, lo as i64, win_hi as i64])?;
-                    let mut row_cache: HashMap<Vec<u8>, Option<Vec<Value>>> = HashMap::new();
+                    let mut row_cache = RowCache::default();
                     while let Some(r) = rows.next()? {
                         let ver = r.get::<_, i64>(0)? as u64;
-                        let pk: Vec<u8> = r.get(1)?;
-                        let cid: String = r.get(2)?;
-                        let val = if cid == SENTINEL {
-                            Value::Null
-                        } else {
-                            let Some(&idx) = info.col_index.get(&cid) else {
-                                continue;
-                            };
-                            if !row_cache.contains_key(&pk) {
-                                let row = select_row(&tx, info, &pk)?;
-                                row_cache.insert(pk.clone(), row);
-                            }
-                            row_cache
-                                .get(&pk)
-                                .and_then(|r| r.as_ref())
-                                .and_then(|r| r.get(idx).cloned())
-                                .unwrap_or(Value::Null)
-                        };
-                        let cell = Cell {
-                            table: info.name.clone(),
-                            pk,
-                            cid,
-                            val,
+                        let ts = r.get::<_, i64>(5)? as u64;
+                        let row = ClockRow {
+                            pk: r.get(1)?,
+                            cid: r.get(2)?,
                             cv: r.get(3)?,
-                            cl: r.get(6)?,
                             seq: r.get(4)?,
+                            cl: r.get(6)?,
+                            imp: r.get(7)?,
                         };
-                        by_ver
-                            .entry(ver)
-                            .or_default()
-                            .push((cell, r.get::<_, i64>(5)? as u64));
+                        let cells = by_ver.entry(ver).or_default();
+                        clock_row_cells(&tx, info, &mut row_cache, row, |c| cells.push((c, ts)))?;
                     }
                 }
                 let mut cleared: Vec<(u64, u64)> = Vec::new();

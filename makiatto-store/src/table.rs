@@ -33,7 +33,13 @@ pub(crate) struct TableSql {
     pub(crate) clock_delete_cols: String,
     pub(crate) clock_zero_cols: String,
     pub(crate) clock_by_version: String,
+    /// A row's causal length (its sentinel's `cv`).
+    pub(crate) clock_cl: String,
     pub(crate) clock_range: String,
+    /// Writes a row's implicit column clocks as clock rows and clears its `imp` flag
+    /// (parameter: the packed key); see [`TableInfo::clock_ddl`].
+    pub(crate) materialize: Option<String>,
+    pub(crate) clear_imp: String,
     pub(crate) row_delete: String,
     pub(crate) row_insert_pk: String,
     pub(crate) row_select: String,
@@ -105,6 +111,30 @@ pub(crate) fn clock_table(table: &str) -> String {
 
 fn join(parts: impl IntoIterator<Item = String>, sep: &str) -> String {
     parts.into_iter().collect::<Vec<_>>().join(sep)
+}
+
+/// The `INSERT … SELECT` writing the implicit column clocks (see [`TableInfo::clock_ddl`])
+/// of the row of table `name` whose packed key is the SQL expression `pk`, without its
+/// `ON CONFLICT` clause, which the caller appends after any further condition. Needs at
+/// least one column.
+fn materialize_sql(name: &str, cols: &[String], pk: &str) -> String {
+    let clock = clock_table(name);
+    let values = join(
+        cols.iter()
+            .enumerate()
+            .map(|(i, c)| "(".to_owned() + &literal(c) + ", " + &(i + 1).to_string() + ")"),
+        ", ",
+    );
+    "INSERT INTO ".to_owned()
+        + &clock
+        + " (pk, cid, cv, site_ord, ver, seq, ts) SELECT s.pk, c.column1, 1, s.site_ord, s.ver, \
+           s.seq + c.column2, s.ts FROM "
+        + &clock
+        + " s, (VALUES "
+        + &values
+        + ") c WHERE s.pk = "
+        + pk
+        + " AND s.cid = '-1' AND s.imp = 1"
 }
 
 impl TableInfo {
@@ -208,13 +238,18 @@ impl TableInfo {
         let clock = clock_table(&self.name);
         let index = ident(&(self.name.clone() + "__crr_clock_ver"));
         // "cid" is the column name or the sentinel; "cv" the column version (for the
-        // sentinel: the causal length).
+        // sentinel: the causal length). "imp" (sentinels only): the row's column clocks
+        // are implicit, as the insert that began this generation wrote them: column i has
+        // version 1 and the sentinel's origin with seq + 1 + i. A row with imp = 1 has no
+        // column clock rows; the first change to a column, local or merged, writes them all
+        // ("materialises") and clears the flag.
         let mut s = String::new();
         s.push_str("CREATE TABLE IF NOT EXISTS ");
         s.push_str(&clock);
         s.push_str(
             " (pk BLOB NOT NULL, cid TEXT NOT NULL, cv INTEGER NOT NULL, site_ord INTEGER NOT NULL, \
-             ver INTEGER NOT NULL, seq INTEGER NOT NULL, ts INTEGER NOT NULL, PRIMARY KEY (pk, cid)) \
+             ver INTEGER NOT NULL, seq INTEGER NOT NULL, ts INTEGER NOT NULL, \
+             imp INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (pk, cid)) \
              WITHOUT ROWID, STRICT;\nCREATE INDEX IF NOT EXISTS ",
         );
         s.push_str(&index);
@@ -222,6 +257,13 @@ impl TableInfo {
         s.push_str(&clock);
         s.push_str(" (site_ord, ver, seq);");
         s
+    }
+
+    /// SQL adding the `imp` column to a clock table made before it existed.
+    pub(crate) fn clock_upgrade_sql(&self) -> String {
+        "ALTER TABLE ".to_owned()
+            + &clock_table(&self.name)
+            + " ADD COLUMN imp INTEGER NOT NULL DEFAULT 0"
     }
 
     /// DDL dropping and re-creating the capture triggers (run after any schema change).
@@ -251,26 +293,20 @@ impl TableInfo {
             + " AFTER INSERT ON "
             + &t
             + " WHEN crr_local() BEGIN\n");
-        s += &(insert_clock.clone()
-            + "VALUES ("
+        // Only the sentinel is written: the columns' clocks are implicit (see `clock_ddl`),
+        // and their seqs are reserved. The writer runs with recursive_triggers on, so an
+        // INSERT OR REPLACE of a live row runs the DELETE trigger first and the row here is
+        // always new or dead.
+        let seqs = (self.cols.len() + 1).to_string();
+        s += &("INSERT INTO ".to_owned()
+            + &clock
+            + " (pk, cid, cv, site_ord, ver, seq, ts, imp) VALUES ("
             + &pack("NEW")
-            + ", '-1', 1, "
-            + meta
-            + ") ON CONFLICT (pk, cid) DO UPDATE SET cv = cv + (CASE WHEN cv % 2 = 0 THEN 1 ELSE 2 END), "
+            + ", '-1', 1, crr_self(), crr_ver(), crr_seqs("
+            + &seqs
+            + "), crr_ts(), 1) ON CONFLICT (pk, cid) DO UPDATE SET cv = cv + (CASE WHEN cv % 2 = 0 THEN 1 ELSE 2 END), imp = 1, "
             + set_meta
             + ";\n");
-        for c in &self.cols {
-            s += &(insert_clock.clone()
-                + "VALUES ("
-                + &pack("NEW")
-                + ", "
-                + &literal(c)
-                + ", 1, "
-                + meta
-                + ") ON CONFLICT (pk, cid) DO UPDATE SET cv = cv + 1, "
-                + set_meta
-                + ";\n");
-        }
         s += "END;\n";
         // UPDATE: one clock bump per column whose value changed.
         if !self.cols.is_empty() {
@@ -279,6 +315,22 @@ impl TableInfo {
                 + " AFTER UPDATE ON "
                 + &t
                 + " WHEN crr_local() BEGIN\n");
+            let changed = join(
+                self.cols
+                    .iter()
+                    .map(|c| "OLD.".to_owned() + &ident(c) + " IS NOT NEW." + &ident(c)),
+                " OR ",
+            );
+            s += &(materialize_sql(&self.name, &self.cols, &pack("NEW"))
+                + " AND ("
+                + &changed
+                + ") ON CONFLICT (pk, cid) DO NOTHING;\nUPDATE "
+                + &clock
+                + " SET imp = 0 WHERE pk = "
+                + &pack("NEW")
+                + " AND cid = '-1' AND imp = 1 AND ("
+                + &changed
+                + ");\n");
             for c in &self.cols {
                 s += &(insert_clock.clone()
                     + "SELECT "
@@ -308,7 +360,7 @@ impl TableInfo {
             + &pack("OLD")
             + ", '-1', 2, "
             + meta
-            + ") ON CONFLICT (pk, cid) DO UPDATE SET cv = cv + (CASE WHEN cv % 2 = 1 THEN 1 ELSE 2 END), "
+            + ") ON CONFLICT (pk, cid) DO UPDATE SET cv = cv + (CASE WHEN cv % 2 = 1 THEN 1 ELSE 2 END), imp = 0, "
             + set_meta
             + ";\n");
         s += &("DELETE FROM ".to_owned()
@@ -449,7 +501,7 @@ impl TableSql {
             })
             .collect();
         TableSql {
-            clock_get_row: "SELECT cid, cv, site_ord, ver, seq, ts FROM ".to_owned()
+            clock_get_row: "SELECT cid, cv, site_ord, ver, seq, ts, imp FROM ".to_owned()
                 + &clock
                 + " WHERE pk = ?1",
             clock_delete_cols: "DELETE FROM ".to_owned()
@@ -458,12 +510,19 @@ impl TableSql {
             clock_zero_cols: "UPDATE ".to_owned()
                 + &clock
                 + " SET cv = 0 WHERE pk = ?1 AND cid <> '-1'",
-            clock_by_version: "SELECT c.pk, c.cid, c.cv, c.seq, c.ts, s.cv FROM ".to_owned()
+            materialize: (!cols.is_empty())
+                .then(|| materialize_sql(name, cols, "?1") + " ON CONFLICT (pk, cid) DO NOTHING"),
+            clear_imp: "UPDATE ".to_owned()
                 + &clock
-                + " c JOIN "
+                + " SET imp = 0 WHERE pk = ?1 AND cid = '-1' AND imp = 1",
+            // No join with the sentinel here: with it, SQLite re-prepared the statement on
+            // every run on the writer connection (its cost showed in every local commit).
+            clock_by_version: "SELECT pk, cid, cv, seq, imp FROM ".to_owned()
                 + &clock
-                + " s ON s.pk = c.pk AND s.cid = '-1' WHERE c.site_ord = ?1 AND c.ver = ?2 ORDER BY c.seq",
-            clock_range: "SELECT c.ver, c.pk, c.cid, c.cv, c.seq, c.ts, s.cv FROM ".to_owned()
+                + " WHERE site_ord = ?1 AND ver = ?2",
+            clock_cl: "SELECT cv FROM ".to_owned() + &clock + " WHERE pk = ?1 AND cid = '-1'",
+            clock_range: "SELECT c.ver, c.pk, c.cid, c.cv, c.seq, c.ts, s.cv, c.imp FROM "
+                .to_owned()
                 + &clock
                 + " c JOIN "
                 + &clock

@@ -439,7 +439,16 @@ fn merge_change(
         let Some(info) = tables.get(key.0) else {
             continue;
         };
-        let clocks = load_clocks(tx, info, key.1)?;
+        let mut clocks = load_clocks(tx, info, key.1)?;
+        if clocks.implicit {
+            // The first merge into a row whose column clocks are implicit writes them out.
+            if let Some(sql) = &info.sql.materialize {
+                tx.prepare_cached(sql)?.execute([key.1])?;
+            }
+            tx.prepare_cached(&info.sql.clear_imp)?.execute([key.1])?;
+            clocks = load_clocks(tx, info, key.1)?;
+        }
+        let clocks = clocks.by_cid;
         if clocks.is_empty() && is_insert(&cells) {
             // A row never seen here, arriving whole: its cells win and are written in
             // multi-row statements with the version's other new rows.
@@ -559,13 +568,19 @@ impl<'a> FreshRows<'a> {
     }
 }
 
-/// The clocks of one row: column (or sentinel) → its clock.
-fn load_clocks(
-    tx: &Transaction<'_>,
-    info: &TableInfo,
-    pk: &[u8],
-) -> Result<HashMap<String, ClockMeta>> {
-    let mut clocks = HashMap::new();
+/// The clock rows of one row.
+struct RowClocks {
+    /// Column (or sentinel) → its clock.
+    by_cid: HashMap<String, ClockMeta>,
+    /// The sentinel's `imp` flag: the column clocks are implicit.
+    implicit: bool,
+}
+
+fn load_clocks(tx: &Transaction<'_>, info: &TableInfo, pk: &[u8]) -> Result<RowClocks> {
+    let mut clocks = RowClocks {
+        by_cid: HashMap::new(),
+        implicit: false,
+    };
     let mut stmt = tx.prepare_cached(&info.sql.clock_get_row)?;
     let mut rows = stmt.query([pk])?;
     while let Some(r) = rows.next()? {
@@ -574,7 +589,11 @@ fn load_clocks(
             site_ord: r.get(2)?,
             ts: r.get::<_, i64>(5)? as u64,
         };
-        clocks.insert(r.get(0)?, meta);
+        let cid: String = r.get(0)?;
+        if cid == SENTINEL {
+            clocks.implicit = r.get(6)?;
+        }
+        clocks.by_cid.insert(cid, meta);
     }
     Ok(clocks)
 }
@@ -779,43 +798,28 @@ pub(crate) fn read_version(
     for info in tables.values() {
         let mut stmt = conn.prepare_cached(&info.sql.clock_by_version)?;
         let mut rows = stmt.query(params![site_ord, ver as i64])?;
-        let mut row_cache: HashMap<Vec<u8>, Option<Vec<Value>>> = HashMap::new();
+        let mut row_cache = RowCache::default();
         while let Some(r) = rows.next()? {
             let pk: Vec<u8> = r.get(0)?;
             let cid: String = r.get(1)?;
             let cv: i64 = r.get(2)?;
-            let seq: u32 = r.get(3)?;
-            let cl: i64 = r.get(5)?;
-            let val = if cid == SENTINEL {
-                Value::Null
+            let cl = if cid == SENTINEL {
+                cv
             } else {
-                let idx = *info
-                    .col_index
-                    .get(&cid)
-                    .ok_or_else(|| StoreError::Corrupt {
-                        table: "clock",
-                        column: "cid",
-                        reason: format!("unknown column {cid} in {}", info.name),
-                    })?;
-                if !row_cache.contains_key(&pk) {
-                    let row = select_row(conn, info, &pk)?;
-                    row_cache.insert(pk.clone(), row);
-                }
-                row_cache
-                    .get(&pk)
-                    .and_then(|r| r.as_ref())
-                    .and_then(|r| r.get(idx).cloned())
-                    .unwrap_or(Value::Null)
+                conn.prepare_cached(&info.sql.clock_cl)?
+                    .query_row([&pk], |r| r.get(0))
+                    .optional()?
+                    .unwrap_or(0)
             };
-            cells.push(Cell {
-                table: info.name.clone(),
+            let row = ClockRow {
                 pk,
                 cid,
-                val,
                 cv,
+                seq: r.get(3)?,
                 cl,
-                seq,
-            });
+                imp: r.get(4)?,
+            };
+            clock_row_cells(conn, info, &mut row_cache, row, |c| cells.push(c))?;
         }
     }
     cells.sort_by_key(|c| c.seq);
@@ -825,6 +829,75 @@ pub(crate) fn read_version(
         ts,
         cells,
     })
+}
+
+/// Rows read while turning clock rows into cells, by packed key.
+pub(crate) type RowCache = HashMap<Vec<u8>, Option<Vec<Value>>>;
+
+/// One clock row as read for a version (by sync or for broadcast).
+pub(crate) struct ClockRow {
+    pub(crate) pk: Vec<u8>,
+    pub(crate) cid: String,
+    pub(crate) cv: i64,
+    pub(crate) seq: u32,
+    /// The row's causal length (its sentinel's `cv`).
+    pub(crate) cl: i64,
+    /// The clock row's `imp` flag (sentinels only).
+    pub(crate) imp: bool,
+}
+
+/// The cells one clock row stands for: itself, and for the sentinel of a live row whose
+/// column clocks are implicit, every column's (version 1, seq after the sentinel's; see
+/// `TableInfo::clock_ddl`). Column values are read from the row, once per key.
+pub(crate) fn clock_row_cells(
+    conn: &Connection,
+    info: &TableInfo,
+    rows: &mut RowCache,
+    r: ClockRow,
+    mut push: impl FnMut(Cell),
+) -> Result<()> {
+    let cell = |pk: Vec<u8>, cid: String, val: Value, cv: i64, seq: u32| Cell {
+        table: info.name.clone(),
+        pk,
+        cid,
+        val,
+        cv,
+        cl: r.cl,
+        seq,
+    };
+    if r.cid == SENTINEL {
+        if r.imp && r.cl % 2 == 1 && !info.cols.is_empty() {
+            // No other clock row of this key exists (the flag's invariant): no caching.
+            let values = select_row(conn, info, &r.pk)?.unwrap_or_default();
+            for (i, col) in info.cols.iter().enumerate() {
+                let val = values.get(i).cloned().unwrap_or(Value::Null);
+                push(cell(
+                    r.pk.clone(),
+                    col.clone(),
+                    val,
+                    1,
+                    r.seq + 1 + i as u32,
+                ));
+            }
+        }
+        push(cell(r.pk, r.cid, Value::Null, r.cv, r.seq));
+        return Ok(());
+    }
+    let Some(&idx) = info.col_index.get(&r.cid) else {
+        tracing::warn!(table = %info.name, cid = %r.cid, "clock of an unknown column skipped");
+        return Ok(());
+    };
+    if !rows.contains_key(&r.pk) {
+        let row = select_row(conn, info, &r.pk)?;
+        rows.insert(r.pk.clone(), row);
+    }
+    let val = rows
+        .get(&r.pk)
+        .and_then(|row| row.as_ref())
+        .and_then(|row| row.get(idx).cloned())
+        .unwrap_or(Value::Null);
+    push(cell(r.pk, r.cid, val, r.cv, r.seq));
+    Ok(())
 }
 
 pub(crate) fn select_row(
@@ -940,6 +1013,14 @@ fn register_functions(conn: &Connection, state: &Arc<Mutex<TxState>>) -> Result<
         let mut s = lock(&st);
         let v = s.seq;
         s.seq += 1;
+        Ok(i64::from(v))
+    })?;
+    let st = state.clone();
+    conn.create_scalar_function("crr_seqs", 1, flags, move |ctx| {
+        let n: u32 = ctx.get(0)?;
+        let mut s = lock(&st);
+        let v = s.seq;
+        s.seq += n;
         Ok(i64::from(v))
     })?;
     let st = state.clone();

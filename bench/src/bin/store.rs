@@ -1,6 +1,7 @@
 //! Replicated-store benchmark: ours against plain rusqlite, in one run.
 //!
-//! Run with `./bench/store/run.sh` (or `cargo run --release -p makiatto-bench --bin store`).
+//! Run with `./bench/store/run.sh` (or `cargo run --release -p makiatto-bench --bin store`;
+//! add `local` to run the local-write comparison alone).
 //! Prints, for the same statements, the write throughput of a replicated table and of a
 //! plain rusqlite table and their ratio; the merge throughput in cells per second; and the
 //! time to sync 100k rows to an empty node over loopback TCP.
@@ -23,6 +24,8 @@ const SCHEMA: Schema = Schema {
         }],
     }],
 };
+/// Rounds of each local-write shape (plain and ours interleaved; the best of each counts).
+const ROUNDS: usize = 3;
 const INSERT: &str = "INSERT INTO items (id, name, size, body) VALUES (?1, ?2, ?3, ?4)";
 
 fn rows(tx: &Connection, from: usize, n: usize) -> rusqlite::Result<()> {
@@ -39,32 +42,65 @@ fn rows(tx: &Connection, from: usize, n: usize) -> rusqlite::Result<()> {
     Ok(())
 }
 
-fn plain(dir: &std::path::Path, tx_count: usize, per_tx: usize) -> Duration {
-    let conn = Connection::open(dir.join(format!("plain-{per_tx}.db"))).unwrap();
+/// Wall time and this thread's CPU time of a run.
+#[derive(Clone, Copy)]
+struct Took {
+    wall: Duration,
+    cpu: Duration,
+}
+
+impl Took {
+    fn min(self, other: Took) -> Took {
+        Took {
+            wall: self.wall.min(other.wall),
+            cpu: self.cpu.min(other.cpu),
+        }
+    }
+}
+
+/// Time this thread has spent on a CPU (`/proc/thread-self/schedstat`, nanoseconds).
+fn thread_cpu() -> Duration {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .map_or(Duration::ZERO, Duration::from_nanos)
+}
+
+fn timed(f: impl FnOnce()) -> Took {
+    let (t, c) = (Instant::now(), thread_cpu());
+    f();
+    Took {
+        wall: t.elapsed(),
+        cpu: thread_cpu().saturating_sub(c),
+    }
+}
+
+fn plain(dir: &std::path::Path, round: usize, tx_count: usize, per_tx: usize) -> Took {
+    let conn = Connection::open(dir.join(format!("plain-{per_tx}-{round}.db"))).unwrap();
     conn.pragma_update(None, "journal_mode", "WAL").unwrap();
     conn.pragma_update(None, "synchronous", "NORMAL").unwrap();
     conn.execute_batch(TABLE_SQL).unwrap();
-    let t = Instant::now();
-    for k in 0..tx_count {
-        let tx = conn.unchecked_transaction().unwrap();
-        rows(&tx, k * per_tx, per_tx).unwrap();
-        tx.commit().unwrap();
-    }
-    t.elapsed()
+    timed(|| {
+        for k in 0..tx_count {
+            let tx = conn.unchecked_transaction().unwrap();
+            rows(&tx, k * per_tx, per_tx).unwrap();
+            tx.commit().unwrap();
+        }
+    })
 }
 
-fn replicated(dir: &std::path::Path, tx_count: usize, per_tx: usize) -> (Duration, Store) {
+fn replicated(dir: &std::path::Path, round: usize, tx_count: usize, per_tx: usize) -> Took {
     let store = Store::open(
-        dir.join(format!("crr-{per_tx}.db")),
+        dir.join(format!("crr-{per_tx}-{round}.db")),
         &SCHEMA,
         Options::default(),
     )
     .unwrap();
-    let t = Instant::now();
-    for k in 0..tx_count {
-        store.write(|tx| Ok(rows(tx, k * per_tx, per_tx)?)).unwrap();
-    }
-    (t.elapsed(), store)
+    timed(|| {
+        for k in 0..tx_count {
+            store.write(|tx| Ok(rows(tx, k * per_tx, per_tx)?)).unwrap();
+        }
+    })
 }
 
 fn rate(n: usize, d: Duration) -> f64 {
@@ -83,22 +119,35 @@ async fn main() {
         "\n## local writes: replicated table vs plain rusqlite (same statements, WAL, synchronous=NORMAL)"
     );
     println!(
-        "{:<22} {:>14} {:>14} {:>9}",
-        "transaction shape", "plain rows/s", "ours rows/s", "overhead"
+        "(best of {ROUNDS} interleaved rounds; CPU = the writing thread's time on a CPU, which other load on the machine does not inflate)"
+    );
+    println!(
+        "{:<22} {:>14} {:>14} {:>9} {:>13}",
+        "transaction shape", "plain rows/s", "ours rows/s", "overhead", "CPU overhead"
     );
     for (tx_count, per_tx) in [(20_000, 1), (2_000, 10), (100, 1_000)] {
         let n = tx_count * per_tx;
-        let p = plain(dir.path(), tx_count, per_tx);
-        let (o, _) = replicated(dir.path(), tx_count, per_tx);
+        let (mut p, mut o) = (None::<Took>, None::<Took>);
+        for round in 0..ROUNDS {
+            let tp = plain(dir.path(), round, tx_count, per_tx);
+            let to = replicated(dir.path(), round, tx_count, per_tx);
+            p = Some(p.map_or(tp, |x| x.min(tp)));
+            o = Some(o.map_or(to, |x| x.min(to)));
+        }
+        let (p, o) = (p.unwrap(), o.unwrap());
         println!(
-            "{:<22} {:>14.0} {:>14.0} {:>8.2}x",
+            "{:<22} {:>14.0} {:>14.0} {:>8.2}x {:>12.2}x",
             format!("{per_tx} row(s) per tx"),
-            rate(n, p),
-            rate(n, o),
-            o.as_secs_f64() / p.as_secs_f64()
+            rate(n, p.wall),
+            rate(n, o.wall),
+            o.wall.as_secs_f64() / p.wall.as_secs_f64(),
+            o.cpu.as_secs_f64() / p.cpu.as_secs_f64()
         );
     }
 
+    if std::env::args().nth(1).as_deref() == Some("local") {
+        return; // `store local`: the local-write comparison only
+    }
     println!("\n## merge: applying remote versions (100k rows, 3 columns + sentinel = 400k cells)");
     let src = Store::open(dir.path().join("src.db"), &SCHEMA, Options::default()).unwrap();
     let mut out = src.subscribe_local();

@@ -205,3 +205,94 @@ fn reopen_keeps_versions_and_identity() {
     exec(&s, "INSERT INTO kv (k) VALUES ('c'); ");
     assert_eq!(s.known().0[&site], vec![(1, 3)]);
 }
+
+/// Clock rows of `k` in `kv`: (cid, cv, imp).
+fn kv_clock_rows(s: &Store, k: &str) -> Vec<(String, i64, bool)> {
+    s.read(|c| {
+        let mut stmt =
+            c.prepare("SELECT cid, cv, imp FROM kv__crr_clock WHERE pk = ?1 ORDER BY cid")?;
+        let rows = stmt.query_map([pack(&[k.into()])], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    })
+    .unwrap()
+}
+
+#[test]
+fn an_inserted_row_keeps_one_clock_row_until_a_column_changes() {
+    let a = node();
+    let b = node();
+    exec(&a.store, "INSERT INTO kv (k, a, b) VALUES ('r', 'x', 1);");
+    // Only the sentinel is stored; the columns' clocks are implicit in it.
+    assert_eq!(kv_clock_rows(&a.store, "r"), [("-1".into(), 1, true)]);
+    // They still travel as cells, and the receiver ends up with the same state.
+    pull(&b.store, &a.store);
+    assert_eq!(get_kv(&b.store, "r"), Some((Some("x".into()), 1)));
+    assert_eq!(
+        a.store.canonical_hash().unwrap(),
+        b.store.canonical_hash().unwrap()
+    );
+    // The first change writes them out: the changed column at version 2, the other at 1.
+    exec(&a.store, "UPDATE kv SET b = 2 WHERE k = 'r';");
+    assert_eq!(
+        kv_clock_rows(&a.store, "r"),
+        [
+            ("-1".into(), 1, false),
+            ("a".into(), 1, false),
+            ("b".into(), 2, false)
+        ]
+    );
+    pull(&b.store, &a.store);
+    assert_eq!(get_kv(&b.store, "r"), Some((Some("x".into()), 2)));
+    assert_eq!(
+        a.store.canonical_hash().unwrap(),
+        b.store.canonical_hash().unwrap()
+    );
+    // A merge into a row whose clocks are implicit writes them out first.
+    exec(&b.store, "INSERT INTO kv (k, a) VALUES ('s', 'from b');");
+    pull(&a.store, &b.store);
+    exec(&a.store, "UPDATE kv SET a = 'from a' WHERE k = 's';");
+    pull(&b.store, &a.store);
+    assert_eq!(kv_clock_rows(&b.store, "s").len(), 3);
+    assert_eq!(get_kv(&b.store, "s"), Some((Some("from a".into()), 0)));
+    assert_eq!(
+        a.store.canonical_hash().unwrap(),
+        b.store.canonical_hash().unwrap()
+    );
+}
+
+#[test]
+fn a_database_from_before_implicit_clocks_opens_and_keeps_replicating() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.sqlite");
+    {
+        let store = Store::open(&path, &SCHEMA, makiatto_store::Options::default()).unwrap();
+        exec(
+            &store,
+            "INSERT INTO kv (k, a) VALUES ('old', 'v'); UPDATE kv SET b = 3 WHERE k = 'old';",
+        );
+    }
+    // The clock table as the previous release wrote it: no `imp` column.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "DROP TRIGGER kv__crr_ins; DROP TRIGGER kv__crr_upd; DROP TRIGGER kv__crr_del;
+         DROP TRIGGER pair__crr_ins; DROP TRIGGER pair__crr_upd; DROP TRIGGER pair__crr_del;
+         DROP TRIGGER ev__crr_ins; DROP TRIGGER ev__crr_upd; DROP TRIGGER ev__crr_del;
+         ALTER TABLE kv__crr_clock DROP COLUMN imp; ALTER TABLE pair__crr_clock DROP COLUMN imp;
+         ALTER TABLE ev__crr_clock DROP COLUMN imp;",
+    )
+    .unwrap();
+    drop(conn);
+    let store = Store::open(&path, &SCHEMA, makiatto_store::Options::default()).unwrap();
+    exec(&store, "INSERT INTO kv (k, a) VALUES ('new', 'w');");
+    assert_eq!(kv_clock_rows(&store, "new"), [("-1".into(), 1, true)]);
+    let b = node();
+    pull(&b.store, &store);
+    assert_eq!(get_kv(&b.store, "old"), Some((Some("v".into()), 3)));
+    assert_eq!(get_kv(&b.store, "new"), Some((Some("w".into()), 0)));
+    assert_eq!(
+        store.canonical_hash().unwrap(),
+        b.store.canonical_hash().unwrap()
+    );
+}

@@ -135,7 +135,14 @@ impl Model {
                     let cl = match row.sentinel.map(|s| s.cv) {
                         None => 1,
                         Some(cl) if cl % 2 == 0 => cl + 1,
-                        Some(cl) => cl + 2,
+                        Some(cl) => {
+                            // Replacing a live row deletes it first (the delete's clock is
+                            // overwritten by the insert's, but takes a seq) and starts a new
+                            // generation: its columns start again at version 1.
+                            let _delete = stamp(cl + 1);
+                            row.clocks.clear();
+                            cl + 2
+                        }
                     };
                     row.sentinel = Some(stamp(cl));
                     for (col, _) in def.cols {
@@ -330,12 +337,12 @@ pub(crate) fn dump(store: &makiatto_store::Store) -> Dump {
             for (def, clock_sql, rows_sql) in [
                 (
                     &KV,
-                    "SELECT pk, cid, cv, site_ord, ver, seq, ts FROM kv__crr_clock",
+                    "SELECT pk, cid, cv, site_ord, ver, seq, ts, imp FROM kv__crr_clock",
                     "SELECT k, a, b FROM kv",
                 ),
                 (
                     &PAIR,
-                    "SELECT pk, cid, cv, site_ord, ver, seq, ts FROM pair__crr_clock",
+                    "SELECT pk, cid, cv, site_ord, ver, seq, ts, imp FROM pair__crr_clock",
                     "SELECT x, y, v FROM pair",
                 ),
             ] {
@@ -354,7 +361,25 @@ pub(crate) fn dump(store: &makiatto_store::Store) -> Dump {
                     let row = out.entry((def.name.into(), pk)).or_default();
                     if cid == SENTINEL {
                         row.sentinel = Some(clock);
+                        // Implicit column clocks (see the store's clock table docs).
+                        if r.get::<_, bool>(7)? && clock.cv % 2 == 1 {
+                            for (i, (c, _)) in def.cols.iter().enumerate() {
+                                let implicit = Clock {
+                                    cv: 1,
+                                    seq: clock.seq + 1 + i as u32,
+                                    ..clock
+                                };
+                                assert!(
+                                    row.clocks.insert((*c).into(), implicit).is_none(),
+                                    "a row with implicit column clocks has a clock row"
+                                );
+                            }
+                        }
                     } else {
+                        assert!(
+                            !row.clocks.contains_key(&cid),
+                            "a row with implicit column clocks has a clock row"
+                        );
                         row.clocks.insert(cid, clock);
                     }
                 }
