@@ -28,6 +28,9 @@ const MAX_HEADERS: usize = 48;
 /// Bodies up to this size are copied behind their head, so that one small answer is one
 /// contiguous write (one TLS record); larger ones are written from the cached bytes.
 const COPY_BODY_MAX: usize = 16 * 1024;
+/// Pending answers are written once they reach this size, even with more pipelined
+/// requests waiting.
+const FLUSH_AT: usize = 256 * 1024;
 
 /// What the fast path of one connection needs.
 pub(crate) struct FastConn<'a> {
@@ -378,6 +381,10 @@ impl FastConn<'_> {
                 answered = true;
                 if close {
                     break;
+                }
+                // Many small pipelined requests: bound what one connection holds.
+                if out.cur.len() > FLUSH_AT && out.flush(io).await.is_err() {
+                    return End::Closed;
                 }
             }
             if !out.is_empty() && out.flush(io).await.is_err() {

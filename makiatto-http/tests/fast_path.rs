@@ -434,3 +434,47 @@ fn whatever_the_fast_path_declines_reaches_hyper_intact() {
     let fast = srv.server.fast_path_answers();
     assert!(fast > 100);
 }
+
+/// A client that pipelines requests for a file held in memory and never reads is dropped
+/// after the write timeout, as on the slow path: the fast path writes through the same
+/// timeout.
+#[tokio::test]
+async fn a_client_that_stops_reading_on_the_fast_path_is_dropped() {
+    let s = start(|c| {
+        c.max_connections = 1;
+        c.write_timeout_ms = 300;
+    })
+    .await;
+    // Warm the cache so the pipelined requests are all fast-path answers.
+    assert_eq!(
+        common::get(s.http, "site.test", "/big.bin", &[])
+            .await
+            .status,
+        200
+    );
+    let before = s.server.fast_path_answers();
+    let mut stalled = TcpStream::connect(s.http).await.unwrap();
+    // 64 x 1 MiB: far more than loopback socket buffers hold.
+    let one = b"GET /big.bin HTTP/1.1\r\nHost: site.test\r\n\r\n";
+    stalled.write_all(&one.repeat(64)).await.unwrap();
+    let started = std::time::Instant::now();
+    let deadline = started + Duration::from_secs(20);
+    loop {
+        let req = common::request("GET", "site.test", "/about", &[]);
+        let out = common::try_exchange(s.http, &req).await;
+        if out.is_some_and(|o| o.starts_with(b"HTTP/1.1 200")) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stalled reader kept the only slot"
+        );
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "slot freed before the write timeout"
+    );
+    assert!(s.server.fast_path_answers() > before);
+    drop(stalled);
+}
