@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use makiatto::admin::CertificateSummary;
 use makiatto::admin::client::Client;
 use makiatto::demo::{self, DemoOptions};
 use makiatto::dns::GeoPoint;
@@ -25,6 +26,7 @@ async fn checks(
     site: &Site,
     nodes: &[ExpectedNode],
     clients: &[ClientPlace],
+    certificates: &[CertificateSummary],
 ) -> BTreeMap<&'static str, Check> {
     let alive = Client::new(&node.admin).membership().await.unwrap().alive;
     let at = Endpoints {
@@ -40,6 +42,7 @@ async fn checks(
             nodes,
             alive: &alive,
             clients: Ok(clients),
+            certificates: Some(certificates),
         },
     )
     .await
@@ -93,9 +96,11 @@ fn the_health_probes_judge_a_running_demo_cluster() {
                 placed >= 3,
                 "the demo's three continents are placed: {clients:?}"
             );
+            let held = client.certificates().await.unwrap();
+            assert!(!held.is_empty());
 
             // The cluster as it is: every check green, nothing skipped.
-            let got = checks(node, &site, &truth, &clients).await;
+            let got = checks(node, &site, &truth, &clients, &held).await;
             for (name, check) in &got {
                 eprintln!("{} {name}: {}", node.name, check.detail);
                 assert!(
@@ -129,7 +134,7 @@ fn the_health_probes_judge_a_running_demo_cluster() {
             let (syd, nyc) = (swapped[0].location, swapped[2].location);
             swapped[0].location = nyc;
             swapped[2].location = syd;
-            let got = checks(node, &site, &swapped, &clients).await;
+            let got = checks(node, &site, &swapped, &clients, &held).await;
             assert!(!got["geo"].ok, "{} geo: {:?}", node.name, got["geo"]);
             assert!(got["geo"].detail.contains("the nearest alive node"));
             assert!(got["dns"].ok);
@@ -142,7 +147,7 @@ fn the_health_probes_judge_a_running_demo_cluster() {
                 location: None,
                 nameserver: true,
             });
-            let got = checks(node, &site, &extra, &clients).await;
+            let got = checks(node, &site, &extra, &clients, &held).await;
             assert!(!got["dns"].ok, "{} dns: {:?}", node.name, got["dns"]);
             assert!(got["dns"].detail.contains("lon.ns.example.com"));
 
@@ -151,9 +156,38 @@ fn the_health_probes_judge_a_running_demo_cluster() {
                 domain: "example.net".into(),
                 aliases: Vec::new(),
             };
-            let got = checks(node, &other, &truth, &clients).await;
+            let got = checks(node, &other, &truth, &clients, &held).await;
             assert!(got["cert"].ok, "{:?}", got["cert"]);
             assert_eq!(got["cert"].note.as_deref(), Some("http only"));
+            // ... but red when the cluster holds one for it that the node does not serve,
+            // or whose newest expired.
+            let now_ms = i64::try_from(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis(),
+            )
+            .unwrap();
+            let day_ms = 86_400_000;
+            let mut stray = held[0].clone();
+            stray.names = vec!["example.net".into()];
+            stray.not_before_ms = now_ms - day_ms;
+            stray.not_after_ms = now_ms + 60 * day_ms;
+            let got = checks(node, &other, &truth, &clients, &[stray.clone()]).await;
+            assert!(!got["cert"].ok, "{:?}", got["cert"]);
+            assert!(
+                got["cert"].detail.contains("not served"),
+                "{:?}",
+                got["cert"]
+            );
+            stray.not_after_ms = now_ms - 1;
+            let got = checks(node, &other, &truth, &clients, &[stray]).await;
+            assert!(!got["cert"].ok, "{:?}", got["cert"]);
+            assert!(
+                got["cert"].detail.contains("not renewed"),
+                "{:?}",
+                got["cert"]
+            );
         }
     });
 }

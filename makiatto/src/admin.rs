@@ -20,7 +20,7 @@ use crate::peer::{self, PeerError};
 use crate::store::cluster::deployment_activations;
 use crate::store::cluster::external_peers::{self, ExternalPeer};
 use crate::store::cluster::node_health::{self, HealthStatus};
-use crate::store::cluster::{aliases, deployment_files, deployments, domains, nodes};
+use crate::store::cluster::{aliases, certificates, deployment_files, deployments, domains, nodes};
 use crate::store::{BlobHash, BlobStore, Store, StoreError};
 
 /// A node whose health row is older than this is not expected to activate deployments.
@@ -47,6 +47,21 @@ pub struct DeploymentSummary {
     pub bytes: u64,
     /// Whether the domain serves it.
     pub active: bool,
+}
+
+/// A certificate as `GET /v1/certificates` lists it: what it covers and when, never its key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateSummary {
+    /// Hex fingerprint of the leaf.
+    pub id: String,
+    /// The domain it was obtained for.
+    pub domain: String,
+    /// The names it covers (lower-case; may include `*.` wildcards).
+    pub names: Vec<String>,
+    /// Start of validity (unix ms).
+    pub not_before_ms: i64,
+    /// End of validity (unix ms, exclusive).
+    pub not_after_ms: i64,
 }
 
 /// One node as `GET /v1/nodes` lists it: its row and its latest health report.
@@ -247,6 +262,24 @@ impl<'a> Admin<'a> {
                 node,
             })
             .collect())
+    }
+
+    /// The certificates the cluster holds (names and validity; never keys), newest first.
+    pub fn certificates(&self) -> Result<Vec<CertificateSummary>, AdminError> {
+        let mut list: Vec<CertificateSummary> = self
+            .store
+            .read(certificates::list)?
+            .into_iter()
+            .map(|c| CertificateSummary {
+                id: c.id,
+                domain: c.domain,
+                names: c.names,
+                not_before_ms: c.not_before_ms,
+                not_after_ms: c.not_after_ms,
+            })
+            .collect();
+        list.sort_by_key(|c| std::cmp::Reverse(c.not_after_ms));
+        Ok(list)
     }
 
     /// The domains the cluster serves, by name.

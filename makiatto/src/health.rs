@@ -31,6 +31,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::admin::CertificateSummary;
 use crate::admin::client::{Client, ClientError};
 use crate::machine::{AdminLink, options_for};
 use crate::profile::{Machine, Profile};
@@ -279,6 +280,10 @@ pub struct Expectations<'a> {
     /// Client subnets placed by this node's GeoIP data; `None` when the node cannot say
     /// (the `geo` check is then skipped with that reason).
     pub clients: Result<&'a [ClientPlace], &'a str>,
+    /// The certificates the cluster holds (`GET /v1/certificates`), to tell a host
+    /// without a certificate yet from one whose certificate expired or is not served;
+    /// `None`: unknown (a host without one served is then "HTTP only").
+    pub certificates: Option<&'a [CertificateSummary]>,
 }
 
 /// Where the node behind `client` places each of `subnets` (by their network address).
@@ -318,7 +323,13 @@ pub async fn probe(at: &Endpoints, expect: &Expectations<'_>) -> BTreeMap<&'stat
     checks.insert("http", http_check(at.http, expect.sites).await);
     checks.insert(
         "cert",
-        cert_check(at.https, expect.sites, SystemTime::now()).await,
+        cert_check(
+            at.https,
+            expect.sites,
+            expect.certificates,
+            SystemTime::now(),
+        )
+        .await,
     );
     checks
 }
@@ -332,6 +343,7 @@ struct NodeView {
     nodes: Vec<ExpectedNode>,
     alive: Option<Vec<String>>,
     clients: Option<Result<Vec<ClientPlace>, String>>,
+    certificates: Option<Vec<CertificateSummary>>,
 }
 
 /// Checks every machine of `profile`.
@@ -367,6 +379,10 @@ pub async fn check(profile: &Profile, key: Option<&Path>) -> Report {
         })
         .collect();
     let nodes = expected_nodes(profile, &views);
+    let certificates = views
+        .iter()
+        .flatten()
+        .find_map(|v| v.certificates.as_deref());
     for (m, (health, view)) in profile.machines.iter().zip(machines.iter_mut().zip(&views)) {
         let no_view = "the node's admin API did not answer".to_owned();
         let clients = match view.as_ref().and_then(|v| v.clients.as_ref()) {
@@ -384,6 +400,7 @@ pub async fn check(profile: &Profile, key: Option<&Path>) -> Report {
             nodes: &nodes,
             alive: &alive,
             clients,
+            certificates,
         };
         health
             .checks
@@ -568,6 +585,10 @@ async fn node_view(
             })
             .collect();
     }
+    view.certificates = tokio::time::timeout(PROBE, c.certificates())
+        .await
+        .ok()
+        .and_then(Result::ok);
     view.clients = Some(match locate_clients(c, &CLIENT_SUBNETS).await {
         Ok(places) => Ok(places),
         Err(ClientError::Refused { status: 404, .. }) => {
@@ -829,8 +850,14 @@ async fn http_status(addr: SocketAddr, host: &str) -> Result<u16, String> {
 }
 
 /// `cert`: the certificate served for each domain and alias names it and has at least
-/// [`CERT_MIN_DAYS`] left at `now`; hosts without one yet are noted, not failed.
-async fn cert_check(addr: SocketAddr, sites: &[Site], now: SystemTime) -> Check {
+/// [`CERT_MIN_DAYS`] left at `now`; hosts without one yet are noted, not failed, but a
+/// host the cluster `held` a certificate for (expired, or valid and not served) is red.
+async fn cert_check(
+    addr: SocketAddr,
+    sites: &[Site],
+    held: Option<&[CertificateSummary]>,
+    now: SystemTime,
+) -> Check {
     if sites.is_empty() {
         return Check::noted("skipped", "no domains");
     }
@@ -841,7 +868,12 @@ async fn cert_check(addr: SocketAddr, sites: &[Site], now: SystemTime) -> Check 
                 Ok(fine) => good.push(fine),
                 Err(bad) => return Check::bad(format!("{addr}: {bad}")),
             },
-            Ok(None) => none.push(host),
+            Ok(None) => {
+                if let Some(bad) = held.and_then(|h| unserved(h, host, now)) {
+                    return Check::bad(format!("{addr}: {bad}"));
+                }
+                none.push(host);
+            }
             Err(e) => return Check::bad(format!("{addr} ({host}): {e}")),
         }
     }
@@ -856,6 +888,47 @@ async fn cert_check(addr: SocketAddr, sites: &[Site], now: SystemTime) -> Check 
         let _ = write!(detail, "; no certificate yet for {}", none.join(", "));
     }
     Check::ok(detail)
+}
+
+/// Why it is wrong that no certificate is served for `host` when the cluster holds
+/// `held`: the newest covering it expired (renewal failed), or is valid and not served.
+fn unserved(held: &[CertificateSummary], host: &str, now: SystemTime) -> Option<String> {
+    let now_ms = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let newest = held
+        .iter()
+        .filter(|c| c.names.iter().any(|n| covers(n, host)))
+        .max_by_key(|c| c.not_after_ms)?;
+    let until = format_ms(newest.not_after_ms);
+    if newest.not_after_ms <= now_ms {
+        Some(format!(
+            "{host}: its newest certificate expired on {until} and was not renewed"
+        ))
+    } else if newest.not_before_ms <= now_ms {
+        Some(format!(
+            "{host}: the cluster holds a certificate valid until {until}, but it is not served"
+        ))
+    } else {
+        None
+    }
+}
+
+/// Whether certificate name `pattern` covers `host`: equal, or a `*.` wildcard for exactly
+/// one non-empty leftmost label (case-insensitive).
+fn covers(pattern: &str, host: &str) -> bool {
+    let (pattern, host) = (pattern.to_ascii_lowercase(), host.to_ascii_lowercase());
+    pattern == host
+        || pattern.strip_prefix("*.").is_some_and(|parent| {
+            host.split_once('.')
+                .is_some_and(|(label, rest)| !label.is_empty() && rest == parent)
+        })
+}
+
+/// A unix time in ms as a certificate date (`Nov 25 21:58:05 2031 +00:00`).
+fn format_ms(ms: i64) -> String {
+    x509_parser::time::ASN1Time::from_timestamp(ms.div_euclid(1000))
+        .map_or_else(|_| format!("{ms} ms"), |t| t.to_string())
 }
 
 /// Records the leaf a server presents and accepts it: the check judges names and dates
@@ -989,14 +1062,7 @@ fn judge_leaf(der: &[u8], host: &str, now: SystemTime) -> Result<String, String>
         })
         .unwrap_or_default();
     let host = host.to_ascii_lowercase();
-    let covers = |n: &String| {
-        *n == host
-            || n.strip_prefix("*.").is_some_and(|parent| {
-                host.split_once('.')
-                    .is_some_and(|(label, rest)| !label.is_empty() && rest == parent)
-            })
-    };
-    if !names.iter().any(covers) {
+    if !names.iter().any(|n| covers(n, &host)) {
         return Err(format!(
             "{host}: the certificate served is for [{}], not {host}",
             names.join(", ")

@@ -147,6 +147,12 @@ impl Client {
         .await
     }
 
+    /// The certificates the cluster holds (names and validity), newest first.
+    pub async fn certificates(&self) -> Result<Vec<super::CertificateSummary>, ClientError> {
+        self.call(Method::GET, "/v1/certificates", Bytes::new())
+            .await
+    }
+
     /// Where the node's GeoIP data places `ip` (`None`: unknown to it).
     pub async fn locate(
         &self,

@@ -17,6 +17,7 @@
 //! | `GET /v1/deployments/{id}/rollout` | | [`Rollout`](crate::deploy::Rollout): `{"active", "waiting", "failed"}` over the healthy nodes |
 //! | `GET /v1/domains/{domain}/deployments` | | `[`[`DeploymentSummary`]`]` |
 //! | `GET /v1/domains/{domain}/aliases` | | `["www.example.com", ..]`; `404` when unknown |
+//! | `GET /v1/certificates` | | `[`[`CertificateSummary`](super::CertificateSummary)`]`: names and validity, newest first (no keys) |
 //! | `GET /v1/geo/{ip}` | | [`GeoAnswer`]: where this node's GeoIP data places the address |
 //! | `POST /v1/domains/{domain}/rollback` | `{"deployment": id or null}` | `{"active"}` |
 //! | `GET /v1/peers` | | `[{"name", "wg_public_key", "endpoint", "mesh_address", "created_ms"}]` |
@@ -294,6 +295,10 @@ async fn route(
             let list = blocking(state, move |a| a.aliases(&domain)).await?;
             Ok(json(StatusCode::OK, &list))
         }
+        (&Method::GET, ["v1", "certificates"]) => Ok(json(
+            StatusCode::OK,
+            &blocking(state, |a| a.certificates()).await?,
+        )),
         (&Method::GET, ["v1", "geo", ip]) => {
             let ip: IpAddr = ip
                 .parse()

@@ -152,6 +152,27 @@ async fn the_admin_api_over_a_unix_socket() {
     assert!(body["location"].is_null(), "{body}");
     let (status, _) = call(&socket, Method::GET, "/v1/geo/not-an-ip", Vec::new()).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+    // Certificates: names and validity, never the key.
+    let cert = cluster::certificates::Certificate {
+        id: "ab".repeat(32),
+        domain: "example.com".into(),
+        names: vec!["example.com".into(), "www.example.com".into()],
+        bundle: cluster::certificates::Bundle {
+            chain_pem: "CHAIN".into(),
+            key_pem: "SECRET KEY".into(),
+        },
+        not_before_ms: 1,
+        not_after_ms: 2,
+        created_ms: 1,
+    };
+    store
+        .write(|tx| cluster::certificates::insert(tx, &cert))
+        .unwrap();
+    let (status, body) = call(&socket, Method::GET, "/v1/certificates", Vec::new()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body[0]["names"][1].as_str(), Some("www.example.com"));
+    assert_eq!(body[0]["not_after_ms"].as_i64(), Some(2));
+    assert!(!body.to_string().contains("SECRET"), "{body}");
 
     let rollback = |id: &str| {
         serde_json::to_vec(&RollbackRequest {
