@@ -14,7 +14,8 @@
 # Usage: bench/mesh/run.sh   (root)   Env: RUNS (1), SECS (10), OUTDIR (/tmp/mesh-bench-<stamp>),
 #   MESH_BIN (a prebuilt examples/wg_tunnel: skips the build, e.g. to compare two builds),
 #   CASES ("mesh wggo btcli": the tunnel cases to run), MESH_TXQUEUELEN (experiments: override
-#   the mesh TUN devices' txqueuelen after they are up)
+#   the mesh TUN devices' txqueuelen after they are up), MESH_THREADS (boringtun threads of
+#   the mesh case; default the node's, 1)
 # Per run it also prints the UDP receive-buffer drops (RcvbufErrors, both namespaces) and
 # the packets the TUN devices dropped (tx and rx drops, both ends summed).
 # Cleans up (processes by PID, namespaces, sockets) on exit, also on error or ^C.
@@ -86,9 +87,9 @@ wait_socks() {
 tunnel_up() {   # tunnel_up IMPL
   case $1 in
     mesh)
-      ip netns exec "$NS_A" "$MESH_BIN" $IF_A $TUN_A/24 $PORT "$OUTDIR/a.key" "$PB" $VETH_B:$PORT $TUN_B/32 >"$OUTDIR/$1-a.log" 2>&1 &
+      ip netns exec "$NS_A" "$MESH_BIN" $IF_A $TUN_A/24 $PORT "$OUTDIR/a.key" "$PB" $VETH_B:$PORT $TUN_B/32 ${MESH_THREADS:-} >"$OUTDIR/$1-a.log" 2>&1 &
       DA=$!
-      ip netns exec "$NS_B" "$MESH_BIN" $IF_B $TUN_B/24 $PORT "$OUTDIR/b.key" "$PA" $VETH_A:$PORT $TUN_A/32 >"$OUTDIR/$1-b.log" 2>&1 &
+      ip netns exec "$NS_B" "$MESH_BIN" $IF_B $TUN_B/24 $PORT "$OUTDIR/b.key" "$PA" $VETH_A:$PORT $TUN_A/32 ${MESH_THREADS:-} >"$OUTDIR/$1-b.log" 2>&1 &
       DB=$!; PIDS+=("$DA" "$DB"); wait_socks
       if [ -n "${MESH_TXQUEUELEN:-}" ]; then   # experiments: override the tunnel's queue length
         for _ in $(seq 1 50); do ip -n "$NS_B" link show $IF_B >/dev/null 2>&1 && break; sleep 0.1; done

@@ -197,7 +197,7 @@ impl MeshNode {
             )));
         }
         if matches!(config.tunnel, TunnelKind::Direct) {
-            check_direct_address(mesh_address, config.allow_public_direct)?;
+            check_direct(mesh_address, net, config.allow_public_direct)?;
         }
         let tunnel: Arc<dyn Tunnel> = match &config.tunnel {
             TunnelKind::Direct => Arc::new(Direct::new(mesh_address, net)),
@@ -564,20 +564,49 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// `Direct` authenticates nothing: its services may only listen on a loopback or private
 /// (RFC 1918) address, unless `allow_public` (and never on `0.0.0.0`).
-fn check_direct_address(address: Ipv4Addr, allow_public: bool) -> Result<()> {
+/// The ranges a `Direct` mesh may use without opting in: loopback and RFC 1918.
+const DIRECT_RANGES: [Ipv4Net; 4] = [
+    Ipv4Net::new_assert(Ipv4Addr::new(127, 0, 0, 0), 8),
+    Ipv4Net::new_assert(Ipv4Addr::new(10, 0, 0, 0), 8),
+    Ipv4Net::new_assert(Ipv4Addr::new(172, 16, 0, 0), 12),
+    Ipv4Net::new_assert(Ipv4Addr::new(192, 168, 0, 0), 16),
+];
+
+/// `Direct` authenticates nothing: it admits peers by source address from the whole mesh
+/// range ([`Admission::Range`]). So the node's address must be in that range, and both
+/// must be loopback or private unless the operator opts in (`allow_public_direct`).
+fn check_direct(address: Ipv4Addr, net: Ipv4Net, allow_public: bool) -> Result<()> {
     if address.is_unspecified() {
         return Err(MeshError::Config(
             "the Direct mesh backend needs a mesh address, not 0.0.0.0".into(),
         ));
     }
-    if address.is_loopback() || address.is_private() || allow_public {
+    if !net.contains(&address) {
+        return Err(MeshError::Config(format!(
+            "mesh address {address} is outside the mesh CIDR {net}, the range the Direct \
+             backend admits peers from: set the CIDR to the network the nodes share \
+             (e.g. 127.0.0.0/8 on one host)"
+        )));
+    }
+    if allow_public {
         return Ok(());
     }
-    Err(MeshError::Config(format!(
-        "the Direct mesh backend would serve the store and blobs unauthenticated on \
-         {address}, which is neither loopback nor private: use the WireGuard backend, or \
-         set allow_public_direct if that network is trusted"
-    )))
+    if !(address.is_loopback() || address.is_private()) {
+        return Err(MeshError::Config(format!(
+            "the Direct mesh backend would serve the store and blobs unauthenticated on \
+             {address}, which is neither loopback nor private: use the WireGuard backend, \
+             or set allow_public_direct if that network is trusted"
+        )));
+    }
+    if !DIRECT_RANGES.iter().any(|r| r.contains(&net)) {
+        return Err(MeshError::Config(format!(
+            "the Direct mesh backend admits the store, blobs and membership from any \
+             address of the mesh CIDR {net}, which is not all loopback or private: narrow \
+             it to the nodes' network, or set allow_public_direct if that network is \
+             trusted"
+        )));
+    }
+    Ok(())
 }
 
 /// A TCP listener on `addr`, bound to `device` when set (`SO_BINDTODEVICE`).
@@ -1074,13 +1103,13 @@ mod tests {
     #[tokio::test]
     async fn direct_refuses_a_public_address_unless_allowed() {
         let dir = tempfile::tempdir().unwrap();
-        let config = |address: &str, allow_public_direct: bool| NodeConfig {
+        let config = |address: &str, cidr: &str, allow_public_direct: bool| NodeConfig {
             name: "a".into(),
             cluster_id: "default".into(),
             data_dir: dir.path().into(),
             private_key: PrivateKey::generate().to_base64(),
             tunnel: TunnelKind::Direct,
-            mesh_cidr: "0.0.0.0/0".parse().unwrap(),
+            mesh_cidr: cidr.parse().unwrap(),
             mesh_address: Some(address.parse().unwrap()),
             endpoint: String::new(),
             public_ipv4: String::new(),
@@ -1093,29 +1122,40 @@ mod tests {
             sync_interval_ms: None,
             allow_public_direct,
         };
-        for public in ["203.0.113.5", "0.0.0.0"] {
-            let refused = MeshNode::start(config(public, false)).await;
+        // A public address, no address, an address outside the range, and (review #24)
+        // a private address whose range reaches public addresses.
+        for (address, cidr) in [
+            ("203.0.113.5", "0.0.0.0/0"),
+            ("0.0.0.0", "0.0.0.0/0"),
+            ("127.0.0.1", "10.44.44.0/24"),
+            ("127.0.0.1", "0.0.0.0/0"),
+            ("10.1.2.3", "8.0.0.0/6"),
+        ] {
+            let refused = MeshNode::start(config(address, cidr, false)).await;
             assert!(
                 matches!(&refused, Err(MeshError::Config(m)) if m.contains("Direct")),
-                "{public}: {refused:?}"
+                "{address} in {cidr}: {refused:?}"
             );
         }
-        assert!(matches!(
-            MeshNode::start(config("0.0.0.0", true)).await,
-            Err(MeshError::Config(_))
-        ));
-        // Opting in gets past the check (then fails to bind an address this host lacks).
-        let opted = MeshNode::start(config("203.0.113.5", true)).await;
-        assert!(matches!(&opted, Err(MeshError::Io { .. })), "{opted:?}");
-        for private in ["127.0.0.1", "10.1.2.3"] {
-            if private == "127.0.0.1" {
-                let node = MeshNode::start(config(private, false)).await.unwrap();
-                node.shutdown().await;
-            } else {
-                let r = MeshNode::start(config(private, false)).await;
-                assert!(matches!(&r, Err(MeshError::Io { .. })), "{private}: {r:?}");
-            }
+        for (address, cidr) in [("0.0.0.0", "0.0.0.0/0"), ("127.0.0.1", "10.44.44.0/24")] {
+            assert!(matches!(
+                MeshNode::start(config(address, cidr, true)).await,
+                Err(MeshError::Config(_))
+            ));
         }
+        // Opting in gets past the check (then fails to bind an address this host lacks).
+        let opted = MeshNode::start(config("203.0.113.5", "0.0.0.0/0", true)).await;
+        assert!(matches!(&opted, Err(MeshError::Io { .. })), "{opted:?}");
+        let node = MeshNode::start(config("127.0.0.1", "0.0.0.0/0", true))
+            .await
+            .unwrap();
+        node.shutdown().await;
+        let node = MeshNode::start(config("127.0.0.1", "127.0.0.0/8", false))
+            .await
+            .unwrap();
+        node.shutdown().await;
+        let r = MeshNode::start(config("10.1.2.3", "10.0.0.0/8", false)).await;
+        assert!(matches!(&r, Err(MeshError::Io { .. })), "10.1.2.3: {r:?}");
     }
 
     #[test]

@@ -26,8 +26,11 @@ pub const DEFAULT_QUIET_AFTER: Duration = Duration::from_secs(135);
 /// queue of the UDP socket and retransmits (`BENCHMARKS.md`, Mesh).
 pub const DEFAULT_SOCKET_BUFFER: usize = 7 << 20;
 
-/// Default of [`WireGuardConfig::tx_queue_len`] (the kernel gives a TUN device 500).
-pub const DEFAULT_TX_QUEUE_LEN: u32 = 1000;
+/// Default of [`WireGuardConfig::tx_queue_len`]. The kernel gives a TUN device 500 and
+/// drops what does not fit while boringtun encrypts; on the 2-core bench 1000 still lost
+/// packets under 1 stream, 2000 under 4 streams, 4000 none (`BENCHMARKS.md`, Mesh). A
+/// full queue is ~5.7 MB, ~23 ms at 2 Gbit/s.
+pub const DEFAULT_TX_QUEUE_LEN: u32 = 4000;
 
 /// How often new UDP sockets of the device (one per peer, opened after its first packet)
 /// are looked for to size their buffers.
