@@ -829,6 +829,14 @@ async fn http_check(addr: SocketAddr, sites: &[Site]) -> Check {
 
 /// The status code of `GET /` for `host` at `addr`.
 async fn http_status(addr: SocketAddr, host: &str) -> Result<u16, String> {
+    // Names come from the node; one that is not a host name never reaches a request line.
+    if host.is_empty()
+        || !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':'))
+    {
+        return Err(format!("{host:?} is not a host name"));
+    }
     tokio::time::timeout(PROBE, async {
         let mut s = tokio::net::TcpStream::connect(addr)
             .await
@@ -1155,6 +1163,22 @@ mod tests {
             "{table}"
         );
         assert!(report.json().contains("\"note\": \"http only\""));
+    }
+
+    #[tokio::test]
+    async fn a_host_name_from_the_node_never_reaches_the_request_line_unchecked() {
+        let site = Site {
+            domain: "example.com\r\nX-Injected: 1".into(),
+            aliases: Vec::new(),
+        };
+        // Nothing listens on the discard port: the name is refused before connecting.
+        let check = http_check("127.0.0.1:9".parse().unwrap(), &[site]).await;
+        assert!(!check.ok);
+        assert!(
+            check.detail.contains("is not a host name"),
+            "{}",
+            check.detail
+        );
     }
 
     /// Unix time of a day, `days` after 1970-01-01.
