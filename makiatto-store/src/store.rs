@@ -14,7 +14,7 @@ use crate::pending::{self, Responder};
 use crate::table::{SENTINEL, TableInfo, ident};
 use crate::wire::{Cell, Change, Chunk, Frame, SyncReq};
 use crate::writer::{
-    ClockRow, LocalCommit, MergeCommit, RowCache, Sites, Writer, clock_row_cells, get_meta,
+    ClockRow, LocalCommit, MergeCommit, RowReader, Sites, Writer, clock_row_cells, get_meta,
     load_known, select_row, set_meta,
 };
 use crate::{Result, Schema, SiteId, StoreError, TableClass, Value};
@@ -608,6 +608,13 @@ impl Store {
             source,
         })?;
         let tx = conn.unchecked_transaction()?;
+        // Our own versions are known as 1..=self_ver, which is about to go: spell it out.
+        tx.execute(
+            "INSERT OR REPLACE INTO crr_known (site_ord, lo, hi) SELECT s.ord, 1, v.value \
+             FROM crr_sites s, crr_meta i, crr_meta v WHERE i.key = 'self_site' AND s.site = i.value \
+             AND v.key = 'self_ver' AND v.value > 0",
+            [],
+        )?;
         for key in LOCAL_META {
             tx.execute("DELETE FROM crr_meta WHERE key = ?1", [key])?;
         }
@@ -1112,7 +1119,7 @@ fn serve_sync(
                 for info in tables.values() {
                     let mut stmt = tx.prepare_cached(&info.sql.clock_range)?;
                     let mut rows = stmt.query(params![ord, lo as i64, win_hi as i64])?;
-                    let mut row_cache = RowCache::default();
+                    let mut reader = RowReader::new(&tx, info)?;
                     while let Some(r) = rows.next()? {
                         let ver = r.get::<_, i64>(0)? as u64;
                         let ts = r.get::<_, i64>(5)? as u64;
@@ -1125,7 +1132,7 @@ fn serve_sync(
                             imp: r.get(7)?,
                         };
                         let cells = by_ver.entry(ver).or_default();
-                        clock_row_cells(&tx, info, &mut row_cache, row, |c| cells.push((c, ts)))?;
+                        clock_row_cells(info, &mut reader, row, |c| cells.push((c, ts)))?;
                     }
                 }
                 let mut cleared: Vec<(u64, u64)> = Vec::new();

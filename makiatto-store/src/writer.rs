@@ -218,9 +218,13 @@ impl Writer {
         )?;
         let mut ranges = self.known.get(&self.self_site).cloned().unwrap_or_default();
         ranges.insert(ver);
-        write_known(&tx, self.self_ord, &ranges)?;
-        set_meta(&tx, "self_ver", &Value::Int(ver as i64))?;
-        set_meta(&tx, "hlc_last", &Value::Int(self.hlc.last() as i64))?;
+        // This replica's own known set is always 1..=self_ver, so it is not written to
+        // crr_known (see `load_known`): self_ver and the HLC are the only bookkeeping.
+        tx.prepare_cached(
+            "INSERT INTO crr_meta (key, value) VALUES ('self_ver', ?1), ('hlc_last', ?2) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )?
+        .execute(params![ver as i64, self.hlc.last() as i64])?;
         tx.commit()?;
         self.self_ver = ver;
         self.known.insert(self.self_site, ranges);
@@ -798,7 +802,7 @@ pub(crate) fn read_version(
     for info in tables.values() {
         let mut stmt = conn.prepare_cached(&info.sql.clock_by_version)?;
         let mut rows = stmt.query(params![site_ord, ver as i64])?;
-        let mut row_cache = RowCache::default();
+        let mut reader = RowReader::new(conn, info)?;
         while let Some(r) = rows.next()? {
             let pk: Vec<u8> = r.get(0)?;
             let cid: String = r.get(1)?;
@@ -819,7 +823,7 @@ pub(crate) fn read_version(
                 cl,
                 imp: r.get(4)?,
             };
-            clock_row_cells(conn, info, &mut row_cache, row, |c| cells.push(c))?;
+            clock_row_cells(info, &mut reader, row, |c| cells.push(c))?;
         }
     }
     cells.sort_by_key(|c| c.seq);
@@ -831,8 +835,35 @@ pub(crate) fn read_version(
     })
 }
 
-/// Rows read while turning clock rows into cells, by packed key.
-pub(crate) type RowCache = HashMap<Vec<u8>, Option<Vec<Value>>>;
+/// Reads a table's rows while clock rows are turned into cells: one prepared statement,
+/// and the rows read so far by packed key.
+pub(crate) struct RowReader<'c> {
+    stmt: rusqlite::CachedStatement<'c>,
+    width: usize,
+    cache: HashMap<Vec<u8>, Option<Vec<Value>>>,
+}
+
+impl<'c> RowReader<'c> {
+    pub(crate) fn new(conn: &'c Connection, info: &TableInfo) -> Result<Self> {
+        Ok(RowReader {
+            stmt: conn.prepare_cached(&info.sql.row_select)?,
+            width: info.cols.len(),
+            cache: HashMap::new(),
+        })
+    }
+
+    fn read(&mut self, pk: &[u8]) -> Result<Option<Vec<Value>>> {
+        let n = self.width;
+        Ok(self
+            .stmt
+            .query_row(params_from_iter(unpack(pk)?), |r| {
+                (0..n)
+                    .map(|i| r.get::<_, Value>(i))
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .optional()?)
+    }
+}
 
 /// One clock row as read for a version (by sync or for broadcast).
 pub(crate) struct ClockRow {
@@ -850,9 +881,8 @@ pub(crate) struct ClockRow {
 /// column clocks are implicit, every column's (version 1, seq after the sentinel's; see
 /// `TableInfo::clock_ddl`). Column values are read from the row, once per key.
 pub(crate) fn clock_row_cells(
-    conn: &Connection,
     info: &TableInfo,
-    rows: &mut RowCache,
+    rows: &mut RowReader<'_>,
     r: ClockRow,
     mut push: impl FnMut(Cell),
 ) -> Result<()> {
@@ -868,7 +898,7 @@ pub(crate) fn clock_row_cells(
     if r.cid == SENTINEL {
         if r.imp && r.cl % 2 == 1 && !info.cols.is_empty() {
             // No other clock row of this key exists (the flag's invariant): no caching.
-            let values = select_row(conn, info, &r.pk)?.unwrap_or_default();
+            let values = rows.read(&r.pk)?.unwrap_or_default();
             for (i, col) in info.cols.iter().enumerate() {
                 let val = values.get(i).cloned().unwrap_or(Value::Null);
                 push(cell(
@@ -887,11 +917,12 @@ pub(crate) fn clock_row_cells(
         tracing::warn!(table = %info.name, cid = %r.cid, "clock of an unknown column skipped");
         return Ok(());
     };
-    if !rows.contains_key(&r.pk) {
-        let row = select_row(conn, info, &r.pk)?;
-        rows.insert(r.pk.clone(), row);
+    if !rows.cache.contains_key(&r.pk) {
+        let row = rows.read(&r.pk)?;
+        rows.cache.insert(r.pk.clone(), row);
     }
     let val = rows
+        .cache
         .get(&r.pk)
         .and_then(|row| row.as_ref())
         .and_then(|row| row.get(idx).cloned())
@@ -943,8 +974,20 @@ fn local_event(change: &Change) -> Option<CommitEvent> {
     })
 }
 
+/// The known sets as `conn` sees them: `crr_known`, plus this replica's own versions
+/// `1..=self_ver`, which local commits do not write to `crr_known`.
 pub(crate) fn load_known(conn: &Connection, sites: &Sites) -> Result<BTreeMap<SiteId, Ranges>> {
     let mut known: BTreeMap<SiteId, Ranges> = BTreeMap::new();
+    if let (Some(Value::Blob(site)), Some(Value::Int(ver))) =
+        (get_meta(conn, "self_site")?, get_meta(conn, "self_ver")?)
+        && let Ok(site) = <[u8; 16]>::try_from(site)
+        && ver > 0
+    {
+        known
+            .entry(SiteId(site))
+            .or_default()
+            .insert_range(1..=ver as u64);
+    }
     let mut stmt = conn.prepare("SELECT site_ord, lo, hi FROM crr_known")?;
     let rows = stmt.query_map([], |r| {
         Ok((
