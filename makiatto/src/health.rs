@@ -8,9 +8,10 @@
 //! - `dns`: each domain's SOA answered authoritatively and its NS set exactly the
 //!   nameserver nodes (`<node>.ns.<domain>`);
 //! - `geo`: for client subnets on several continents ([`CLIENT_SUBNETS`], sent as EDNS
-//!   Client Subnet) the apex A answer is the node nearest by great-circle distance among
-//!   those this node sees alive, the subnet placed by the node's own GeoIP data (`GET
-//!   /v1/geo/{ip}`); a subnet the data does not place is skipped, not failed;
+//!   Client Subnet) the A answer of the apex and of each alias inside the domain is the
+//!   node nearest by great-circle distance among those this node sees alive, the subnet
+//!   placed by the node's own GeoIP data (`GET /v1/geo/{ip}`); a subnet the data does not
+//!   place is skipped, not failed;
 //! - `http`: `GET /` on port 80 for each domain and each alias answers below 500;
 //! - `cert`: a TLS handshake on port 443 with SNI = each domain and alias; the served
 //!   leaf must name the host and be valid for at least [`CERT_MIN_DAYS`] more days. A host
@@ -254,6 +255,16 @@ impl Site {
     /// The domain, then its aliases.
     fn hosts(&self) -> impl Iterator<Item = &str> {
         std::iter::once(self.domain.as_str()).chain(self.aliases.iter().map(String::as_str))
+    }
+
+    /// The names its zone answers by location: the apex and the aliases inside the domain
+    /// (others are CNAMEs kept elsewhere).
+    fn geo_names(&self) -> impl Iterator<Item = &str> {
+        self.hosts().filter(|h| {
+            *h == self.domain
+                || h.strip_suffix(self.domain.as_str())
+                    .is_some_and(|label| label.len() > 1 && label.ends_with('.'))
+        })
     }
 }
 
@@ -715,12 +726,11 @@ async fn geo_check(addr: SocketAddr, expect: &Expectations<'_>) -> Check {
             return Check::bad("no node to answer with");
         };
         let want: BTreeSet<Ipv4Addr> = nearest.ipv4.into_iter().collect();
-        for site in expect.sites {
-            let reply =
-                match dns_query(addr, &site.domain, RecordType::A, Some(&client.subnet)).await {
-                    Ok(r) => r,
-                    Err(e) => return Check::bad(format!("{addr}: A {}: {e}", site.domain)),
-                };
+        for name in expect.sites.iter().flat_map(Site::geo_names) {
+            let reply = match dns_query(addr, name, RecordType::A, Some(&client.subnet)).await {
+                Ok(r) => r,
+                Err(e) => return Check::bad(format!("{addr}: A {name}: {e}")),
+            };
             let got: BTreeSet<Ipv4Addr> = reply
                 .answers
                 .iter()
@@ -732,8 +742,7 @@ async fn geo_check(addr: SocketAddr, expect: &Expectations<'_>) -> Check {
             if got != want {
                 let got: Vec<String> = got.iter().map(ToString::to_string).collect();
                 return Check::bad(format!(
-                    "{addr}: A {} for a client in {} is [{}], expected {} ({}), the nearest alive node",
-                    site.domain,
+                    "{addr}: A {name} for a client in {} is [{}], expected {} ({}), the nearest alive node",
                     client.subnet,
                     got.join(", "),
                     nearest.ipv4.map(|a| a.to_string()).unwrap_or_default(),
@@ -1179,6 +1188,22 @@ mod tests {
             "{}",
             check.detail
         );
+    }
+
+    #[test]
+    fn geo_names_are_the_apex_and_the_aliases_inside_the_domain() {
+        let site = Site {
+            domain: "example.com".into(),
+            aliases: vec![
+                "www.example.com".into(),
+                "old-domain.com".into(),
+                "wwwexample.com".into(),
+                "a.b.example.com".into(),
+            ],
+        };
+        let names: Vec<&str> = site.geo_names().collect();
+        assert_eq!(names, ["example.com", "www.example.com", "a.b.example.com"]);
+        assert_eq!(site.hosts().count(), 5);
     }
 
     /// Unix time of a day, `days` after 1970-01-01.
