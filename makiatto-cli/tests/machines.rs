@@ -265,9 +265,12 @@ fn the_getting_started_guide_on_three_real_machines() {
     // Release downloads from the host, on the bridge's address.
     let files = maki.home.path();
     let version = env!("CARGO_PKG_VERSION");
+    // A copy: the build directory's binary may be rebuilt while the test runs.
+    let release_binary = files.join("makiatto");
+    std::fs::copy(&daemon, &release_binary).unwrap();
     std::fs::write(
         files.join("good.sha256"),
-        format!("{}  makiatto-x86_64\n", sha256(&daemon)),
+        format!("{}  makiatto-x86_64\n", sha256(&release_binary)),
     )
     .unwrap();
     std::fs::write(files.join("bad.sha256"), format!("{}\n", "0".repeat(64))).unwrap();
@@ -280,12 +283,15 @@ fn the_getting_started_guide_on_three_real_machines() {
     )
     .unwrap();
     let server = FileServer::start(HashMap::from([
-        (format!("/rel/v{version}/makiatto-x86_64"), daemon.clone()),
+        (
+            format!("/rel/v{version}/makiatto-x86_64"),
+            release_binary.clone(),
+        ),
         (
             format!("/rel/v{version}/makiatto-x86_64.sha256"),
             files.join("good.sha256"),
         ),
-        ("/bad/makiatto-x86_64".into(), daemon.clone()),
+        ("/bad/makiatto-x86_64".into(), release_binary.clone()),
         (
             "/bad/makiatto-x86_64.sha256".into(),
             files.join("bad.sha256"),
