@@ -432,6 +432,8 @@ impl Sender {
         // A kernel without UDP_SEGMENT would ignore the control message and send the group as
         // one datagram: ask for the option first, as quinn does.
         let gso = getsockopt(socket, sockopt::UdpGsoSegment).is_ok();
+        // nix's sendmmsg sends the whole preallocated control buffer of each header: its size
+        // must be exactly that of the control messages written, hence two sets of headers.
         let segmented = gso.then(|| {
             let space = pktinfo_space.unwrap_or(0) + cmsg_space::<u16>();
             MultiHeaders::preallocate(BATCH, Some(Vec::with_capacity(space)))
