@@ -395,16 +395,15 @@ pub async fn check(profile: &Profile, key: Option<&Path>) -> Report {
         .flatten()
         .find_map(|v| v.certificates.as_deref());
     for (m, (health, view)) in profile.machines.iter().zip(machines.iter_mut().zip(&views)) {
-        let no_view = "the node's admin API did not answer".to_owned();
-        let clients = match view.as_ref().and_then(|v| v.clients.as_ref()) {
-            Some(Ok(c)) => Ok(c.as_slice()),
-            Some(Err(e)) => Err(e.as_str()),
-            None => Err(no_view.as_str()),
+        // Without the node's membership view its geo answers cannot be predicted.
+        let alive = view.as_ref().and_then(|v| v.alive.clone());
+        let clients = match (view.as_ref().and_then(|v| v.clients.as_ref()), &alive) {
+            (None, _) => Err("the node's admin API did not answer"),
+            (Some(_), None) => Err("the node's membership view is unknown"),
+            (Some(Ok(c)), Some(_)) => Ok(c.as_slice()),
+            (Some(Err(e)), Some(_)) => Err(e.as_str()),
         };
-        let alive = view
-            .as_ref()
-            .and_then(|v| v.alive.clone())
-            .unwrap_or_default();
+        let alive = alive.unwrap_or_default();
         let expect = Expectations {
             me: &m.name,
             sites: &sites,
