@@ -290,3 +290,42 @@ fn a_node_name_taken_with_another_key_is_refused_unless_replaced() {
     let replaced = admin.add_node(&new(&key(2), true), cidr, 4).unwrap();
     assert_eq!(replaced.wg_public_key, key(2));
 }
+
+#[test]
+fn a_node_registered_with_a_mesh_address_gets_it_unless_it_is_taken() {
+    let n = node();
+    let admin = Admin::new(&n.store, &n.blobs);
+    let cidr = crate::config::Ipv4Cidr {
+        network: Ipv4Addr::new(10, 44, 44, 0),
+        prefix_len: 24,
+    };
+    let new = |name: &str, b: u8, address: Option<Ipv4Addr>| NewNode {
+        name: name.into(),
+        wg_public_key: makiatto_mesh::PublicKey([b; 32]).to_base64(),
+        endpoint: "192.0.2.1:51880".into(),
+        ipv4: Ipv4Addr::new(192, 0, 2, 1),
+        latitude: 1.0,
+        longitude: 2.0,
+        is_nameserver: true,
+        replace: false,
+        mesh_address: address,
+    };
+    let wanted = Ipv4Addr::new(10, 44, 44, 77);
+    let row = admin
+        .add_node(&new("vector", 1, Some(wanted)), cidr, 1)
+        .unwrap();
+    assert_eq!(row.mesh_address, wanted.to_string());
+    // Taken by vector, or outside the range: refused, nothing written.
+    for bad in [wanted, Ipv4Addr::new(10, 45, 0, 1)] {
+        let err = admin
+            .add_node(&new("klukai", 2, Some(bad)), cidr, 2)
+            .unwrap_err();
+        assert!(err.to_string().contains("taken or outside"), "{err}");
+    }
+    assert!(
+        n.store
+            .read(|c| cluster::nodes::get(c, "klukai"))
+            .unwrap()
+            .is_none()
+    );
+}
