@@ -269,19 +269,35 @@ impl FastConn<'_> {
     /// Appends the answer to `r` to `out`, or `false` when hyper must answer it.
     async fn answer(&self, r: &FastReq<'_>, out: &mut Out) -> bool {
         let shared = self.shared;
-        let Some(host) = normalize_host(r.host) else {
-            return false;
+        // Already normal (lower case, no port, no trailing dot): no copy needed.
+        let plain = !r.host.is_empty()
+            && r.host.len() <= 253
+            && r.host.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.' || b == b'_'
+            })
+            && !r.host.starts_with('.')
+            && !r.host.ends_with('.')
+            && !r.host.contains("..");
+        let owned;
+        let host = if plain {
+            r.host
+        } else {
+            let Some(h) = normalize_host(r.host) else {
+                return false;
+            };
+            owned = h;
+            owned.as_str()
         };
         if self.https {
             // A host the connection's certificate may not cover: the router decides.
-            if self.sni != Some(host.as_str()) {
+            if self.sni != Some(host) {
                 return false;
             }
-        } else if shared.certs.resolve(&host).is_some() {
+        } else if shared.certs.resolve(host).is_some() {
             // Redirected to HTTPS by the router.
             return false;
         }
-        let Some(site) = shared.sites.resolve(&host) else {
+        let Some(site) = shared.sites.resolve(host) else {
             return false;
         };
         let Some(safe) = sanitize(r.path) else {
@@ -357,6 +373,11 @@ impl FastConn<'_> {
         let mut buf = BytesMut::with_capacity(8 * 1024);
         let mut out = Out::default();
         let mut deadline = tokio::time::Instant::now() + self.head_timeout;
+        // One timer and one shutdown waiter per connection: the timer is re-armed only
+        // when it fires before the (moving) deadline, not once per request.
+        let timer = tokio::time::sleep_until(deadline);
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(timer, cancelled);
         loop {
             let mut answered = false;
             let mut close = false;
@@ -405,11 +426,17 @@ impl FastConn<'_> {
             }
             tokio::select! {
                 biased;
-                () = shutdown.cancelled() => return End::Closed,
-                r = tokio::time::timeout_at(deadline, io.read_buf(&mut buf)) => match r {
-                    Ok(Ok(n)) if n > 0 => {}
+                () = &mut cancelled => return End::Closed,
+                r = io.read_buf(&mut buf) => match r {
+                    Ok(n) if n > 0 => {}
                     _ => return End::Closed,
                 },
+                () = &mut timer => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return End::Closed;
+                    }
+                    timer.as_mut().reset(deadline);
+                }
             }
         }
     }
