@@ -219,7 +219,12 @@ impl FileCache {
         {
             return None;
         }
-        let prev = self.slots.get(&key);
+        // A path not cached yet is loaded (and its variants compressed) by one request;
+        // concurrent requests for it wait for that one instead of loading it again.
+        let (prev, guard) = match self.slots.get_value_or_guard_async(&key).await {
+            Ok(slot) => (Some(slot), None),
+            Err(guard) => (None, Some(guard)),
+        };
         if let Some(slot) = &prev {
             let now = self.now_ms();
             let checked = slot.checked_ms.load(Ordering::Relaxed);
@@ -238,25 +243,32 @@ impl FileCache {
         let site = Arc::clone(site);
         let safe = safe.clone();
         let prev_file = prev.and_then(|s| s.file.clone());
-        tokio::task::spawn_blocking(move || {
+        let file = tokio::task::spawn_blocking(move || {
             this.fs_lookups.fetch_add(1, Ordering::Relaxed);
-            let file = this.resolve_blocking(&site, &safe, prev_file.as_ref());
-            if file.is_some() {
-                this.misses.remove(&key);
-                let slot = Arc::new(Slot {
-                    checked_ms: AtomicU64::new(this.now_ms()),
-                    file: file.clone(),
-                });
-                this.slots.insert(key, slot);
-            } else {
-                this.slots.remove(&key);
-                this.misses.insert(key, this.now_ms());
-            }
-            file
+            this.resolve_blocking(&site, &safe, prev_file.as_ref())
         })
         .await
         .ok()
-        .flatten()
+        .flatten();
+        if file.is_some() {
+            self.misses.remove(&key);
+            let slot = Arc::new(Slot {
+                checked_ms: AtomicU64::new(self.now_ms()),
+                file: file.clone(),
+            });
+            match guard {
+                Some(g) => {
+                    let _ = g.insert(slot);
+                }
+                None => self.slots.insert(key, slot),
+            }
+        } else {
+            // Waiters, if any, look for themselves (and find the miss below cached).
+            drop(guard);
+            self.slots.remove(&key);
+            self.misses.insert(key, self.now_ms());
+        }
+        file
     }
 
     fn resolve_blocking(
@@ -590,6 +602,33 @@ mod tests {
             fs::write(p, f.as_bytes()).unwrap();
         }
         dir
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_first_loads_of_a_file_read_it_once() {
+        let dir = tree(&["page.html"]);
+        fs::write(
+            dir.path().join("page.html"),
+            "<p>compress me</p>\n".repeat(200),
+        )
+        .unwrap();
+        let site = Arc::new(Site::new("a.test", dir.path()));
+        let c = cache();
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..16 {
+            let (c, site) = (Arc::clone(&c), Arc::clone(&site));
+            set.spawn(async move { c.lookup(&site, &path("/page.html")).await });
+        }
+        let got = set.join_all().await;
+        assert!(
+            got.iter()
+                .all(|f| f.as_ref().is_some_and(|f| f.variants.len() == 3))
+        );
+        assert_eq!(
+            c.fs_lookups(),
+            1,
+            "the file was loaded and compressed more than once"
+        );
     }
 
     #[tokio::test]
