@@ -59,19 +59,26 @@ fn socket_inode(link: &std::path::Path) -> Option<u64> {
 /// Raises the receive and send buffers of every UDP socket of this process bound to
 /// `port` to at least `bytes` (`SO_RCVBUFFORCE`/`SO_SNDBUFFORCE`, falling back to
 /// `SO_RCVBUF`/`SO_SNDBUF`, which the kernel caps at `net.core.{r,w}mem_max`, when the
-/// process lacks `CAP_NET_ADMIN`). Sockets already that large are left alone, so calling
-/// it again only touches new sockets; the cost of a call with nothing to do is reading
-/// `/proc/self/net/udp{,6}`.
-pub(crate) fn size_udp_sockets(port: u16, bytes: usize) -> io::Result<Resized> {
-    let mut wanted = BTreeSet::new();
+/// process lacks `CAP_NET_ADMIN`). `known` holds the inodes handled by earlier calls (kept
+/// by the caller, pruned here to the sockets that still exist): only new sockets are
+/// looked for, so a call with nothing to do costs one read of `/proc/self/net/udp{,6}`,
+/// not a walk over every descriptor of the process.
+pub(crate) fn size_udp_sockets(
+    port: u16,
+    bytes: usize,
+    known: &mut BTreeSet<u64>,
+) -> io::Result<Resized> {
+    let mut on_port = BTreeSet::new();
     for table in ["/proc/self/net/udp", "/proc/self/net/udp6"] {
         match std::fs::read_to_string(table) {
-            Ok(text) => wanted.extend(udp_inodes_on_port(&text, port)),
+            Ok(text) => on_port.extend(udp_inodes_on_port(&text, port)),
             // No IPv6 in this kernel or namespace.
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
     }
+    known.retain(|inode| on_port.contains(inode));
+    let mut wanted: BTreeSet<u64> = on_port.difference(known).copied().collect();
     let mut done = Resized::default();
     if wanted.is_empty() {
         return Ok(done);
@@ -105,6 +112,7 @@ pub(crate) fn size_udp_sockets(port: u16, bytes: usize) -> io::Result<Resized> {
         }
         // One socket can have several descriptors (boringtun clones them).
         wanted.remove(&inode);
+        known.insert(inode);
         match raise(&socket, bytes)? {
             Raised::Already => {}
             Raised::Yes => done.sized += 1,
@@ -191,7 +199,8 @@ mod tests {
         let want = 4 << 20;
         assert!(default / 2 < want, "the default is small");
 
-        let done = size_udp_sockets(port, want).unwrap();
+        let mut known = BTreeSet::new();
+        let done = size_udp_sockets(port, want, &mut known).unwrap();
         assert_eq!(done.sized, 2, "{done:?}");
         if !done.capped {
             for fd in [&listening, &connected] {
@@ -200,9 +209,23 @@ mod tests {
             }
         }
         assert_eq!(socket_recv_buffer_size(&other).unwrap(), default);
-        // Nothing left to do on a second pass.
+        assert_eq!(known.len(), 2);
+        // Nothing left to do on a second pass, even without the record of the first.
+        assert_eq!(
+            size_udp_sockets(port, want, &mut known).unwrap(),
+            Resized::default()
+        );
         if !done.capped {
-            assert_eq!(size_udp_sockets(port, want).unwrap(), Resized::default());
+            assert_eq!(
+                size_udp_sockets(port, want, &mut BTreeSet::new()).unwrap(),
+                Resized::default()
+            );
         }
+        // A socket closed is forgotten; a new one on the port is sized.
+        drop(connected);
+        let again = udp_socket(port);
+        assert_eq!(size_udp_sockets(port, want, &mut known).unwrap().sized, 1);
+        assert_eq!(known.len(), 2);
+        drop(again);
     }
 }

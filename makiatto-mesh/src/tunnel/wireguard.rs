@@ -426,7 +426,8 @@ impl Tunnel for WireGuardTunnel {
 /// the sender is dropped.
 fn spawn_sizer(port: u16, bytes: usize) -> Result<(mpsc::Sender<()>, std::thread::JoinHandle<()>)> {
     let mut warned = false;
-    let mut pass = move || match sockbuf::size_udp_sockets(port, bytes) {
+    let mut known = std::collections::BTreeSet::new();
+    let mut pass = move || match sockbuf::size_udp_sockets(port, bytes, &mut known) {
         Ok(done) => {
             if done.sized > 0 {
                 debug!(
