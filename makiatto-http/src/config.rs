@@ -67,8 +67,12 @@ pub struct ServerConfig {
     /// Request paths remembered as missing (per deployment root, rechecked after
     /// `revalidate_ms`), kept apart from the file cache so that a flood of missing paths
     /// cannot evict files. Sites with a manifest need none: a path absent from the
-    /// manifest is missing without a file system call.
+    /// manifest is missing without a file system call. This is the number expected (it
+    /// sizes the table); the memory they take is bounded by `negative_cache_bytes`.
     pub negative_cache_entries: usize,
+    /// Memory for the paths remembered as missing: each counts its key (deployment root
+    /// and path) plus 64 bytes, so long random paths cannot take more than this.
+    pub negative_cache_bytes: u64,
     /// Answer plain HTTP/1.1 GET/HEAD requests for files held in memory without going
     /// through hyper (see the crate README). `false` sends every request through hyper;
     /// the answers are the same either way.
@@ -107,6 +111,7 @@ impl Default for ServerConfig {
             memory_file_max_bytes: 2 * 1024 * 1024,
             revalidate_ms: 1000,
             negative_cache_entries: 65_536,
+            negative_cache_bytes: 16 * 1024 * 1024,
             fast_path: true,
         }
     }

@@ -125,6 +125,16 @@ impl Weighter<String, Arc<Slot>> for SlotWeight {
     }
 }
 
+/// A remembered miss weighs its key plus the entry's own overhead.
+#[derive(Debug, Clone)]
+struct MissWeight;
+
+impl Weighter<String, u64> for MissWeight {
+    fn weight(&self, key: &String, _: &u64) -> u64 {
+        key.len() as u64 + 64
+    }
+}
+
 /// Settings of the file cache.
 #[derive(Debug, Clone)]
 pub(crate) struct FileCacheConfig {
@@ -132,6 +142,7 @@ pub(crate) struct FileCacheConfig {
     pub(crate) memory_file_max_bytes: u64,
     pub(crate) revalidate_after: Duration,
     pub(crate) negative_entries: usize,
+    pub(crate) negative_bytes: u64,
 }
 
 /// Resolved files keyed by (deployment root, request path), and, apart so that a flood
@@ -140,7 +151,7 @@ pub(crate) struct FileCacheConfig {
 pub(crate) struct FileCache {
     slots: quick_cache::sync::Cache<String, Arc<Slot>, SlotWeight>,
     /// Paths with nothing behind them → when that was last checked (ms since `epoch`).
-    misses: quick_cache::sync::Cache<String, u64>,
+    misses: quick_cache::sync::Cache<String, u64, MissWeight>,
     hashes: quick_cache::sync::Cache<(PathBuf, Ident), blake3::Hash>,
     epoch: Instant,
     cfg: FileCacheConfig,
@@ -174,7 +185,11 @@ impl FileCache {
                 cfg.memory_bytes.max(1 << 16),
                 SlotWeight,
             ),
-            misses: quick_cache::sync::Cache::new(cfg.negative_entries.max(1)),
+            misses: quick_cache::sync::Cache::with_weighter(
+                cfg.negative_entries.max(1),
+                cfg.negative_bytes.max(1024),
+                MissWeight,
+            ),
             hashes: quick_cache::sync::Cache::new(65_536),
             epoch: Instant::now(),
             cfg,
@@ -587,6 +602,7 @@ mod tests {
             memory_file_max_bytes: 1 << 16,
             revalidate_after: Duration::from_secs(600),
             negative_entries: 100,
+            negative_bytes: 100 * 160,
         }))
     }
 
@@ -667,8 +683,19 @@ mod tests {
             assert!(c.lookup(&site, &p).await.is_none());
         }
         // The misses held stay within their own bound, outside the file cache's memory.
-        assert!(c.misses.len() <= 100, "{} misses held", c.misses.len());
+        assert!(
+            c.misses.weight() <= 100 * 160,
+            "{} bytes of misses",
+            c.misses.weight()
+        );
         assert_eq!(c.slots.len(), 1, "misses took file cache slots");
+        // Long paths count by their length, not as one entry each.
+        for i in 0..200 {
+            let p = path(&format!("/long/{i}/{}", "y".repeat(4000)));
+            assert!(c.lookup(&site, &p).await.is_none());
+        }
+        let held: usize = c.misses.iter().map(|(k, _)| k.len() + 64).sum();
+        assert!(held <= 100 * 160, "{held} bytes of misses held");
         let before = c.fs_lookups();
         assert!(c.lookup(&site, &path("/a.css")).await.is_some());
         assert_eq!(c.fs_lookups(), before, "the flood evicted a cached file");

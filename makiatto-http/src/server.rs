@@ -61,6 +61,7 @@ impl HttpServer {
             memory_file_max_bytes: cfg.memory_file_max_bytes,
             revalidate_after: Duration::from_millis(cfg.revalidate_ms),
             negative_entries: cfg.negative_cache_entries,
+            negative_bytes: cfg.negative_cache_bytes,
         }));
         let hsts = (cfg.hsts_max_age_secs > 0)
             .then(|| {
