@@ -24,9 +24,40 @@ use_target_cache() {
         local cache=/var/cache/makiatto/target
         if mkdir -p "$cache" 2>/dev/null && [ -w "$cache" ]; then
             export CARGO_TARGET_DIR="$cache"
+            prune_target_cache "$cache"
         else
             export CARGO_TARGET_DIR="$PWD/target"
         fi
     fi
     echo "cargo target dir: $CARGO_TARGET_DIR"
+}
+
+# Free gigabytes on the file system holding $1.
+free_gb() { df -Pk "$1" | awk 'NR == 2 { print int($4 / 1048576) }'; }
+
+# A cache that grows until the disk is full would break the very builds it speeds up.
+# When less than 20 GB are free, drop what a later build does not need (incremental
+# state, test and example executables superseded by newer builds of the same name);
+# when that is not enough, drop the whole cache (the build then starts cold).
+prune_target_cache() {
+    local dir=$1
+    [ -d "$dir" ] || return 0
+    [ "$(free_gb "$dir")" -ge 20 ] && return 0
+    step "pruning the build cache ($(free_gb "$dir") GB free)"
+    rm -rf "$dir"/*/incremental
+    local d
+    for d in "$dir"/*/deps "$dir"/*/examples; do
+        [ -d "$d" ] || continue
+        find "$d" -maxdepth 1 -type f -perm -u+x -regextype posix-extended \
+            -regex '.*-[0-9a-f]{16}' -printf '%T@ %p\n' |
+            sort -rn |
+            awk '{ n = $2; sub(/-[0-9a-f]+$/, "", n); if (seen[n]++) print $2 }' |
+            xargs -r rm -f
+    done
+    if [ "$(free_gb "$dir")" -lt 10 ]; then
+        echo "still under 10 GB free: removing the build cache"
+        rm -rf "$dir"
+        mkdir -p "$dir"
+    fi
+    echo "$(free_gb "$dir") GB free"
 }
