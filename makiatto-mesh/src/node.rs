@@ -159,6 +159,11 @@ pub struct MeshNode {
     cluster: ClusterNodes,
 }
 
+/// A file in the data directory that says `store.db` was put back from a backup (an
+/// upgrade rolled back): at start the store gives up its site id
+/// ([`Store::retire_identity`]) before it opens, then the file is removed.
+pub const RETIRE_MARKER: &str = "store.retire-identity";
+
 /// Shared list of the known nodes' mesh addresses (membership seeds).
 type Known = Arc<Mutex<BTreeMap<String, Ipv4Addr>>>;
 
@@ -171,8 +176,18 @@ impl MeshNode {
         let public = key.public_key();
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| MeshError::io(format!("creating {}", config.data_dir.display()), e))?;
+        let db = config.data_dir.join("store.db");
+        let marker = config.data_dir.join(RETIRE_MARKER);
+        if marker.exists() {
+            // The store was put back from a backup: its site id may have issued versions
+            // since, so this replica continues under a new one.
+            Store::retire_identity(&db)?;
+            std::fs::remove_file(&marker)
+                .map_err(|e| MeshError::io(format!("removing {}", marker.display()), e))?;
+            tracing::info!("store restored from a backup: continuing under a new site id");
+        }
         let store = Store::open(
-            config.data_dir.join("store.db"),
+            db,
             &cluster::SCHEMA,
             Options {
                 cluster_id: config.cluster_id.clone(),

@@ -127,6 +127,24 @@ CREATE TABLE IF NOT EXISTS crr_deferred (site_ord INTEGER NOT NULL, ver INTEGER 
 /// Node-local `crr_meta` keys, never copied into a snapshot.
 const LOCAL_META: [&str; 4] = ["self_site", "self_ver", "hlc_last", "last_contact_ms"];
 
+/// Spells out this replica's own versions (known as `1..=self_ver`) in `crr_known`, then
+/// drops the node-local state, all in one transaction. The next open mints a new site id.
+fn retire(conn: &Connection) -> Result<()> {
+    let tx = conn.unchecked_transaction()?;
+    tx.execute(
+        "INSERT OR REPLACE INTO crr_known (site_ord, lo, hi) SELECT s.ord, 1, v.value \
+         FROM crr_sites s, crr_meta i, crr_meta v WHERE i.key = 'self_site' AND s.site = i.value \
+         AND v.key = 'self_ver' AND v.value > 0",
+        [],
+    )?;
+    for key in LOCAL_META {
+        tx.execute("DELETE FROM crr_meta WHERE key = ?1", [key])?;
+    }
+    tx.execute_batch("DELETE FROM crr_buffer; DELETE FROM crr_deferred;")?;
+    tx.commit()?;
+    Ok(())
+}
+
 impl Store {
     /// Opens (or creates) the database at `path`, runs pending migrations of `schema` and
     /// sets up replication for its tables.
@@ -607,21 +625,31 @@ impl Store {
             path: dest.to_path_buf(),
             source,
         })?;
-        let tx = conn.unchecked_transaction()?;
-        // Our own versions are known as 1..=self_ver, which is about to go: spell it out.
-        tx.execute(
-            "INSERT OR REPLACE INTO crr_known (site_ord, lo, hi) SELECT s.ord, 1, v.value \
-             FROM crr_sites s, crr_meta i, crr_meta v WHERE i.key = 'self_site' AND s.site = i.value \
-             AND v.key = 'self_ver' AND v.value > 0",
-            [],
-        )?;
-        for key in LOCAL_META {
-            tx.execute("DELETE FROM crr_meta WHERE key = ?1", [key])?;
-        }
-        tx.execute_batch("DELETE FROM crr_buffer; DELETE FROM crr_deferred;")?;
-        tx.commit()?;
+        retire(&conn)?;
         conn.execute_batch("VACUUM")?;
         Ok(())
+    }
+
+    /// Makes the database file at `path` give up its replica identity: its own versions
+    /// become known versions of a site it no longer is, and the next [`Store::open`] mints
+    /// a fresh site id. Run it on a copy put back from a backup (for example when an
+    /// upgrade is rolled back): the replica that ran meanwhile may have issued later
+    /// versions under the old id, and reusing that id would issue the same versions twice
+    /// with different contents. Works on files of any schema version; the store must not
+    /// be open. Retiring twice is harmless.
+    pub fn retire_identity(path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(META_DDL)?;
+        retire(&conn)
     }
 
     /// Prunes tombstones of ephemeral tables older than `retention_ms` whose version every

@@ -368,6 +368,56 @@ fn snapshot_bootstrap_mints_a_new_site_and_syncs_the_delta() {
 }
 
 #[test]
+fn a_store_put_back_from_a_backup_continues_under_a_new_site_and_converges() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let backup = dir.path().join("backup");
+    std::fs::create_dir(&backup).unwrap();
+    let files = ["db", "db-wal", "db-shm"];
+    let copy = |from: &std::path::Path, to: &std::path::Path| {
+        for f in files {
+            let _ = std::fs::remove_file(to.join(f));
+            if from.join(f).exists() {
+                std::fs::copy(from.join(f), to.join(f)).unwrap();
+            }
+        }
+    };
+    let b = node();
+    let a = Store::open(&db, &SCHEMA, Options::default()).unwrap();
+    let site = a.site();
+    exec(&a, "INSERT INTO kv (k, a) VALUES ('before', 'backup')");
+    pull(&b.store, &a);
+    drop(a);
+    copy(dir.path(), &backup);
+    // The upgraded replica writes version 2 under the same site, and B learns it.
+    let a = Store::open(&db, &SCHEMA, Options::default()).unwrap();
+    exec(&a, "INSERT INTO kv (k, a) VALUES ('during', 'upgrade')");
+    pull(&b.store, &a);
+    drop(a);
+    // Rolled back: the backup goes back and gives up its identity.
+    copy(&backup, dir.path());
+    Store::retire_identity(&db).unwrap();
+    Store::retire_identity(&db).unwrap();
+    let a = Store::open(&db, &SCHEMA, Options::default()).unwrap();
+    assert_ne!(a.site(), site);
+    assert!(a.is_known(site, 1) && !a.is_known(site, 2));
+    // Its next write is not a second, different version 2 of the old site.
+    exec(&a, "INSERT INTO kv (k, a) VALUES ('after', 'rollback')");
+    pull(&b.store, &a);
+    pull(&a, &b.store);
+    assert_eq!(
+        a.canonical_hash().unwrap(),
+        b.store.canonical_hash().unwrap()
+    );
+    for k in ["before", "during", "after"] {
+        assert!(
+            get_kv(&a, k).is_some() && get_kv(&b.store, k).is_some(),
+            "{k}"
+        );
+    }
+}
+
+#[test]
 fn ephemeral_tombstones_are_pruned_only_when_every_member_has_them() {
     let clock = TestClock::new(1_800_000_000_000);
     let opts = || Options {
