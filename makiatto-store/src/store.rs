@@ -212,6 +212,14 @@ impl Store {
         }
         for m in schema.migrations.iter().filter(|m| m.version > found) {
             let commit = writer.local(&tables.clone(), |tx| {
+                // Implicit column clocks stand for the columns a table has now; write them
+                // out before the migration changes the columns.
+                for info in tables.values() {
+                    if let Some(sql) = &info.sql.materialize_all {
+                        tx.execute(sql, [])?;
+                    }
+                    tx.execute(&info.sql.clear_all_imp, [])?;
+                }
                 tx.execute_batch(m.sql)?;
                 for r in m.replicate {
                     let info = TableInfo::introspect(tx, r.table, r.class)?;

@@ -40,6 +40,10 @@ pub(crate) struct TableSql {
     /// (parameter: the packed key); see [`TableInfo::clock_ddl`].
     pub(crate) materialize: Option<String>,
     pub(crate) clear_imp: String,
+    /// [`TableSql::materialize`] and [`TableSql::clear_imp`] for every row of the table:
+    /// run before a migration, since implicit clocks stand for the columns of the moment.
+    pub(crate) materialize_all: Option<String>,
+    pub(crate) clear_all_imp: String,
     pub(crate) row_delete: String,
     pub(crate) row_insert_pk: String,
     pub(crate) row_select: String,
@@ -298,6 +302,16 @@ impl TableInfo {
         // INSERT OR REPLACE of a live row runs the DELETE trigger first and the row here is
         // always new or dead.
         let seqs = (self.cols.len() + 1).to_string();
+        // A sentinel still live although the row was gone (say, a migration rebuilt the
+        // table, which fires no delete trigger) may have column clocks of the old
+        // generation; the new one's are implicit, so those must go.
+        if !self.cols.is_empty() {
+            s += &("DELETE FROM ".to_owned()
+                + &clock
+                + " WHERE pk = "
+                + &pack("NEW")
+                + " AND cid <> '-1';\n");
+        }
         s += &("INSERT INTO ".to_owned()
             + &clock
             + " (pk, cid, cv, site_ord, ver, seq, ts, imp) VALUES ("
@@ -515,6 +529,9 @@ impl TableSql {
             clear_imp: "UPDATE ".to_owned()
                 + &clock
                 + " SET imp = 0 WHERE pk = ?1 AND cid = '-1' AND imp = 1",
+            materialize_all: (!cols.is_empty())
+                .then(|| materialize_sql(name, cols, "s.pk") + " ON CONFLICT (pk, cid) DO NOTHING"),
+            clear_all_imp: "UPDATE ".to_owned() + &clock + " SET imp = 0 WHERE cid = '-1' AND imp = 1",
             // No join with the sentinel here: with it, SQLite re-prepared the statement on
             // every run on the writer connection (its cost showed in every local commit).
             clock_by_version: "SELECT pk, cid, cv, seq, imp FROM ".to_owned()
