@@ -28,8 +28,8 @@ const MAX_HEADERS: usize = 48;
 /// Bodies up to this size are copied behind their head, so that one small answer is one
 /// contiguous write (one TLS record); larger ones are written from the cached bytes.
 const COPY_BODY_MAX: usize = 16 * 1024;
-/// Pending answers are written once they reach this size, even with more pipelined
-/// requests waiting.
+/// Pending answers are written once they reach this size (heads and bodies, copied or
+/// queued by reference), even with more pipelined requests waiting.
 const FLUSH_AT: usize = 256 * 1024;
 
 /// What the fast path of one connection needs.
@@ -182,6 +182,8 @@ pub(crate) fn parse(buf: &[u8], max_head: usize) -> Parsed<'_> {
 #[derive(Default)]
 struct Out {
     parts: Vec<Bytes>,
+    /// Bytes in `parts`.
+    parts_len: usize,
     cur: Vec<u8>,
 }
 
@@ -190,14 +192,21 @@ impl Out {
         self.parts.is_empty() && self.cur.is_empty()
     }
 
+    /// Bytes pending, in `parts` and `cur`.
+    fn len(&self) -> usize {
+        self.parts_len + self.cur.len()
+    }
+
     fn body(&mut self, b: &Bytes) {
         if b.len() <= COPY_BODY_MAX {
             self.cur.extend_from_slice(b);
         } else {
             if !self.cur.is_empty() {
+                self.parts_len += self.cur.len();
                 self.parts.push(Bytes::copy_from_slice(&self.cur));
                 self.cur.clear();
             }
+            self.parts_len += b.len();
             self.parts.push(b.clone());
         }
     }
@@ -214,6 +223,7 @@ impl Out {
             write_all_parts(io, &mut self.parts).await?;
         }
         self.parts.clear();
+        self.parts_len = 0;
         self.cur.clear();
         io.flush().await
     }
@@ -403,8 +413,8 @@ impl FastConn<'_> {
                 if close {
                     break;
                 }
-                // Many small pipelined requests: bound what one connection holds.
-                if out.cur.len() > FLUSH_AT && out.flush(io).await.is_err() {
+                // Pipelined requests: bound what one connection holds before writing.
+                if out.len() >= FLUSH_AT && out.flush(io).await.is_err() {
                     return End::Closed;
                 }
             }

@@ -478,3 +478,34 @@ async fn a_client_that_stops_reading_on_the_fast_path_is_dropped() {
     assert!(s.server.fast_path_answers() > before);
     drop(stalled);
 }
+
+/// Pipelined requests for a large file held in memory: the answers start leaving once
+/// 256 KiB are pending, bodies queued by reference counted, instead of after every request
+/// already read has been answered (which held each connection's whole batch at once).
+#[tokio::test]
+async fn pipelined_large_answers_leave_before_the_batch_is_made() {
+    // 150 requests in 6.3 KB: one read of the server's, 150 MiB of answers.
+    const N: u64 = 150;
+    let s = start(|_| {}).await;
+    // Warm the cache so the pipelined requests are all fast-path answers.
+    let warm = common::get(s.http, "site.test", "/big.bin", &[]).await;
+    assert_eq!(warm.status, 200);
+    let before = s.server.fast_path_answers();
+    // A small receive window, so the server's socket buffers fill after a few answers.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(16 * 1024).unwrap();
+    let mut c = sock.connect(s.http).await.unwrap();
+    let one = b"GET /big.bin HTTP/1.1\r\nHost: site.test\r\n\r\n";
+    c.write_all(&one.repeat(150)).await.unwrap();
+    let mut head = [0u8; 17];
+    tokio::time::timeout(Duration::from_secs(20), c.read_exact(&mut head))
+        .await
+        .expect("no answer in time")
+        .unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200 OK\r\n");
+    let made = s.server.fast_path_answers() - before;
+    assert!(
+        made < N / 4,
+        "{made} of {N} answers of 1 MiB were made before the first one left"
+    );
+}
