@@ -239,6 +239,12 @@ impl Store {
                     }
                 }
                 let all = load_tables(tx)?;
+                // Rows the migration dropped without a trigger (a rebuilt table) replicate
+                // like a delete, as rows that predate replication replicate like a write.
+                for info in all.values().filter(|i| tables.contains_key(&i.name)) {
+                    tx.execute(&info.sql.vanished_cols, [])?;
+                    tx.execute(&info.sql.vanished_delete, [])?;
+                }
                 for info in all.values() {
                     tx.execute_batch(&info.trigger_ddl())?;
                 }

@@ -62,6 +62,11 @@ pub(crate) struct TableSql {
     pk_list: String,
     pub(crate) backfill_sentinel: String,
     pub(crate) backfill_col: Vec<String>,
+    /// Remove the column clocks of live rows that are gone from the table (dropped by a
+    /// migration, which fires no delete trigger) ...
+    pub(crate) vanished_cols: String,
+    /// ... then record their deletes, as a local write would.
+    pub(crate) vanished_delete: String,
 }
 
 /// A multi-row clock upsert of `n` rows, each row's VALUES tuple made by `row(i)`, from
@@ -302,16 +307,6 @@ impl TableInfo {
         // INSERT OR REPLACE of a live row runs the DELETE trigger first and the row here is
         // always new or dead.
         let seqs = (self.cols.len() + 1).to_string();
-        // A sentinel still live although the row was gone (say, a migration rebuilt the
-        // table, which fires no delete trigger) may have column clocks of the old
-        // generation; the new one's are implicit, so those must go.
-        if !self.cols.is_empty() {
-            s += &("DELETE FROM ".to_owned()
-                + &clock
-                + " WHERE pk = "
-                + &pack("NEW")
-                + " AND cid <> '-1';\n");
-        }
         s += &("INSERT INTO ".to_owned()
             + &clock
             + " (pk, cid, cv, site_ord, ver, seq, ts, imp) VALUES ("
@@ -531,7 +526,9 @@ impl TableSql {
                 + " SET imp = 0 WHERE pk = ?1 AND cid = '-1' AND imp = 1",
             materialize_all: (!cols.is_empty())
                 .then(|| materialize_sql(name, cols, "s.pk") + " ON CONFLICT (pk, cid) DO NOTHING"),
-            clear_all_imp: "UPDATE ".to_owned() + &clock + " SET imp = 0 WHERE cid = '-1' AND imp = 1",
+            clear_all_imp: "UPDATE ".to_owned()
+                + &clock
+                + " SET imp = 0 WHERE cid = '-1' AND imp = 1",
             // No join with the sentinel here: with it, SQLite re-prepared the statement on
             // every run on the writer connection (its cost showed in every local commit).
             clock_by_version: "SELECT pk, cid, cv, seq, imp FROM ".to_owned()
@@ -577,6 +574,22 @@ impl TableSql {
                 + &t
                 + " WHERE true ON CONFLICT (pk, cid) DO NOTHING",
             backfill_col,
+            vanished_cols: "DELETE FROM ".to_owned()
+                + &clock
+                + " WHERE cid <> '-1' AND pk IN (SELECT pk FROM "
+                + &clock
+                + " WHERE cid = '-1' AND cv % 2 = 1 AND pk NOT IN (SELECT "
+                + &pack_cols
+                + " FROM "
+                + &t
+                + "))",
+            vanished_delete: "UPDATE ".to_owned()
+                + &clock
+                + " SET cv = cv + 1, site_ord = crr_self(), ver = crr_ver(), seq = crr_seq(),                    ts = crr_ts(), imp = 0 WHERE cid = '-1' AND cv % 2 = 1 AND pk NOT IN (SELECT "
+                + &pack_cols
+                + " FROM "
+                + &t
+                + ")",
         }
     }
 }
