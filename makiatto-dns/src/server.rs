@@ -25,7 +25,7 @@ use crate::{
     DnsError, GeoLocator, Nearest, NoLocator, RateLimit, Selector, ZoneHandle,
     rrl::Limiter,
     stream::{ClientCounts, StreamLimits},
-    udp::{enable_pktinfo, udp_loop},
+    udp::{enable_pktinfo, ignore_path_mtu, udp_loop},
     wire::{Engine, Transport},
 };
 
@@ -194,6 +194,10 @@ impl DnsServerBuilder {
                 .set_read_timeout(Some(Duration::from_millis(100)))
                 .map_err(io("udp socket"))?;
             let pktinfo = enable_pktinfo(&socket).map_err(io("udp packet info"))?;
+            if let Err(error) = ignore_path_mtu(&socket) {
+                // Before Linux 3.15: answers follow path MTU discovery as other sockets do.
+                tracing::warn!(%error, %addr, "cannot make the udp socket ignore path MTU");
+            }
             for n in 0..self.udp_threads.get() {
                 let socket = socket.try_clone().map_err(io("udp socket"))?;
                 let engine = engine.clone();

@@ -5,6 +5,11 @@
 //! leave as one send with UDP segmentation offload (`UDP_SEGMENT`), which the kernel splits
 //! into one datagram per answer; see `Sender`.
 //!
+//! On Linux the sockets ignore path MTU information (`IP_PMTUDISC_OMIT`,
+//! `IPV6_PMTUDISC_OMIT`; see [`ignore_path_mtu`]): an ICMP "fragmentation needed" or "packet
+//! too big", which anyone can forge, changes neither how answers are fragmented nor whether
+//! GSO accepts them.
+//!
 //! On Linux a socket bound to a wildcard address (`0.0.0.0`, `::`) asks for the destination
 //! address of each query (`IP_PKTINFO`, `IPV6_RECVPKTINFO`) and sends the answer from that
 //! address, so a host with several addresses answers from the one that was asked; resolvers
@@ -204,6 +209,36 @@ pub(crate) fn enable_pktinfo(_socket: &UdpSocket) -> std::io::Result<bool> {
     Ok(false)
 }
 
+/// Makes `socket` ignore path MTU discovery (`IP_PMTUDISC_OMIT`, and `IPV6_PMTUDISC_OMIT` on
+/// an IPv6 socket, which keeps the IPv4 option for its IPv4-mapped clients): answers go out
+/// without the don't-fragment bit, fragmented by the kernel only when they exceed the
+/// interface MTU (routers may fragment IPv4 further), and ICMP "fragmentation needed" /
+/// "packet too big" messages are ignored. Those can be forged by anyone who guesses a
+/// client's address and port: honoured, they would lower the path MTU to that client (down
+/// to 552 bytes for IPv4), which makes the kernel fragment answers (the opening for
+/// fragment-based cache poisoning) and refuse segmented sends of larger segments (see
+/// `Sender`). Answers up to the default 1232-byte payload fit IPv6's minimum MTU, so this
+/// costs nothing there; with a larger `max_udp_payload`, an answer over a smaller path MTU
+/// is lost instead of fragmented and the resolver retries smaller or over TCP, as with
+/// other authoritative servers that set this option.
+#[cfg(target_os = "linux")]
+pub(crate) fn ignore_path_mtu(socket: &UdpSocket) -> std::io::Result<()> {
+    use rustix::net::sockopt::{
+        Ipv4PathMtuDiscovery, Ipv6PathMtuDiscovery, set_ip_mtu_discover, set_ipv6_mtu_discover,
+    };
+    if socket.local_addr()?.is_ipv6() {
+        set_ipv6_mtu_discover(socket, Ipv6PathMtuDiscovery::OMIT)?;
+    }
+    set_ip_mtu_discover(socket, Ipv4PathMtuDiscovery::OMIT)?;
+    Ok(())
+}
+
+/// Path MTU options are Linux-only here.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn ignore_path_mtu(_socket: &UdpSocket) -> std::io::Result<()> {
+    Ok(())
+}
+
 /// The UDP fast path on Linux: `recvmmsg` (waiting for the first datagram, then taking what is
 /// queued, up to [`BATCH`]) and `sendmmsg` for the answers (per local address when the socket
 /// is wildcard-bound), answers of one size to one client coalesced by the [`Sender`].
@@ -393,6 +428,16 @@ const GSO_MAX_SEGMENT: usize = 1232;
 #[cfg(target_os = "linux")]
 const GSO_MAX_BYTES: usize = 60_000;
 
+/// Segmented sends refused in a row (`EIO`, `EINVAL`, `EMSGSIZE`) before GSO is turned off
+/// for a while.
+/// One refusal proves little: a route to one client can refuse what the others take.
+#[cfg(target_os = "linux")]
+const GSO_REFUSALS: u32 = 4;
+
+/// How long GSO stays off after [`GSO_REFUSALS`] refusals in a row before it is tried again.
+#[cfg(target_os = "linux")]
+const GSO_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Answers of one size to one client address, sent as one GSO datagram.
 #[cfg(target_os = "linux")]
 #[derive(Clone, Copy)]
@@ -408,9 +453,11 @@ struct Group {
 /// the answers of equal size to the same client address go out as one send with the segment
 /// size in a control message: the kernel runs the IP and UDP send path (and, over loopback, the
 /// receive path up to UDP) once for the group and cuts it into the separate datagrams the
-/// client reads, each exactly one answer. When the kernel refuses a segmented send (`EIO`,
-/// `EINVAL`: no checksum offload on the route, IPsec, an old kernel), GSO is turned off for
-/// the socket and the answers go out one datagram per answer.
+/// client reads, each exactly one answer. When the kernel refuses a segmented send (`EIO`: no
+/// checksum offload on the route, IPsec; `EINVAL`, or `EMSGSIZE` on recent kernels: a segment
+/// over the MTU, which segmentation never fragments), the
+/// answers go out again one datagram per answer, so none is lost; after [`GSO_REFUSALS`]
+/// refusals without a segmented send taken in between, GSO is off for [`GSO_RETRY_AFTER`].
 #[cfg(target_os = "linux")]
 struct Sender {
     fd: std::os::fd::RawFd,
@@ -419,7 +466,54 @@ struct Sender {
     /// Headers for segmented sends (packet info when used, and the segment size); `None`
     /// when GSO is off.
     segmented: Option<nix::sys::socket::MultiHeaders<nix::sys::socket::SockaddrStorage>>,
+    /// Whether segmented sends are off after refusals.
+    refusals: Refusals,
     groups: Vec<Group>,
+}
+
+/// The kernel's recent refusals of segmented sends, and whether GSO is off for them.
+#[cfg(target_os = "linux")]
+struct Refusals {
+    /// Segmented sends refused since the last one the kernel took.
+    count: u32,
+    /// GSO is off until then (after [`GSO_REFUSALS`] refusals in a row).
+    off_until: Option<std::time::Instant>,
+    /// How long GSO stays off ([`GSO_RETRY_AFTER`]).
+    retry_after: std::time::Duration,
+}
+
+#[cfg(target_os = "linux")]
+impl Refusals {
+    /// Whether GSO is off now; switches it back on once the pause is over.
+    fn off(&mut self) -> bool {
+        match self.off_until {
+            None => false,
+            Some(until) if std::time::Instant::now() >= until => {
+                tracing::debug!("trying udp segmentation offload again");
+                self.off_until = None;
+                false
+            }
+            Some(_) => true,
+        }
+    }
+
+    /// Counts a segmented send the kernel refused; turns GSO off after [`GSO_REFUSALS`].
+    fn refused(&mut self, errno: nix::errno::Errno) {
+        self.count += 1;
+        let error = std::io::Error::from(errno);
+        if self.count < GSO_REFUSALS {
+            tracing::debug!(%error, refused = self.count, "udp segmentation offload refused");
+            return;
+        }
+        tracing::info!(
+            %error,
+            refused = self.count,
+            retry_after = ?self.retry_after,
+            "udp segmentation offload refused repeatedly: sending answers one by one for a while"
+        );
+        self.count = 0;
+        self.off_until = Some(std::time::Instant::now() + self.retry_after);
+    }
 }
 
 #[cfg(target_os = "linux")]
@@ -442,6 +536,11 @@ impl Sender {
             fd: socket.as_raw_fd(),
             plain: MultiHeaders::preallocate(BATCH, pktinfo_space.map(Vec::with_capacity)),
             segmented,
+            refusals: Refusals {
+                count: 0,
+                off_until: None,
+                retry_after: GSO_RETRY_AFTER,
+            },
             groups: Vec::with_capacity(BATCH),
         }
     }
@@ -458,15 +557,16 @@ impl Sender {
         use std::io::IoSlice;
         let base: Vec<nix::sys::socket::ControlMessage<'_>> =
             info.map(pktinfo::Info::cmsg).into_iter().collect();
+        let fd = self.fd;
         let plain =
             |headers: &mut MultiHeaders<SockaddrStorage>,
              answers: &mut dyn Iterator<Item = (usize, Option<SockaddrStorage>)>| {
                 let (slices, to): (Vec<[IoSlice<'_>; 1]>, Vec<_>) = answers
                     .map(|(i, addr)| ([IoSlice::new(&outs[i])], addr))
                     .unzip();
-                send_batch(self.fd, headers, &slices, &to, &base);
+                send_batch(fd, headers, &slices, &to, &base);
             };
-        if self.segmented.is_none() || answers.len() < 2 {
+        if self.segmented.is_none() || answers.len() < 2 || self.refusals.off() {
             plain(
                 &mut self.plain,
                 &mut answers.iter().copied().zip(addrs.iter().copied()),
@@ -521,7 +621,11 @@ impl Sender {
                     .flat_map(|g| g.members[..g.count].iter().map(move |&i| (i, g.addr)))
                     .collect()
             };
-            let (Some(headers), Ok(segment)) = (self.segmented.as_mut(), u16::try_from(len)) else {
+            // Off after refusals earlier in this call: the rest goes out one by one.
+            let gso = self.refusals.off_until.is_none();
+            let (Some(headers), true, Ok(segment)) =
+                (self.segmented.as_mut(), gso, u16::try_from(len))
+            else {
                 plain(&mut self.plain, &mut members(run).into_iter());
                 continue;
             };
@@ -551,22 +655,208 @@ impl Sender {
             ) {
                 Ok(results) => results.count(),
                 Err(errno) => {
-                    if matches!(errno, nix::errno::Errno::EIO | nix::errno::Errno::EINVAL) {
-                        tracing::info!(
-                            error = %std::io::Error::from(errno),
-                            "udp segmentation offload refused: sending answers one by one"
-                        );
-                        self.segmented = None;
+                    if matches!(
+                        errno,
+                        nix::errno::Errno::EIO
+                            | nix::errno::Errno::EINVAL
+                            | nix::errno::Errno::EMSGSIZE
+                    ) {
+                        self.refusals.refused(errno);
                     } else {
                         tracing::debug!(error = %std::io::Error::from(errno), "udp send failed");
                     }
                     0
                 }
             };
-            // Whatever the kernel did not take goes out one datagram per answer.
+            if sent > 0 {
+                self.refusals.count = 0;
+            }
+            // Whatever the kernel did not take (a refused send included) goes out again, one
+            // datagram per answer.
             if sent < run.len() {
                 plain(&mut self.plain, &mut members(&run[sent..]).into_iter());
             }
         }
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    //! The sender's reaction to refused segmented sends, against the real kernel: in a
+    //! network namespace whose loopback MTU (1000) is below the segment size (1100), the
+    //! kernel refuses segmented sends (`EINVAL`; `EMSGSIZE` on newer kernels: it never
+    //! fragments a segment) and fragments plain ones. The namespace's loopback packet counter shows whether a batch
+    //! went out segmented (8 answers, one packet) or one by one (8 packets).
+    //! Needs root (ip netns); skipped with a message otherwise.
+
+    use std::{
+        net::{SocketAddr, UdpSocket},
+        process::Command,
+        time::{Duration, Instant},
+    };
+
+    use nix::sys::socket::SockaddrStorage;
+
+    use super::{GSO_REFUSALS, Sender};
+
+    fn is_root() -> bool {
+        std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2))
+                == Some("0")
+        })
+    }
+
+    fn ip(args: &[&str]) -> String {
+        let out = Command::new("ip").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    struct Namespace(String);
+
+    impl Drop for Namespace {
+        fn drop(&mut self) {
+            let _ = Command::new("ip")
+                .args(["netns", "delete", &self.0])
+                .status();
+        }
+    }
+
+    impl Namespace {
+        fn bind(&self, addr: &str) -> UdpSocket {
+            let path = format!("/run/netns/{}", self.0);
+            let addr: SocketAddr = addr.parse().unwrap();
+            std::thread::spawn(move || {
+                let f = std::fs::File::open(&path).unwrap();
+                nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+                UdpSocket::bind(addr).unwrap()
+            })
+            .join()
+            .unwrap()
+        }
+
+        /// Packets sent on the namespace's loopback device.
+        fn lo_packets(&self) -> u64 {
+            let text = ip(&["-n", &self.0, "-s", "link", "show", "dev", "lo"]);
+            let mut lines = text.lines();
+            lines.find(|l| l.trim_start().starts_with("TX:")).unwrap();
+            lines
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+                .unwrap()
+        }
+    }
+
+    /// Eight answers of `len` bytes, each tagged with its index.
+    fn answers(len: usize) -> Vec<Vec<u8>> {
+        (0..8u8)
+            .map(|i| {
+                let mut a = vec![b'a'; len];
+                a[0] = i;
+                a
+            })
+            .collect()
+    }
+
+    /// Sends `outs` to `client` through `sender`; returns what the client read (sorted) and
+    /// the loopback packets the batch took.
+    fn send(
+        ns: &Namespace,
+        sender: &mut Sender,
+        client: &UdpSocket,
+        outs: &[Vec<u8>],
+    ) -> (Vec<Vec<u8>>, u64) {
+        let to = SockaddrStorage::from(client.local_addr().unwrap());
+        let before = ns.lo_packets();
+        let indices: Vec<usize> = (0..outs.len()).collect();
+        sender.send(outs, &indices, &vec![Some(to); outs.len()], None);
+        let packets = ns.lo_packets() - before;
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while got.len() < outs.len() && Instant::now() < deadline {
+            if let Ok(n) = client.recv(&mut buf) {
+                got.push(buf[..n].to_vec());
+            }
+        }
+        got.sort();
+        (got, packets)
+    }
+
+    #[test]
+    fn gso_is_turned_off_only_after_repeated_refusals_and_no_answer_is_lost() {
+        if !is_root() {
+            eprintln!(
+                "SKIPPED gso_is_turned_off_only_after_repeated_refusals_and_no_answer_is_lost: \
+                 needs root for ip netns"
+            );
+            return;
+        }
+        let ns = Namespace(format!("mkdns-u-{}", std::process::id()));
+        ip(&["netns", "add", &ns.0]);
+        ip(&["-n", &ns.0, "link", "set", "lo", "mtu", "1000", "up"]);
+        let server = ns.bind("127.0.0.1:0");
+        let client = ns.bind("127.0.0.1:0");
+        client
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut sender = Sender::new(&server, None);
+        assert!(sender.segmented.is_some(), "the kernel has no UDP_SEGMENT");
+        // Refused as segments (over the MTU); sent one by one, each in two fragments.
+        let big = answers(1100);
+        // Taken as segments: one loopback packet for the eight.
+        let small = answers(100);
+        let refused = |sender: &mut Sender| {
+            let (got, packets) = send(&ns, sender, &client, &big);
+            assert_eq!(got, big, "answers lost after a refused segmented send");
+            assert_eq!(packets, 16, "8 answers in 2 fragments each");
+        };
+
+        refused(&mut sender);
+        assert_eq!(sender.refusals.count, 1);
+        let (got, packets) = send(&ns, &mut sender, &client, &small);
+        assert_eq!(got, small);
+        assert_eq!(packets, 1, "GSO is still on after one refusal");
+        assert_eq!(
+            sender.refusals.count, 0,
+            "a segmented send taken clears the count"
+        );
+
+        for n in 1..GSO_REFUSALS {
+            refused(&mut sender);
+            assert_eq!(sender.refusals.count, n);
+            assert!(
+                sender.refusals.off_until.is_none(),
+                "off after {n} refusals"
+            );
+        }
+        refused(&mut sender);
+        assert!(
+            sender.refusals.off_until.is_some(),
+            "still on after {GSO_REFUSALS}"
+        );
+        let (got, packets) = send(&ns, &mut sender, &client, &small);
+        assert_eq!(got, small);
+        assert_eq!(packets, 8, "GSO is off: one packet per answer");
+        let (got, _) = send(&ns, &mut sender, &client, &big);
+        assert_eq!(got, big);
+        assert_eq!(
+            sender.refusals.count, 0,
+            "no segmented send tried while off"
+        );
+
+        // Once the pause is over, segmented sends are tried again.
+        sender.refusals.off_until = Some(Instant::now());
+        let (got, packets) = send(&ns, &mut sender, &client, &small);
+        assert_eq!(got, small);
+        assert_eq!(packets, 1, "GSO is back on");
     }
 }

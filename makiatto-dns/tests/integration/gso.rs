@@ -8,7 +8,8 @@
 
 use std::{
     collections::HashMap,
-    net::{SocketAddr, UdpSocket},
+    net::{SocketAddr, SocketAddrV4, UdpSocket},
+    os::fd::AsRawFd,
     process::Command,
     sync::Arc,
     time::{Duration, Instant},
@@ -16,6 +17,7 @@ use std::{
 
 use hickory_proto::rr::RecordType;
 use makiatto_dns::{DnsServer, ZoneHandle};
+use nix::sched::{CloneFlags, setns};
 
 use crate::{
     pktinfo::{bind_in, ip, is_root},
@@ -233,6 +235,151 @@ fn refused_segmentation_falls_back_to_one_datagram_per_answer() {
             assert!(ids.contains(&id), "unexpected id {id}");
             assert_eq!(answers[0][2..], answer[2..], "answers differ beyond the id");
         }
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(server.shutdown()).unwrap();
+}
+
+/// The Internet checksum of `bytes`.
+fn checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !u16::try_from(sum).unwrap()
+}
+
+/// Sends, inside namespace `ns`, an ICMP "fragmentation needed" with next-hop MTU 576 about
+/// the UDP datagrams from `from` to `to`, addressed to `from`'s host: what a router with a
+/// small MTU would send, and what anyone can forge who guesses the two addresses and ports.
+fn forge_fragmentation_needed(ns: &str, from: SocketAddrV4, to: SocketAddrV4) {
+    use nix::sys::socket::{
+        AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrIn, sendto, socket,
+    };
+    // The quoted header of the datagram that "did not fit": IPv4 (DF set), then UDP.
+    let mut quoted = vec![0x45, 0, 0x04, 0x68, 0, 0, 0x40, 0, 64, 17, 0, 0];
+    quoted.extend_from_slice(&from.ip().octets());
+    quoted.extend_from_slice(&to.ip().octets());
+    let sum = checksum(&quoted);
+    quoted[10..12].copy_from_slice(&sum.to_be_bytes());
+    quoted.extend_from_slice(&from.port().to_be_bytes());
+    quoted.extend_from_slice(&to.port().to_be_bytes());
+    quoted.extend_from_slice(&[0x04, 0x54, 0, 0]);
+    // Type 3 (unreachable), code 4 (fragmentation needed), next-hop MTU 576.
+    let mut icmp = vec![3, 4, 0, 0, 0, 0, 0x02, 0x40];
+    icmp.extend_from_slice(&quoted);
+    let sum = checksum(&icmp);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&path).unwrap();
+        setns(&f, CloneFlags::CLONE_NEWNET).unwrap();
+        let raw = socket(
+            AddressFamily::Inet,
+            SockType::Raw,
+            SockFlag::empty(),
+            SockProtocol::Icmp,
+        )
+        .unwrap();
+        let dest = SockaddrIn::from(SocketAddrV4::new(*from.ip(), 0));
+        sendto(raw.as_raw_fd(), &icmp, &dest, MsgFlags::empty()).unwrap();
+    })
+    .join()
+    .unwrap();
+}
+
+/// Review finding: the path MTU a forged ICMP "fragmentation needed" sets (down to 552 bytes
+/// for IPv4) must not reach the server's sockets, or it fragments answers and makes the kernel
+/// refuse segmented sends of larger answers. The forged message is first shown to work on a
+/// plain socket (its 1100-byte datagram then leaves in fragments, and the route to the
+/// client keeps the lowered MTU); the server's ~1100-byte answers to that same client still
+/// leave whole, from a socket on an address and from a dual-stack wildcard one (whose IPv4
+/// clients take the IPv4 path).
+#[test]
+fn forged_fragmentation_needed_does_not_fragment_answers() {
+    if !is_root() {
+        eprintln!(
+            "SKIPPED forged_fragmentation_needed_does_not_fragment_answers: needs root for ip netns"
+        );
+        return;
+    }
+    let ns = Namespace(format!("mkdns-p-{}", std::process::id()));
+    ip(&["netns", "add", &ns.0]);
+    ip(&["-n", &ns.0, "link", "set", "lo", "up"]);
+    let client = bind_in(&ns.0, "127.0.0.1:0".parse().unwrap());
+    let SocketAddr::V4(client_addr) = client.local_addr().unwrap() else {
+        unreachable!()
+    };
+
+    // The forgery works on a socket that follows path MTU discovery (the default).
+    let plain = bind_in(&ns.0, "127.0.0.1:0".parse().unwrap());
+    let SocketAddr::V4(plain_addr) = plain.local_addr().unwrap() else {
+        unreachable!()
+    };
+    forge_fragmentation_needed(&ns.0, plain_addr, client_addr);
+    let before = lo_tx_packets(&ns.0);
+    plain.send_to(&[7u8; 1100], client_addr).unwrap();
+    let packets = lo_tx_packets(&ns.0) - before;
+    assert!(
+        packets >= 2,
+        "the forged message did not lower the path MTU of a plain socket ({packets} packet)"
+    );
+    assert_eq!(read_answers(&client, 1).len(), 1);
+
+    let server_v4 = bind_in(&ns.0, "127.0.0.1:0".parse().unwrap());
+    let server_wild = bind_in(&ns.0, "[::]:0".parse().unwrap());
+    let targets = [
+        server_v4.local_addr().unwrap(),
+        SocketAddr::new(
+            "127.0.0.1".parse().unwrap(),
+            server_wild.local_addr().unwrap().port(),
+        ),
+    ];
+    let mut set = zone_set();
+    set.zones[0].records.push(makiatto_dns::RecordEntry {
+        name: "mid".into(),
+        record_type: "TXT".into(),
+        value: "m".repeat(1050),
+        ttl: None,
+    });
+    let zones = ZoneHandle::new(Arc::new(set)).unwrap();
+    let server = DnsServer::builder(zones)
+        .udp(server_v4)
+        .udp(server_wild)
+        .start()
+        .unwrap();
+    for target in targets {
+        let SocketAddr::V4(target_v4) = target else {
+            unreachable!()
+        };
+        forge_fragmentation_needed(&ns.0, target_v4, client_addr);
+        let before = lo_tx_packets(&ns.0);
+        for id in 0..8 {
+            client
+                .send_to(
+                    &query(id, "mid.example.com.", RecordType::TXT, true),
+                    target,
+                )
+                .unwrap();
+        }
+        let answers = read_answers(&client, 8);
+        let packets = lo_tx_packets(&ns.0) - before;
+        assert_eq!(answers.len(), 8, "answers from {target}");
+        for answer in &answers {
+            assert!(answer.len() > 1000, "a {}-byte answer", answer.len());
+        }
+        // 8 queries, and at most one packet per answer (fewer when segmented sends coalesce
+        // them); fragmented at 576 bytes, the answers alone would be 16 packets or more.
+        assert!(
+            packets <= 16,
+            "{packets} loopback packets for 8 queries and 8 answers from {target}: answers were \
+             fragmented after a forged ICMP message"
+        );
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
