@@ -32,8 +32,8 @@ pub const DEFAULT_SOCKET_BUFFER: usize = 7 << 20;
 /// full queue is ~5.7 MB, ~23 ms at 2 Gbit/s.
 pub const DEFAULT_TX_QUEUE_LEN: u32 = 4000;
 
-/// How often new UDP sockets of the device (one per peer, opened after its first packet)
-/// are looked for to size their buffers.
+/// How often the count of UDP sockets is checked for new sockets of the device (one per
+/// peer, opened after its first packet) to size their buffers (see `sockbuf::Sizer`).
 const SOCKET_SCAN_EVERY: Duration = Duration::from_secs(1);
 
 /// Settings of a [`WireGuardTunnel`].
@@ -423,12 +423,15 @@ impl Tunnel for WireGuardTunnel {
 
 /// Sizes the buffers of the listening sockets now, then of the connected sockets as
 /// boringtun opens them (one per peer after its first packet, again after it expired), until
-/// the sender is dropped.
+/// the sender is dropped. A pass looks at the sockets only when the count of UDP sockets
+/// changed or every [`sockbuf::FULL_PASS_EVERY`] (see [`sockbuf::Sizer`]).
 fn spawn_sizer(port: u16, bytes: usize) -> Result<(mpsc::Sender<()>, std::thread::JoinHandle<()>)> {
     let mut warned = false;
-    let mut known = std::collections::BTreeSet::new();
-    let mut pass = move || match sockbuf::size_udp_sockets(port, bytes, &mut known) {
-        Ok(done) => {
+    let mut capped_warned = false;
+    let mut sizer = sockbuf::Sizer::new(port, bytes);
+    let mut pass = move || match sizer.pass() {
+        Ok(None) => {}
+        Ok(Some(done)) => {
             if done.sized > 0 {
                 debug!(
                     port,
@@ -437,8 +440,12 @@ fn spawn_sizer(port: u16, bytes: usize) -> Result<(mpsc::Sender<()>, std::thread
                     "UDP socket buffers sized"
                 );
             }
-            if done.capped && !warned {
-                warned = true;
+            // Once per socket: a failed socket is not tried again.
+            for (inode, error) in &done.failed {
+                warn!(port, inode, %error, "cannot size the buffers of a UDP socket");
+            }
+            if done.capped && !capped_warned {
+                capped_warned = true;
                 warn!(
                     port,
                     bytes,
