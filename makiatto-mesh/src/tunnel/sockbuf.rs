@@ -49,8 +49,8 @@ pub(crate) struct Sizer {
     bytes: usize,
     /// The sockets handled so far (see [`size_udp_sockets`]).
     known: BTreeSet<u64>,
-    /// The namespace's UDP sockets (IPv4 + IPv6) counted before the last full pass.
-    in_use: Option<u64>,
+    /// The namespace's UDP sockets (IPv4, IPv6) counted before the last full pass.
+    in_use: Option<(u64, u64)>,
     /// When the last full pass ran.
     last_full: Option<Instant>,
 }
@@ -75,7 +75,7 @@ impl Sizer {
 
     fn pass_with(
         &mut self,
-        in_use: io::Result<u64>,
+        in_use: io::Result<(u64, u64)>,
         now: Instant,
         raise: impl FnMut(BorrowedFd<'_>, usize) -> io::Result<Raised>,
     ) -> io::Result<Option<Resized>> {
@@ -95,23 +95,23 @@ impl Sizer {
     }
 }
 
-/// The UDP sockets (IPv4 and IPv6) of this network namespace, from `/proc/self/net/sockstat`
-/// and `sockstat6`.
-pub(crate) fn udp_sockets_in_use() -> io::Result<u64> {
+/// The IPv4 and IPv6 UDP sockets of this network namespace, from `/proc/self/net/sockstat`
+/// and `sockstat6` (0 IPv6 sockets without IPv6).
+pub(crate) fn udp_sockets_in_use() -> io::Result<(u64, u64)> {
     let v4 = std::fs::read_to_string("/proc/self/net/sockstat")?;
-    let mut n = sockstat_in_use(&v4, "UDP:").ok_or_else(|| {
+    let v4 = sockstat_in_use(&v4, "UDP:").ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidData,
             "no UDP line in /proc/self/net/sockstat",
         )
     })?;
-    match std::fs::read_to_string("/proc/self/net/sockstat6") {
-        Ok(v6) => n += sockstat_in_use(&v6, "UDP6:").unwrap_or(0),
+    let v6 = match std::fs::read_to_string("/proc/self/net/sockstat6") {
+        Ok(v6) => sockstat_in_use(&v6, "UDP6:").unwrap_or(0),
         // No IPv6 in this kernel or namespace.
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
         Err(e) => return Err(e),
-    }
-    Ok(n)
+    };
+    Ok((v4, v6))
 }
 
 /// The `inuse` count of protocol `label` (`UDP:`) in `/proc/net/sockstat` text.
@@ -425,25 +425,27 @@ mod tests {
         let mut sizer = Sizer::new(port, want);
         let t0 = Instant::now();
         let sized = |r: io::Result<Option<Resized>>| r.unwrap().map(|d| d.sized);
-        let mut pass = |count: io::Result<u64>, at: Duration| {
+        let mut pass = |count: io::Result<(u64, u64)>, at: Duration| {
             sized(sizer.pass_with(count, t0 + at, &mut counting))
         };
         let s = Duration::from_secs;
-        assert_eq!(pass(Ok(10), s(0)), Some(1), "the first pass looks");
-        assert_eq!(pass(Ok(10), s(1)), None, "nothing changed");
+        assert_eq!(pass(Ok((10, 2)), s(0)), Some(1), "the first pass looks");
+        assert_eq!(pass(Ok((10, 2)), s(1)), None, "nothing changed");
         // A socket opened while another closed: same count, found by the next full pass.
         let replaced = udp_socket(port);
-        assert_eq!(pass(Ok(10), s(2)), None);
-        assert_eq!(pass(Ok(10), FULL_PASS_EVERY), Some(1));
-        assert_eq!(pass(Ok(10), FULL_PASS_EVERY + s(1)), None);
+        assert_eq!(pass(Ok((10, 2)), s(2)), None);
+        assert_eq!(pass(Ok((10, 2)), FULL_PASS_EVERY), Some(1));
+        assert_eq!(pass(Ok((10, 2)), FULL_PASS_EVERY + s(1)), None);
         // A new socket changes the count: found at once.
         let new = udp_socket(port);
-        assert_eq!(pass(Ok(11), FULL_PASS_EVERY + s(2)), Some(1));
-        assert_eq!(pass(Ok(11), FULL_PASS_EVERY + s(3)), None);
+        assert_eq!(pass(Ok((11, 2)), FULL_PASS_EVERY + s(2)), Some(1));
+        assert_eq!(pass(Ok((11, 2)), FULL_PASS_EVERY + s(3)), None);
+        // An IPv6 socket opened as an IPv4 one closed changes the count too.
+        assert_eq!(pass(Ok((10, 3)), FULL_PASS_EVERY + s(4)), Some(0));
         // Without the count, every pass looks (as before the gate).
         let err = || Err(io::Error::other("no sockstat"));
-        assert_eq!(pass(err(), FULL_PASS_EVERY + s(4)), Some(0));
         assert_eq!(pass(err(), FULL_PASS_EVERY + s(5)), Some(0));
+        assert_eq!(pass(err(), FULL_PASS_EVERY + s(6)), Some(0));
         assert_eq!(calls, 3);
         drop((replaced, new));
     }
