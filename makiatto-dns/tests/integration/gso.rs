@@ -8,7 +8,7 @@
 
 use std::{
     collections::HashMap,
-    net::{SocketAddr, SocketAddrV4, UdpSocket},
+    net::{SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket},
     os::fd::AsRawFd,
     process::Command,
     sync::Arc,
@@ -254,127 +254,197 @@ fn checksum(bytes: &[u8]) -> u16 {
     !u16::try_from(sum).unwrap()
 }
 
-/// Sends, inside namespace `ns`, an ICMP "fragmentation needed" with next-hop MTU 576 about
-/// the UDP datagrams from `from` to `to`, addressed to `from`'s host: what a router with a
-/// small MTU would send, and what anyone can forge who guesses the two addresses and ports.
-fn forge_fragmentation_needed(ns: &str, from: SocketAddrV4, to: SocketAddrV4) {
+/// Sends, inside namespace `ns`, what a router whose next hop has a small MTU sends about
+/// the UDP datagrams of `len` bytes from `from` to `to`, addressed to `from`'s host, and what
+/// anyone can forge who guesses the two addresses and ports: an ICMP "fragmentation needed"
+/// with MTU 576 (IPv4), an ICMPv6 "packet too big" with MTU 1280 (IPv6).
+fn forge_path_mtu(ns: &str, from: SocketAddr, to: SocketAddr, len: u16) {
     use nix::sys::socket::{
-        AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrIn, sendto, socket,
+        AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrIn, SockaddrIn6, sendto,
+        socket,
     };
-    // The quoted header of the datagram that "did not fit": IPv4 (DF set), then UDP.
-    let mut quoted = vec![0x45, 0, 0x04, 0x68, 0, 0, 0x40, 0, 64, 17, 0, 0];
-    quoted.extend_from_slice(&from.ip().octets());
-    quoted.extend_from_slice(&to.ip().octets());
-    let sum = checksum(&quoted);
-    quoted[10..12].copy_from_slice(&sum.to_be_bytes());
-    quoted.extend_from_slice(&from.port().to_be_bytes());
-    quoted.extend_from_slice(&to.port().to_be_bytes());
-    quoted.extend_from_slice(&[0x04, 0x54, 0, 0]);
-    // Type 3 (unreachable), code 4 (fragmentation needed), next-hop MTU 576.
-    let mut icmp = vec![3, 4, 0, 0, 0, 0, 0x02, 0x40];
-    icmp.extend_from_slice(&quoted);
-    let sum = checksum(&icmp);
-    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    let udp_len = len + 8;
+    let mut udp = Vec::new();
+    udp.extend_from_slice(&from.port().to_be_bytes());
+    udp.extend_from_slice(&to.port().to_be_bytes());
+    udp.extend_from_slice(&udp_len.to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    let message = match (from, to) {
+        (SocketAddr::V4(from), SocketAddr::V4(to)) => {
+            // The quoted header of the datagram that "did not fit": IPv4 (DF set), then UDP.
+            let mut quoted = vec![0x45, 0];
+            quoted.extend_from_slice(&(udp_len + 20).to_be_bytes());
+            quoted.extend_from_slice(&[0, 0, 0x40, 0, 64, 17, 0, 0]);
+            quoted.extend_from_slice(&from.ip().octets());
+            quoted.extend_from_slice(&to.ip().octets());
+            let sum = checksum(&quoted);
+            quoted[10..12].copy_from_slice(&sum.to_be_bytes());
+            // Type 3 (unreachable), code 4 (fragmentation needed), next-hop MTU 576.
+            let mut icmp = vec![3, 4, 0, 0, 0, 0, 0x02, 0x40];
+            icmp.extend_from_slice(&quoted);
+            icmp.extend_from_slice(&udp);
+            let sum = checksum(&icmp);
+            icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+            icmp
+        }
+        (SocketAddr::V6(from), SocketAddr::V6(to)) => {
+            // Type 2 (packet too big), MTU 1280, then the IPv6 and UDP headers quoted. The
+            // kernel fills in the checksum of ICMPv6 raw sockets.
+            let mut icmp = vec![2, 0, 0, 0, 0, 0, 0x05, 0x00, 0x60, 0, 0, 0];
+            icmp.extend_from_slice(&udp_len.to_be_bytes());
+            icmp.extend_from_slice(&[17, 64]);
+            icmp.extend_from_slice(&from.ip().octets());
+            icmp.extend_from_slice(&to.ip().octets());
+            icmp.extend_from_slice(&udp);
+            icmp
+        }
+        _ => panic!("{from} and {to} are not of one family"),
+    };
     let path = format!("/run/netns/{ns}");
     std::thread::spawn(move || {
         let f = std::fs::File::open(&path).unwrap();
         setns(&f, CloneFlags::CLONE_NEWNET).unwrap();
-        let raw = socket(
-            AddressFamily::Inet,
-            SockType::Raw,
-            SockFlag::empty(),
-            SockProtocol::Icmp,
-        )
-        .unwrap();
-        let dest = SockaddrIn::from(SocketAddrV4::new(*from.ip(), 0));
-        sendto(raw.as_raw_fd(), &icmp, &dest, MsgFlags::empty()).unwrap();
+        let (family, protocol) = if from.is_ipv4() {
+            (AddressFamily::Inet, SockProtocol::Icmp)
+        } else {
+            (AddressFamily::Inet6, SockProtocol::IcmpV6)
+        };
+        let raw = socket(family, SockType::Raw, SockFlag::empty(), protocol).unwrap();
+        let sent = match from {
+            SocketAddr::V4(a) => sendto(
+                raw.as_raw_fd(),
+                &message,
+                &SockaddrIn::from(SocketAddrV4::new(*a.ip(), 0)),
+                MsgFlags::empty(),
+            ),
+            SocketAddr::V6(a) => sendto(
+                raw.as_raw_fd(),
+                &message,
+                &SockaddrIn6::from(SocketAddrV6::new(*a.ip(), 0, 0, 0)),
+                MsgFlags::empty(),
+            ),
+        };
+        sent.unwrap();
     })
     .join()
     .unwrap();
 }
 
-/// Review finding: the path MTU a forged ICMP "fragmentation needed" sets (down to 552 bytes
-/// for IPv4) must not reach the server's sockets, or it fragments answers and makes the kernel
-/// refuse segmented sends of larger answers. The forged message is first shown to work on a
-/// plain socket (its 1100-byte datagram then leaves in fragments, and the route to the
-/// client keeps the lowered MTU); the server's ~1100-byte answers to that same client still
-/// leave whole, from a socket on an address and from a dual-stack wildcard one (whose IPv4
-/// clients take the IPv4 path).
+/// A query for `name` TXT advertising a 4096-byte EDNS payload.
+fn large_query(id: u16, name: &str) -> Vec<u8> {
+    use hickory_proto::{
+        op::{Edns, Message, Query},
+        rr::Name,
+    };
+    let mut m = Message::query();
+    m.metadata.id = id;
+    m.add_query(Query::query(
+        Name::from_ascii(name).unwrap(),
+        RecordType::TXT,
+    ));
+    let mut e = Edns::new();
+    e.set_max_payload(4096);
+    m.set_edns(e);
+    m.to_vec().unwrap()
+}
+
+/// Review finding: the path MTU that a forged ICMP "fragmentation needed" or ICMPv6 "packet
+/// too big" sets (down to 552 bytes for IPv4, 1280 for IPv6) must not reach the server's
+/// sockets, or the kernel fragments answers to that client and refuses their segmented sends.
+/// The forged messages are first shown to work on plain sockets (their datagrams then leave
+/// in fragments, and the routes to the clients keep the lowered MTU); the server's answers to
+/// those same clients still leave whole: ~1100 bytes over IPv4, from a socket on an address
+/// and from a dual-stack wildcard one (whose IPv4 clients take the IPv4 path), and ~1400 bytes
+/// over IPv6 (the server allows 4096-byte answers here; at the default 1232 they always fit
+/// IPv6's minimum MTU).
 #[test]
-fn forged_fragmentation_needed_does_not_fragment_answers() {
+fn forged_path_mtu_messages_do_not_fragment_answers() {
     if !is_root() {
         eprintln!(
-            "SKIPPED forged_fragmentation_needed_does_not_fragment_answers: needs root for ip netns"
+            "SKIPPED forged_path_mtu_messages_do_not_fragment_answers: needs root for ip netns"
         );
         return;
     }
     let ns = Namespace(format!("mkdns-p-{}", std::process::id()));
     ip(&["netns", "add", &ns.0]);
     ip(&["-n", &ns.0, "link", "set", "lo", "up"]);
-    let client = bind_in(&ns.0, "127.0.0.1:0".parse().unwrap());
-    let SocketAddr::V4(client_addr) = client.local_addr().unwrap() else {
-        unreachable!()
-    };
+    let client4 = bind_in(&ns.0, "127.0.0.1:0".parse().unwrap());
+    let client6 = bind_in(&ns.0, "[::1]:0".parse().unwrap());
 
-    // The forgery works on a socket that follows path MTU discovery (the default).
-    let plain = bind_in(&ns.0, "127.0.0.1:0".parse().unwrap());
-    let SocketAddr::V4(plain_addr) = plain.local_addr().unwrap() else {
-        unreachable!()
-    };
-    forge_fragmentation_needed(&ns.0, plain_addr, client_addr);
-    let before = lo_tx_packets(&ns.0);
-    plain.send_to(&[7u8; 1100], client_addr).unwrap();
-    let packets = lo_tx_packets(&ns.0) - before;
-    assert!(
-        packets >= 2,
-        "the forged message did not lower the path MTU of a plain socket ({packets} packet)"
-    );
-    assert_eq!(read_answers(&client, 1).len(), 1);
+    // The forgeries work on sockets that follow path MTU discovery (the default).
+    for (client, bind, len) in [
+        (&client4, "127.0.0.1:0", 1100u16),
+        (&client6, "[::1]:0", 1400),
+    ] {
+        let plain = bind_in(&ns.0, bind.parse().unwrap());
+        let to = client.local_addr().unwrap();
+        forge_path_mtu(&ns.0, plain.local_addr().unwrap(), to, len);
+        let before = lo_tx_packets(&ns.0);
+        plain.send_to(&vec![7u8; usize::from(len)], to).unwrap();
+        let packets = lo_tx_packets(&ns.0) - before;
+        assert!(
+            packets >= 2,
+            "the forged message did not lower the path MTU of a plain socket to {to} \
+             ({packets} packet)"
+        );
+        assert_eq!(read_answers(client, 1).len(), 1);
+    }
 
     let server_v4 = bind_in(&ns.0, "127.0.0.1:0".parse().unwrap());
     let server_wild = bind_in(&ns.0, "[::]:0".parse().unwrap());
-    let targets = [
-        server_v4.local_addr().unwrap(),
-        SocketAddr::new(
-            "127.0.0.1".parse().unwrap(),
-            server_wild.local_addr().unwrap().port(),
+    let wild_port = server_wild.local_addr().unwrap().port();
+    let cases = [
+        (server_v4.local_addr().unwrap(), &client4, "mid", 1000),
+        (
+            SocketAddr::new("127.0.0.1".parse().unwrap(), wild_port),
+            &client4,
+            "mid",
+            1000,
+        ),
+        (
+            SocketAddr::new("::1".parse().unwrap(), wild_port),
+            &client6,
+            "mid6",
+            1300,
         ),
     ];
     let mut set = zone_set();
-    set.zones[0].records.push(makiatto_dns::RecordEntry {
-        name: "mid".into(),
-        record_type: "TXT".into(),
-        value: "m".repeat(1050),
-        ttl: None,
-    });
+    for (name, len) in [("mid", 1050), ("mid6", 1350)] {
+        set.zones[0].records.push(makiatto_dns::RecordEntry {
+            name: name.into(),
+            record_type: "TXT".into(),
+            value: "m".repeat(len),
+            ttl: None,
+        });
+    }
     let zones = ZoneHandle::new(Arc::new(set)).unwrap();
     let server = DnsServer::builder(zones)
+        .max_udp_payload(4096)
         .udp(server_v4)
         .udp(server_wild)
         .start()
         .unwrap();
-    for target in targets {
-        let SocketAddr::V4(target_v4) = target else {
-            unreachable!()
-        };
-        forge_fragmentation_needed(&ns.0, target_v4, client_addr);
+    for (target, client, name, min_len) in cases {
+        let answer_len = u16::try_from(min_len + 100).unwrap();
+        forge_path_mtu(&ns.0, target, client.local_addr().unwrap(), answer_len);
         let before = lo_tx_packets(&ns.0);
         for id in 0..8 {
             client
-                .send_to(
-                    &query(id, "mid.example.com.", RecordType::TXT, true),
-                    target,
-                )
+                .send_to(&large_query(id, &format!("{name}.example.com.")), target)
                 .unwrap();
         }
-        let answers = read_answers(&client, 8);
+        let answers = read_answers(client, 8);
         let packets = lo_tx_packets(&ns.0) - before;
         assert_eq!(answers.len(), 8, "answers from {target}");
         for answer in &answers {
-            assert!(answer.len() > 1000, "a {}-byte answer", answer.len());
+            assert!(
+                answer.len() > min_len,
+                "a {}-byte answer from {target}",
+                answer.len()
+            );
         }
         // 8 queries, and at most one packet per answer (fewer when segmented sends coalesce
-        // them); fragmented at 576 bytes, the answers alone would be 16 packets or more.
+        // them); fragmented at the forged MTU, the answers alone would be 16 packets or more.
         assert!(
             packets <= 16,
             "{packets} loopback packets for 8 queries and 8 answers from {target}: answers were \
