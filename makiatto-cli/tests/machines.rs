@@ -69,6 +69,41 @@ impl Machines {
             .expect("ssh runs")
     }
 
+    /// Machine `i`'s (0-based) store replica identity (`crr_meta.self_site`, hex), read
+    /// from a copy of its database (and write-ahead log) taken from the host through the
+    /// machine's root directory while the node runs (SQLite itself cannot open a path
+    /// through /proc/<pid>/root: it resolves the link to the host's /). `None` when it
+    /// cannot be read, which a copy taken in the middle of a checkpoint may cause.
+    fn store_site(&self, i: usize) -> Option<String> {
+        let root = Command::new(machines_script())
+            .args(["root", &self.prefix, &(i + 1).to_string()])
+            .output()
+            .expect("scripts/machines runs");
+        let root = PathBuf::from(String::from_utf8_lossy(&root.stdout).trim());
+        let copy = tempfile::tempdir().unwrap();
+        for f in ["store.db", "store.db-wal"] {
+            let from = root.join("var/makiatto").join(f);
+            if from.exists() && std::fs::copy(&from, copy.path().join(f)).is_err() {
+                return None;
+            }
+        }
+        let out = Command::new("sqlite3")
+            .arg(copy.path().join("store.db"))
+            .arg("SELECT hex(value) FROM crr_meta WHERE key = 'self_site'")
+            .output()
+            .expect("sqlite3 runs (scripts/setup.d/50-machines.sh)");
+        let site = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if !out.status.success() || site.is_empty() {
+            eprintln!(
+                "no site id in {}/var/makiatto/store.db: {}",
+                root.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return None;
+        }
+        Some(site)
+    }
+
     /// Powers machine `i` (0-based) off; returns when none of its processes is left.
     fn stop(&self, i: usize) {
         let out = Command::new(machines_script())
@@ -107,22 +142,17 @@ impl Maki {
 
     /// `maki` with another SSH key and extra environment variables.
     fn run_with(&self, key: &str, env: &[(&str, &str)], args: &[&str]) -> Output {
-        let out = Command::new(env!("CARGO_BIN_EXE_maki"))
-            .arg("--profile")
-            .arg(self.profile())
-            .args(["--ssh-priv-key", key])
-            .args(args)
-            .env_remove("MAKIATTO_SUDO_PASSWORD")
-            .env_remove("MAKIATTO_BINARY_URL")
-            .current_dir(repo().join("examples"))
-            .env("NO_COLOR", "1")
-            .env("HOME", self.home.path())
-            .env(
-                "MAKIATTO_SSH_KNOWN_HOSTS",
-                self.home.path().join("known_hosts"),
-            )
-            .env_remove("MAKIATTO_PROFILE")
-            .envs(env.iter().copied())
+        self.command(key, env, args, &repo().join("examples"))
+    }
+
+    /// `maki` in the project directory `project`.
+    fn run_in(&self, project: &Path, args: &[&str]) -> Output {
+        self.command(&self.key, &[], args, project)
+    }
+
+    fn command(&self, key: &str, env: &[(&str, &str)], args: &[&str], project: &Path) -> Output {
+        let out = self
+            .builder(key, env, args, project)
             .output()
             .expect("maki runs");
         eprintln!(
@@ -132,6 +162,36 @@ impl Maki {
             String::from_utf8_lossy(&out.stderr)
         );
         out
+    }
+
+    /// `maki` started in the background (its output captured).
+    fn spawn(&self, args: &[&str]) -> std::process::Child {
+        self.builder(&self.key, &[], args, &repo().join("examples"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("maki starts")
+    }
+
+    fn builder(&self, key: &str, env: &[(&str, &str)], args: &[&str], project: &Path) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_maki"));
+        command
+            .arg("--profile")
+            .arg(self.profile())
+            .args(["--ssh-priv-key", key])
+            .args(args)
+            .env_remove("MAKIATTO_SUDO_PASSWORD")
+            .env_remove("MAKIATTO_BINARY_URL")
+            .current_dir(project)
+            .env("NO_COLOR", "1")
+            .env("HOME", self.home.path())
+            .env(
+                "MAKIATTO_SSH_KNOWN_HOSTS",
+                self.home.path().join("known_hosts"),
+            )
+            .env_remove("MAKIATTO_PROFILE")
+            .envs(env.iter().copied());
+        command
     }
 
     fn ok(&self, args: &[&str]) -> String {
@@ -262,18 +322,19 @@ fn the_getting_started_guide_on_three_real_machines() {
         home: tempfile::tempdir().unwrap(),
         key,
     };
-    // Release downloads from the host, on the bridge's address.
+    // Release downloads from the host, on the bridge's address, over plain http: the
+    // checksum must come with the command (one served beside the binary proves nothing).
     let files = maki.home.path();
     let version = env!("CARGO_PKG_VERSION");
     // A copy: the build directory's binary may be rebuilt while the test runs.
     let release_binary = files.join("makiatto");
     std::fs::copy(&daemon, &release_binary).unwrap();
+    let release_sha = sha256(&release_binary);
     std::fs::write(
         files.join("good.sha256"),
-        format!("{}  makiatto-x86_64\n", sha256(&release_binary)),
+        format!("{release_sha}  makiatto-x86_64\n"),
     )
     .unwrap();
-    std::fs::write(files.join("bad.sha256"), format!("{}\n", "0".repeat(64))).unwrap();
     // A "new binary" that migrates the store to something the old one cannot read, and
     // then fails.
     let fake = files.join("fake");
@@ -292,10 +353,6 @@ fn the_getting_started_guide_on_three_real_machines() {
             files.join("good.sha256"),
         ),
         ("/bad/makiatto-x86_64".into(), release_binary.clone()),
-        (
-            "/bad/makiatto-x86_64.sha256".into(),
-            files.join("bad.sha256"),
-        ),
         ("/fake/makiatto-x86_64".into(), fake.clone()),
     ]));
     let gateway = m.ips[0].rsplit_once('.').unwrap().0.to_owned() + ".1";
@@ -386,8 +443,19 @@ fn the_getting_started_guide_on_three_real_machines() {
         "{}",
         stderr(&out)
     );
+    // A plain http download without --binary-sha256 is refused before anything is asked.
+    let out = init(2, &["--binary-url", &release]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("plain http") && err.contains("--binary-sha256"),
+        "{err}"
+    );
+    assert!(server.asked.lock().unwrap().is_empty());
+    nothing_installed(2);
     // A download whose checksum does not match is refused and leaves nothing behind.
-    let out = init(2, &["--binary-url", &url("bad")]);
+    let zeros = "0".repeat(64);
+    let out = init(2, &["--binary-url", &url("bad"), "--binary-sha256", &zeros]);
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(
@@ -397,7 +465,8 @@ fn the_getting_started_guide_on_three_real_machines() {
     nothing_installed(2);
     // Without curl or wget the machine cannot download: a clear error.
     m.ssh(2, "mv /usr/bin/curl /usr/bin/curl.off");
-    let out = init(2, &["--binary-url", &release]);
+    let pinned = ["--binary-url", &release, "--binary-sha256", &release_sha];
+    let out = init(2, &pinned);
     m.ssh(2, "mv /usr/bin/curl.off /usr/bin/curl");
     assert!(!out.status.success());
     assert!(
@@ -406,14 +475,15 @@ fn the_getting_started_guide_on_three_real_machines() {
         stderr(&out)
     );
     nothing_installed(2);
-    let out = init(2, &["--binary-url", &release]);
+    let out = init(2, &pinned);
     assert!(
         out.status.success(),
         "init tololo from the release download"
     );
     let asked = server.asked.lock().unwrap().clone();
     assert!(
-        asked.contains(&format!("/rel/v{version}/makiatto-x86_64")),
+        asked.contains(&format!("/rel/v{version}/makiatto-x86_64"))
+            && !asked.iter().any(|a| a.ends_with(".sha256")),
         "{asked:?}"
     );
     eprintln!("3 inits (and 3 refused) took {:?}", started.elapsed());
@@ -532,6 +602,105 @@ fn the_getting_started_guide_on_three_real_machines() {
         "vector's membership names the missing node: {report}"
     );
 
+    // An upgrade while a machine is down: klukai's new binary (a real daemon) runs, and a
+    // deployment made through it reaches vector, but it never sees tololo alive, so it is
+    // rolled back. Its store comes back from the copy made before the new binary started,
+    // under a new replica identity: under the old one it would reissue the versions its
+    // upgraded self gave that deployment, and never learn the deployment back.
+    let rebuilt = maki.home.path().join("makiatto-rebuilt");
+    let mut bytes = std::fs::read(&daemon).unwrap();
+    bytes.extend_from_slice(b"rebuilt");
+    std::fs::write(&rebuilt, &bytes).unwrap();
+    let rebuilt_sha = sha256(&rebuilt);
+    let running = |i: usize| {
+        let out = m.ssh(
+            i,
+            "sha256sum /proc/$(systemctl show -p MainPID --value makiatto)/exe | cut -d' ' -f1",
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let installed_sha = running(1);
+    let site_before = eventually(Duration::from_secs(10), "klukai's site id", || {
+        m.store_site(1)
+    });
+    // tololo's last health report is stale 15 s after it stopped (until then a deployment
+    // waits for tololo too).
+    if let Some(left) = Duration::from_secs(16).checked_sub(stopped.elapsed()) {
+        std::thread::sleep(left);
+    }
+    let upgrading = maki.spawn(&[
+        "machine",
+        "upgrade",
+        "klukai",
+        "--binary-path",
+        rebuilt.to_str().unwrap(),
+    ]);
+    eventually(
+        Duration::from_secs(60),
+        "klukai runs the new binary",
+        || (running(1) == rebuilt_sha).then_some(()),
+    );
+    let project = tempfile::tempdir().unwrap();
+    copy_dir(&repo().join("examples"), project.path());
+    let index = project.path().join("site/index.html");
+    let mut html = std::fs::read_to_string(&index).unwrap();
+    html.push_str("<!-- deployed during a failed upgrade -->\n");
+    std::fs::write(&index, html).unwrap();
+    let through_klukai = Maki {
+        home: tempfile::tempdir().unwrap(),
+        key: maki.key.clone(),
+    };
+    let klukai_target = format!("deploy@{}", m.ips[1]);
+    eventually(
+        Duration::from_secs(20),
+        "klukai's admin API answers",
+        || {
+            let out = through_klukai.run(&["machine", "add", &klukai_target]);
+            out.status.success().then_some(())
+        },
+    );
+    let out = through_klukai.run_in(project.path(), &["sync"]);
+    assert!(out.status.success(), "sync through klukai's new binary");
+    let serves_window = |from: usize, ip: &str| {
+        let out = m.ssh(
+            from,
+            &format!("curl -sf --max-time 3 -H 'Host: example.com' http://{ip}/"),
+        );
+        String::from_utf8_lossy(&out.stdout).contains("deployed during a failed upgrade")
+    };
+    assert!(serves_window(0, &m.ips[0]), "vector has the deployment");
+    let out = upgrading.wait_with_output().unwrap();
+    eprintln!(
+        "$ maki machine upgrade klukai (in the background)\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = stderr(&out);
+    assert!(!out.status.success(), "the upgrade succeeded: {err}");
+    assert!(
+        err.contains("its store are back") && err.contains("new replica identity"),
+        "{err}"
+    );
+    eventually(
+        Duration::from_secs(30),
+        "klukai runs its previous binary",
+        || (running(1) == installed_sha).then_some(()),
+    );
+    eventually(
+        Duration::from_secs(10),
+        "klukai's store under a new replica identity",
+        || m.store_site(1).filter(|s| *s != site_before),
+    );
+    eventually(
+        Duration::from_secs(60),
+        "klukai learns the deployment back",
+        || serves_window(1, &m.ips[1]).then_some(()),
+    );
+    eventually(Duration::from_secs(30), "the stores agree", || {
+        let report = maki.run(&["health"]);
+        let report = String::from_utf8_lossy(&report.stdout).into_owned();
+        (!report.contains("vector store:") && !report.contains("klukai store:")).then_some(())
+    });
+
     // A refused login is not an unreachable machine: remove fails and changes nothing.
     let wrong_key = maki.home.path().join("wrong_key");
     let keygen = Command::new("ssh-keygen")
@@ -590,18 +759,6 @@ fn the_getting_started_guide_on_three_real_machines() {
     }
 
     // A rolling upgrade to a rebuilt binary: the node runs it afterwards.
-    let rebuilt = maki.home.path().join("makiatto-rebuilt");
-    let mut bytes = std::fs::read(&daemon).unwrap();
-    bytes.extend_from_slice(b"rebuilt");
-    std::fs::write(&rebuilt, &bytes).unwrap();
-    let rebuilt_sha = sha256(&rebuilt);
-    let running = |i: usize| {
-        let out = m.ssh(
-            i,
-            "sha256sum /proc/$(systemctl show -p MainPID --value makiatto)/exe | cut -d' ' -f1",
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    };
     let out = maki.ok(&[
         "machine",
         "upgrade",
@@ -641,6 +798,83 @@ fn the_getting_started_guide_on_three_real_machines() {
         || maki.run(&["health"]).status.success().then_some(()),
     );
 
+    // What an unfinished rollback left behind is not overwritten: the upgrade is refused
+    // and changes nothing.
+    m.ssh(
+        1,
+        "cp -p /usr/local/bin/makiatto /usr/local/bin/makiatto.previous && \
+         install -d /var/makiatto/upgrade-backup",
+    );
+    let out = maki.run(&[
+        "machine",
+        "upgrade",
+        "klukai",
+        "--binary-path",
+        release_binary.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("did not finish") && err.contains("/usr/local/bin/makiatto.previous"),
+        "{err}"
+    );
+    assert_eq!(running(1), rebuilt_sha);
+    let left = m.ssh(
+        1,
+        "test -d /var/makiatto/upgrade-backup && \
+         cmp /usr/local/bin/makiatto /usr/local/bin/makiatto.previous && \
+         rm -rf /usr/local/bin/makiatto.previous /var/makiatto/upgrade-backup",
+    );
+    assert!(left.status.success(), "the leftovers were changed");
+
+    // The disk fills up while the store is copied aside (half a copy, then ENOSPC, from a
+    // `cp` earlier in root's PATH): the rollback puts the binary back and leaves the store
+    // files as they are rather than replacing them with the broken copy.
+    let out = m.ssh(
+        1,
+        r#"cat > /usr/local/sbin/cp <<'EOF'
+#!/bin/sh
+for last; do :; done
+case "$last" in
+*upgrade-backup*)
+    for src; do case "$src" in -*) ;; *) break ;; esac; done
+    head -c $(($(stat -c %s "$src") / 2)) "$src" > "$last/$(basename "$src")"
+    echo "cp: error writing '$last': No space left on device" >&2
+    exit 1 ;;
+esac
+exec /bin/cp "$@"
+EOF
+chmod 755 /usr/local/sbin/cp && stat -c %i /var/makiatto/store.db"#,
+    );
+    assert!(out.status.success());
+    let inode = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let out = maki.run(&[
+        "machine",
+        "upgrade",
+        "klukai",
+        "--binary-path",
+        release_binary.to_str().unwrap(),
+    ]);
+    m.ssh(1, "rm -f /usr/local/sbin/cp");
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("the store was left as it was"), "{err}");
+    let after = m.ssh(
+        1,
+        "stat -c %i /var/makiatto/store.db; ls -d /usr/local/bin/makiatto.previous /var/makiatto/upgrade-backup* 2>/dev/null",
+    );
+    assert_eq!(String::from_utf8_lossy(&after.stdout).trim(), inode);
+    eventually(
+        Duration::from_secs(30),
+        "klukai runs the rebuilt binary again",
+        || (running(1) == rebuilt_sha).then_some(()),
+    );
+    eventually(
+        Duration::from_secs(30),
+        "health green after the failed copy",
+        || maki.run(&["health"]).status.success().then_some(()),
+    );
+
     // `machine add` imports a running node into another profile.
     let other = Maki {
         home: tempfile::tempdir().unwrap(),
@@ -656,6 +890,20 @@ fn the_getting_started_guide_on_three_real_machines() {
             .map(str::to_owned)
     };
     assert_eq!(key_line(&theirs), key_line(&ours), "{theirs}");
+}
+
+/// Copies the directory tree `from` into `to`.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let dest = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &dest);
+        } else {
+            std::fs::copy(entry.path(), dest).unwrap();
+        }
+    }
 }
 
 /// The effective user id, from /proc (no libc, no unsafe).

@@ -12,9 +12,9 @@ use crate::{
     health, manifest, nameserver, plan::Plan, profile, project::Project, remote::Remote, wit,
 };
 
-/// Manage a Makiatto CDN cluster.
+/// maki: provision the machines of a Makiatto CDN and deploy sites to them.
 #[derive(Debug, Parser)]
-#[command(name = "maki", version = crate::VERSION, about)]
+#[command(name = "maki", version = crate::VERSION)]
 pub struct Cli {
     /// Profile file (else MAKIATTO_PROFILE, else ~/.config/makiatto/default.toml).
     #[arg(long, global = true)]
@@ -176,7 +176,8 @@ struct BinaryArgs {
     /// are replaced (default: the GitHub release of this version).
     #[arg(long, env = machine::BINARY_URL_ENV)]
     binary_url: Option<String>,
-    /// The download's SHA-256 (default: read from the URL with `.sha256` appended).
+    /// The download's SHA-256 (default: read from the URL with `.sha256` appended; required
+    /// for a plain http:// URL).
     #[arg(long)]
     binary_sha256: Option<String>,
 }

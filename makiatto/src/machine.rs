@@ -13,9 +13,13 @@
 //! when it loses an address collision, and the profile records the address it has once it
 //! joined.
 //!
-//! [`upgrade`] copies the store database aside (service stopped) before starting the new
-//! binary, judges the new binary by the node's own fresh health report, and on failure
-//! puts back both the previous binary and that copy of the data.
+//! [`upgrade`] copies the store database aside (service stopped; the copy counts only once
+//! it is complete and on disk) before starting the new binary, judges the new binary by the
+//! node's own fresh health report, and on failure puts back both the previous binary and
+//! that copy of the data, which then continues under a new replica identity (the new binary
+//! may have issued versions under the old one). It refuses a machine where an earlier
+//! upgrade or rollback did not finish. A download over plain http needs a checksum given
+//! with it (`--binary-sha256`): one fetched from the same server proves nothing.
 //!
 //! Files on a node: `/usr/local/bin/makiatto`, `/etc/makiatto/config.toml`,
 //! `/var/makiatto/` (data, WireGuard key, GeoIP database),
@@ -50,8 +54,12 @@ pub const WG_PORT: u16 = 51880;
 pub const JOIN_WAIT: Duration = Duration::from_secs(90);
 /// Nameservers a cluster gets before new nodes stop being nameservers by default.
 pub const DEFAULT_NAMESERVERS: usize = 3;
-/// Where `upgrade` keeps the store database while a new binary is on trial.
+/// Where `upgrade` keeps the store database while a new binary is on trial. It only ever
+/// holds a complete copy: the copy is made in [`UPGRADE_BACKUP_TMP`], flushed to disk and
+/// then renamed.
 pub const UPGRADE_BACKUP: &str = "/var/makiatto/upgrade-backup";
+/// Where `upgrade` copies the store database before the copy is complete.
+pub const UPGRADE_BACKUP_TMP: &str = "/var/makiatto/upgrade-backup.tmp";
 /// The store database files (SQLite and its write-ahead log).
 const STORE_FILES: &str = "store.db store.db-wal store.db-shm";
 /// The release download used when no binary is given: `{version}` is this `maki`'s
@@ -133,6 +141,16 @@ impl Binary {
                             "pass the output of `sha256sum makiatto`",
                         )
                     })?;
+                // Over plain http, whoever sits on the path serves both the binary and the
+                // `.sha256` beside it: only a checksum from elsewhere proves anything.
+                if template.starts_with("http://") && sha256.is_none() {
+                    return Err(usage(
+                        format!(
+                            "`{template}` is plain http, and a checksum downloaded beside it proves nothing (anyone on the path can change both)"
+                        ),
+                        "use an https:// URL, or pass --binary-sha256 with the SHA-256 from a source you trust",
+                    ));
+                }
                 Ok(Self::Url {
                     template: template.clone(),
                     sha256,
@@ -1176,13 +1194,14 @@ pub async fn restart(
 /// How long `upgrade` waits for an upgraded node before putting the old binary back.
 pub const UPGRADE_WAIT: Duration = Duration::from_secs(30);
 
-/// `maki machine upgrade`: one machine at a time, installs `binary` (checksum verified)
-/// beside the running one, stops the service, copies the store database aside
-/// ([`UPGRADE_BACKUP`]), starts the new binary and waits until the node itself reports it
-/// healthy (its own health report written after the restart, the new binary running, the
-/// other nodes seen alive). Otherwise it puts back the previous binary AND the copied
-/// database (the new binary may have migrated the store to a schema the old one refuses),
-/// restarts, and stops the rollout with an error.
+/// `maki machine upgrade`: one machine at a time, refuses a machine where an earlier upgrade
+/// or rollback left its previous binary or store copy behind, installs `binary` (checksum
+/// verified) beside the running one, stops the service, copies the store database aside
+/// ([`UPGRADE_BACKUP`], complete or absent), starts the new binary and waits until the node
+/// itself reports it healthy (its own health report written after the restart, the new
+/// binary running, the other nodes seen alive). Otherwise it puts back the previous binary
+/// AND the copied database (the new binary may have migrated the store to a schema the old
+/// one refuses) under a new replica identity, restarts, and stops the rollout with an error.
 pub async fn upgrade(
     profile: &Profile,
     names: &[String],
@@ -1204,6 +1223,7 @@ pub async fn upgrade(
         binary
             .check_arch(arch)
             .map_err(|r| s.failed("detecting the system", r, binary.remedy()))?;
+        refuse_unfinished(&ssh, &s).await?;
         let sha = binary
             .sha256(&ssh, arch)
             .await
@@ -1233,13 +1253,12 @@ pub async fn upgrade(
             m.name
         ));
         // The node's clock: its health report must be newer than this.
-        let started = ssh.root("swap", &swap_script()).await.map_err(|e| {
-            s.fail(
-                "starting the new binary",
-                &e,
-                "see `journalctl -u makiatto`",
+        let started = ssh
+            .root(
+                "stopping the service, copying its store aside, starting it",
+                &swap_script(),
             )
-        });
+            .await;
         let healthy = match started {
             Ok(text) => {
                 let since: i64 = text.trim().parse().unwrap_or(i64::MAX);
@@ -1251,12 +1270,17 @@ pub async fn upgrade(
                     .collect();
                 let deadline = tokio::time::Instant::now() + UPGRADE_WAIT;
                 if running_sha(&ssh).await.as_deref() == Some(sha.as_str()) {
-                    wait_healthy_since(&target, &options, &m.name, &others, since, deadline).await
+                    wait_healthy_since(&target, &options, &m.name, &others, since, deadline)
+                        .await
+                        .map_err(|r| format!("the new binary did not become healthy ({r})"))
                 } else {
-                    Err("the service does not run the new binary".to_owned())
+                    Err(
+                        "the new binary did not become healthy (the service does not run it)"
+                            .to_owned(),
+                    )
                 }
             }
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(format!("the new binary was not started ({e})")),
         };
         if let Err(reason) = healthy {
             s.start(&format!(
@@ -1265,22 +1289,31 @@ pub async fn upgrade(
             ));
             let restored = ssh.root("restore", &restore_script()).await;
             ssh.close().await;
-            return Err(s.failed(
-                "upgrading",
-                format!(
-                    "the new binary did not become healthy ({reason}); {}",
-                    match &restored {
-                        Ok(_) => "the previous binary and its store are back".to_owned(),
-                        Err(e) => format!("putting the previous binary back failed too: {e}"),
-                    }
+            let (what, remedy) = match &restored {
+                Ok(text) if text.trim_end().ends_with("restored") => (
+                    "the previous binary and its store are back (the store continues under a \
+                     new replica identity and catches up from the other nodes)"
+                        .to_owned(),
+                    "the rollout stopped here; see `journalctl -u makiatto` on the node",
                 ),
-                "the rollout stopped here; see `journalctl -u makiatto` on the node",
-            ));
+                Ok(_) => (
+                    "the previous binary is back; the store was left as it was, because no \
+                     complete copy of it had been made (the new binary never started)"
+                        .to_owned(),
+                    "the rollout stopped here; check free space in /var/makiatto and see \
+                     `journalctl -u makiatto` on the node",
+                ),
+                Err(e) => (
+                    format!("putting the previous binary back failed too: {e}"),
+                    UNFINISHED_REMEDY,
+                ),
+            };
+            return Err(s.failed("upgrading", format!("{reason}; {what}"), remedy));
         }
         let _ = ssh
             .root(
                 "clean up",
-                &format!("rm -rf {BINARY}.previous {UPGRADE_BACKUP}"),
+                &format!("rm -rf {BINARY}.previous {UPGRADE_BACKUP} {UPGRADE_BACKUP_TMP}"),
             )
             .await;
         ssh.close().await;
@@ -1290,30 +1323,83 @@ pub async fn upgrade(
     Ok(out)
 }
 
-/// Stops the service, copies the store database to [`UPGRADE_BACKUP`] (owner and mode
-/// kept), records the time (ms, the node's clock) and starts the service again (with the
-/// binary now installed). Prints that time.
+/// What to do on a node an upgrade or its rollback left half-done.
+const UNFINISHED_REMEDY: &str = "on the node: if the service runs the binary you want and is \
+     healthy, remove /usr/local/bin/makiatto.previous, /var/makiatto/upgrade-backup and \
+     /var/makiatto/upgrade-backup.tmp; to finish the rollback by hand instead, stop \
+     makiatto.service, move makiatto.previous over /usr/local/bin/makiatto, and if \
+     /var/makiatto/upgrade-backup exists, delete the store.db* files in /var/makiatto, copy \
+     those of upgrade-backup there (`cp -p`) and run `install -o makiatto -g makiatto -m 600 /dev/null /var/makiatto/store.retire-identity` \
+     (the store then takes a new replica identity), remove the leftovers and start the service";
+
+/// Refuses a machine where an earlier upgrade or rollback did not finish: the previous
+/// binary or a copy of the store is still there, and a new upgrade would overwrite them.
+async fn refuse_unfinished(ssh: &Ssh, s: &Steps<'_>) -> Result<(), MachineError> {
+    let left = ssh
+        .root(
+            "looking for an unfinished upgrade",
+            &format!(
+                "for p in {BINARY}.previous {UPGRADE_BACKUP} {UPGRADE_BACKUP_TMP}; do \
+                 if [ -e $p ]; then echo $p; fi; done"
+            ),
+        )
+        .await
+        .map_err(|e| s.fail("looking for an unfinished upgrade", &e, "check the machine"))?;
+    let left: Vec<&str> = left.split_whitespace().collect();
+    if left.is_empty() {
+        return Ok(());
+    }
+    Err(s.failed(
+        "looking for an unfinished upgrade",
+        format!(
+            "an earlier upgrade or its rollback did not finish: {} still exist, and upgrading \
+             again would overwrite them; nothing was changed",
+            left.join(", ")
+        ),
+        UNFINISHED_REMEDY,
+    ))
+}
+
+/// Stops the service, copies the store database into [`UPGRADE_BACKUP_TMP`] (owner and mode
+/// kept), flushes it to disk and renames it to [`UPGRADE_BACKUP`] (so that directory only
+/// ever holds a complete copy), records the time (ms, the node's clock) and starts the
+/// service again (with the binary now installed). Prints that time. Any failure stops the
+/// script before the new binary starts.
 fn swap_script() -> String {
     format!(
-        "set -e; systemctl stop makiatto.service; rm -rf {UPGRADE_BACKUP}; \
-         install -d -o makiatto -g makiatto -m 700 {UPGRADE_BACKUP}; \
-         for f in {STORE_FILES}; do if [ -e {DATA_DIR}/$f ]; then cp -p {DATA_DIR}/$f {UPGRADE_BACKUP}/; fi; done; \
+        "set -e; systemctl stop makiatto.service; rm -rf {UPGRADE_BACKUP_TMP}; \
+         install -d -o makiatto -g makiatto -m 700 {UPGRADE_BACKUP_TMP}; \
+         for f in {STORE_FILES}; do if [ -e {DATA_DIR}/$f ]; then cp -p {DATA_DIR}/$f {UPGRADE_BACKUP_TMP}/; fi; done; \
+         sync; mv -T {UPGRADE_BACKUP_TMP} {UPGRADE_BACKUP}; sync; \
          date +%s%3N; systemctl reset-failed makiatto.service >/dev/null 2>&1 || true; \
          systemctl start makiatto.service"
     )
 }
 
-/// Stops the service, puts back the previous binary and the store database copied by
-/// [`swap_script`], and starts it (`reset-failed`: a binary that exits at once can run the
-/// unit into its start limit, after which systemd refuses to start it at all).
+/// Stops the service and puts back the previous binary. The store database comes back from
+/// [`UPGRADE_BACKUP`] only when that complete copy exists, with the marker
+/// ([`RETIRE_MARKER`](crate::mesh::RETIRE_MARKER)) that makes the node give the restored
+/// store a new replica identity at start: the new binary may have issued versions under
+/// the old one. Without a complete copy the store files stay as they are (the new binary
+/// never started: the swap stops before it when the copy fails). Then it starts the service
+/// (`reset-failed`: a binary that exits at once can run the unit into its start limit,
+/// after which systemd refuses to start it at all). Prints `restored` or `kept` last.
+///
+/// The order survives an interruption: the marker is written before any store file is
+/// replaced (retiring a store that is not a copy is harmless), and the leftovers
+/// (`.previous`, the copy) go last, so a half-done rollback is refused by the next upgrade.
 fn restore_script() -> String {
+    let marker = format!("{DATA_DIR}/{}", crate::mesh::RETIRE_MARKER);
     format!(
-        "set -e; systemctl stop makiatto.service || true; mv -f {BINARY}.previous {BINARY}; \
+        "set -e; systemctl stop makiatto.service || true; \
          if [ -d {UPGRADE_BACKUP} ]; then \
+         install -o makiatto -g makiatto -m 600 /dev/null {marker}; \
          for f in {STORE_FILES}; do rm -f {DATA_DIR}/$f; done; \
          for f in {STORE_FILES}; do if [ -e {UPGRADE_BACKUP}/$f ]; then cp -p {UPGRADE_BACKUP}/$f {DATA_DIR}/; fi; done; \
-         rm -rf {UPGRADE_BACKUP}; fi; \
-         systemctl reset-failed makiatto.service >/dev/null 2>&1 || true; systemctl start makiatto.service"
+         sync; result=restored; else result=kept; fi; \
+         mv -f {BINARY}.previous {BINARY}; rm -rf {UPGRADE_BACKUP} {UPGRADE_BACKUP_TMP}; \
+         systemctl reset-failed makiatto.service >/dev/null 2>&1 || true; systemctl start makiatto.service; \
+         echo $result"
     )
 }
 
@@ -1611,6 +1697,24 @@ mod tests {
             sha256: None,
         };
         assert!(Binary::load(&bad).is_err());
+    }
+
+    #[test]
+    fn plain_http_downloads_need_a_pinned_checksum() {
+        let url = |template: &str, sha256: Option<String>| BinarySource::Url {
+            template: template.into(),
+            sha256,
+        };
+        let Err(MachineError::Usage { reason, remedy }) =
+            Binary::load(&url("http://mirror/makiatto-{arch}", None))
+        else {
+            panic!("plain http without --binary-sha256 was accepted");
+        };
+        assert!(reason.contains("plain http"), "{reason}");
+        assert!(remedy.contains("--binary-sha256"), "{remedy}");
+        let pinned = url("http://mirror/makiatto-{arch}", Some("ab".repeat(32)));
+        assert!(Binary::load(&pinned).is_ok());
+        assert!(Binary::load(&url("https://mirror/makiatto-{arch}", None)).is_ok());
     }
 
     #[test]
