@@ -429,8 +429,8 @@ const GSO_MAX_SEGMENT: usize = 1232;
 const GSO_MAX_BYTES: usize = 60_000;
 
 /// Segmented sends refused in a row (`EIO`, `EINVAL`, `EMSGSIZE`) before GSO is turned off
-/// for a while.
-/// One refusal proves little: a route to one client can refuse what the others take.
+/// for a while. One refusal proves little: a route to one client can refuse what the others
+/// take.
 #[cfg(target_os = "linux")]
 const GSO_REFUSALS: u32 = 4;
 
@@ -455,16 +455,16 @@ struct Group {
 /// receive path up to UDP) once for the group and cuts it into the separate datagrams the
 /// client reads, each exactly one answer. When the kernel refuses a segmented send (`EIO`: no
 /// checksum offload on the route, IPsec; `EINVAL`, or `EMSGSIZE` on recent kernels: a segment
-/// over the MTU, which segmentation never fragments), the
-/// answers go out again one datagram per answer, so none is lost; after [`GSO_REFUSALS`]
-/// refusals without a segmented send taken in between, GSO is off for [`GSO_RETRY_AFTER`].
+/// over the MTU, which segmentation never fragments), the answers go out again one datagram
+/// per answer, so none is lost; after [`GSO_REFUSALS`] refusals without a segmented send
+/// taken in between, GSO is off for [`GSO_RETRY_AFTER`], then tried again.
 #[cfg(target_os = "linux")]
 struct Sender {
     fd: std::os::fd::RawFd,
     /// Headers for plain sends (with room for the packet info when the socket uses it).
     plain: nix::sys::socket::MultiHeaders<nix::sys::socket::SockaddrStorage>,
     /// Headers for segmented sends (packet info when used, and the segment size); `None`
-    /// when GSO is off.
+    /// when the kernel lacks `UDP_SEGMENT`.
     segmented: Option<nix::sys::socket::MultiHeaders<nix::sys::socket::SockaddrStorage>>,
     /// Whether segmented sends are off after refusals.
     refusals: Refusals,
@@ -685,8 +685,9 @@ mod tests {
     //! The sender's reaction to refused segmented sends, against the real kernel: in a
     //! network namespace whose loopback MTU (1000) is below the segment size (1100), the
     //! kernel refuses segmented sends (`EINVAL`; `EMSGSIZE` on newer kernels: it never
-    //! fragments a segment) and fragments plain ones. The namespace's loopback packet counter shows whether a batch
-    //! went out segmented (8 answers, one packet) or one by one (8 packets).
+    //! fragments a segment) and fragments plain ones. The namespace's loopback packet counter
+    //! shows whether a batch went out segmented (8 answers, one packet) or one by one (8
+    //! packets).
     //! Needs root (ip netns); skipped with a message otherwise.
 
     use std::{
