@@ -4,11 +4,12 @@
 //! cargo run --release -p makiatto-http --example static_site -- \
 //!     --dir ./public --host example.com [--alias www.example.com] \
 //!     [--http 0.0.0.0:8080] [--https 0.0.0.0:8443 --cert cert.pem --key key.pem] [--threads 2] \
-//!     [--manifest]
+//!     [--manifest] [--sendfile-min BYTES]
 //! ```
 //! `--manifest` hashes the directory at start and serves it as an immutable deployment, as
 //! a node does: ETags from the manifest, and paths not in it are missing without a file
 //! system call.
+//! `--sendfile-min` sets `ServerConfig::sendfile_min_bytes` (18446744073709551615: off).
 //! `--http`/`--https`/`--alias` may be repeated. With a certificate, plain HTTP requests for
 //! the names it covers are redirected to HTTPS (the first `--https` port).
 
@@ -32,6 +33,7 @@ struct Args {
     key: Option<PathBuf>,
     threads: usize,
     manifest: bool,
+    sendfile_min: Option<u64>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -53,6 +55,9 @@ fn parse() -> Result<Args, String> {
             "--key" => a.key = Some(val()?.into()),
             "--threads" => a.threads = val()?.parse().map_err(|e| format!("--threads: {e}"))?,
             "--manifest" => a.manifest = true,
+            "--sendfile-min" => {
+                a.sendfile_min = Some(val()?.parse().map_err(|e| format!("--sendfile-min: {e}"))?);
+            }
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -103,6 +108,9 @@ async fn run(args: Args, dir: PathBuf, host: String) -> Result<(), Box<dyn std::
         https_redirect_port: args.https.first().map(SocketAddr::port),
         http_addrs: args.http,
         https_addrs: args.https,
+        sendfile_min_bytes: args
+            .sendfile_min
+            .unwrap_or(ServerConfig::default().sendfile_min_bytes),
         ..ServerConfig::default()
     };
     let server = HttpServer::new(cfg, sites, certs, Arc::new(MemoryChallenges::new()))?;

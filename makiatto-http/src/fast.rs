@@ -11,12 +11,16 @@
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
+
+use crate::files::BodyFd;
 
 use crate::host::normalize_host;
 use crate::path::sanitize;
@@ -43,6 +47,16 @@ pub(crate) struct FastConn<'a> {
     /// Time a client has for each request head, counted from the end of the previous
     /// answer, as hyper counts it; an idle connection is closed after it too.
     pub(crate) head_timeout: Duration,
+    /// How long a write may wait for a client that does not read (as `WriteTimeout`),
+    /// for what the fast path writes to the socket itself (`sendfile`).
+    pub(crate) write_timeout: Duration,
+}
+
+/// A stream whose writes go straight to a TCP socket (no TLS, no buffering), so the fast
+/// path may `sendfile` to that socket.
+pub(crate) trait RawTcp {
+    /// The socket, when writes go straight to it.
+    fn raw_tcp(&self) -> Option<&TcpStream>;
 }
 
 /// How the fast path left a connection.
@@ -178,12 +192,21 @@ pub(crate) fn parse(buf: &[u8], max_head: usize) -> Parsed<'_> {
     })
 }
 
+/// A queued piece of the pending answers.
+enum Part {
+    Mem(Bytes),
+    /// A body sent with `sendfile` from its sealed memfd.
+    File(Arc<BodyFd>),
+}
+
 /// Answers pending on a connection, written together.
 #[derive(Default)]
 struct Out {
-    parts: Vec<Bytes>,
+    parts: Vec<Part>,
     /// Bytes in `parts`.
     parts_len: usize,
+    /// Whether `parts` holds a `Part::File`.
+    files: bool,
     cur: Vec<u8>,
 }
 
@@ -197,36 +220,158 @@ impl Out {
         self.parts_len + self.cur.len()
     }
 
+    fn push(&mut self, p: Part, len: usize) {
+        if !self.cur.is_empty() {
+            self.parts_len += self.cur.len();
+            self.parts
+                .push(Part::Mem(Bytes::copy_from_slice(&self.cur)));
+            self.cur.clear();
+        }
+        self.parts_len += len;
+        self.files |= matches!(p, Part::File(_));
+        self.parts.push(p);
+    }
+
     fn body(&mut self, b: &Bytes) {
         if b.len() <= COPY_BODY_MAX {
             self.cur.extend_from_slice(b);
         } else {
-            if !self.cur.is_empty() {
-                self.parts_len += self.cur.len();
-                self.parts.push(Bytes::copy_from_slice(&self.cur));
-                self.cur.clear();
-            }
-            self.parts_len += b.len();
-            self.parts.push(b.clone());
+            self.push(Part::Mem(b.clone()), b.len());
         }
     }
 
-    async fn flush<S: AsyncWrite + Unpin>(&mut self, io: &mut S) -> io::Result<()> {
+    fn file(&mut self, f: &Arc<BodyFd>) {
+        let len = usize::try_from(f.len).unwrap_or(usize::MAX);
+        self.push(Part::File(Arc::clone(f)), len);
+    }
+
+    async fn flush<S: AsyncWrite + Unpin + RawTcp>(
+        &mut self,
+        io: &mut S,
+        write_timeout: Duration,
+    ) -> io::Result<()> {
         if self.parts.is_empty() {
             if !self.cur.is_empty() {
                 io.write_all(&self.cur).await?;
             }
         } else {
             if !self.cur.is_empty() {
-                self.parts.push(Bytes::copy_from_slice(&self.cur));
+                self.parts
+                    .push(Part::Mem(Bytes::copy_from_slice(&self.cur)));
             }
-            write_all_parts(io, &mut self.parts).await?;
+            let parts = std::mem::take(&mut self.parts);
+            if self.files {
+                let Some(tcp) = io.raw_tcp() else {
+                    return Err(io::Error::other("sendfile on a stream without a socket"));
+                };
+                write_raw(tcp, write_timeout, parts).await?;
+            } else {
+                let mut mem: Vec<Bytes> = parts
+                    .into_iter()
+                    .filter_map(|p| match p {
+                        Part::Mem(b) => Some(b),
+                        Part::File(_) => None,
+                    })
+                    .collect();
+                write_all_parts(io, &mut mem).await?;
+            }
         }
         self.parts.clear();
         self.parts_len = 0;
+        self.files = false;
         self.cur.clear();
         io.flush().await
     }
+}
+
+/// Runs the non-blocking socket call `f` until it is done, waiting for the socket to be
+/// writable for at most `timeout` each time it is full.
+async fn socket_write(
+    tcp: &TcpStream,
+    timeout: Duration,
+    mut f: impl FnMut() -> io::Result<usize>,
+) -> io::Result<usize> {
+    loop {
+        match tcp.try_io(Interest::WRITABLE, &mut f) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                match tokio::time::timeout(timeout, tcp.writable()).await {
+                    Ok(r) => r?,
+                    Err(_) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "client stopped reading",
+                        ));
+                    }
+                }
+            }
+            r => return r,
+        }
+    }
+}
+
+/// Writes `parts` to the socket itself: runs of bytes with `sendmsg` (`MSG_MORE` when a
+/// body follows, so a head and its body share packets), bodies with `sendfile`.
+async fn write_raw(tcp: &TcpStream, timeout: Duration, parts: Vec<Part>) -> io::Result<()> {
+    use rustix::net::{SendAncillaryBuffer, SendFlags};
+    let mut run: Vec<Bytes> = Vec::new();
+    let mut parts = parts.into_iter().peekable();
+    while let Some(p) = parts.next() {
+        match p {
+            Part::Mem(b) => {
+                run.push(b);
+                if matches!(parts.peek(), Some(Part::Mem(_))) {
+                    continue;
+                }
+                let flags = if parts.peek().is_some() {
+                    SendFlags::NOSIGNAL | SendFlags::MORE
+                } else {
+                    SendFlags::NOSIGNAL
+                };
+                let mut first = 0;
+                while first < run.len() {
+                    let mut n = socket_write(tcp, timeout, || {
+                        let slices: Vec<IoSlice<'_>> =
+                            run[first..].iter().map(|b| IoSlice::new(b)).collect();
+                        rustix::net::sendmsg(
+                            tcp,
+                            &slices,
+                            &mut SendAncillaryBuffer::default(),
+                            flags,
+                        )
+                        .map_err(io::Error::from)
+                    })
+                    .await?;
+                    if n == 0 {
+                        return Err(io::ErrorKind::WriteZero.into());
+                    }
+                    while first < run.len() && n > 0 {
+                        let take = n.min(run[first].len());
+                        run[first].advance(take);
+                        n -= take;
+                        if run[first].is_empty() {
+                            first += 1;
+                        }
+                    }
+                }
+                run.clear();
+            }
+            Part::File(f) => {
+                let mut off = 0u64;
+                while off < f.len {
+                    let want = usize::try_from(f.len - off).unwrap_or(usize::MAX);
+                    let n = socket_write(tcp, timeout, || {
+                        rustix::fs::sendfile(tcp, &f.fd, Some(&mut off), want)
+                            .map_err(io::Error::from)
+                    })
+                    .await?;
+                    if n == 0 {
+                        return Err(io::ErrorKind::WriteZero.into());
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn write_all_parts<S: AsyncWrite + Unpin>(io: &mut S, parts: &mut [Bytes]) -> io::Result<()> {
@@ -277,7 +422,7 @@ fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 
 impl FastConn<'_> {
     /// Appends the answer to `r` to `out`, or `false` when hyper must answer it.
-    async fn answer(&self, r: &FastReq<'_>, out: &mut Out) -> bool {
+    async fn answer(&self, r: &FastReq<'_>, out: &mut Out, sendfile: bool) -> bool {
         let shared = self.shared;
         // Already normal (lower case, no port, no trailing dot): no copy needed.
         let plain = !r.host.is_empty()
@@ -367,7 +512,10 @@ impl FastConn<'_> {
         push_date(o);
         o.extend_from_slice(b"\r\n\r\n");
         if !not_modified && !r.head && !body.is_empty() {
-            out.body(body);
+            match &repr.body_fd {
+                Some(f) if sendfile => out.file(f),
+                _ => out.body(body),
+            }
         }
         shared
             .fast_answers
@@ -378,8 +526,9 @@ impl FastConn<'_> {
     /// Serves requests on `io` until the connection closes or must go to hyper.
     pub(crate) async fn serve<S>(&self, io: &mut S, shutdown: &CancellationToken) -> End
     where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: AsyncRead + AsyncWrite + Unpin + RawTcp,
     {
+        let sendfile = io.raw_tcp().is_some();
         let mut buf = BytesMut::with_capacity(8 * 1024);
         let mut out = Out::default();
         let mut deadline = tokio::time::Instant::now() + self.head_timeout;
@@ -400,7 +549,7 @@ impl FastConn<'_> {
                         break;
                     }
                     Parsed::Req(r) => {
-                        if !self.answer(&r, &mut out).await {
+                        if !self.answer(&r, &mut out, sendfile).await {
                             handoff = true;
                             break;
                         }
@@ -414,11 +563,11 @@ impl FastConn<'_> {
                     break;
                 }
                 // Pipelined requests: bound what one connection holds before writing.
-                if out.len() >= FLUSH_AT && out.flush(io).await.is_err() {
+                if out.len() >= FLUSH_AT && out.flush(io, self.write_timeout).await.is_err() {
                     return End::Closed;
                 }
             }
-            if !out.is_empty() && out.flush(io).await.is_err() {
+            if !out.is_empty() && out.flush(io, self.write_timeout).await.is_err() {
                 return End::Closed;
             }
             if handoff {

@@ -78,6 +78,63 @@ impl Ident {
     }
 }
 
+/// Most sealed body files open at once (each holds a file descriptor); bodies beyond it
+/// are written from memory.
+const MAX_BODY_FDS: usize = 256;
+static BODY_FDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A body's bytes in a sealed memfd (no write, grow or shrink possible), for `sendfile`.
+#[derive(Debug)]
+pub(crate) struct BodyFd {
+    pub(crate) fd: std::os::fd::OwnedFd,
+    pub(crate) len: u64,
+}
+
+impl BodyFd {
+    /// `None` when the budget of descriptors is spent or the kernel refuses.
+    pub(crate) fn new(body: &[u8]) -> Option<Arc<BodyFd>> {
+        use rustix::fs::{MemfdFlags, SealFlags};
+        if BODY_FDS.fetch_add(1, Ordering::Relaxed) >= MAX_BODY_FDS {
+            BODY_FDS.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        let made = (|| {
+            let fd = rustix::fs::memfd_create(
+                "makiatto-body",
+                MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+            )
+            .ok()?;
+            let mut at = 0;
+            while at < body.len() {
+                match rustix::io::write(&fd, &body[at..]) {
+                    Ok(0) | Err(_) => return None,
+                    Ok(n) => at += n,
+                }
+            }
+            rustix::fs::fcntl_add_seals(
+                &fd,
+                SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL,
+            )
+            .ok()?;
+            Some(fd)
+        })();
+        let Some(fd) = made else {
+            BODY_FDS.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        };
+        Some(Arc::new(BodyFd {
+            fd,
+            len: body.len() as u64,
+        }))
+    }
+}
+
+impl Drop for BodyFd {
+    fn drop(&mut self) {
+        BODY_FDS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// One representation of a file (the file itself or a precompressed sibling).
 #[derive(Debug)]
 pub(crate) struct Repr {
@@ -85,6 +142,9 @@ pub(crate) struct Repr {
     pub(crate) len: u64,
     /// The whole content when small enough to keep in memory.
     pub(crate) body: Option<Bytes>,
+    /// The same bytes in a sealed memfd, for bodies of at least `sendfile_min_bytes`
+    /// (identity only).
+    pub(crate) body_fd: Option<Arc<BodyFd>>,
     pub(crate) etag: HeaderValue,
     pub(crate) len_header: HeaderValue,
 }
@@ -117,6 +177,7 @@ impl Weighter<String, Arc<Slot>> for SlotWeight {
         let mut w = key.len() as u64 + 128;
         if let Some(f) = &val.file {
             w += f.identity.body.as_ref().map_or(0, |b| b.len() as u64);
+            w += f.identity.body_fd.as_ref().map_or(0, |b| b.len);
             for (_, v) in &f.variants {
                 w += v.body.as_ref().map_or(0, |b| b.len() as u64);
             }
@@ -143,6 +204,8 @@ pub(crate) struct FileCacheConfig {
     pub(crate) revalidate_after: Duration,
     pub(crate) negative_entries: usize,
     pub(crate) negative_bytes: u64,
+    /// Bodies held in memory from this size on get a sealed memfd for `sendfile`.
+    pub(crate) sendfile_min_bytes: u64,
 }
 
 /// Resolved files keyed by (deployment root, request path), and, apart so that a flood
@@ -340,6 +403,10 @@ impl FileCache {
             len_header: HeaderValue::from(len_of(body.as_ref(), meta.len())),
             etag: etag_value(&tag, None),
             len: len_of(body.as_ref(), meta.len()),
+            body_fd: body
+                .as_ref()
+                .filter(|b| b.len() as u64 >= self.cfg.sendfile_min_bytes)
+                .and_then(|b| BodyFd::new(b)),
             body,
             path: path.to_path_buf(),
         };
@@ -359,6 +426,7 @@ impl FileCache {
                     etag: etag_value(&tag, Some(enc)),
                     len: len_of(vbody.as_ref(), vmeta.len()),
                     body: vbody,
+                    body_fd: None,
                     path: vpath,
                 },
             ));
@@ -385,6 +453,7 @@ impl FileCache {
                         etag: etag_value(&tag, Some(enc)),
                         len: out.len() as u64,
                         body: Some(out),
+                        body_fd: None,
                         path: path.to_path_buf(),
                     },
                 ));
@@ -603,6 +672,7 @@ mod tests {
             revalidate_after: Duration::from_secs(600),
             negative_entries: 100,
             negative_bytes: 100 * 160,
+            sendfile_min_bytes: 64 * 1024,
         }))
     }
 

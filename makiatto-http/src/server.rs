@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 use crate::HttpError;
 use crate::challenge::ChallengeStore;
 use crate::config::ServerConfig;
-use crate::fast::{End, FastConn, Rewind};
+use crate::fast::{End, FastConn, RawTcp, Rewind};
 use crate::files::{FileCache, FileCacheConfig};
 use crate::serve::{Shared, TlsSni, TrustedProxy, router};
 use crate::site::SiteResolver;
@@ -62,6 +62,7 @@ impl HttpServer {
             revalidate_after: Duration::from_millis(cfg.revalidate_ms),
             negative_entries: cfg.negative_cache_entries,
             negative_bytes: cfg.negative_cache_bytes,
+            sendfile_min_bytes: cfg.sendfile_min_bytes,
         }));
         let hsts = (cfg.hsts_max_age_secs > 0)
             .then(|| {
@@ -243,7 +244,7 @@ impl HttpServer {
         fast: Option<Scheme>,
         shutdown: CancellationToken,
     ) where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static + RawTcp,
     {
         let mut io = Rewind::new(io);
         // Forwarded headers from a trusted proxy are the router's business.
@@ -257,6 +258,7 @@ impl HttpServer {
                 sni: sni.as_ref().map(|s| &*s.0),
                 max_head: self.cfg.max_header_bytes.max(8192),
                 head_timeout: self.cfg.header_read_timeout(),
+                write_timeout: self.cfg.write_timeout(),
             };
             match fast.serve(io.inner_mut(), &shutdown).await {
                 End::Closed => return,

@@ -184,3 +184,21 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FirstByteDeadline<S> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
+
+impl crate::fast::RawTcp for WriteTimeout<tokio::net::TcpStream> {
+    fn raw_tcp(&self) -> Option<&tokio::net::TcpStream> {
+        Some(&self.inner)
+    }
+}
+
+impl<S: crate::fast::RawTcp> crate::fast::RawTcp for FirstByteDeadline<S> {
+    fn raw_tcp(&self) -> Option<&tokio::net::TcpStream> {
+        self.inner.raw_tcp()
+    }
+}
+
+impl<S> crate::fast::RawTcp for tokio_rustls::server::TlsStream<S> {
+    fn raw_tcp(&self) -> Option<&tokio::net::TcpStream> {
+        None
+    }
+}

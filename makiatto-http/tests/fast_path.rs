@@ -509,3 +509,37 @@ async fn pipelined_large_answers_leave_before_the_batch_is_made() {
         "{made} of {N} answers of 1 MiB were made before the first one left"
     );
 }
+
+/// Bodies of 64 KiB and more held in memory go out with `sendfile` from sealed memfds
+/// over plain HTTP; each memfd is a file descriptor, so at most 256 are open at once
+/// (beyond, bodies are written from memory) and a site of many large files cannot take
+/// the descriptors that connections need. The answers are the files' bytes either way.
+#[tokio::test]
+async fn large_bodies_use_a_bounded_number_of_memfds() {
+    let s = start(|_| {}).await;
+    let files: Vec<(String, Vec<u8>)> = (0..300u32)
+        .map(|i| {
+            let body: Vec<u8> = (0..70_000u32)
+                .map(|j| (j.wrapping_mul(31) ^ i) as u8)
+                .collect();
+            (format!("f{i}.bin"), body)
+        })
+        .collect();
+    for (name, body) in &files {
+        std::fs::write(s.tree.root().join(name), body).unwrap();
+    }
+    let before = s.server.fast_path_answers();
+    for (name, body) in &files {
+        let r = common::get(s.http, "site.test", &format!("/{name}"), &[]).await;
+        assert_eq!(r.status, 200, "{name}");
+        assert!(&r.body == body, "{name}: wrong bytes");
+    }
+    assert_eq!(s.server.fast_path_answers() - before, 300);
+    let memfds = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|l| l.to_string_lossy().contains("memfd:makiatto-body"))
+        .count();
+    assert!(memfds > 0, "no body was given a memfd");
+    assert!(memfds <= 256, "{memfds} memfds open");
+}
