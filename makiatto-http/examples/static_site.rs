@@ -4,12 +4,13 @@
 //! cargo run --release -p makiatto-http --example static_site -- \
 //!     --dir ./public --host example.com [--alias www.example.com] \
 //!     [--http 0.0.0.0:8080] [--https 0.0.0.0:8443 --cert cert.pem --key key.pem] [--threads 2] \
-//!     [--manifest] [--sendfile-min BYTES]
+//!     [--manifest] [--sendfile-min BYTES] [--sendfile-max BYTES]
 //! ```
 //! `--manifest` hashes the directory at start and serves it as an immutable deployment, as
 //! a node does: ETags from the manifest, and paths not in it are missing without a file
 //! system call.
-//! `--sendfile-min` sets `ServerConfig::sendfile_min_bytes` (18446744073709551615: off).
+//! `--sendfile-min`/`--sendfile-max` set `ServerConfig::sendfile_min_bytes`/`_max_bytes`
+//! (`--sendfile-min 18446744073709551615`: off).
 //! `--http`/`--https`/`--alias` may be repeated. With a certificate, plain HTTP requests for
 //! the names it covers are redirected to HTTPS (the first `--https` port).
 
@@ -34,6 +35,7 @@ struct Args {
     threads: usize,
     manifest: bool,
     sendfile_min: Option<u64>,
+    sendfile_max: Option<u64>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -55,6 +57,9 @@ fn parse() -> Result<Args, String> {
             "--key" => a.key = Some(val()?.into()),
             "--threads" => a.threads = val()?.parse().map_err(|e| format!("--threads: {e}"))?,
             "--manifest" => a.manifest = true,
+            "--sendfile-max" => {
+                a.sendfile_max = Some(val()?.parse().map_err(|e| format!("--sendfile-max: {e}"))?);
+            }
             "--sendfile-min" => {
                 a.sendfile_min = Some(val()?.parse().map_err(|e| format!("--sendfile-min: {e}"))?);
             }
@@ -111,6 +116,9 @@ async fn run(args: Args, dir: PathBuf, host: String) -> Result<(), Box<dyn std::
         sendfile_min_bytes: args
             .sendfile_min
             .unwrap_or(ServerConfig::default().sendfile_min_bytes),
+        sendfile_max_bytes: args
+            .sendfile_max
+            .unwrap_or(ServerConfig::default().sendfile_max_bytes),
         ..ServerConfig::default()
     };
     let server = HttpServer::new(cfg, sites, certs, Arc::new(MemoryChallenges::new()))?;

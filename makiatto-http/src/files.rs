@@ -142,8 +142,8 @@ pub(crate) struct Repr {
     pub(crate) len: u64,
     /// The whole content when small enough to keep in memory.
     pub(crate) body: Option<Bytes>,
-    /// The same bytes in a sealed memfd, for bodies of at least `sendfile_min_bytes`
-    /// (identity only).
+    /// The same bytes in a sealed memfd, for bodies from `sendfile_min_bytes` to
+    /// `sendfile_max_bytes` (identity only).
     pub(crate) body_fd: Option<Arc<BodyFd>>,
     pub(crate) etag: HeaderValue,
     pub(crate) len_header: HeaderValue,
@@ -204,8 +204,10 @@ pub(crate) struct FileCacheConfig {
     pub(crate) revalidate_after: Duration,
     pub(crate) negative_entries: usize,
     pub(crate) negative_bytes: u64,
-    /// Bodies held in memory from this size on get a sealed memfd for `sendfile`.
+    /// Bodies held in memory of this size or between it and `sendfile_max_bytes` get a
+    /// sealed memfd for `sendfile`.
     pub(crate) sendfile_min_bytes: u64,
+    pub(crate) sendfile_max_bytes: u64,
 }
 
 /// Resolved files keyed by (deployment root, request path), and, apart so that a flood
@@ -405,7 +407,10 @@ impl FileCache {
             len: len_of(body.as_ref(), meta.len()),
             body_fd: body
                 .as_ref()
-                .filter(|b| b.len() as u64 >= self.cfg.sendfile_min_bytes)
+                .filter(|b| {
+                    (self.cfg.sendfile_min_bytes..=self.cfg.sendfile_max_bytes)
+                        .contains(&(b.len() as u64))
+                })
                 .and_then(|b| BodyFd::new(b)),
             body,
             path: path.to_path_buf(),
@@ -673,6 +678,7 @@ mod tests {
             negative_entries: 100,
             negative_bytes: 100 * 160,
             sendfile_min_bytes: 64 * 1024,
+            sendfile_max_bytes: 256 * 1024,
         }))
     }
 

@@ -63,6 +63,7 @@ impl HttpServer {
             negative_entries: cfg.negative_cache_entries,
             negative_bytes: cfg.negative_cache_bytes,
             sendfile_min_bytes: cfg.sendfile_min_bytes,
+            sendfile_max_bytes: cfg.sendfile_max_bytes,
         }));
         let hsts = (cfg.hsts_max_age_secs > 0)
             .then(|| {
