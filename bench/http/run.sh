@@ -10,7 +10,10 @@
 # server) pair once, the server order rotating from round to round, so a change in the
 # machine's load hits every server alike instead of whichever ran last.
 #
-#   bench/http/run.sh   # env: SECS (10), RUNS (rounds, 2), THREADS (1), PEERS ("nginx h2o caddy")
+#   bench/http/run.sh   # env: SECS (10), RUNS (rounds, 2), THREADS (1), PEERS ("nginx h2o caddy"),
+#                       #      ROWS ("1k 100k 1m https": which rows to load),
+#                       #      OURS_ARGS (extra flags for ours), OURS_B_ARGS (if set, a second
+#                       #      instance "makiatto-b" with these flags, e.g. for before/after)
 # Prints one RESULT line per measurement, then a table per row (best of the rounds and
 # mean) with the ratio ours / best peer. On a shared machine, wrap it:
 #   flock /tmp/makiatto-bench.lock bench/http/run.sh
@@ -18,6 +21,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/lib.sh
 SECS=${SECS:-10}; RUNS=${RUNS:-2}; THREADS=${THREADS:-1}; PEERS=${PEERS:-"nginx h2o caddy"}
+ROWS_WANTED=${ROWS:-"1k 100k 1m https"}
 W=/tmp/makiatto-bench-http; WWW=$W/www; mkdir -p "$WWW"
 OUT=$W/results.txt; : > "$OUT"
 PIDS=()
@@ -76,9 +80,17 @@ add() { NAMES+=("$1"); SPIDS+=("$2"); HTTP+=("http://127.0.0.1:$3"); HTTPS+=("ht
 
 # --- ours
 P=18091; TP=18445
+# shellcheck disable=SC2086
 "$OURS" --dir $WWW --host localhost --alias 127.0.0.1 --http 127.0.0.1:$P \
-  --https 127.0.0.1:$TP --https "[::1]:$TP" --cert $W/cert.pem --key $W/key.pem --threads "$THREADS" >$W/ours.log 2>&1 &
+  --https 127.0.0.1:$TP --https "[::1]:$TP" --cert $W/cert.pem --key $W/key.pem --threads "$THREADS" ${OURS_ARGS:-} >$W/ours.log 2>&1 &
 PIDS+=($!); add makiatto $! $P $TP; wait_port $P; wait_port $TP
+if [ -n "${OURS_B_ARGS:-}" ]; then
+  P=18095; TP=18449
+  # shellcheck disable=SC2086
+  "$OURS" --dir $WWW --host localhost --alias 127.0.0.1 --http 127.0.0.1:$P \
+    --https 127.0.0.1:$TP --https "[::1]:$TP" --cert $W/cert.pem --key $W/key.pem --threads "$THREADS" $OURS_B_ARGS >$W/ours-b.log 2>&1 &
+  PIDS+=($!); add makiatto-b $! $P $TP; wait_port $P; wait_port $TP
+fi
 
 # --- nginx
 if [[ " $PEERS " == *" nginx "* ]]; then
@@ -160,7 +172,10 @@ echo "INFO servers: ${NAMES[*]}; threads=$THREADS secs=$SECS rounds=$RUNS; nginx
   "h2o $(dpkg-query -W -f='${Version}' h2o 2>/dev/null || echo -), caddy $(dpkg-query -W -f='${Version}' caddy 2>/dev/null || echo -); load $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT"
 
 # Rows: a file over HTTP, or index.html over HTTPS.
-ROWS=("http index.html" "http 100kb.bin" "http 1mb.bin" "https index.html")
+ROWS=()
+for r in $ROWS_WANTED; do case $r in
+  1k) ROWS+=("http index.html");; 100k) ROWS+=("http 100kb.bin");; 1m) ROWS+=("http 1mb.bin");;
+  https) ROWS+=("https index.html");; *) echo "unknown row $r (1k 100k 1m https)" >&2; exit 1;; esac; done
 n=${#NAMES[@]}
 for run in $(seq 1 "$RUNS"); do
   for row in "${ROWS[@]}"; do
@@ -191,7 +206,7 @@ servers = []
 for (s, _) in rows:
     b = s.removesuffix("-https")
     if b not in servers: servers.append(b)
-peers = [s for s in servers if s != "makiatto"]
+peers = [s for s in servers if not s.startswith("makiatto")]
 print("\nBest of the rounds (mean in brackets); 1 KB rows in req/s, others in GB/s; server CPU = % of one core in the best round.")
 print("\n| row | " + " | ".join(servers) + " | makiatto / best peer (best; mean) |")
 print("|---|" + "---|" * (len(servers) + 1))
