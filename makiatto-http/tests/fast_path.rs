@@ -141,6 +141,7 @@ const PATHS: &[&str] = &[
     "/data.json",
     "/long.html",
     "/big.bin",
+    "/mid.bin",
     "/inner-link.html",
     "/escape.txt",
     "/missing",
@@ -437,9 +438,15 @@ fn whatever_the_fast_path_declines_reaches_hyper_intact() {
 
 /// A client that pipelines requests for a file held in memory and never reads is dropped
 /// after the write timeout, as on the slow path: the fast path writes through the same
-/// timeout.
+/// timeout, whether it writes bodies from memory (1 MiB) or with `sendfile` (100 KB).
 #[tokio::test]
 async fn a_client_that_stops_reading_on_the_fast_path_is_dropped() {
+    // 64 x 1 MiB or 200 x 100 KB: far more than loopback socket buffers hold.
+    stalled_reader("/big.bin", 64).await;
+    stalled_reader("/mid.bin", 200).await;
+}
+
+async fn stalled_reader(path: &str, n: usize) {
     let s = start(|c| {
         c.max_connections = 1;
         c.write_timeout_ms = 300;
@@ -447,16 +454,13 @@ async fn a_client_that_stops_reading_on_the_fast_path_is_dropped() {
     .await;
     // Warm the cache so the pipelined requests are all fast-path answers.
     assert_eq!(
-        common::get(s.http, "site.test", "/big.bin", &[])
-            .await
-            .status,
+        common::get(s.http, "site.test", path, &[]).await.status,
         200
     );
     let before = s.server.fast_path_answers();
     let mut stalled = TcpStream::connect(s.http).await.unwrap();
-    // 64 x 1 MiB: far more than loopback socket buffers hold.
-    let one = b"GET /big.bin HTTP/1.1\r\nHost: site.test\r\n\r\n";
-    stalled.write_all(&one.repeat(64)).await.unwrap();
+    let one = format!("GET {path} HTTP/1.1\r\nHost: site.test\r\n\r\n");
+    stalled.write_all(one.repeat(n).as_bytes()).await.unwrap();
     let started = std::time::Instant::now();
     let deadline = started + Duration::from_secs(20);
     loop {

@@ -134,6 +134,7 @@ impl Tree {
         w("long.html", long_html().as_bytes());
         w("404.html", b"<h1>custom not found</h1>\n");
         w("big.bin", &big_content());
+        w("mid.bin", &mid_content());
         std::fs::write(outside.join("secret.txt"), SECRET).unwrap();
         std::fs::write(dir.path().join("plain/index.html"), b"plain site\n").unwrap();
         std::os::unix::fs::symlink(root.join("about.html"), root.join("inner-link.html")).unwrap();
@@ -165,6 +166,11 @@ pub fn long_html() -> String {
 }
 
 /// 1 MiB + 7 bytes of a position-dependent pattern.
+/// 100 KB: in the range the fast path sends with `sendfile` over plain HTTP.
+pub fn mid_content() -> Vec<u8> {
+    (0..100_003u32).map(|i| (i % 253) as u8).collect()
+}
+
 pub fn big_content() -> Vec<u8> {
     (0..(1 << 20) + 7).map(|i: u32| (i % 251) as u8).collect()
 }
