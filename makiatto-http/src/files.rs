@@ -204,7 +204,7 @@ pub(crate) struct FileCacheConfig {
     pub(crate) revalidate_after: Duration,
     pub(crate) negative_entries: usize,
     pub(crate) negative_bytes: u64,
-    /// Bodies held in memory of this size or between it and `sendfile_max_bytes` get a
+    /// Bodies held in memory from `sendfile_min_bytes` to `sendfile_max_bytes` get a
     /// sealed memfd for `sendfile`.
     pub(crate) sendfile_min_bytes: u64,
     pub(crate) sendfile_max_bytes: u64,
