@@ -686,14 +686,14 @@ fn the_getting_started_guide_on_three_real_machines() {
         || (running(1) == installed_sha).then_some(()),
     );
     eventually(
-        Duration::from_secs(10),
-        "klukai's store under a new replica identity",
-        || m.store_site(1).filter(|s| *s != site_before),
-    );
-    eventually(
         Duration::from_secs(60),
         "klukai learns the deployment back",
         || serves_window(1, &m.ips[1]).then_some(()),
+    );
+    eventually(
+        Duration::from_secs(10),
+        "klukai's store under a new replica identity",
+        || m.store_site(1).filter(|s| *s != site_before),
     );
     eventually(Duration::from_secs(30), "the stores agree", || {
         let report = maki.run(&["health"]);
@@ -857,13 +857,17 @@ chmod 755 /usr/local/sbin/cp && stat -c %i /var/makiatto/store.db"#,
     ]);
     m.ssh(1, "rm -f /usr/local/sbin/cp");
     assert!(!out.status.success());
-    let err = stderr(&out);
-    assert!(err.contains("the store was left as it was"), "{err}");
     let after = m.ssh(
         1,
         "stat -c %i /var/makiatto/store.db; ls -d /usr/local/bin/makiatto.previous /var/makiatto/upgrade-backup* 2>/dev/null",
     );
-    assert_eq!(String::from_utf8_lossy(&after.stdout).trim(), inode);
+    assert_eq!(
+        String::from_utf8_lossy(&after.stdout).trim(),
+        inode,
+        "the store files were replaced, or leftovers stayed"
+    );
+    let err = stderr(&out);
+    assert!(err.contains("the store was left as it was"), "{err}");
     eventually(
         Duration::from_secs(30),
         "klukai runs the rebuilt binary again",
