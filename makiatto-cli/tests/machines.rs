@@ -628,6 +628,7 @@ fn the_getting_started_guide_on_three_real_machines() {
     if let Some(left) = Duration::from_secs(16).checked_sub(stopped.elapsed()) {
         std::thread::sleep(left);
     }
+    let phase = Instant::now();
     let upgrading = maki.spawn(&[
         "machine",
         "upgrade",
@@ -669,6 +670,10 @@ fn the_getting_started_guide_on_three_real_machines() {
         String::from_utf8_lossy(&out.stdout).contains("deployed during a failed upgrade")
     };
     assert!(serves_window(0, &m.ips[0]), "vector has the deployment");
+    eprintln!(
+        "deployed through the new binary after {:?}",
+        phase.elapsed()
+    );
     let out = upgrading.wait_with_output().unwrap();
     eprintln!(
         "$ maki machine upgrade klukai (in the background)\n{}",
@@ -685,11 +690,13 @@ fn the_getting_started_guide_on_three_real_machines() {
         "klukai runs its previous binary",
         || (running(1) == installed_sha).then_some(()),
     );
+    eprintln!("rolled back after {:?}", phase.elapsed());
     eventually(
         Duration::from_secs(60),
         "klukai learns the deployment back",
         || serves_window(1, &m.ips[1]).then_some(()),
     );
+    eprintln!("klukai has the deployment back after {:?}", phase.elapsed());
     eventually(
         Duration::from_secs(10),
         "klukai's store under a new replica identity",
@@ -700,6 +707,7 @@ fn the_getting_started_guide_on_three_real_machines() {
         let report = String::from_utf8_lossy(&report.stdout).into_owned();
         (!report.contains("vector store:") && !report.contains("klukai store:")).then_some(())
     });
+    eprintln!("the failed upgrade took {:?}", phase.elapsed());
 
     // A refused login is not an unreachable machine: remove fails and changes nothing.
     let wrong_key = maki.home.path().join("wrong_key");
@@ -798,6 +806,7 @@ fn the_getting_started_guide_on_three_real_machines() {
         || maki.run(&["health"]).status.success().then_some(()),
     );
 
+    let phase = Instant::now();
     // What an unfinished rollback left behind is not overwritten: the upgrade is refused
     // and changes nothing.
     m.ssh(
@@ -877,6 +886,10 @@ chmod 755 /usr/local/sbin/cp && stat -c %i /var/makiatto/store.db"#,
         Duration::from_secs(30),
         "health green after the failed copy",
         || maki.run(&["health"]).status.success().then_some(()),
+    );
+    eprintln!(
+        "the refused upgrade and the failed copy took {:?}",
+        phase.elapsed()
     );
 
     // `machine add` imports a running node into another profile.
