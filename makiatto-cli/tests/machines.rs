@@ -2,15 +2,20 @@
 //! `scripts/machines` (torn down by a guard even when the test fails), provisioned with the
 //! real `maki` binary over SSH and the `makiatto` daemon built beside it.
 //!
-//! Also: a release download from a local HTTP server on the host bridge (checksum beside
-//! the asset, a wrong one refused with nothing installed, no downloader on the machine),
-//! a user whose sudo needs a password (MAKIATTO_SUDO_PASSWORD), mesh addresses left to the
-//! cluster (not pinned), a refused login that `remove` does not take for an unreachable
-//! machine, and an upgrade rollback that restores the store the new binary clobbered.
+//! Also: release downloads from local servers on the host bridge (plain http refused without
+//! --binary-sha256, a wrong checksum refused with nothing installed, no downloader on the
+//! machine; over https with the checksum beside the asset), a user whose sudo needs a
+//! password (MAKIATTO_SUDO_PASSWORD), mesh addresses left to the cluster (not pinned), a
+//! refused login that `remove` does not take for an unreachable machine, and upgrades that
+//! fail: a real new binary rolled back while a deployment made through it must come back to
+//! the node (its restored store under a new replica identity), a binary that clobbers the
+//! store, an unfinished upgrade's leftovers (refused), and a store copy cut short by a full
+//! disk (the store files stay).
 //!
-//! Needs root, systemd-nspawn and the cached root filesystem (`scripts/setup.d/50-machines.sh`),
-//! dig, curl and the GeoIP database (`MAKIATTO_TEST_MMDB`, `scripts/setup.d/20-dns.sh`). It
-//! fails, naming the setup script, when something is missing.
+//! Needs root, systemd-nspawn and the cached root filesystem, sqlite3 and openssl
+//! (`scripts/setup.d/50-machines.sh`), dig, curl and the GeoIP database
+//! (`MAKIATTO_TEST_MMDB`, `scripts/setup.d/20-dns.sh`). It fails, naming the setup script,
+//! when something is missing.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -270,6 +275,70 @@ impl FileServer {
     }
 }
 
+/// An HTTPS file server (`openssl s_server -WWW`) for the files under `dir`, on all
+/// addresses, with a self-signed certificate for `ip` (`cert`, which the machines must
+/// trust). Stopped when dropped.
+struct TlsServer {
+    child: std::process::Child,
+    port: u16,
+    cert: String,
+}
+
+impl TlsServer {
+    fn start(dir: &Path, ip: &str) -> Self {
+        let (key, cert) = (dir.join("../tls.key"), dir.join("../tls.crt"));
+        let made = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+            .args(["-subj", "/CN=makiatto-test", "-addext"])
+            .arg(format!("subjectAltName=IP:{ip}"))
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        let port = TcpListener::bind("0.0.0.0:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("openssl")
+            .args(["s_server", "-quiet", "-WWW", "-accept"])
+            .arg(format!("0.0.0.0:{port}"))
+            .arg("-cert")
+            .arg(&cert)
+            .arg("-key")
+            .arg(&key)
+            .current_dir(dir)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("openssl s_server starts");
+        let server = Self {
+            child,
+            port,
+            cert: std::fs::read_to_string(&cert).unwrap(),
+        };
+        eventually(Duration::from_secs(10), "the HTTPS server listens", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        server
+    }
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Polls `f` until it returns `Some`, at most `limit`.
 fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + limit;
@@ -358,6 +427,22 @@ fn the_getting_started_guide_on_three_real_machines() {
     let gateway = m.ips[0].rsplit_once('.').unwrap().0.to_owned() + ".1";
     let url = |dir: &str| format!("http://{gateway}:{}/{dir}/makiatto-{{arch}}", server.port);
     let release = url("rel/v{version}");
+    // The same release over https (a certificate the machines trust): the checksum beside
+    // the binary counts there.
+    let www = files.join("www");
+    let rel = www.join(format!("rel/v{version}"));
+    std::fs::create_dir_all(&rel).unwrap();
+    std::fs::hard_link(&release_binary, rel.join("makiatto-x86_64")).unwrap();
+    std::fs::copy(
+        files.join("good.sha256"),
+        rel.join("makiatto-x86_64.sha256"),
+    )
+    .unwrap();
+    let tls = TlsServer::start(&www, &gateway);
+    let release_https = format!(
+        "https://{gateway}:{}/rel/v{{version}}/makiatto-{{arch}}",
+        tls.port
+    );
 
     // A user whose sudo needs a password.
     let out = m.ssh(
@@ -475,16 +560,32 @@ fn the_getting_started_guide_on_three_real_machines() {
         stderr(&out)
     );
     nothing_installed(2);
-    let out = init(2, &pinned);
+    // Over https, with the SHA-256 read from beside the binary.
+    let trusted = m.ssh(
+        2,
+        &format!(
+            "cat > /usr/local/share/ca-certificates/makiatto-test.crt <<'EOF'\n{}EOF\n\
+             update-ca-certificates >/dev/null",
+            tls.cert
+        ),
+    );
+    assert!(trusted.status.success(), "{trusted:?}");
+    let out = init(2, &["--binary-url", &release_https]);
     assert!(
         out.status.success(),
         "init tololo from the release download"
     );
+    assert_eq!(
+        String::from_utf8_lossy(&m.ssh(2, "sha256sum /usr/local/bin/makiatto").stdout)
+            .split_whitespace()
+            .next(),
+        Some(release_sha.as_str())
+    );
     let asked = server.asked.lock().unwrap().clone();
     assert!(
-        asked.contains(&format!("/rel/v{version}/makiatto-x86_64"))
+        asked.contains(&"/bad/makiatto-x86_64".to_owned())
             && !asked.iter().any(|a| a.ends_with(".sha256")),
-        "{asked:?}"
+        "a checksum was read over plain http: {asked:?}"
     );
     eprintln!("3 inits (and 3 refused) took {:?}", started.elapsed());
     // No node has its mesh address pinned; the profile has the address each one holds.
