@@ -180,8 +180,11 @@ impl MeshNode {
         let marker = config.data_dir.join(RETIRE_MARKER);
         if marker.exists() {
             // The store was put back from a backup: its site id may have issued versions
-            // since, so this replica continues under a new one.
-            Store::retire_identity(&db)?;
+            // since, so this replica continues under a new one. (No store: a new one is
+            // made with a new site id anyway.)
+            if db.exists() {
+                Store::retire_identity(&db)?;
+            }
             std::fs::remove_file(&marker)
                 .map_err(|e| MeshError::io(format!("removing {}", marker.display()), e))?;
             tracing::info!("store restored from a backup: continuing under a new site id");

@@ -1385,18 +1385,24 @@ fn swap_script() -> String {
 /// (`reset-failed`: a binary that exits at once can run the unit into its start limit,
 /// after which systemd refuses to start it at all). Prints `restored` or `kept` last.
 ///
-/// The order survives an interruption: the marker is written before any store file is
-/// replaced (retiring a store that is not a copy is harmless), and the leftovers
+/// The previous binary honours the marker (every build since the marker exists; no release
+/// predates it). The binary being rolled back is not run again to retire the store itself:
+/// a binary that failed may damage the restored copy (the machines test's fake one does).
+///
+/// The order survives an interruption: the marker is written (and synced) before any store
+/// file is replaced (retiring a store that is not a copy is harmless), and the leftovers
 /// (`.previous`, the copy) go last, so a half-done rollback is refused by the next upgrade.
 fn restore_script() -> String {
     let marker = format!("{DATA_DIR}/{}", crate::mesh::RETIRE_MARKER);
     format!(
-        "set -e; systemctl stop makiatto.service || true; \
+        "set -e; systemctl stop makiatto.service; \
+         if systemctl is-active --quiet makiatto.service; then echo 'makiatto.service did not stop' >&2; exit 1; fi; \
          if [ -d {UPGRADE_BACKUP} ]; then \
-         install -o makiatto -g makiatto -m 600 /dev/null {marker}; \
+         if [ -e {UPGRADE_BACKUP}/store.db ]; then install -o makiatto -g makiatto -m 600 /dev/null {marker}; sync; fi; \
          for f in {STORE_FILES}; do rm -f {DATA_DIR}/$f; done; \
          for f in {STORE_FILES}; do if [ -e {UPGRADE_BACKUP}/$f ]; then cp -p {UPGRADE_BACKUP}/$f {DATA_DIR}/; fi; done; \
-         sync; result=restored; else result=kept; fi; \
+         sync; \
+         result=restored; else result=kept; fi; \
          mv -f {BINARY}.previous {BINARY}; rm -rf {UPGRADE_BACKUP} {UPGRADE_BACKUP_TMP}; \
          systemctl reset-failed makiatto.service >/dev/null 2>&1 || true; systemctl start makiatto.service; \
          echo $result"

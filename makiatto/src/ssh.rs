@@ -483,9 +483,10 @@ impl Ssh {
         self.install_checked(path, &out, expected, mode).await
     }
 
-    /// Has the machine download the small text file at `url` (curl, else wget); returns it.
+    /// Has the machine download the small text file at `url` over https only, redirects
+    /// included (curl; see [`HTTPS_GETTER`]); returns it.
     pub async fn fetch_text(&self, url: &str) -> Result<String, SshError> {
-        let script = format!("set -e; {DOWNLOADER}; get {} -", quote(url));
+        let script = format!("set -e; {HTTPS_GETTER}; get {} -", quote(url));
         let out = self.root_output(&script, b"").await?;
         if out.status.success() {
             return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
@@ -500,6 +501,8 @@ impl Ssh {
             command: format!("download {url}"),
             reason: if err.contains(NO_DOWNLOADER) {
                 "the machine has neither curl nor wget: install one (apt install curl) or pass --binary-path".into()
+            } else if err.contains(NO_CURL) {
+                "reading the checksum published beside the binary needs curl on the machine (it keeps the download on https across redirects): install curl (apt install curl) or pass --binary-sha256".into()
             } else {
                 format!("{}: {err}", out.status)
             },
@@ -580,6 +583,16 @@ const DOWNLOADER: &str = "if command -v curl >/dev/null 2>&1; then \
      elif command -v wget >/dev/null 2>&1; then \
      get() { wget -q -T 20 -O \"$2\" \"$1\" || { echo \"maki-download: wget failed for $1\" >&2; return 1; }; }; \
      else echo maki-no-downloader >&2; exit 3; fi";
+
+/// What [`HTTPS_GETTER`] prints when the machine has no curl.
+const NO_CURL: &str = "maki-no-curl";
+
+/// Shell: defines `get <url> <file or ->` with curl held to https, redirects included, else
+/// fails printing [`NO_CURL`]. For a checksum read from beside the binary: were a redirect
+/// allowed to drop to plain http, whoever sits on the path could swap the binary and its
+/// checksum together. wget cannot be held to https across redirects, so it is not used.
+const HTTPS_GETTER: &str = "command -v curl >/dev/null 2>&1 || { echo maki-no-curl >&2; exit 3; }; \
+     get() { curl -fsSL --proto '=https' --proto-redir '=https' --connect-timeout 20 --retry 2 -o \"$2\" \"$1\" || { echo \"maki-download: curl failed for $1\" >&2; return 1; }; }";
 
 /// Asks for a password on the terminal, the progress output hidden meanwhile.
 fn ask_password(prompt: &str) -> std::io::Result<String> {
