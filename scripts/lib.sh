@@ -36,23 +36,27 @@ use_target_cache() {
 free_gb() { df -Pk "$1" | awk 'NR == 2 { print int($4 / 1048576) }'; }
 
 # A cache that grows until the disk is full would break the very builds it speeds up.
-# When less than 20 GB are free, drop what a later build does not need (incremental
-# state, test and example executables superseded by newer builds of the same name);
-# when that is not enough, drop the whole cache (the build then starts cold).
+# When less than 20 GB are free, drop what a later build does not need: incremental state
+# and test or example executables not rebuilt for 12 hours. Each profile directory is
+# pruned holding cargo's own lock on it, so a build running meanwhile waits instead of
+# losing files. When under 10 GB are still free, the whole cache goes (the build then
+# starts cold).
 prune_target_cache() {
     local dir=$1
     [ -d "$dir" ] || return 0
     [ "$(free_gb "$dir")" -ge 20 ] && return 0
     step "pruning the build cache ($(free_gb "$dir") GB free)"
-    rm -rf "$dir"/*/incremental
-    local d
-    for d in "$dir"/*/deps "$dir"/*/examples; do
-        [ -d "$d" ] || continue
-        find "$d" -maxdepth 1 -type f -perm -u+x -regextype posix-extended \
-            -regex '.*-[0-9a-f]{16}' -printf '%T@ %p\n' |
-            sort -rn |
-            awk '{ n = $2; sub(/-[0-9a-f]+$/, "", n); if (seen[n]++) print $2 }' |
-            xargs -r rm -f
+    local profile
+    for profile in "$dir"/*/; do
+        [ -d "$profile/deps" ] || continue
+        touch "$profile/.cargo-lock"
+        flock -w 900 "$profile/.cargo-lock" sh -c '
+            rm -rf "$1/incremental"
+            for d in "$1/deps" "$1/examples"; do
+                [ -d "$d" ] || continue
+                find "$d" -maxdepth 1 -type f -perm -u+x -regextype posix-extended \
+                    -regex ".*-[0-9a-f]{16}" -mmin +720 -exec rm -f {} +
+            done' prune "${profile%/}"
     done
     if [ "$(free_gb "$dir")" -lt 10 ]; then
         echo "still under 10 GB free: removing the build cache"
