@@ -149,6 +149,22 @@ fn socket_inode(link: &std::path::Path) -> Option<u64> {
         .ok()
 }
 
+/// Whether `e` is a shortage of the moment (descriptors, memory, an interruption) rather
+/// than something about the socket: such a socket is tried again on a later pass.
+fn transient(e: &io::Error) -> bool {
+    use rustix::io::Errno;
+    [
+        Errno::MFILE,
+        Errno::NFILE,
+        Errno::NOMEM,
+        Errno::NOBUFS,
+        Errno::INTR,
+        Errno::AGAIN,
+    ]
+    .iter()
+    .any(|t| e.raw_os_error() == Some(t.raw_os_error()))
+}
+
 /// Raises the receive and send buffers of every UDP socket of this process bound to
 /// `port` to at least `bytes` (`SO_RCVBUFFORCE`/`SO_SNDBUFFORCE`, falling back to
 /// `SO_RCVBUF`/`SO_SNDBUF`, which the kernel caps at `net.core.{r,w}mem_max`, when the
@@ -213,6 +229,8 @@ fn size_udp_sockets_with(
             Ok(socket) => socket,
             // Closed since it was listed: looked for again if the socket still exists.
             Err(rustix::io::Errno::BADF) => continue,
+            // Out of descriptors or memory for now: tried again on a later pass.
+            Err(e) if transient(&io::Error::from(e)) => continue,
             Err(e) => {
                 wanted.remove(&inode);
                 known.insert(inode);
@@ -234,6 +252,10 @@ fn size_udp_sockets_with(
             Ok(Raised::Capped) => {
                 done.sized += 1;
                 done.capped = true;
+            }
+            // A shortage of the moment is not the socket's fault: tried again later.
+            Err(e) if transient(&e) => {
+                known.remove(&inode);
             }
             Err(e) => done.failed.push((inode, e.to_string())),
         }
@@ -354,6 +376,29 @@ mod tests {
     /// Review finding: an error on one socket ended the pass, so the sockets after it were
     /// not sized. Here raising the first socket found fails: the two others are still sized,
     /// the failure is reported with its inode, and the failed socket is not tried again.
+    #[test]
+    fn a_socket_that_meets_a_shortage_is_tried_again() {
+        let sockets = [udp_socket(0)];
+        let port = port_of(&sockets[0]);
+        let want = 1 << 20;
+        let calls = std::cell::Cell::new(0);
+        let mut short_once = |fd: BorrowedFd<'_>, bytes: usize| {
+            calls.set(calls.get() + 1);
+            if calls.get() == 1 {
+                Err(io::Error::from(rustix::io::Errno::NOMEM))
+            } else {
+                raise(fd, bytes)
+            }
+        };
+        let mut known = BTreeSet::new();
+        let done = size_udp_sockets_with(port, want, &mut known, &mut short_once).unwrap();
+        assert_eq!((done.sized, done.failed.len()), (0, 0), "{done:?}");
+        assert!(known.is_empty(), "{known:?}");
+        let again = size_udp_sockets_with(port, want, &mut known, &mut short_once).unwrap();
+        assert_eq!(again.sized, 1, "{again:?}");
+        assert_eq!(calls.get(), 2);
+    }
+
     #[test]
     fn a_socket_that_cannot_be_sized_does_not_stop_the_others() {
         let first = udp_socket(0);
