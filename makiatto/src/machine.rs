@@ -1310,14 +1310,21 @@ pub async fn upgrade(
             };
             return Err(s.failed("upgrading", format!("{reason}; {what}"), remedy));
         }
-        let _ = ssh
-            .root(
-                "clean up",
-                &format!("rm -rf {BINARY}.previous {UPGRADE_BACKUP} {UPGRADE_BACKUP_TMP}"),
-            )
+        let leftovers = format!("{BINARY}.previous {UPGRADE_BACKUP} {UPGRADE_BACKUP_TMP}");
+        let cleaned = ssh
+            .root("clean up", &("rm -rf ".to_owned() + &leftovers))
             .await;
         ssh.close().await;
         let _ = writeln!(out, "{} upgraded", m.name);
+        if let Err(e) = cleaned {
+            // The upgrade stands, but the next one would take the leftovers for an
+            // unfinished upgrade and refuse: say so now.
+            let _ = writeln!(
+                out,
+                "warning: removing {leftovers} on {} failed ({e}); remove them by hand before the next upgrade",
+                m.name
+            );
+        }
     }
     progress(None);
     Ok(out)
