@@ -329,7 +329,7 @@ async fn write_raw(tcp: &TcpStream, timeout: Duration, parts: Vec<Part>) -> io::
                 };
                 let mut first = 0;
                 while first < run.len() {
-                    let mut n = socket_write(tcp, timeout, || {
+                    let n = socket_write(tcp, timeout, || {
                         let slices: Vec<IoSlice<'_>> =
                             run[first..].iter().map(|b| IoSlice::new(b)).collect();
                         rustix::net::sendmsg(
@@ -344,14 +344,7 @@ async fn write_raw(tcp: &TcpStream, timeout: Duration, parts: Vec<Part>) -> io::
                     if n == 0 {
                         return Err(io::ErrorKind::WriteZero.into());
                     }
-                    while first < run.len() && n > 0 {
-                        let take = n.min(run[first].len());
-                        run[first].advance(take);
-                        n -= take;
-                        if run[first].is_empty() {
-                            first += 1;
-                        }
-                    }
+                    advance_parts(&mut run, &mut first, n);
                 }
                 run.clear();
             }
@@ -378,20 +371,26 @@ async fn write_all_parts<S: AsyncWrite + Unpin>(io: &mut S, parts: &mut [Bytes])
     let mut first = 0;
     while first < parts.len() {
         let slices: Vec<IoSlice<'_>> = parts[first..].iter().map(|b| IoSlice::new(b)).collect();
-        let mut n = io.write_vectored(&slices).await?;
+        let n = io.write_vectored(&slices).await?;
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
-        while first < parts.len() && n > 0 {
-            let take = n.min(parts[first].len());
-            parts[first].advance(take);
-            n -= take;
-            if parts[first].is_empty() {
-                first += 1;
-            }
-        }
+        advance_parts(parts, &mut first, n);
     }
     Ok(())
+}
+
+/// Drops the `n` bytes a vectored write took from the front of `parts[*first..]`, moving
+/// `*first` past the parts it emptied.
+fn advance_parts(parts: &mut [Bytes], first: &mut usize, mut n: usize) {
+    while *first < parts.len() && n > 0 {
+        let take = n.min(parts[*first].len());
+        parts[*first].advance(take);
+        n -= take;
+        if parts[*first].is_empty() {
+            *first += 1;
+        }
+    }
 }
 
 thread_local! {
