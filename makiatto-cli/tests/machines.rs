@@ -877,6 +877,19 @@ fn the_getting_started_guide_on_three_real_machines() {
     ]);
     assert!(out.contains("klukai upgraded"), "{out}");
     assert_eq!(running(1), rebuilt_sha);
+    // After a failed upgrade: klukai runs the rebuilt binary again and health is green.
+    let klukai_recovered = |after: &str| {
+        eventually(
+            Duration::from_secs(30),
+            "klukai runs the rebuilt binary again",
+            || (running(1) == rebuilt_sha).then_some(()),
+        );
+        eventually(
+            Duration::from_secs(30),
+            &format!("health green after {after}"),
+            || maki.run(&["health"]).status.success().then_some(()),
+        );
+    };
     // A binary that migrates the store and then fails is rolled back, binary AND store
     // (downloaded by the machine, checked against --binary-sha256).
     let out = maki.run(&[
@@ -896,16 +909,7 @@ fn the_getting_started_guide_on_three_real_machines() {
     );
     let header = m.ssh(1, "head -c 15 /var/makiatto/store.db");
     assert_eq!(String::from_utf8_lossy(&header.stdout), "SQLite format 3");
-    eventually(
-        Duration::from_secs(30),
-        "klukai runs the rebuilt binary again",
-        || (running(1) == rebuilt_sha).then_some(()),
-    );
-    eventually(
-        Duration::from_secs(30),
-        "health green after the rollback",
-        || maki.run(&["health"]).status.success().then_some(()),
-    );
+    klukai_recovered("the rollback");
 
     let phase = Instant::now();
     // What an unfinished rollback left behind is not overwritten: the upgrade is refused
@@ -978,16 +982,7 @@ chmod 755 /usr/local/sbin/cp && stat -c %i /var/makiatto/store.db"#,
     );
     let err = stderr(&out);
     assert!(err.contains("the store was left as it was"), "{err}");
-    eventually(
-        Duration::from_secs(30),
-        "klukai runs the rebuilt binary again",
-        || (running(1) == rebuilt_sha).then_some(()),
-    );
-    eventually(
-        Duration::from_secs(30),
-        "health green after the failed copy",
-        || maki.run(&["health"]).status.success().then_some(()),
-    );
+    klukai_recovered("the failed copy");
     eprintln!(
         "the refused upgrade and the failed copy took {:?}",
         phase.elapsed()
