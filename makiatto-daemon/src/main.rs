@@ -30,22 +30,10 @@ enum Command {
         #[arg(long, default_value = "/var/makiatto")]
         data_dir: PathBuf,
     },
-    /// Give the store a new replica identity (after it was put back from a backup).
-    RetireStore {
-        /// The node's data directory.
-        #[arg(long, default_value = "/var/makiatto")]
-        data_dir: PathBuf,
-    },
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Some(Command::RetireStore { data_dir }) = &args.command {
-        return match makiatto::node::retire_store(data_dir) {
-            Ok(_) => ExitCode::SUCCESS,
-            Err(e) => fail(e),
-        };
-    }
     if let Some(Command::WgKey { data_dir }) = &args.command {
         return match makiatto::node::wg_public_key(data_dir) {
             Ok(key) => {

@@ -67,5 +67,5 @@ pub mod tunnel;
 
 pub use error::{MeshError, Result};
 pub use keys::{PrivateKey, PublicKey};
-pub use node::{MeshNode, NodeConfig, RETIRE_MARKER, SeedPeer, wg_quick_config};
+pub use node::{MeshNode, NodeConfig, RETIRE_MARKER, SeedPeer, retire_if_marked, wg_quick_config};
 pub use tunnel::{Direct, PeerConfig, PeerStatus, Tunnel, WireGuardConfig, WireGuardTunnel};

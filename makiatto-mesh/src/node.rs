@@ -164,6 +164,26 @@ pub struct MeshNode {
 /// ([`Store::retire_identity`]) before it opens, then the file is removed.
 pub const RETIRE_MARKER: &str = "store.retire-identity";
 
+/// When [`RETIRE_MARKER`] is in `data_dir`: gives its `store.db` (if any) a new replica
+/// identity and removes the marker. Returns whether a store was retired. The store must
+/// not be open.
+pub fn retire_if_marked(data_dir: &std::path::Path) -> Result<bool> {
+    let marker = data_dir.join(RETIRE_MARKER);
+    if !marker.exists() {
+        return Ok(false);
+    }
+    // The store was put back from a backup: its site id may have issued versions since,
+    // so this replica continues under a new one. (No store: a new one gets a new id anyway.)
+    let db = data_dir.join("store.db");
+    let retired = db.exists();
+    if retired {
+        Store::retire_identity(&db)?;
+    }
+    std::fs::remove_file(&marker)
+        .map_err(|e| MeshError::io(format!("removing {}", marker.display()), e))?;
+    Ok(retired)
+}
+
 /// Shared list of the known nodes' mesh addresses (membership seeds).
 type Known = Arc<Mutex<BTreeMap<String, Ipv4Addr>>>;
 
@@ -177,16 +197,7 @@ impl MeshNode {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| MeshError::io(format!("creating {}", config.data_dir.display()), e))?;
         let db = config.data_dir.join("store.db");
-        let marker = config.data_dir.join(RETIRE_MARKER);
-        if marker.exists() {
-            // The store was put back from a backup: its site id may have issued versions
-            // since, so this replica continues under a new one. (No store: a new one is
-            // made with a new site id anyway.)
-            if db.exists() {
-                Store::retire_identity(&db)?;
-            }
-            std::fs::remove_file(&marker)
-                .map_err(|e| MeshError::io(format!("removing {}", marker.display()), e))?;
+        if retire_if_marked(&config.data_dir)? {
             tracing::info!("store restored from a backup: continuing under a new site id");
         }
         let store = Store::open(
@@ -1043,6 +1054,25 @@ fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_marked_store_gets_a_new_site_and_the_marker_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join(RETIRE_MARKER);
+        assert!(!retire_if_marked(dir.path()).unwrap());
+        std::fs::write(&marker, "").unwrap();
+        // No store yet: nothing to retire, the marker goes all the same.
+        assert!(!retire_if_marked(dir.path()).unwrap());
+        assert!(!marker.exists());
+        let db = dir.path().join("store.db");
+        let open = || Store::open(&db, &cluster::SCHEMA, Options::default()).unwrap();
+        let site = open().site();
+        assert_eq!(open().site(), site);
+        std::fs::write(&marker, "").unwrap();
+        assert!(retire_if_marked(dir.path()).unwrap());
+        assert!(!marker.exists());
+        assert_ne!(open().site(), site);
+    }
 
     fn node(name: &str, key: &PublicKey, mesh: &str) -> nodes::Node {
         nodes::Node {

@@ -609,27 +609,6 @@ pub fn wg_public_key(data_dir: &Path) -> Result<String, NodeError> {
     Ok(private.public_key().to_base64())
 }
 
-/// Gives the store in `data_dir` a new replica identity now, as the node would at its next
-/// start when [`RETIRE_MARKER`](crate::mesh::RETIRE_MARKER) is there, and removes the marker
-/// (`makiatto retire-store`, for a store put back by hand from a backup).
-/// Returns whether there was a store to retire.
-pub fn retire_store(data_dir: &Path) -> Result<bool, NodeError> {
-    let db = data_dir.join("store.db");
-    let retired = if db.exists() {
-        crate::store::Store::retire_identity(&db)?;
-        true
-    } else {
-        false
-    };
-    let marker = data_dir.join(crate::mesh::RETIRE_MARKER);
-    match std::fs::remove_file(&marker) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io(format!("removing {}", marker.display()))(e)),
-    }
-    Ok(retired)
-}
-
 /// The node's WireGuard key: `<data_dir>/wg.key`, created (mode 0600) on first start.
 fn private_key(data_dir: &Path) -> Result<String, NodeError> {
     use std::io::Write as _;
@@ -1044,24 +1023,6 @@ mod tests {
     use super::*;
     use crate::store::Options;
     use crate::store::cluster::{self, deployment_files};
-
-    #[test]
-    fn retire_store_gives_the_store_a_new_site_and_removes_the_marker() {
-        let dir = tempfile::tempdir().unwrap();
-        let marker = dir.path().join(crate::mesh::RETIRE_MARKER);
-        std::fs::write(&marker, "").unwrap();
-        // No store yet: nothing to retire, the marker goes all the same.
-        assert!(!retire_store(dir.path()).unwrap());
-        assert!(!marker.exists());
-        let db = dir.path().join("store.db");
-        let open = || Store::open(&db, &cluster::SCHEMA, Options::default()).unwrap();
-        let site = open().site();
-        assert_eq!(open().site(), site);
-        std::fs::write(&marker, "").unwrap();
-        assert!(retire_store(dir.path()).unwrap());
-        assert!(!marker.exists());
-        assert_ne!(open().site(), site);
-    }
 
     #[test]
     fn only_unreferenced_blobs_past_the_grace_are_collected() {
