@@ -212,14 +212,6 @@ impl Store {
         }
         for m in schema.migrations.iter().filter(|m| m.version > found) {
             let commit = writer.local(&tables.clone(), |tx| {
-                // Implicit column clocks stand for the columns a table has now; write them
-                // out before the migration changes the columns.
-                for info in tables.values() {
-                    if let Some(sql) = &info.sql.materialize_all {
-                        tx.execute(sql, [])?;
-                    }
-                    tx.execute(&info.sql.clear_all_imp, [])?;
-                }
                 tx.execute_batch(m.sql)?;
                 for r in m.replicate {
                     let info = TableInfo::introspect(tx, r.table, r.class)?;
@@ -239,6 +231,17 @@ impl Store {
                     }
                 }
                 let all = load_tables(tx)?;
+                // Implicit column clocks stand for the columns a table had when its rows
+                // were inserted: where the migration changed them, write them out with the
+                // old list (the statements read only the clock table, which survives).
+                for (name, old) in &tables {
+                    if all.get(name).is_some_and(|new| new.cols != old.cols) {
+                        if let Some(sql) = &old.sql.materialize_all {
+                            tx.execute(sql, [])?;
+                        }
+                        tx.execute(&old.sql.clear_all_imp, [])?;
+                    }
+                }
                 // Rows the migration dropped without a trigger (a rebuilt table) replicate
                 // like a delete, as rows that predate replication replicate like a write.
                 for info in all.values().filter(|i| tables.contains_key(&i.name)) {

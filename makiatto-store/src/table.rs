@@ -41,7 +41,8 @@ pub(crate) struct TableSql {
     pub(crate) materialize: Option<String>,
     pub(crate) clear_imp: String,
     /// [`TableSql::materialize`] and [`TableSql::clear_imp`] for every row of the table:
-    /// run before a migration, since implicit clocks stand for the columns of the moment.
+    /// run after a migration that changed its columns, since implicit clocks stand for the
+    /// columns the rows were inserted with.
     pub(crate) materialize_all: Option<String>,
     pub(crate) clear_all_imp: String,
     pub(crate) row_delete: String,
