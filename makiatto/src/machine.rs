@@ -1310,7 +1310,7 @@ pub async fn upgrade(
             };
             return Err(s.failed("upgrading", format!("{reason}; {what}"), remedy));
         }
-        let leftovers = format!("{BINARY}.previous {UPGRADE_BACKUP} {UPGRADE_BACKUP_TMP}");
+        let leftovers = upgrade_leftovers();
         let cleaned = ssh
             .root("clean up", &("rm -rf ".to_owned() + &leftovers))
             .await;
@@ -1341,13 +1341,19 @@ const UNFINISHED_REMEDY: &str = "on the node: if the service runs the binary you
 
 /// Refuses a machine where an earlier upgrade or rollback did not finish: the previous
 /// binary or a copy of the store is still there, and a new upgrade would overwrite them.
+/// What an upgrade leaves on the node until it finishes (space-separated paths).
+fn upgrade_leftovers() -> String {
+    format!("{BINARY}.previous {UPGRADE_BACKUP} {UPGRADE_BACKUP_TMP}")
+}
+
 async fn refuse_unfinished(ssh: &Ssh, s: &Steps<'_>) -> Result<(), MachineError> {
     let left = ssh
         .root(
             "looking for an unfinished upgrade",
             &format!(
-                "for p in {BINARY}.previous {UPGRADE_BACKUP} {UPGRADE_BACKUP_TMP}; do \
-                 if [ -e $p ]; then echo $p; fi; done"
+                "for p in {}; do \
+                 if [ -e $p ]; then echo $p; fi; done",
+                upgrade_leftovers()
             ),
         )
         .await
