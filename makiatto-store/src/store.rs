@@ -14,8 +14,8 @@ use crate::pending::{self, Responder};
 use crate::table::{SENTINEL, TableInfo, ident};
 use crate::wire::{Cell, Change, Chunk, Frame, SyncReq};
 use crate::writer::{
-    ClockRow, LocalCommit, MergeCommit, RowReader, Sites, Writer, clock_row_cells, get_meta,
-    load_known, select_row, set_meta,
+    Captures, ClockRow, LocalCommit, MergeCommit, RowReader, Sites, Writer, clock_row_cells,
+    get_meta, load_known, select_row, set_meta,
 };
 use crate::{Result, Schema, SiteId, StoreError, TableClass, Value};
 
@@ -211,7 +211,7 @@ impl Store {
             upgrade_clock(&writer.conn, info)?;
         }
         for m in schema.migrations.iter().filter(|m| m.version > found) {
-            let commit = writer.local(&tables.clone(), |tx| {
+            let commit = writer.local(&tables.clone(), Captures::Ignore, |tx| {
                 tx.execute_batch(m.sql)?;
                 for r in m.replicate {
                     let info = TableInfo::introspect(tx, r.table, r.class)?;
@@ -261,7 +261,7 @@ impl Store {
             }
         }
         // Triggers are regenerated on every open, so they always match the current code.
-        writer.local(&tables, |tx| {
+        writer.local(&tables, Captures::Ignore, |tx| {
             for info in tables.values() {
                 tx.execute_batch(&info.trigger_ddl())?;
             }
@@ -342,7 +342,7 @@ impl Store {
             value,
             change,
             event,
-        } = w.local(&self.inner.tables, f)?;
+        } = w.local(&self.inner.tables, Captures::Use, f)?;
         if let Some(change) = change {
             self.set_known(&w);
             drop(w);

@@ -33,6 +33,10 @@ pub(crate) struct TableSql {
     pub(crate) clock_delete_cols: String,
     pub(crate) clock_zero_cols: String,
     pub(crate) clock_by_version: String,
+    /// The key, column and seq of a version's clock rows, from the version index alone.
+    pub(crate) clock_seqs_by_version: String,
+    /// One clock row's version and `imp` flag (parameters: pk, cid).
+    pub(crate) clock_cv_imp: String,
     /// A row's causal length (its sentinel's `cv`).
     pub(crate) clock_cl: String,
     pub(crate) clock_range: String,
@@ -307,14 +311,21 @@ impl TableInfo {
         // and their seqs are reserved. The writer runs with recursive_triggers on, so an
         // INSERT OR REPLACE of a live row runs the DELETE trigger first and the row here is
         // always new or dead.
-        let seqs = (self.cols.len() + 1).to_string();
+        // crr_cap reserves the seqs and hands the row's values to the writer, which builds
+        // the version from them at commit; crr_cl tells it the causal length of a
+        // re-inserted row.
+        let cap = join(
+            std::iter::once((self.cols.len() + 1).to_string())
+                .chain(self.cols.iter().map(|c| "NEW.".to_owned() + &ident(c))),
+            ", ",
+        );
         s += &("INSERT INTO ".to_owned()
             + &clock
             + " (pk, cid, cv, site_ord, ver, seq, ts, imp) VALUES ("
             + &pack("NEW")
-            + ", '-1', 1, crr_self(), crr_ver(), crr_seqs("
-            + &seqs
-            + "), crr_ts(), 1) ON CONFLICT (pk, cid) DO UPDATE SET cv = cv + (CASE WHEN cv % 2 = 0 THEN 1 ELSE 2 END), imp = 1, "
+            + ", '-1', 1, crr_self(), crr_ver(), crr_cap("
+            + &cap
+            + "), crr_ts(), 1) ON CONFLICT (pk, cid) DO UPDATE SET cv = crr_cl(cv + (CASE WHEN cv % 2 = 0 THEN 1 ELSE 2 END)), imp = 1, "
             + set_meta
             + ";\n");
         s += "END;\n";
@@ -535,6 +546,12 @@ impl TableSql {
             clock_by_version: "SELECT pk, cid, cv, seq, imp FROM ".to_owned()
                 + &clock
                 + " WHERE site_ord = ?1 AND ver = ?2",
+            clock_seqs_by_version: "SELECT pk, cid, seq FROM ".to_owned()
+                + &clock
+                + " WHERE site_ord = ?1 AND ver = ?2",
+            clock_cv_imp: "SELECT cv, imp FROM ".to_owned()
+                + &clock
+                + " WHERE pk = ?1 AND cid = ?2",
             clock_cl: "SELECT cv FROM ".to_owned() + &clock + " WHERE pk = ?1 AND cid = '-1'",
             clock_range: "SELECT c.ver, c.pk, c.cid, c.cv, c.seq, c.ts, s.cv, c.imp FROM "
                 .to_owned()

@@ -38,6 +38,31 @@ struct TxState {
     ver: Option<u64>,
     seq: u32,
     ts: u64,
+    /// The rows local inserts wrote, in seq order (see [`Capture`]).
+    caps: Vec<Capture>,
+}
+
+/// What an insert trigger saw (`crr_cap`): the seq it reserved for the row's sentinel
+/// (its implicit column clocks take the next ones), the causal length the sentinel got,
+/// and the inserted values in column order. At commit the version's cells are built from
+/// these instead of read back from the table, for every clock row that still carries the
+/// capture's seq (a rolled-back statement or savepoint leaves none; see [`read_local`]).
+#[derive(Debug)]
+struct Capture {
+    seq: u32,
+    cl: i64,
+    vals: Vec<Value>,
+}
+
+/// Whether the captures of a local transaction describe its version. They do unless the
+/// transaction changes the schema (a migration), which can change a table's columns
+/// between an insert and the commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Captures {
+    /// Build the version from the captures where they apply.
+    Use,
+    /// Read the whole version back from the tables.
+    Ignore,
 }
 
 /// Resets the capture mode to idle however the transaction ends.
@@ -154,6 +179,7 @@ impl Writer {
             ver: None,
             seq: 0,
             ts: 0,
+            caps: Vec::new(),
         }));
         register_functions(&conn, &state)?;
         let known = load_known(&conn, &sites)?;
@@ -175,11 +201,14 @@ impl Writer {
     pub(crate) fn local<R>(
         &mut self,
         tables: &BTreeMap<String, Arc<TableInfo>>,
+        captures: Captures,
         f: impl FnOnce(&Transaction<'_>) -> Result<R>,
     ) -> Result<LocalCommit<R>> {
         let ts = self.hlc.next();
         {
             let mut st = lock(&self.state);
+            let mut caps = std::mem::take(&mut st.caps);
+            caps.clear();
             *st = TxState {
                 mode: Mode::Local,
                 self_ord: self.self_ord,
@@ -187,6 +216,7 @@ impl Writer {
                 ver: None,
                 seq: 0,
                 ts,
+                caps,
             };
         }
         let _guard = ModeGuard(&self.state);
@@ -194,11 +224,14 @@ impl Writer {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let value = f(&tx)?;
-        let ver = {
+        let (ver, mut caps) = {
             let mut st = lock(&self.state);
             st.mode = Mode::Idle;
-            st.ver
+            (st.ver, std::mem::take(&mut st.caps))
         };
+        if captures == Captures::Ignore {
+            caps.clear();
+        }
         let Some(ver) = ver else {
             tx.commit()?;
             return Ok(LocalCommit {
@@ -207,15 +240,20 @@ impl Writer {
                 event: None,
             });
         };
-        let change = read_version(
+        let change = read_local(
             &tx,
             tables,
-            &self.sites,
+            &mut caps,
             self.self_ord,
             self.self_site,
             ver,
             ts,
         )?;
+        {
+            // Keep the buffer for the next transaction.
+            caps.clear();
+            lock(&self.state).caps = caps;
+        }
         let mut ranges = self.known.get(&self.self_site).cloned().unwrap_or_default();
         ranges.insert(ver);
         // This replica's own known set is always 1..=self_ver, so it is not written to
@@ -835,6 +873,125 @@ pub(crate) fn read_version(
     })
 }
 
+/// The cells of this replica's version `ver` as its transaction commits: each clock row of
+/// the version is found by an index-only scan, and the rows the transaction inserted are
+/// taken from `caps` instead of being read back. The rest (updates, deletes, and rows
+/// inserted with a trigger older than the capture) is read as [`read_version`] does.
+///
+/// A capture applies to a clock row only through the row's seq: a sentinel that still
+/// carries the seq its insert reserved was written by that insert (a later write to it
+/// would have given it a new seq, and a rolled-back write restores the old one), so its
+/// values are the inserted ones while its column clocks are implicit. Once an update
+/// wrote them out (they carry seq + 1 + i, and this version), each that still has that
+/// seq was not changed since.
+fn read_local(
+    conn: &Connection,
+    tables: &BTreeMap<String, Arc<TableInfo>>,
+    caps: &mut [Capture],
+    site_ord: i64,
+    site: SiteId,
+    ver: u64,
+    ts: u64,
+) -> Result<Change> {
+    let mut cells = Vec::new();
+    for info in tables.values() {
+        let mut stmt = conn.prepare_cached(&info.sql.clock_seqs_by_version)?;
+        let entries = stmt
+            .query_map(params![site_ord, ver as i64], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, u32>(2)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        if entries.is_empty() {
+            continue;
+        }
+        // Keys with column clocks in this version: a sentinel of theirs inserted here has
+        // had its column clocks written out.
+        let explicit: std::collections::HashSet<&[u8]> = entries
+            .iter()
+            .filter(|(_, cid, _)| cid != SENTINEL)
+            .map(|(pk, _, _)| pk.as_slice())
+            .collect();
+        let n = info.cols.len();
+        let mut reader = None;
+        for (pk, cid, seq) in &entries {
+            let i = caps.partition_point(|c| c.seq <= *seq);
+            let cap = i
+                .checked_sub(1)
+                .map(|i| &mut caps[i])
+                .filter(|c| c.vals.len() == n);
+            let cell = |pk: &[u8], cid: &str, val: Value, cv: i64, cl: i64, seq: u32| Cell {
+                table: info.name.clone(),
+                pk: pk.to_vec(),
+                cid: cid.to_owned(),
+                val,
+                cv,
+                cl,
+                seq,
+            };
+            match cap {
+                Some(cap) if cid == SENTINEL && cap.seq == *seq => {
+                    cells.push(cell(pk, cid, Value::Null, cap.cl, cap.cl, *seq));
+                    if !explicit.contains(pk.as_slice()) {
+                        for (k, col) in info.cols.iter().enumerate() {
+                            let val = std::mem::replace(&mut cap.vals[k], Value::Null);
+                            cells.push(cell(pk, col, val, 1, cap.cl, seq + 1 + k as u32));
+                        }
+                    }
+                }
+                Some(cap)
+                    if cid != SENTINEL
+                        && (seq - cap.seq) as usize <= n
+                        && *seq > cap.seq
+                        && info.cols[(seq - cap.seq - 1) as usize] == *cid =>
+                {
+                    let k = (seq - cap.seq - 1) as usize;
+                    let val = std::mem::replace(&mut cap.vals[k], Value::Null);
+                    cells.push(cell(pk, cid, val, 1, cap.cl, *seq));
+                }
+                _ => {
+                    let reader = match &mut reader {
+                        Some(r) => r,
+                        None => reader.insert(RowReader::new(conn, info)?),
+                    };
+                    let (cv, imp): (i64, bool) = conn
+                        .prepare_cached(&info.sql.clock_cv_imp)?
+                        .query_row(params![pk, cid], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                    let cl = if cid == SENTINEL {
+                        cv
+                    } else {
+                        conn.prepare_cached(&info.sql.clock_cl)?
+                            .query_row([pk], |r| r.get(0))
+                            .optional()?
+                            .unwrap_or(0)
+                    };
+                    let row = ClockRow {
+                        pk: pk.clone(),
+                        cid: cid.clone(),
+                        cv,
+                        seq: *seq,
+                        cl,
+                        imp,
+                    };
+                    clock_row_cells(info, reader, row, |c| cells.push(c))?;
+                }
+            }
+        }
+    }
+    if !cells.is_sorted_by_key(|c| c.seq) {
+        cells.sort_by_key(|c| c.seq);
+    }
+    Ok(Change {
+        site,
+        ver,
+        ts,
+        cells,
+    })
+}
+
 /// Reads a table's rows while clock rows are turned into cells: one prepared statement,
 /// and the rows read so far by packed key.
 pub(crate) struct RowReader<'c> {
@@ -1065,6 +1222,28 @@ fn register_functions(conn: &Connection, state: &Arc<Mutex<TxState>>) -> Result<
         let v = s.seq;
         s.seq += n;
         Ok(i64::from(v))
+    })?;
+    // crr_cap(n, values...): crr_seqs(n) for an inserted row, capturing its values.
+    let st = state.clone();
+    conn.create_scalar_function("crr_cap", -1, flags, move |ctx| {
+        let n: u32 = ctx.get(0)?;
+        let vals = (1..ctx.len())
+            .map(|i| Value::from(ctx.get_raw(i)))
+            .collect();
+        let mut s = lock(&st);
+        let seq = s.seq;
+        s.seq += n;
+        s.caps.push(Capture { seq, cl: 1, vals });
+        Ok(i64::from(seq))
+    })?;
+    // crr_cl(cl): the causal length an insert gave an existing sentinel; returns it.
+    let st = state.clone();
+    conn.create_scalar_function("crr_cl", 1, flags, move |ctx| {
+        let cl: i64 = ctx.get(0)?;
+        if let Some(c) = lock(&st).caps.last_mut() {
+            c.cl = cl;
+        }
+        Ok(cl)
     })?;
     let st = state.clone();
     conn.create_scalar_function("crr_ts", 0, flags, move |_| Ok(lock(&st).ts as i64))?;

@@ -1,6 +1,7 @@
 //! Integration tests for makiatto-store (one binary, a module per area).
 
 mod basic;
+mod capture;
 mod completeness;
 mod crash;
 mod faults;
