@@ -15,7 +15,7 @@ use crate::table::{SENTINEL, TableInfo, ident};
 use crate::wire::{Cell, Change, Chunk, Frame, SyncReq};
 use crate::writer::{
     Captures, ClockRow, LocalCommit, MergeCommit, RowReader, Sites, Writer, clock_row_cells,
-    get_meta, load_known, select_row, set_meta,
+    get_meta, load_known, own_clock, select_row, set_meta, write_own_clock,
 };
 use crate::{Result, Schema, SiteId, StoreError, TableClass, Value};
 
@@ -131,11 +131,11 @@ const LOCAL_META: [&str; 4] = ["self_site", "self_ver", "hlc_last", "last_contac
 /// drops the node-local state, all in one transaction. The next open mints a new site id.
 fn retire(conn: &Connection) -> Result<()> {
     let tx = conn.unchecked_transaction()?;
+    let (self_ver, _) = own_clock(&tx)?;
     tx.execute(
-        "INSERT OR REPLACE INTO crr_known (site_ord, lo, hi) SELECT s.ord, 1, v.value \
-         FROM crr_sites s, crr_meta i, crr_meta v WHERE i.key = 'self_site' AND s.site = i.value \
-         AND v.key = 'self_ver' AND v.value > 0",
-        [],
+        "INSERT OR REPLACE INTO crr_known (site_ord, lo, hi) SELECT s.ord, 1, ?1 \
+         FROM crr_sites s, crr_meta i WHERE i.key = 'self_site' AND s.site = i.value AND ?1 > 0",
+        [self_ver as i64],
     )?;
     for key in LOCAL_META {
         tx.execute("DELETE FROM crr_meta WHERE key = ?1", [key])?;
@@ -201,8 +201,8 @@ impl Store {
                 supported: schema.version(),
             });
         }
-        let self_ver = meta_int(&conn, "self_ver")? as u64;
-        let hlc = Hlc::new(options.clock.clone(), meta_int(&conn, "hlc_last")? as u64);
+        let (self_ver, hlc_last) = own_clock(&conn)?;
+        let hlc = Hlc::new(options.clock.clone(), hlc_last);
         let mut writer = Writer::new(conn, hlc, site, self_ver)?;
 
         let mut pending_out = Vec::new();
@@ -676,6 +676,7 @@ impl Store {
         let mut w = lock(&self.inner.writer);
         let cutoff = (w.hlc.now_ms().saturating_sub(retention_ms) << 16) as i64;
         let sites = w.sites.clone();
+        let (self_ver, hlc_last) = (w.self_ver, w.hlc.last());
         let heads = |site: &SiteId| {
             members
                 .iter()
@@ -713,6 +714,8 @@ impl Store {
                 }
             }
         }
+        // A removed tombstone may have been the last clock row of an own version.
+        write_own_clock(&tx, self_ver, hlc_last)?;
         tx.commit()?;
         Ok(removed)
     }

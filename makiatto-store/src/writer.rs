@@ -257,12 +257,11 @@ impl Writer {
         let mut ranges = self.known.get(&self.self_site).cloned().unwrap_or_default();
         ranges.insert(ver);
         // This replica's own known set is always 1..=self_ver, so it is not written to
-        // crr_known (see `load_known`): self_ver and the HLC are the only bookkeeping.
-        tx.prepare_cached(
-            "INSERT INTO crr_meta (key, value) VALUES ('self_ver', ?1), ('hlc_last', ?2) \
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        )?
-        .execute(params![ver as i64, self.hlc.last() as i64])?;
+        // crr_known (see `load_known`). Nor are self_ver and the HLC while the version's
+        // clock rows carry them (`own_clock`).
+        if change.cells.is_empty() {
+            write_own_clock(&tx, ver, self.hlc.last())?;
+        }
         tx.commit()?;
         self.self_ver = ver;
         self.known.insert(self.self_site, ranges);
@@ -392,7 +391,8 @@ impl Writer {
                 "remote timestamp too far in the future; not adopted"
             );
         }
-        set_meta(&tx, "hlc_last", &Value::Int(self.hlc.last() as i64))?;
+        // Merged cells may have overwritten the last clock rows of an own version.
+        write_own_clock(&tx, self.self_ver, self.hlc.last())?;
         tx.commit()?;
         self.sites = sites;
         self.known = known;
@@ -1131,19 +1131,77 @@ fn local_event(change: &Change) -> Option<CommitEvent> {
     })
 }
 
+/// This replica's own version counter and HLC as `conn` sees them committed.
+///
+/// A local commit does not write them (that was a page of every commit): its version's
+/// clock rows carry both, so they are the greater of `crr_meta`'s `self_ver` / `hlc_last`
+/// and the newest own clock row of any table (one index seek per table). `crr_meta` is
+/// written wherever an own version could lose its last clock row without a newer own one
+/// taking its place: a merge (remote cells overwrite), tombstone GC, and a local version
+/// that ends with no clock rows at all.
+pub(crate) fn own_clock(conn: &Connection) -> Result<(u64, u64)> {
+    let meta = |key| -> Result<u64> {
+        Ok(match get_meta(conn, key)? {
+            Some(Value::Int(i)) => u64::try_from(i).unwrap_or(0),
+            _ => 0,
+        })
+    };
+    let (mut ver, mut hlc) = (meta("self_ver")?, meta("hlc_last")?);
+    let ord: Option<i64> = conn
+        .query_row(
+            "SELECT s.ord FROM crr_sites s JOIN crr_meta m ON m.key = 'self_site' AND s.site = m.value",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(ord) = ord else {
+        return Ok((ver, hlc));
+    };
+    let names: Vec<String> = conn
+        .prepare_cached("SELECT name FROM crr_tables")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut newest = 0;
+    for name in names {
+        let sql = "SELECT ver, ts FROM ".to_owned()
+            + &crate::table::clock_table(&name)
+            + " WHERE site_ord = ?1 ORDER BY ver DESC LIMIT 1";
+        let row: Option<(i64, i64)> = conn
+            .prepare_cached(&sql)?
+            .query_row([ord], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        // Own versions are issued in HLC order: the newest version has the newest time.
+        if let Some((v, ts)) = row
+            && v > newest
+        {
+            newest = v;
+            hlc = hlc.max(u64::try_from(ts).unwrap_or(0));
+        }
+    }
+    ver = ver.max(u64::try_from(newest).unwrap_or(0));
+    Ok((ver, hlc))
+}
+
+/// Writes this replica's version counter and HLC to `crr_meta` (see [`own_clock`]).
+pub(crate) fn write_own_clock(conn: &Connection, self_ver: u64, hlc_last: u64) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO crr_meta (key, value) VALUES ('self_ver', ?1), ('hlc_last', ?2) \
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute(params![self_ver as i64, hlc_last as i64])?;
+    Ok(())
+}
+
 /// The known sets as `conn` sees them: `crr_known`, plus this replica's own versions
-/// `1..=self_ver`, which local commits do not write to `crr_known`.
+/// `1..=self_ver` ([`own_clock`]), which local commits do not write to `crr_known`.
 pub(crate) fn load_known(conn: &Connection, sites: &Sites) -> Result<BTreeMap<SiteId, Ranges>> {
     let mut known: BTreeMap<SiteId, Ranges> = BTreeMap::new();
-    if let (Some(Value::Blob(site)), Some(Value::Int(ver))) =
-        (get_meta(conn, "self_site")?, get_meta(conn, "self_ver")?)
+    if let Some(Value::Blob(site)) = get_meta(conn, "self_site")?
         && let Ok(site) = <[u8; 16]>::try_from(site)
+        && let (ver, _) = own_clock(conn)?
         && ver > 0
     {
-        known
-            .entry(SiteId(site))
-            .or_default()
-            .insert_range(1..=ver as u64);
+        known.entry(SiteId(site)).or_default().insert_range(1..=ver);
     }
     let mut stmt = conn.prepare("SELECT site_ord, lo, hi FROM crr_known")?;
     let rows = stmt.query_map([], |r| {

@@ -6,6 +6,7 @@ mod completeness;
 mod crash;
 mod faults;
 mod model;
+mod own_clock;
 mod props;
 mod sim;
 mod support;

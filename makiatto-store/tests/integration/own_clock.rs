@@ -1,0 +1,131 @@
+//! A replica's version counter and HLC survive a reopen however its versions' clock rows
+//! went away: local commits leave them to the clock rows, so every path that removes the
+//! last clock rows of an own version must keep them (a reused version number would be
+//! two different versions under one name).
+
+use std::sync::Arc;
+
+use makiatto_store::{Change, Options, Store};
+
+use crate::support::*;
+
+fn open(path: &std::path::Path, clock: &Arc<TestClock>) -> Store {
+    let options = Options {
+        clock: clock.clone(),
+        ..Options::default()
+    };
+    Store::open(path, &SCHEMA, options).unwrap()
+}
+
+/// The version (and its HLC time) a write of `sql` broadcast.
+fn write(store: &Store, sql: &str) -> Change {
+    let mut rx = store.subscribe_local();
+    exec(store, sql);
+    (*rx.try_recv().unwrap()).clone()
+}
+
+#[test]
+fn versions_overwritten_by_a_merge_are_not_reissued() {
+    let clock = TestClock::new(1_800_000_000_000);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.db");
+    let b = node_with(Options {
+        clock: clock.clone(),
+        ..Options::default()
+    });
+    let last = {
+        let a = open(&path, &clock);
+        write(&a, "INSERT INTO kv VALUES ('x', 'a1', 1)");
+        let last = write(&a, "UPDATE kv SET a = 'a2', b = 2 WHERE k = 'x'");
+        // B deletes and re-inserts the row: a newer generation, whose every cell wins,
+        // so A keeps no clock row of its own.
+        pull(&b.store, &a);
+        clock.set(1_800_000_001_000);
+        let won = write(
+            &b.store,
+            "DELETE FROM kv WHERE k = 'x'; INSERT INTO kv VALUES ('x', 'b', 3)",
+        );
+        a.merge(&[won]).unwrap();
+        assert_eq!(get_kv(&a, "x"), Some((Some("b".into()), 3)));
+        let own: i64 = a
+            .read(|c| {
+                Ok(c.query_row(
+                    "SELECT count(*) FROM kv__crr_clock c JOIN crr_sites s ON s.ord = c.site_ord \
+                     WHERE s.site = ?1",
+                    [&a.site().0[..]],
+                    |r| r.get(0),
+                )?)
+            })
+            .unwrap();
+        assert_eq!(own, 0, "the test needs every own clock row overwritten");
+        last
+    };
+    // The clock went back meanwhile.
+    clock.set(1_700_000_000_000);
+    let a = open(&path, &clock);
+    let next = write(&a, "INSERT INTO kv VALUES ('y', 'after', 4)");
+    assert_eq!(next.ver, last.ver + 1, "no version number is issued twice");
+    assert!(next.ts > last.ts, "the HLC never goes back");
+    assert_eq!(a.known().0[&a.site()], vec![(1, next.ver)]);
+}
+
+#[test]
+fn a_version_left_without_clock_rows_is_not_reissued() {
+    let clock = TestClock::new(1_800_000_000_000);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.db");
+    let empty = {
+        let a = open(&path, &clock);
+        write(&a, "INSERT INTO kv VALUES ('x', 'kept', 1)");
+        // The version is allocated by the first write, which a savepoint then undoes.
+        let empty = write(
+            &a,
+            "SAVEPOINT s; INSERT INTO kv VALUES ('gone', 'g', 0); ROLLBACK TO s; RELEASE s;",
+        );
+        assert!(empty.cells.is_empty());
+        empty
+    };
+    let a = open(&path, &clock);
+    let next = write(&a, "INSERT INTO kv VALUES ('y', 'after', 2)");
+    assert_eq!(next.ver, empty.ver + 1);
+    assert!(next.ts > empty.ts);
+}
+
+#[test]
+fn versions_whose_tombstones_were_pruned_are_not_reissued() {
+    let clock = TestClock::new(1_800_000_000_000);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.db");
+    let deleted = {
+        let a = open(&path, &clock);
+        write(&a, "INSERT INTO ev VALUES ('e1', 'x')");
+        let deleted = write(&a, "DELETE FROM ev WHERE id = 'e1'");
+        clock.set(1_800_000_000_000 + 8 * 86_400_000);
+        assert_eq!(a.gc_tombstones(7 * 86_400_000, &[a.known()]).unwrap(), 1);
+        deleted
+    };
+    clock.set(1_700_000_000_000);
+    let a = open(&path, &clock);
+    let next = write(&a, "INSERT INTO ev VALUES ('e2', 'y')");
+    assert_eq!(next.ver, deleted.ver + 1);
+    assert!(next.ts > deleted.ts);
+}
+
+#[test]
+fn a_sync_answer_includes_versions_only_the_clock_rows_record() {
+    let a = node();
+    for i in 0..5 {
+        exec(
+            &a.store,
+            &format!("INSERT INTO kv VALUES ('k{i}', 'v', {i})"),
+        );
+    }
+    // The answer is built on a reader connection, from what the file says.
+    let b = node();
+    pull(&b.store, &a.store);
+    assert_eq!(b.store.known().0[&a.store.site()], vec![(1, 5)]);
+    assert_eq!(
+        a.store.canonical_hash().unwrap(),
+        b.store.canonical_hash().unwrap()
+    );
+}
