@@ -1107,16 +1107,27 @@ pub(crate) fn select_row(
 fn local_event(change: &Change) -> Option<CommitEvent> {
     let mut rows: Vec<RowChange> = Vec::new();
     let mut index: HashMap<(&str, &[u8]), usize> = HashMap::new();
+    let mut names: Vec<Arc<str>> = Vec::new();
     for cell in &change.cells {
         let key = (cell.table.as_str(), cell.pk.as_slice());
-        let i = *index.entry(key).or_insert_with(|| {
-            rows.push(RowChange {
-                table: Arc::from(cell.table.as_str()),
-                pk: cell.pk.clone(),
-                kind: RowChangeKind::Upsert(Vec::new()),
-            });
-            rows.len() - 1
-        });
+        // A row's cells mostly come one after the other (an insert's are consecutive).
+        let i = match rows.last() {
+            Some(last) if *last.table == *key.0 && last.pk == key.1 => rows.len() - 1,
+            _ => *index.entry(key).or_insert_with(|| {
+                let table = if let Some(n) = names.iter().find(|n| ***n == *key.0) {
+                    n.clone()
+                } else {
+                    names.push(Arc::from(key.0));
+                    names[names.len() - 1].clone()
+                };
+                rows.push(RowChange {
+                    table,
+                    pk: cell.pk.clone(),
+                    kind: RowChangeKind::Upsert(Vec::new()),
+                });
+                rows.len() - 1
+            }),
+        };
         if cell.is_sentinel() && cell.cl % 2 == 0 {
             rows[i].kind = RowChangeKind::Delete;
         } else if let RowChangeKind::Upsert(cols) = &mut rows[i].kind
