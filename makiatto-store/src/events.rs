@@ -18,7 +18,7 @@ pub enum Origin {
 pub enum RowChangeKind {
     /// The row was inserted or some of its columns changed (the names of the columns whose
     /// value changed; empty when only the row came into existence).
-    Upsert(Vec<String>),
+    Upsert(Vec<Arc<str>>),
     /// The row was deleted.
     Delete,
 }
@@ -29,7 +29,7 @@ pub struct RowChange {
     /// Table name.
     pub table: Arc<str>,
     /// Packed primary key ([`crate::unpack`] gives the values).
-    pub pk: Vec<u8>,
+    pub pk: Arc<[u8]>,
     /// What happened.
     pub kind: RowChangeKind,
 }

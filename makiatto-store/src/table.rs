@@ -19,6 +19,10 @@ pub const SENTINEL: &str = "-1";
 #[derive(Debug)]
 pub(crate) struct TableInfo {
     pub(crate) name: String,
+    /// `name`, `cols` and the sentinel's column id, shared by the cells built from clocks.
+    pub(crate) arc_name: Arc<str>,
+    pub(crate) arc_cols: Vec<Arc<str>>,
+    pub(crate) arc_sentinel: Arc<str>,
     pub(crate) class: TableClass,
     pub(crate) pks: Vec<String>,
     pub(crate) cols: Vec<String>,
@@ -239,6 +243,9 @@ impl TableInfo {
             .collect();
         Ok(TableInfo {
             name: name.to_owned(),
+            arc_name: Arc::from(name),
+            arc_cols: cols.iter().map(|c| Arc::from(c.as_str())).collect(),
+            arc_sentinel: Arc::from(SENTINEL),
             class,
             pks,
             cols,

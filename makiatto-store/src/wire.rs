@@ -4,6 +4,8 @@
 //! byte of the payload is the protocol version. Frames above the configured limit are
 //! refused before any allocation.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::known::Known;
@@ -20,11 +22,11 @@ pub const DEFAULT_MAX_FRAME: usize = 16 << 20;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Cell {
     /// Table name.
-    pub table: String,
-    /// Packed primary key ([`crate::pack`]).
-    pub pk: Vec<u8>,
+    pub table: Arc<str>,
+    /// Packed primary key ([`crate::pack`]), shared by the cells of a row.
+    pub pk: Arc<[u8]>,
     /// Column name, or `"-1"` for the sentinel.
-    pub cid: String,
+    pub cid: Arc<str>,
     /// The value (Null for sentinels).
     pub val: Value,
     /// Column version (for the sentinel: the causal length).
@@ -38,7 +40,7 @@ pub struct Cell {
 impl Cell {
     /// Whether this is a row sentinel.
     pub fn is_sentinel(&self) -> bool {
-        self.cid == crate::table::SENTINEL
+        &*self.cid == crate::table::SENTINEL
     }
 
     pub(crate) fn encoded_len(&self) -> usize {
@@ -278,7 +280,7 @@ mod tests {
     fn cell(seq: u32, bytes: usize) -> Cell {
         Cell {
             table: "t".into(),
-            pk: vec![1],
+            pk: vec![1].into(),
             cid: "x".into(),
             val: Value::Blob(vec![0; bytes]),
             cv: 1,

@@ -317,8 +317,8 @@ impl Writer {
             let ord = sites.ord_or_insert(&tx, c.site)?;
             if !c.cells.iter().all(|cell| {
                 tables
-                    .get(&cell.table)
-                    .is_some_and(|t| cell.is_sentinel() || t.col_index.contains_key(&cell.cid))
+                    .get(&*cell.table)
+                    .is_some_and(|t| cell.is_sentinel() || t.col_index.contains_key(&*cell.cid))
             }) {
                 let frame =
                     postcard::to_allocvec(c).map_err(|e| StoreError::Malformed(e.to_string()))?;
@@ -466,7 +466,7 @@ fn merge_change(
     let mut order: Vec<(&str, &[u8])> = Vec::new();
     let mut groups: HashMap<(&str, &[u8]), Vec<&Cell>> = HashMap::new();
     for cell in &c.cells {
-        let key = (cell.table.as_str(), cell.pk.as_slice());
+        let key = (&*cell.table, &*cell.pk);
         let g = groups.entry(key).or_insert_with(|| {
             order.push(key);
             Vec::new()
@@ -496,16 +496,16 @@ fn merge_change(
             // multi-row statements with the version's other new rows.
             fresh.add(info, key.1, &cells)?;
             out.push(RowChange {
-                table: Arc::from(info.name.as_str()),
-                pk: key.1.to_vec(),
-                kind: RowChangeKind::Upsert(info.cols.clone()),
+                table: info.arc_name.clone(),
+                pk: Arc::from(key.1),
+                kind: RowChangeKind::Upsert(info.arc_cols.clone()),
             });
             continue;
         }
         if let Some(kind) = merge_row(tx, info, sites, (ord, c), key.1, &cells, clocks)? {
             out.push(RowChange {
-                table: Arc::from(info.name.as_str()),
-                pk: key.1.to_vec(),
+                table: info.arc_name.clone(),
+                pk: Arc::from(key.1),
                 kind,
             });
         }
@@ -526,7 +526,7 @@ fn is_insert(cells: &[&Cell]) -> bool {
     }
     let mut seen: Vec<&str> = Vec::with_capacity(cols.len());
     for c in cols {
-        if c.is_sentinel() || c.cl != first.cl || seen.contains(&c.cid.as_str()) {
+        if c.is_sentinel() || c.cl != first.cl || seen.contains(&&*c.cid) {
             return false;
         }
         seen.push(&c.cid);
@@ -564,9 +564,9 @@ impl<'a> FreshRows<'a> {
             });
         let mut cols: Vec<(usize, &Value)> = Vec::with_capacity(cells.len());
         for cell in cells {
-            t.clocks.push((pk, cell.cid.as_str(), cell.cv, cell.seq));
+            t.clocks.push((pk, &*cell.cid, cell.cv, cell.seq));
             if !cell.is_sentinel() {
-                let idx = *info.col_index.get(&cell.cid).ok_or_else(|| {
+                let idx = *info.col_index.get(&*cell.cid).ok_or_else(|| {
                     StoreError::Malformed(format!("unknown column {} of {}", cell.cid, info.name))
                 })?;
                 cols.push((idx, &cell.val));
@@ -792,7 +792,7 @@ fn merge_row(
             cl_l = cell.cl;
             true
         } else {
-            match clocks.get(&cell.cid) {
+            match clocks.get(&*cell.cid) {
                 None => true,
                 Some(local) => (cell.cv, c.ts, c.site) > (local.cv, local.ts, site_of(local)),
             }
@@ -800,12 +800,12 @@ fn merge_row(
         if !wins {
             continue;
         }
-        let idx = *info.col_index.get(&cell.cid).ok_or_else(|| {
+        let idx = *info.col_index.get(&*cell.cid).ok_or_else(|| {
             StoreError::Malformed(format!("unknown column {} of {}", cell.cid, info.name))
         })?;
         pending.insert(idx, cell.val.clone());
         upsert_clock(&cell.cid, cell.cv, cell.seq);
-        clocks.insert(cell.cid.clone(), this(cell.cv));
+        clocks.insert(cell.cid.to_string(), this(cell.cv));
     }
     let exists_after = cl_l % 2 == 1;
     flush_clocks()?;
@@ -821,8 +821,9 @@ fn merge_row(
         (false, false) => None,
         (true, false) => Some(RowChangeKind::Delete),
         // A new row: every column is new.
-        (false, true) => Some(RowChangeKind::Upsert(info.cols.clone())),
-        (true, true) => (!changed_cols.is_empty()).then_some(RowChangeKind::Upsert(changed_cols)),
+        (false, true) => Some(RowChangeKind::Upsert(info.arc_cols.clone())),
+        (true, true) => (!changed_cols.is_empty())
+            .then(|| RowChangeKind::Upsert(changed_cols.into_iter().map(Arc::from).collect())),
     })
 }
 
@@ -899,7 +900,7 @@ fn read_local(
         let entries = stmt
             .query_map(params![site_ord, ver as i64], |r| {
                 Ok((
-                    r.get::<_, Vec<u8>>(0)?,
+                    Arc::<[u8]>::from(r.get::<_, Vec<u8>>(0)?),
                     r.get::<_, String>(1)?,
                     r.get::<_, u32>(2)?,
                 ))
@@ -913,7 +914,7 @@ fn read_local(
         let explicit: std::collections::HashSet<&[u8]> = entries
             .iter()
             .filter(|(_, cid, _)| cid != SENTINEL)
-            .map(|(pk, _, _)| pk.as_slice())
+            .map(|(pk, _, _)| &**pk)
             .collect();
         let n = info.cols.len();
         let mut reader = None;
@@ -923,20 +924,22 @@ fn read_local(
                 .checked_sub(1)
                 .map(|i| &mut caps[i])
                 .filter(|c| c.vals.len() == n);
-            let cell = |pk: &[u8], cid: &str, val: Value, cv: i64, cl: i64, seq: u32| Cell {
-                table: info.name.clone(),
-                pk: pk.to_vec(),
-                cid: cid.to_owned(),
-                val,
-                cv,
-                cl,
-                seq,
-            };
+            let cell =
+                |pk: &Arc<[u8]>, cid: &Arc<str>, val: Value, cv: i64, cl: i64, seq: u32| Cell {
+                    table: info.arc_name.clone(),
+                    pk: pk.clone(),
+                    cid: cid.clone(),
+                    val,
+                    cv,
+                    cl,
+                    seq,
+                };
             match cap {
                 Some(cap) if cid == SENTINEL && cap.seq == *seq => {
-                    cells.push(cell(pk, cid, Value::Null, cap.cl, cap.cl, *seq));
-                    if !explicit.contains(pk.as_slice()) {
-                        for (k, col) in info.cols.iter().enumerate() {
+                    let sentinel = &info.arc_sentinel;
+                    cells.push(cell(pk, sentinel, Value::Null, cap.cl, cap.cl, *seq));
+                    if !explicit.contains(&**pk) {
+                        for (k, col) in info.arc_cols.iter().enumerate() {
                             let val = std::mem::replace(&mut cap.vals[k], Value::Null);
                             cells.push(cell(pk, col, val, 1, cap.cl, seq + 1 + k as u32));
                         }
@@ -950,7 +953,7 @@ fn read_local(
                 {
                     let k = (seq - cap.seq - 1) as usize;
                     let val = std::mem::replace(&mut cap.vals[k], Value::Null);
-                    cells.push(cell(pk, cid, val, 1, cap.cl, *seq));
+                    cells.push(cell(pk, &info.arc_cols[k], val, 1, cap.cl, *seq));
                 }
                 _ => {
                     let reader = match &mut reader {
@@ -959,17 +962,17 @@ fn read_local(
                     };
                     let (cv, imp): (i64, bool) = conn
                         .prepare_cached(&info.sql.clock_cv_imp)?
-                        .query_row(params![pk, cid], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                        .query_row(params![&**pk, cid], |r| Ok((r.get(0)?, r.get(1)?)))?;
                     let cl = if cid == SENTINEL {
                         cv
                     } else {
                         conn.prepare_cached(&info.sql.clock_cl)?
-                            .query_row([pk], |r| r.get(0))
+                            .query_row([&**pk], |r| r.get(0))
                             .optional()?
                             .unwrap_or(0)
                     };
                     let row = ClockRow {
-                        pk: pk.clone(),
+                        pk: pk.to_vec(),
                         cid: cid.clone(),
                         cv,
                         seq: *seq,
@@ -1043,31 +1046,26 @@ pub(crate) fn clock_row_cells(
     r: ClockRow,
     mut push: impl FnMut(Cell),
 ) -> Result<()> {
-    let cell = |pk: Vec<u8>, cid: String, val: Value, cv: i64, seq: u32| Cell {
-        table: info.name.clone(),
-        pk,
-        cid,
+    let cell = |pk: &Arc<[u8]>, cid: &Arc<str>, val: Value, cv: i64, seq: u32| Cell {
+        table: info.arc_name.clone(),
+        pk: pk.clone(),
+        cid: cid.clone(),
         val,
         cv,
         cl: r.cl,
         seq,
     };
     if r.cid == SENTINEL {
+        let pk: Arc<[u8]> = Arc::from(r.pk);
         if r.imp && r.cl % 2 == 1 && !info.cols.is_empty() {
             // No other clock row of this key exists (the flag's invariant): no caching.
-            let values = rows.read(&r.pk)?.unwrap_or_default();
-            for (i, col) in info.cols.iter().enumerate() {
+            let values = rows.read(&pk)?.unwrap_or_default();
+            for (i, col) in info.arc_cols.iter().enumerate() {
                 let val = values.get(i).cloned().unwrap_or(Value::Null);
-                push(cell(
-                    r.pk.clone(),
-                    col.clone(),
-                    val,
-                    1,
-                    r.seq + 1 + i as u32,
-                ));
+                push(cell(&pk, col, val, 1, r.seq + 1 + i as u32));
             }
         }
-        push(cell(r.pk, r.cid, Value::Null, r.cv, r.seq));
+        push(cell(&pk, &info.arc_sentinel, Value::Null, r.cv, r.seq));
         return Ok(());
     }
     let Some(&idx) = info.col_index.get(&r.cid) else {
@@ -1084,7 +1082,13 @@ pub(crate) fn clock_row_cells(
         .and_then(|row| row.as_ref())
         .and_then(|row| row.get(idx).cloned())
         .unwrap_or(Value::Null);
-    push(cell(r.pk, r.cid, val, r.cv, r.seq));
+    push(cell(
+        &Arc::from(r.pk),
+        &info.arc_cols[idx],
+        val,
+        r.cv,
+        r.seq,
+    ));
     Ok(())
 }
 
@@ -1107,21 +1111,14 @@ pub(crate) fn select_row(
 fn local_event(change: &Change) -> Option<CommitEvent> {
     let mut rows: Vec<RowChange> = Vec::new();
     let mut index: HashMap<(&str, &[u8]), usize> = HashMap::new();
-    let mut names: Vec<Arc<str>> = Vec::new();
     for cell in &change.cells {
-        let key = (cell.table.as_str(), cell.pk.as_slice());
+        let key = (&*cell.table, &*cell.pk);
         // A row's cells mostly come one after the other (an insert's are consecutive).
         let i = match rows.last() {
-            Some(last) if *last.table == *key.0 && last.pk == key.1 => rows.len() - 1,
+            Some(last) if *last.table == *key.0 && *last.pk == *key.1 => rows.len() - 1,
             _ => *index.entry(key).or_insert_with(|| {
-                let table = if let Some(n) = names.iter().find(|n| ***n == *key.0) {
-                    n.clone()
-                } else {
-                    names.push(Arc::from(key.0));
-                    names[names.len() - 1].clone()
-                };
                 rows.push(RowChange {
-                    table,
+                    table: cell.table.clone(),
                     pk: cell.pk.clone(),
                     kind: RowChangeKind::Upsert(Vec::new()),
                 });

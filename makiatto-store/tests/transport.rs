@@ -185,7 +185,7 @@ fn foreign_chunk(k: &str) -> Chunk {
     let pk = makiatto_store::pack(&[Value::Text(k.into())]);
     let cell = |cid: &str, val: Value, seq: u32| Cell {
         table: "kv".into(),
-        pk: pk.clone(),
+        pk: pk.clone().into(),
         cid: cid.into(),
         val,
         cv: 1,

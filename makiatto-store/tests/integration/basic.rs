@@ -159,9 +159,9 @@ async fn events_only_for_visible_changes() {
     let e = events.try_recv().unwrap();
     assert!(matches!(e.origin, Origin::Remote(s, 1) if s == a.store.site()));
     assert_eq!(e.changes.len(), 1);
-    assert_eq!(e.changes[0].pk, pack(&["r".into()]));
+    assert_eq!(*e.changes[0].pk, *pack(&["r".into()]));
     assert!(
-        matches!(&e.changes[0].kind, RowChangeKind::Upsert(cols) if cols == &["a".to_string(), "b".to_string()])
+        matches!(&e.changes[0].kind, RowChangeKind::Upsert(cols) if cols.iter().map(|c| &**c).eq(["a", "b"]))
     );
     assert!(watch_kv.has_changed().unwrap());
     watch_kv.borrow_and_update();

@@ -133,7 +133,7 @@ fn malformed_versions_apply_nothing() {
         .for_each(|c| c.cl = 2);
     let mut bad_pk = good.clone();
     bad_pk.ver = 2;
-    bad_pk.cells[0].pk = vec![1, 9, 9];
+    bad_pk.cells[0].pk = vec![1, 9, 9].into();
     let mut bad_sentinel = good.clone();
     bad_sentinel.ver = 2;
     bad_sentinel
@@ -269,7 +269,7 @@ fn rows_a_migration_drops_without_a_trigger_replicate_as_deletes() {
         b.store.canonical_hash().unwrap()
     );
     let cells = a.local_version(4).unwrap().cells;
-    let mut cids: Vec<_> = cells.iter().map(|c| c.cid.as_str()).collect();
+    let mut cids: Vec<_> = cells.iter().map(|c| &*c.cid).collect();
     cids.sort_unstable();
     assert_eq!(cids, ["-1", "a", "b"]);
 }
@@ -357,7 +357,7 @@ fn chunks_buffer_until_complete_across_a_restart() {
     bad.seq_hi = 0;
     bad.cells.push(Cell {
         table: "kv".into(),
-        pk: pack(&["z".into()]),
+        pk: pack(&["z".into()]).into(),
         cid: "a".into(),
         val: Value::Null,
         cv: 1,

@@ -222,7 +222,7 @@ impl Model {
         let mut order: Vec<(String, Vec<u8>)> = Vec::new();
         let mut groups: BTreeMap<(String, Vec<u8>), Vec<&Cell>> = BTreeMap::new();
         for cell in &c.cells {
-            let key = (cell.table.clone(), cell.pk.clone());
+            let key = (cell.table.to_string(), cell.pk.to_vec());
             if !groups.contains_key(&key) {
                 order.push(key.clone());
             }
@@ -285,7 +285,7 @@ fn merge_cell(row: &mut Row, def: &TableDef, c: &Change, cell: &Cell) {
         }
         row.sentinel = Some(meta(cl));
     };
-    if cell.cid == SENTINEL {
+    if &*cell.cid == SENTINEL {
         let cl = cell.cv;
         if cl < cl_l {
             return;
@@ -311,15 +311,15 @@ fn merge_cell(row: &mut Row, def: &TableDef, c: &Change, cell: &Cell) {
     }
     if cell.cl > cl_l {
         resurrect(row, cell.cl);
-    } else if let Some(local) = row.clocks.get(&cell.cid)
+    } else if let Some(local) = row.clocks.get(&*cell.cid)
         && (cell.cv, c.ts, c.site) <= (local.cv, local.ts, local.site)
     {
         return;
     }
     if let Some(values) = row.values.as_mut() {
-        values.insert(cell.cid.clone(), cell.val.clone());
+        values.insert(cell.cid.to_string(), cell.val.clone());
     }
-    row.clocks.insert(cell.cid.clone(), meta(cell.cv));
+    row.clocks.insert(cell.cid.to_string(), meta(cell.cv));
 }
 
 /// Dumps a store in the model's shape (through a read-only connection).

@@ -168,7 +168,7 @@ fn event_rows(rx: &mut Receiver<Arc<makiatto_store::CommitEvent>>) -> BTreeSet<(
     let mut out = BTreeSet::new();
     while let Ok(e) = rx.try_recv() {
         for c in &e.changes {
-            out.insert((c.table.to_string(), c.pk.clone()));
+            out.insert((c.table.to_string(), c.pk.to_vec()));
         }
     }
     out
