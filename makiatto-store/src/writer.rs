@@ -2,7 +2,7 @@
 //! remote versions (replication.md §3.5, §3.6).
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use rusqlite::functions::FunctionFlags;
@@ -899,9 +899,17 @@ fn read_local(
         let mut stmt = conn.prepare_cached(&info.sql.clock_seqs_by_version)?;
         let entries = stmt
             .query_map(params![site_ord, ver as i64], |r| {
+                let cid = r.get_ref(1)?.as_str()?;
+                let cid = if cid == SENTINEL {
+                    Cid::Sentinel
+                } else if let Some(&i) = info.col_index.get(cid) {
+                    Cid::Col(i)
+                } else {
+                    Cid::Other(cid.to_owned())
+                };
                 Ok((
-                    Arc::<[u8]>::from(r.get::<_, Vec<u8>>(0)?),
-                    r.get::<_, String>(1)?,
+                    Arc::<[u8]>::from(r.get_ref(0)?.as_blob()?),
+                    cid,
                     r.get::<_, u32>(2)?,
                 ))
             })?
@@ -911,9 +919,9 @@ fn read_local(
         }
         // Keys with column clocks in this version: a sentinel of theirs inserted here has
         // had its column clocks written out.
-        let explicit: std::collections::HashSet<&[u8]> = entries
+        let explicit: HashSet<&[u8], foldhash::fast::RandomState> = entries
             .iter()
-            .filter(|(_, cid, _)| cid != SENTINEL)
+            .filter(|(_, cid, _)| *cid != Cid::Sentinel)
             .map(|(pk, _, _)| &**pk)
             .collect();
         let n = info.cols.len();
@@ -934,8 +942,8 @@ fn read_local(
                     cl,
                     seq,
                 };
-            match cap {
-                Some(cap) if cid == SENTINEL && cap.seq == *seq => {
+            match (cap, cid) {
+                (Some(cap), Cid::Sentinel) if cap.seq == *seq => {
                     let sentinel = &info.arc_sentinel;
                     cells.push(cell(pk, sentinel, Value::Null, cap.cl, cap.cl, *seq));
                     if !explicit.contains(&**pk) {
@@ -945,17 +953,16 @@ fn read_local(
                         }
                     }
                 }
-                Some(cap)
-                    if cid != SENTINEL
-                        && (seq - cap.seq) as usize <= n
-                        && *seq > cap.seq
-                        && info.cols[(seq - cap.seq - 1) as usize] == *cid =>
-                {
-                    let k = (seq - cap.seq - 1) as usize;
+                (Some(cap), &Cid::Col(k)) if *seq == cap.seq + 1 + k as u32 => {
                     let val = std::mem::replace(&mut cap.vals[k], Value::Null);
                     cells.push(cell(pk, &info.arc_cols[k], val, 1, cap.cl, *seq));
                 }
-                _ => {
+                (_, cid) => {
+                    let cid = match cid {
+                        Cid::Sentinel => SENTINEL,
+                        Cid::Col(k) => &info.cols[*k],
+                        Cid::Other(c) => c,
+                    };
                     let reader = match &mut reader {
                         Some(r) => r,
                         None => reader.insert(RowReader::new(conn, info)?),
@@ -973,7 +980,7 @@ fn read_local(
                     };
                     let row = ClockRow {
                         pk: pk.to_vec(),
-                        cid: cid.clone(),
+                        cid: cid.to_owned(),
                         cv,
                         seq: *seq,
                         cl,
@@ -993,6 +1000,16 @@ fn read_local(
         ts,
         cells,
     })
+}
+
+/// A clock row's column id as [`read_local`] scans them.
+#[derive(Debug, PartialEq, Eq)]
+enum Cid {
+    Sentinel,
+    /// Index into the table's columns.
+    Col(usize),
+    /// Not a column of the table as this replica knows it.
+    Other(String),
 }
 
 /// Reads a table's rows while clock rows are turned into cells: one prepared statement,
@@ -1110,7 +1127,8 @@ pub(crate) fn select_row(
 
 fn local_event(change: &Change) -> Option<CommitEvent> {
     let mut rows: Vec<RowChange> = Vec::new();
-    let mut index: HashMap<(&str, &[u8]), usize> = HashMap::new();
+    // Keys of this replica's own writes: the fast hasher is enough.
+    let mut index: HashMap<(&str, &[u8]), usize, foldhash::fast::RandomState> = HashMap::default();
     for cell in &change.cells {
         let key = (&*cell.table, &*cell.pk);
         // A row's cells mostly come one after the other (an insert's are consecutive).
