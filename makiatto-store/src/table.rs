@@ -288,7 +288,10 @@ impl TableInfo {
     }
 
     /// DDL dropping and re-creating the capture triggers (run after any schema change).
-    pub(crate) fn trigger_ddl(&self) -> String {
+    ///
+    /// `id` is the table's position among the replicated tables by name: the triggers pass
+    /// it to `crr_ver`, so a commit reads back only the tables it wrote.
+    pub(crate) fn trigger_ddl(&self, id: usize) -> String {
         let t = ident(&self.name);
         let clock = clock_table(&self.name);
         let trig = |suffix: &str| ident(&(self.name.clone() + "__crr_" + suffix));
@@ -299,7 +302,8 @@ impl TableInfo {
             );
             "crr_pack(".to_owned() + &args + ")"
         };
-        let meta = "crr_self(), crr_ver(), crr_seq(), crr_ts()";
+        let ver = "crr_ver(".to_owned() + &id.to_string() + ")";
+        let meta = &("crr_self(), ".to_owned() + &ver + ", crr_seq(), crr_ts()");
         let set_meta = "site_ord = excluded.site_ord, ver = excluded.ver, seq = excluded.seq, ts = excluded.ts";
         let insert_clock =
             "INSERT INTO ".to_owned() + &clock + " (pk, cid, cv, site_ord, ver, seq, ts) ";
@@ -330,7 +334,9 @@ impl TableInfo {
             + &clock
             + " (pk, cid, cv, site_ord, ver, seq, ts, imp) VALUES ("
             + &pack("NEW")
-            + ", '-1', 1, crr_self(), crr_ver(), crr_cap("
+            + ", '-1', 1, crr_self(), "
+            + &ver
+            + ", crr_cap("
             + &cap
             + "), crr_ts(), 1) ON CONFLICT (pk, cid) DO UPDATE SET cv = crr_cl(cv + (CASE WHEN cv % 2 = 0 THEN 1 ELSE 2 END)), imp = 1, "
             + set_meta

@@ -40,6 +40,10 @@ struct TxState {
     ts: u64,
     /// The rows local inserts wrote, in seq order (see [`Capture`]).
     caps: Vec<Capture>,
+    /// The tables written, by position (`crr_ver(id)`), unless `touched_all`.
+    touched: Vec<u32>,
+    /// A write whose trigger did not say its table (`crr_ver()`, as in a migration).
+    touched_all: bool,
 }
 
 /// What an insert trigger saw (`crr_cap`): the seq it reserved for the row's sentinel
@@ -180,6 +184,8 @@ impl Writer {
             seq: 0,
             ts: 0,
             caps: Vec::new(),
+            touched: Vec::new(),
+            touched_all: false,
         }));
         register_functions(&conn, &state)?;
         let known = load_known(&conn, &sites)?;
@@ -209,6 +215,8 @@ impl Writer {
             let mut st = lock(&self.state);
             let mut caps = std::mem::take(&mut st.caps);
             caps.clear();
+            let mut touched = std::mem::take(&mut st.touched);
+            touched.clear();
             *st = TxState {
                 mode: Mode::Local,
                 self_ord: self.self_ord,
@@ -217,6 +225,8 @@ impl Writer {
                 seq: 0,
                 ts,
                 caps,
+                touched,
+                touched_all: false,
             };
         }
         let _guard = ModeGuard(&self.state);
@@ -224,13 +234,20 @@ impl Writer {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let value = f(&tx)?;
-        let (ver, mut caps) = {
+        let (ver, mut caps, mut touched) = {
             let mut st = lock(&self.state);
             st.mode = Mode::Idle;
-            (st.ver, std::mem::take(&mut st.caps))
+            let touched = (!st.touched_all).then(|| std::mem::take(&mut st.touched));
+            (st.ver, std::mem::take(&mut st.caps), touched)
         };
         if captures == Captures::Ignore {
+            // The schema may have changed: every table is read back whole.
             caps.clear();
+            touched = None;
+        }
+        if let Some(t) = &mut touched {
+            t.sort_unstable();
+            t.dedup();
         }
         let Some(ver) = ver else {
             tx.commit()?;
@@ -243,7 +260,10 @@ impl Writer {
         let change = read_local(
             &tx,
             tables,
-            &mut caps,
+            TxWrites {
+                touched: touched.as_deref(),
+                caps: &mut caps,
+            },
             self.self_ord,
             self.self_site,
             ver,
@@ -888,14 +908,19 @@ pub(crate) fn read_version(
 fn read_local(
     conn: &Connection,
     tables: &BTreeMap<String, Arc<TableInfo>>,
-    caps: &mut [Capture],
+    TxWrites { touched, caps }: TxWrites<'_>,
     site_ord: i64,
     site: SiteId,
     ver: u64,
     ts: u64,
 ) -> Result<Change> {
     let mut cells = Vec::new();
-    for info in tables.values() {
+    for (id, info) in tables.values().enumerate() {
+        if touched
+            .is_some_and(|t| u32::try_from(id).map_or(true, |id| t.binary_search(&id).is_err()))
+        {
+            continue;
+        }
         let mut stmt = conn.prepare_cached(&info.sql.clock_seqs_by_version)?;
         let entries = stmt
             .query_map(params![site_ord, ver as i64], |r| {
@@ -1000,6 +1025,13 @@ fn read_local(
         ts,
         cells,
     })
+}
+
+/// What a local transaction's triggers reported: the tables written (`None`: unknown, read
+/// them all) and the inserted rows.
+struct TxWrites<'a> {
+    touched: Option<&'a [u32]>,
+    caps: &'a mut [Capture],
 }
 
 /// A clock row's column id as [`read_local`] scans them.
@@ -1285,9 +1317,23 @@ fn register_functions(conn: &Connection, state: &Arc<Mutex<TxState>>) -> Result<
             "replicated tables can only be written inside Store::write".into(),
         )),
     })?;
+    // crr_ver(): the transaction's version, allocated on first use; crr_ver(id) also
+    // records that the table at position `id` was written.
     let st = state.clone();
     conn.create_scalar_function("crr_ver", 0, flags, move |_| {
         let mut s = lock(&st);
+        s.touched_all = true;
+        let next = s.next_ver;
+        let v = *s.ver.get_or_insert(next);
+        Ok(v as i64)
+    })?;
+    let st = state.clone();
+    conn.create_scalar_function("crr_ver", 1, flags, move |ctx| {
+        let id: u32 = ctx.get(0)?;
+        let mut s = lock(&st);
+        if s.touched.last() != Some(&id) {
+            s.touched.push(id);
+        }
         let next = s.next_ver;
         let v = *s.ver.get_or_insert(next);
         Ok(v as i64)
