@@ -248,8 +248,8 @@ impl Store {
                     tx.execute(&info.sql.vanished_cols, [])?;
                     tx.execute(&info.sql.vanished_delete, [])?;
                 }
-                for (id, info) in all.values().enumerate() {
-                    tx.execute_batch(&info.trigger_ddl(id))?;
+                for info in all.values() {
+                    tx.execute_batch(&info.trigger_ddl())?;
                 }
                 set_meta(tx, "schema_version", &Value::Int(i64::from(m.version)))?;
                 Ok(all)
@@ -262,8 +262,8 @@ impl Store {
         }
         // Triggers are regenerated on every open, so they always match the current code.
         writer.local(&tables, Captures::Ignore, |tx| {
-            for (id, info) in tables.values().enumerate() {
-                tx.execute_batch(&info.trigger_ddl(id))?;
+            for info in tables.values() {
+                tx.execute_batch(&info.trigger_ddl())?;
             }
             Ok(())
         })?;

@@ -127,6 +127,25 @@ pub(crate) fn clock_table(table: &str) -> String {
     ident(&(table.to_owned() + "__crr_clock"))
 }
 
+/// Whether column `col` of a row changed in an update trigger, exactly: `IS NOT` alone
+/// compares with the column's collation (`'abc'` and `'ABC'` are equal under `NOCASE`)
+/// and numerically (`1` and `1.0`), and a change it missed would never replicate.
+fn differs(col: &str) -> String {
+    let (old, new) = (
+        "OLD.".to_owned() + &ident(col),
+        "NEW.".to_owned() + &ident(col),
+    );
+    "(".to_owned()
+        + &old
+        + " IS NOT "
+        + &new
+        + " COLLATE BINARY OR typeof("
+        + &old
+        + ") <> typeof("
+        + &new
+        + "))"
+}
+
 fn join(parts: impl IntoIterator<Item = String>, sep: &str) -> String {
     parts.into_iter().collect::<Vec<_>>().join(sep)
 }
@@ -289,9 +308,9 @@ impl TableInfo {
 
     /// DDL dropping and re-creating the capture triggers (run after any schema change).
     ///
-    /// `id` is the table's position among the replicated tables by name: the triggers pass
-    /// it to `crr_ver`, so a commit reads back only the tables it wrote.
-    pub(crate) fn trigger_ddl(&self, id: usize) -> String {
+    /// The triggers pass the table's name to `crr_ver`, so a commit reads back only the
+    /// tables it wrote.
+    pub(crate) fn trigger_ddl(&self) -> String {
         let t = ident(&self.name);
         let clock = clock_table(&self.name);
         let trig = |suffix: &str| ident(&(self.name.clone() + "__crr_" + suffix));
@@ -302,7 +321,7 @@ impl TableInfo {
             );
             "crr_pack(".to_owned() + &args + ")"
         };
-        let ver = "crr_ver(".to_owned() + &id.to_string() + ")";
+        let ver = "crr_ver(".to_owned() + &literal(&self.name) + ")";
         let meta = &("crr_self(), ".to_owned() + &ver + ", crr_seq(), crr_ts()");
         let set_meta = "site_ord = excluded.site_ord, ver = excluded.ver, seq = excluded.seq, ts = excluded.ts";
         let insert_clock =
@@ -349,12 +368,7 @@ impl TableInfo {
                 + " AFTER UPDATE ON "
                 + &t
                 + " WHEN crr_local() BEGIN\n");
-            let changed = join(
-                self.cols
-                    .iter()
-                    .map(|c| "OLD.".to_owned() + &ident(c) + " IS NOT NEW." + &ident(c)),
-                " OR ",
-            );
+            let changed = join(self.cols.iter().map(|c| differs(c)), " OR ");
             s += &(materialize_sql(&self.name, &self.cols, &pack("NEW"))
                 + " AND ("
                 + &changed
@@ -373,10 +387,8 @@ impl TableInfo {
                     + &literal(c)
                     + ", 1, "
                     + meta
-                    + " WHERE OLD."
-                    + &ident(c)
-                    + " IS NOT NEW."
-                    + &ident(c)
+                    + " WHERE "
+                    + &differs(c)
                     + " ON CONFLICT (pk, cid) DO UPDATE SET cv = cv + 1, "
                     + set_meta
                     + ";\n");
@@ -403,12 +415,7 @@ impl TableInfo {
             + &pack("OLD")
             + " AND cid <> '-1';\nEND;\n");
         // Primary keys are immutable, whoever writes.
-        let changed = join(
-            self.pks
-                .iter()
-                .map(|p| "OLD.".to_owned() + &ident(p) + " IS NOT NEW." + &ident(p)),
-            " OR ",
-        );
+        let changed = join(self.pks.iter().map(|p| differs(p)), " OR ");
         let msg = literal(
             &("primary key of ".to_owned()
                 + &self.name

@@ -40,8 +40,8 @@ struct TxState {
     ts: u64,
     /// The rows local inserts wrote, in seq order (see [`Capture`]).
     caps: Vec<Capture>,
-    /// The tables written, by position (`crr_ver(id)`), unless `touched_all`.
-    touched: Vec<u32>,
+    /// The tables written (`crr_ver(name)`), unless `touched_all`.
+    touched: Vec<String>,
     /// A write whose trigger did not say its table (`crr_ver()`, as in a migration).
     touched_all: bool,
 }
@@ -244,10 +244,6 @@ impl Writer {
             // The schema may have changed: every table is read back whole.
             caps.clear();
             touched = None;
-        }
-        if let Some(t) = &mut touched {
-            t.sort_unstable();
-            t.dedup();
         }
         let Some(ver) = ver else {
             tx.commit()?;
@@ -915,10 +911,8 @@ fn read_local(
     ts: u64,
 ) -> Result<Change> {
     let mut cells = Vec::new();
-    for (id, info) in tables.values().enumerate() {
-        if touched
-            .is_some_and(|t| u32::try_from(id).map_or(true, |id| t.binary_search(&id).is_err()))
-        {
+    for info in tables.values() {
+        if touched.is_some_and(|t| !t.contains(&info.name)) {
             continue;
         }
         let mut stmt = conn.prepare_cached(&info.sql.clock_seqs_by_version)?;
@@ -1030,7 +1024,7 @@ fn read_local(
 /// What a local transaction's triggers reported: the tables written (`None`: unknown, read
 /// them all) and the inserted rows.
 struct TxWrites<'a> {
-    touched: Option<&'a [u32]>,
+    touched: Option<&'a [String]>,
     caps: &'a mut [Capture],
 }
 
@@ -1317,8 +1311,8 @@ fn register_functions(conn: &Connection, state: &Arc<Mutex<TxState>>) -> Result<
             "replicated tables can only be written inside Store::write".into(),
         )),
     })?;
-    // crr_ver(): the transaction's version, allocated on first use; crr_ver(id) also
-    // records that the table at position `id` was written.
+    // crr_ver(): the transaction's version, allocated on first use; crr_ver(name) also
+    // records that the table was written.
     let st = state.clone();
     conn.create_scalar_function("crr_ver", 0, flags, move |_| {
         let mut s = lock(&st);
@@ -1329,10 +1323,13 @@ fn register_functions(conn: &Connection, state: &Arc<Mutex<TxState>>) -> Result<
     })?;
     let st = state.clone();
     conn.create_scalar_function("crr_ver", 1, flags, move |ctx| {
-        let id: u32 = ctx.get(0)?;
+        let name = ctx
+            .get_raw(0)
+            .as_str()
+            .map_err(|e| rusqlite::Error::UserFunctionError(format!("crr_ver: {e}").into()))?;
         let mut s = lock(&st);
-        if s.touched.last() != Some(&id) {
-            s.touched.push(id);
+        if !s.touched.iter().any(|t| t == name) {
+            s.touched.push(name.to_owned());
         }
         let next = s.next_ver;
         let v = *s.ver.get_or_insert(next);

@@ -185,3 +185,103 @@ fn broadcast_versions_equal_their_read_back() {
     assert_eq!(get_kv(&dst.store, "h1"), None);
     assert_eq!(get_kv(&dst.store, "b"), Some((Some("x".into()), 9)));
 }
+
+const EXACT: makiatto_store::Schema = makiatto_store::Schema {
+    migrations: &[makiatto_store::Migration {
+        version: 1,
+        sql:
+            "CREATE TABLE ci (k TEXT PRIMARY KEY NOT NULL, name TEXT COLLATE NOCASE, v ANY) STRICT;
+              CREATE TABLE cik (k TEXT COLLATE NOCASE PRIMARY KEY NOT NULL, v TEXT) STRICT;",
+        replicate: &[
+            makiatto_store::Replicate {
+                table: "ci",
+                class: makiatto_store::TableClass::Durable,
+            },
+            makiatto_store::Replicate {
+                table: "cik",
+                class: makiatto_store::TableClass::Durable,
+            },
+        ],
+    }],
+};
+
+/// Changes that SQLite's `IS NOT` calls equal (a column's collation, 1 and 1.0) are
+/// changes to replicate: a peer must end up with the same bytes.
+#[test]
+fn changes_equal_under_a_collation_or_numerically_replicate() {
+    let open = |dir: &tempfile::TempDir| {
+        Store::open(
+            dir.path().join("db"),
+            &EXACT,
+            makiatto_store::Options::default(),
+        )
+        .unwrap()
+    };
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (open(&da), open(&db));
+    let row = |s: &Store, k: &str| -> (String, String) {
+        s.read(|c| {
+            Ok(
+                c.query_row("SELECT name, typeof(v) FROM ci WHERE k = ?1", [k], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?,
+            )
+        })
+        .unwrap()
+    };
+    let mut sent = vec![write_and_check(&a, "case-only update of a new row", |tx| {
+        batch(
+            tx,
+            "INSERT INTO ci VALUES ('x', 'abc', 1); UPDATE ci SET name = 'ABC', v = 1.0 WHERE k = 'x';
+             INSERT INTO ci VALUES ('y', 'def', 2);",
+        )
+    })];
+    sent.push(write_and_check(
+        &a,
+        "case-only update of an older row",
+        |tx| batch(tx, "UPDATE ci SET name = 'DEF', v = 2.0 WHERE k = 'y'"),
+    ));
+    b.merge(&sent).unwrap();
+    for k in ["x", "y"] {
+        assert_eq!(row(&b, k), row(&a, k), "row {k} on the peer");
+    }
+    assert_eq!(row(&b, "x"), ("ABC".into(), "real".into()));
+    assert_eq!(a.canonical_hash().unwrap(), b.canonical_hash().unwrap());
+    // A key's case is part of the key: changing it is a key change, refused.
+    exec(&a, "INSERT INTO cik VALUES ('key', 'v')");
+    let err = a
+        .write(|tx| Ok(tx.execute("UPDATE cik SET k = 'KEY'", [])?))
+        .unwrap_err();
+    assert!(err.to_string().contains("immutable"), "{err}");
+}
+
+/// Another process that migrated the file (and so regenerated the triggers) does not make
+/// this one miss a table it wrote.
+#[test]
+fn a_commit_finds_its_tables_after_another_store_migrated_the_file() {
+    const WITH_AA: makiatto_store::Schema = makiatto_store::Schema {
+        migrations: &[
+            SCHEMA.migrations[0],
+            makiatto_store::Migration {
+                version: 2,
+                sql: "CREATE TABLE aa (id TEXT PRIMARY KEY NOT NULL, v TEXT) STRICT;",
+                replicate: &[makiatto_store::Replicate {
+                    table: "aa",
+                    class: makiatto_store::TableClass::Durable,
+                }],
+            },
+        ],
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let a = Store::open(&path, &SCHEMA, makiatto_store::Options::default()).unwrap();
+    exec(&a, "INSERT INTO pair VALUES (1, 'p', x'01')");
+    let b = Store::open(&path, &WITH_AA, makiatto_store::Options::default()).unwrap();
+    drop(b);
+    write_and_check(&a, "a write after the other store's migration", |tx| {
+        batch(
+            tx,
+            "INSERT INTO pair VALUES (2, 'q', x'02'); INSERT INTO kv VALUES ('k', 'v', 1);",
+        )
+    });
+}
