@@ -855,31 +855,7 @@ pub(crate) fn read_version(
 ) -> Result<Change> {
     let mut cells = Vec::new();
     for info in tables.values() {
-        let mut stmt = conn.prepare_cached(&info.sql.clock_by_version)?;
-        let mut rows = stmt.query(params![site_ord, ver as i64])?;
-        let mut reader = RowReader::new(conn, info)?;
-        while let Some(r) = rows.next()? {
-            let pk: Vec<u8> = r.get(0)?;
-            let cid: String = r.get(1)?;
-            let cv: i64 = r.get(2)?;
-            let cl = if cid == SENTINEL {
-                cv
-            } else {
-                conn.prepare_cached(&info.sql.clock_cl)?
-                    .query_row([&pk], |r| r.get(0))
-                    .optional()?
-                    .unwrap_or(0)
-            };
-            let row = ClockRow {
-                pk,
-                cid,
-                cv,
-                seq: r.get(3)?,
-                cl,
-                imp: r.get(4)?,
-            };
-            clock_row_cells(info, &mut reader, row, |c| cells.push(c))?;
-        }
+        read_table_version(conn, info, site_ord, ver, &mut cells)?;
     }
     cells.sort_by_key(|c| c.seq);
     Ok(Change {
@@ -888,6 +864,43 @@ pub(crate) fn read_version(
         ts,
         cells,
     })
+}
+
+/// Appends the cells of one table's clock rows of version `ver` of `site_ord`, read back
+/// from the clock and the table.
+fn read_table_version(
+    conn: &Connection,
+    info: &TableInfo,
+    site_ord: i64,
+    ver: u64,
+    cells: &mut Vec<Cell>,
+) -> Result<()> {
+    let mut stmt = conn.prepare_cached(&info.sql.clock_by_version)?;
+    let mut rows = stmt.query(params![site_ord, ver as i64])?;
+    let mut reader = RowReader::new(conn, info)?;
+    while let Some(r) = rows.next()? {
+        let pk: Vec<u8> = r.get(0)?;
+        let cid: String = r.get(1)?;
+        let cv: i64 = r.get(2)?;
+        let cl = if cid == SENTINEL {
+            cv
+        } else {
+            conn.prepare_cached(&info.sql.clock_cl)?
+                .query_row([&pk], |r| r.get(0))
+                .optional()?
+                .unwrap_or(0)
+        };
+        let row = ClockRow {
+            pk,
+            cid,
+            cv,
+            seq: r.get(3)?,
+            cl,
+            imp: r.get(4)?,
+        };
+        clock_row_cells(info, &mut reader, row, |c| cells.push(c))?;
+    }
+    Ok(())
 }
 
 /// The cells of this replica's version `ver` as its transaction commits: each clock row of
@@ -913,6 +926,11 @@ fn read_local(
     let mut cells = Vec::new();
     for info in tables.values() {
         if touched.is_some_and(|t| !t.contains(&info.name)) {
+            continue;
+        }
+        if caps.is_empty() {
+            // Nothing was inserted: one scan reads each clock row whole.
+            read_table_version(conn, info, site_ord, ver, &mut cells)?;
             continue;
         }
         let mut stmt = conn.prepare_cached(&info.sql.clock_seqs_by_version)?;
