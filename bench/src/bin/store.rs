@@ -2,7 +2,8 @@
 //!
 //! Run with `./bench/store/run.sh` (or `cargo run --release -p makiatto-bench --bin store`;
 //! add `local` to run the local-write comparison alone).
-//! Prints, for the same statements, the write throughput of a replicated table and of a
+//! Prints, for the same statements (inserts, then first updates of existing rows), the
+//! write throughput of a replicated table and of a
 //! plain rusqlite table and their ratio; the merge throughput in cells per second; and the
 //! time to sync 100k rows to an empty node over loopback TCP.
 #![allow(clippy::print_stdout)]
@@ -27,8 +28,27 @@ const SCHEMA: Schema = Schema {
 /// Rounds of each local-write shape (plain and ours interleaved; the best of each counts).
 const ROUNDS: usize = 3;
 const INSERT: &str = "INSERT INTO items (id, name, size, body) VALUES (?1, ?2, ?3, ?4)";
+const UPDATE: &str = "UPDATE items SET size = size + 1 WHERE id = ?1";
+/// Rows in the table before the updates are timed.
+const PREFILL: usize = 100_000;
 
-fn rows(tx: &Connection, from: usize, n: usize) -> rusqlite::Result<()> {
+/// The statements a local-write run times.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Op {
+    /// New rows.
+    Insert,
+    /// One column of rows inserted before (each row's first update).
+    Update,
+}
+
+fn rows(tx: &Connection, op: Op, from: usize, n: usize) -> rusqlite::Result<()> {
+    if op == Op::Update {
+        let mut stmt = tx.prepare_cached(UPDATE)?;
+        for i in from..from + n {
+            stmt.execute([format!("item-{:08}", i % PREFILL)])?;
+        }
+        return Ok(());
+    }
     let mut stmt = tx.prepare_cached(INSERT)?;
     let body = [7u8; 64];
     for i in from..from + n {
@@ -75,30 +95,53 @@ fn timed(f: impl FnOnce()) -> Took {
     }
 }
 
-fn plain(dir: &std::path::Path, round: usize, tx_count: usize, per_tx: usize) -> Took {
-    let conn = Connection::open(dir.join(format!("plain-{per_tx}-{round}.db"))).unwrap();
+/// One run's shape: what it writes, in how many transactions of how many rows.
+#[derive(Clone, Copy)]
+struct Run {
+    op: Op,
+    round: usize,
+    tx_count: usize,
+    per_tx: usize,
+}
+
+impl Run {
+    fn file(&self, side: &str) -> String {
+        let op = if self.op == Op::Update { "upd" } else { "ins" };
+        format!("{side}-{op}-{}-{}.db", self.per_tx, self.round)
+    }
+}
+
+fn plain(dir: &std::path::Path, run: Run) -> Took {
+    let conn = Connection::open(dir.join(run.file("plain"))).unwrap();
     conn.pragma_update(None, "journal_mode", "WAL").unwrap();
     conn.pragma_update(None, "synchronous", "NORMAL").unwrap();
     conn.execute_batch(TABLE_SQL).unwrap();
+    if run.op == Op::Update {
+        let tx = conn.unchecked_transaction().unwrap();
+        rows(&tx, Op::Insert, 0, PREFILL).unwrap();
+        tx.commit().unwrap();
+    }
     timed(|| {
-        for k in 0..tx_count {
+        for k in 0..run.tx_count {
             let tx = conn.unchecked_transaction().unwrap();
-            rows(&tx, k * per_tx, per_tx).unwrap();
+            rows(&tx, run.op, k * run.per_tx, run.per_tx).unwrap();
             tx.commit().unwrap();
         }
     })
 }
 
-fn replicated(dir: &std::path::Path, round: usize, tx_count: usize, per_tx: usize) -> Took {
-    let store = Store::open(
-        dir.join(format!("crr-{per_tx}-{round}.db")),
-        &SCHEMA,
-        Options::default(),
-    )
-    .unwrap();
+fn replicated(dir: &std::path::Path, run: Run) -> Took {
+    let store = Store::open(dir.join(run.file("crr")), &SCHEMA, Options::default()).unwrap();
+    if run.op == Op::Update {
+        store
+            .write(|tx| Ok(rows(tx, Op::Insert, 0, PREFILL)?))
+            .unwrap();
+    }
     timed(|| {
-        for k in 0..tx_count {
-            store.write(|tx| Ok(rows(tx, k * per_tx, per_tx)?)).unwrap();
+        for k in 0..run.tx_count {
+            store
+                .write(|tx| Ok(rows(tx, run.op, k * run.per_tx, run.per_tx)?))
+                .unwrap();
         }
     })
 }
@@ -122,27 +165,36 @@ async fn main() {
         "(best of {ROUNDS} interleaved rounds; CPU = the writing thread's time on a CPU, which other load on the machine does not inflate)"
     );
     println!(
-        "{:<22} {:>14} {:>14} {:>9} {:>13}",
+        "{:<24} {:>14} {:>14} {:>9} {:>13}",
         "transaction shape", "plain rows/s", "ours rows/s", "overhead", "CPU overhead"
     );
-    for (tx_count, per_tx) in [(20_000, 1), (2_000, 10), (100, 1_000)] {
-        let n = tx_count * per_tx;
-        let (mut p, mut o) = (None::<Took>, None::<Took>);
-        for round in 0..ROUNDS {
-            let tp = plain(dir.path(), round, tx_count, per_tx);
-            let to = replicated(dir.path(), round, tx_count, per_tx);
-            p = Some(p.map_or(tp, |x| x.min(tp)));
-            o = Some(o.map_or(to, |x| x.min(to)));
+    for op in [Op::Insert, Op::Update] {
+        for (tx_count, per_tx) in [(20_000, 1), (2_000, 10), (100, 1_000)] {
+            let n = tx_count * per_tx;
+            let (mut p, mut o) = (None::<Took>, None::<Took>);
+            for round in 0..ROUNDS {
+                let run = Run {
+                    op,
+                    round,
+                    tx_count,
+                    per_tx,
+                };
+                let tp = plain(dir.path(), run);
+                let to = replicated(dir.path(), run);
+                p = Some(p.map_or(tp, |x| x.min(tp)));
+                o = Some(o.map_or(to, |x| x.min(to)));
+            }
+            let (p, o) = (p.unwrap(), o.unwrap());
+            let what = if op == Op::Update { "update" } else { "insert" };
+            println!(
+                "{:<24} {:>14.0} {:>14.0} {:>8.2}x {:>12.2}x",
+                format!("{what}, {per_tx} row(s)/tx"),
+                rate(n, p.wall),
+                rate(n, o.wall),
+                o.wall.as_secs_f64() / p.wall.as_secs_f64(),
+                o.cpu.as_secs_f64() / p.cpu.as_secs_f64()
+            );
         }
-        let (p, o) = (p.unwrap(), o.unwrap());
-        println!(
-            "{:<22} {:>14.0} {:>14.0} {:>8.2}x {:>12.2}x",
-            format!("{per_tx} row(s) per tx"),
-            rate(n, p.wall),
-            rate(n, o.wall),
-            o.wall.as_secs_f64() / p.wall.as_secs_f64(),
-            o.cpu.as_secs_f64() / p.cpu.as_secs_f64()
-        );
     }
 
     if std::env::args().nth(1).as_deref() == Some("local") {
@@ -152,7 +204,8 @@ async fn main() {
     let src = Store::open(dir.path().join("src.db"), &SCHEMA, Options::default()).unwrap();
     let mut out = src.subscribe_local();
     for k in 0..100 {
-        src.write(|tx| Ok(rows(tx, k * 1_000, 1_000)?)).unwrap();
+        src.write(|tx| Ok(rows(tx, Op::Insert, k * 1_000, 1_000)?))
+            .unwrap();
     }
     let mut changes: Vec<Change> = Vec::new();
     while let Ok(c) = out.try_recv() {
