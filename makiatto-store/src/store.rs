@@ -173,10 +173,13 @@ impl Store {
         let site = match get_meta(&conn, "self_site")? {
             Some(Value::Blob(b)) if b.len() == 16 => SiteId(b.try_into().unwrap_or([0; 16])),
             _ => {
+                // One transaction: a site id without its crr_sites row would never open.
                 let site = SiteId::random();
-                set_meta(&conn, "self_site", &Value::Blob(site.0.to_vec()))?;
-                set_meta(&conn, "self_ver", &Value::Int(0))?;
-                conn.execute("INSERT INTO crr_sites (site) VALUES (?1)", [&site.0[..]])?;
+                let tx = conn.unchecked_transaction()?;
+                set_meta(&tx, "self_site", &Value::Blob(site.0.to_vec()))?;
+                set_meta(&tx, "self_ver", &Value::Int(0))?;
+                tx.execute("INSERT INTO crr_sites (site) VALUES (?1)", [&site.0[..]])?;
+                tx.commit()?;
                 site
             }
         };

@@ -266,8 +266,9 @@ impl Writer {
             ts,
         )?;
         {
-            // Keep the buffer for the next transaction.
+            // Keep the buffer for the next transaction, unless a big one grew it.
             caps.clear();
+            caps.shrink_to(1024);
             lock(&self.state).caps = caps;
         }
         let mut ranges = self.known.get(&self.self_site).cloned().unwrap_or_default();
@@ -441,6 +442,17 @@ impl Writer {
         self.known = load_known(&self.conn, &self.sites)?;
         self.pending = pending::load(&self.conn, &self.sites)?;
         Ok(())
+    }
+}
+
+impl Drop for Writer {
+    /// Leaves `crr_meta` current on a clean close, so that the file alone says what
+    /// version and time this replica reached (for tools, and for a binary from before
+    /// `own_clock` that reads only `crr_meta`).
+    fn drop(&mut self) {
+        if let Err(e) = write_own_clock(&self.conn, self.self_ver, self.hlc.last()) {
+            tracing::warn!(error = %e, "could not record the version counter at close");
+        }
     }
 }
 
@@ -705,10 +717,10 @@ fn merge_row(
     let mut pending: BTreeMap<usize, Value> = BTreeMap::new();
     // Whether the base row exists in the table as far as the writes so far go.
     let mut row_exists = existed_before;
-    let mut changed_cols: Vec<String> = Vec::new();
+    let mut changed_cols: Vec<Arc<str>> = Vec::new();
     let flush = |pending: &mut BTreeMap<usize, Value>,
                  row_exists: &mut bool,
-                 changed: &mut Vec<String>|
+                 changed: &mut Vec<Arc<str>>|
      -> Result<()> {
         if pending.is_empty() {
             return Ok(());
@@ -729,7 +741,7 @@ fn merge_row(
             let after = select_row(tx, info, pk)?.unwrap_or_default();
             for i in idx {
                 if before.get(i) != after.get(i) {
-                    changed.push(info.cols[i].clone());
+                    changed.push(info.arc_cols[i].clone());
                 }
             }
         }
@@ -838,8 +850,7 @@ fn merge_row(
         (true, false) => Some(RowChangeKind::Delete),
         // A new row: every column is new.
         (false, true) => Some(RowChangeKind::Upsert(info.arc_cols.clone())),
-        (true, true) => (!changed_cols.is_empty())
-            .then(|| RowChangeKind::Upsert(changed_cols.into_iter().map(Arc::from).collect())),
+        (true, true) => (!changed_cols.is_empty()).then_some(RowChangeKind::Upsert(changed_cols)),
     })
 }
 

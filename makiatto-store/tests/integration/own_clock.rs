@@ -17,6 +17,12 @@ fn open(path: &std::path::Path, clock: &Arc<TestClock>) -> Store {
     Store::open(path, &SCHEMA, options).unwrap()
 }
 
+/// Ends `store` as a crash would: nothing runs at close (a clean close records the
+/// counter, see the last test).
+fn crash(store: Store) {
+    std::mem::forget(store);
+}
+
 /// The version (and its HLC time) a write of `sql` broadcast.
 fn write(store: &Store, sql: &str) -> Change {
     let mut rx = store.subscribe_local();
@@ -58,6 +64,7 @@ fn versions_overwritten_by_a_merge_are_not_reissued() {
             })
             .unwrap();
         assert_eq!(own, 0, "the test needs every own clock row overwritten");
+        crash(a);
         last
     };
     // The clock went back meanwhile.
@@ -83,6 +90,7 @@ fn a_version_left_without_clock_rows_is_not_reissued() {
             "SAVEPOINT s; INSERT INTO kv VALUES ('gone', 'g', 0); ROLLBACK TO s; RELEASE s;",
         );
         assert!(empty.cells.is_empty());
+        crash(a);
         empty
     };
     let a = open(&path, &clock);
@@ -102,6 +110,7 @@ fn versions_whose_tombstones_were_pruned_are_not_reissued() {
         let deleted = write(&a, "DELETE FROM ev WHERE id = 'e1'");
         clock.set(1_800_000_000_000 + 8 * 86_400_000);
         assert_eq!(a.gc_tombstones(7 * 86_400_000, &[a.known()]).unwrap(), 1);
+        crash(a);
         deleted
     };
     clock.set(1_700_000_000_000);
@@ -128,4 +137,25 @@ fn a_sync_answer_includes_versions_only_the_clock_rows_record() {
         a.store.canonical_hash().unwrap(),
         b.store.canonical_hash().unwrap()
     );
+}
+
+#[test]
+fn a_clean_close_leaves_the_version_counter_in_the_file() {
+    let clock = TestClock::new(1_800_000_000_000);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.db");
+    let last = {
+        let a = open(&path, &clock);
+        write(&a, "INSERT INTO kv VALUES ('x', 'a', 1)");
+        write(&a, "INSERT INTO kv VALUES ('y', 'b', 2)")
+    };
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let meta = |key: &str| -> i64 {
+        conn.query_row("SELECT value FROM crr_meta WHERE key = ?1", [key], |r| {
+            r.get(0)
+        })
+        .unwrap()
+    };
+    assert_eq!(meta("self_ver"), last.ver as i64);
+    assert_eq!(meta("hlc_last"), last.ts as i64);
 }
