@@ -145,6 +145,27 @@ fn retire(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+/// One clock as [`Store::canonical_hash`] hashes it: column id, version, causal length,
+/// origin site and time.
+type HashEntry = (String, i64, i64, SiteId, i64);
+
+/// Hashes one row's clocks in column order, and empties `row`.
+fn hash_row(h: &mut blake3::Hasher, pk: &[u8], row: &mut Vec<HashEntry>) {
+    row.sort_by(|a, b| a.0.cmp(&b.0));
+    for (cid, cv, cl, site, ts) in row.drain(..) {
+        h.update(pk);
+        h.update(cid.as_bytes());
+        h.update(&cv.to_le_bytes());
+        h.update(&cl.to_le_bytes());
+        // Live rows' sentinels may carry either concurrent writer's metadata (see the
+        // crate docs); tombstones' and columns' converge exactly.
+        if cid != SENTINEL || cl % 2 == 0 {
+            h.update(&site.0);
+            h.update(&ts.to_le_bytes());
+        }
+    }
+}
+
 impl Store {
     /// Opens (or creates) the database at `path`, runs pending migrations of `schema` and
     /// sets up replication for its tables.
@@ -742,32 +763,35 @@ impl Store {
                     + " s ON s.pk = c.pk AND s.cid = '-1' WHERE c.cv > 0 ORDER BY c.pk, c.cid";
                 let mut stmt = conn.prepare(&sql)?;
                 let mut rows = stmt.query([])?;
+                // One row's clocks, hashed in column order once its last clock row is read
+                // (implicit clocks of a sentinel interleave with the row's clock rows).
+                let mut row: Vec<HashEntry> = Vec::new();
+                let mut row_pk: Vec<u8> = Vec::new();
                 while let Some(r) = rows.next()? {
                     let pk: Vec<u8> = r.get(0)?;
+                    if pk != row_pk {
+                        hash_row(&mut h, &row_pk, &mut row);
+                        row_pk = pk;
+                    }
                     let cid: String = r.get(1)?;
                     let cl: i64 = r.get(5)?;
                     let site = sites.site(r.get(3)?).unwrap_or(SiteId([0; 16]));
                     let ts: i64 = r.get(4)?;
-                    let mut entries = vec![(cid, r.get::<_, i64>(2)?)];
-                    if r.get(6)? && cl % 2 == 1 {
+                    let imp: i64 = r.get(6)?;
+                    if imp != 0 && cl % 2 == 1 {
                         // Implicit column clocks hash like the clock rows they stand for.
-                        entries.extend(info.cols.iter().map(|c| (c.clone(), 1)));
-                        entries.sort();
-                    }
-                    for (cid, cv) in entries {
-                        h.update(&pk);
-                        h.update(cid.as_bytes());
-                        h.update(&cv.to_le_bytes());
-                        h.update(&cl.to_le_bytes());
-                        // Live rows' sentinels may carry either concurrent writer's
-                        // metadata (see the crate docs); tombstones' and columns' converge
-                        // exactly.
-                        if cid != SENTINEL || cl % 2 == 0 {
-                            h.update(&site.0);
-                            h.update(&ts.to_le_bytes());
+                        let explicit = if imp == 1 {
+                            Vec::new()
+                        } else {
+                            crate::writer::explicit_columns(conn, info, &row_pk)?
+                        };
+                        for c in info.cols.iter().filter(|c| !explicit.contains(c)) {
+                            row.push((c.clone(), 1, cl, site, ts));
                         }
                     }
+                    row.push((cid, r.get::<_, i64>(2)?, cl, site, ts));
                 }
+                hash_row(&mut h, &row_pk, &mut row);
                 let sql = "SELECT * FROM ".to_owned()
                     + &ident(&info.name)
                     + " ORDER BY "

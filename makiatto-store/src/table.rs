@@ -43,6 +43,8 @@ pub(crate) struct TableSql {
     pub(crate) clock_cv_imp: String,
     /// A row's causal length (its sentinel's `cv`).
     pub(crate) clock_cl: String,
+    /// The columns of a row that have a clock row (parameter: the packed key).
+    pub(crate) clock_explicit: String,
     pub(crate) clock_range: String,
     /// Writes a row's implicit column clocks as clock rows and clears its `imp` flag
     /// (parameter: the packed key); see [`TableInfo::clock_ddl`].
@@ -171,7 +173,7 @@ fn materialize_sql(name: &str, cols: &[String], pk: &str) -> String {
         + &values
         + ") c WHERE s.pk = "
         + pk
-        + " AND s.cid = '-1' AND s.imp = 1"
+        + " AND s.cid = '-1' AND s.imp <> 0"
 }
 
 impl TableInfo {
@@ -280,9 +282,11 @@ impl TableInfo {
         // "cid" is the column name or the sentinel; "cv" the column version (for the
         // sentinel: the causal length). "imp" (sentinels only): the row's column clocks
         // are implicit, as the insert that began this generation wrote them: column i has
-        // version 1 and the sentinel's origin with seq + 1 + i. A row with imp = 1 has no
-        // column clock rows; the first change to a column, local or merged, writes them all
-        // ("materialises") and clears the flag.
+        // version 1 and the sentinel's origin with seq + 1 + i. imp = 1: no column has a
+        // clock row; imp = 2: the columns with a clock row have that one, the others the
+        // implicit clock (a local update writes the changed column's clock alone and sets
+        // 2); imp = 0: every column's clock is a row (or absent). A merge into a row with
+        // implicit clocks writes the missing ones out ("materialises") and clears the flag.
         let mut s = String::new();
         s.push_str("CREATE TABLE IF NOT EXISTS ");
         s.push_str(&clock);
@@ -368,24 +372,30 @@ impl TableInfo {
                 + " AFTER UPDATE ON "
                 + &t
                 + " WHEN crr_local() BEGIN\n");
+            // A changed column whose clock is implicit (version 1) gets a row at version
+            // 2; the others keep theirs (imp 1 -> 2, see `clock_ddl`).
             let changed = join(self.cols.iter().map(|c| differs(c)), " OR ");
-            s += &(materialize_sql(&self.name, &self.cols, &pack("NEW"))
-                + " AND ("
-                + &changed
-                + ") ON CONFLICT (pk, cid) DO NOTHING;\nUPDATE "
+            s += &("UPDATE ".to_owned()
                 + &clock
-                + " SET imp = 0 WHERE pk = "
+                + " SET imp = 2 WHERE pk = "
                 + &pack("NEW")
                 + " AND cid = '-1' AND imp = 1 AND ("
                 + &changed
                 + ");\n");
+            let first_cv = "1 + coalesce((SELECT imp <> 0 FROM ".to_owned()
+                + &clock
+                + " WHERE pk = "
+                + &pack("NEW")
+                + " AND cid = '-1'), 0)";
             for c in &self.cols {
                 s += &(insert_clock.clone()
                     + "SELECT "
                     + &pack("NEW")
                     + ", "
                     + &literal(c)
-                    + ", 1, "
+                    + ", "
+                    + &first_cv
+                    + ", "
                     + meta
                     + " WHERE "
                     + &differs(c)
@@ -555,12 +565,12 @@ impl TableSql {
                 .then(|| materialize_sql(name, cols, "?1") + " ON CONFLICT (pk, cid) DO NOTHING"),
             clear_imp: "UPDATE ".to_owned()
                 + &clock
-                + " SET imp = 0 WHERE pk = ?1 AND cid = '-1' AND imp = 1",
+                + " SET imp = 0 WHERE pk = ?1 AND cid = '-1' AND imp <> 0",
             materialize_all: (!cols.is_empty())
                 .then(|| materialize_sql(name, cols, "s.pk") + " ON CONFLICT (pk, cid) DO NOTHING"),
             clear_all_imp: "UPDATE ".to_owned()
                 + &clock
-                + " SET imp = 0 WHERE cid = '-1' AND imp = 1",
+                + " SET imp = 0 WHERE cid = '-1' AND imp <> 0",
             // No join with the sentinel here: with it, SQLite re-prepared the statement on
             // every run on the writer connection (its cost showed in every local commit).
             clock_by_version: "SELECT pk, cid, cv, seq, imp FROM ".to_owned()
@@ -573,6 +583,9 @@ impl TableSql {
                 + &clock
                 + " WHERE pk = ?1 AND cid = ?2",
             clock_cl: "SELECT cv FROM ".to_owned() + &clock + " WHERE pk = ?1 AND cid = '-1'",
+            clock_explicit: "SELECT cid FROM ".to_owned()
+                + &clock
+                + " WHERE pk = ?1 AND cid <> '-1'",
             clock_range: "SELECT c.ver, c.pk, c.cid, c.cv, c.seq, c.ts, s.cv, c.imp FROM "
                 .to_owned()
                 + &clock

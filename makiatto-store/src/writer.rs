@@ -2,7 +2,7 @@
 //! remote versions (replication.md §3.5, §3.6).
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use rusqlite::functions::FunctionFlags;
@@ -967,11 +967,13 @@ fn read_local(
         }
         // Keys with column clocks in this version: a sentinel of theirs inserted here has
         // had its column clocks written out.
-        let explicit: HashSet<&[u8], foldhash::fast::RandomState> = entries
-            .iter()
-            .filter(|(_, cid, _)| *cid != Cid::Sentinel)
-            .map(|(pk, _, _)| &**pk)
-            .collect();
+        let mut explicit: HashMap<&[u8], Vec<usize>, foldhash::fast::RandomState> =
+            HashMap::default();
+        for (pk, cid, _) in &entries {
+            if let Cid::Col(k) = cid {
+                explicit.entry(&**pk).or_default().push(*k);
+            }
+        }
         let n = info.cols.len();
         let mut reader = None;
         for (pk, cid, seq) in &entries {
@@ -994,11 +996,15 @@ fn read_local(
                 (Some(cap), Cid::Sentinel) if cap.seq == *seq => {
                     let sentinel = &info.arc_sentinel;
                     cells.push(cell(pk, sentinel, Value::Null, cap.cl, cap.cl, *seq));
-                    if !explicit.contains(&**pk) {
-                        for (k, col) in info.arc_cols.iter().enumerate() {
-                            let val = std::mem::replace(&mut cap.vals[k], Value::Null);
-                            cells.push(cell(pk, col, val, 1, cap.cl, seq + 1 + k as u32));
+                    // The columns an update in this transaction gave a clock row come
+                    // as their own entries; the others are still implicit.
+                    let own = explicit.get(&**pk).map_or(&[][..], Vec::as_slice);
+                    for (k, col) in info.arc_cols.iter().enumerate() {
+                        if own.contains(&k) {
+                            continue;
                         }
+                        let val = std::mem::replace(&mut cap.vals[k], Value::Null);
+                        cells.push(cell(pk, col, val, 1, cap.cl, seq + 1 + k as u32));
                     }
                 }
                 (Some(cap), &Cid::Col(k)) if *seq == cap.seq + 1 + k as u32 => {
@@ -1015,7 +1021,7 @@ fn read_local(
                         Some(r) => r,
                         None => reader.insert(RowReader::new(conn, info)?),
                     };
-                    let (cv, imp): (i64, bool) = conn
+                    let (cv, imp): (i64, i64) = conn
                         .prepare_cached(&info.sql.clock_cv_imp)?
                         .query_row(params![&**pk, cid], |r| Ok((r.get(0)?, r.get(1)?)))?;
                     let cl = if cid == SENTINEL {
@@ -1070,6 +1076,7 @@ enum Cid {
 /// Reads a table's rows while clock rows are turned into cells: one prepared statement,
 /// and the rows read so far by packed key.
 pub(crate) struct RowReader<'c> {
+    conn: &'c Connection,
     stmt: rusqlite::CachedStatement<'c>,
     width: usize,
     cache: HashMap<Vec<u8>, Option<Vec<Value>>>,
@@ -1078,10 +1085,16 @@ pub(crate) struct RowReader<'c> {
 impl<'c> RowReader<'c> {
     pub(crate) fn new(conn: &'c Connection, info: &TableInfo) -> Result<Self> {
         Ok(RowReader {
+            conn,
             stmt: conn.prepare_cached(&info.sql.row_select)?,
             width: info.cols.len(),
             cache: HashMap::new(),
         })
+    }
+
+    /// The columns of the row at `pk` that have a clock row.
+    fn explicit(&self, info: &TableInfo, pk: &[u8]) -> Result<Vec<String>> {
+        explicit_columns(self.conn, info, pk)
     }
 
     fn read(&mut self, pk: &[u8]) -> Result<Option<Vec<Value>>> {
@@ -1105,8 +1118,8 @@ pub(crate) struct ClockRow {
     pub(crate) seq: u32,
     /// The row's causal length (its sentinel's `cv`).
     pub(crate) cl: i64,
-    /// The clock row's `imp` flag (sentinels only).
-    pub(crate) imp: bool,
+    /// The clock row's `imp` flag (sentinels only; see `TableInfo::clock_ddl`).
+    pub(crate) imp: i64,
 }
 
 /// The cells one clock row stands for: itself, and for the sentinel of a live row whose
@@ -1129,10 +1142,18 @@ pub(crate) fn clock_row_cells(
     };
     if r.cid == SENTINEL {
         let pk: Arc<[u8]> = Arc::from(r.pk);
-        if r.imp && r.cl % 2 == 1 && !info.cols.is_empty() {
-            // No other clock row of this key exists (the flag's invariant): no caching.
+        if r.imp != 0 && r.cl % 2 == 1 && !info.cols.is_empty() {
+            // With imp = 1 no other clock row of this key exists: no caching.
             let values = rows.read(&pk)?.unwrap_or_default();
+            let explicit = if r.imp == 1 {
+                Vec::new()
+            } else {
+                rows.explicit(info, &pk)?
+            };
             for (i, col) in info.arc_cols.iter().enumerate() {
+                if explicit.iter().any(|e| **e == **col) {
+                    continue;
+                }
                 let val = values.get(i).cloned().unwrap_or(Value::Null);
                 push(cell(&pk, col, val, 1, r.seq + 1 + i as u32));
             }
@@ -1162,6 +1183,18 @@ pub(crate) fn clock_row_cells(
         r.seq,
     ));
     Ok(())
+}
+
+/// The columns of the row at `pk` of `info` that have a clock row.
+pub(crate) fn explicit_columns(
+    conn: &Connection,
+    info: &TableInfo,
+    pk: &[u8],
+) -> Result<Vec<String>> {
+    Ok(conn
+        .prepare_cached(&info.sql.clock_explicit)?
+        .query_map([pk], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?)
 }
 
 pub(crate) fn select_row(

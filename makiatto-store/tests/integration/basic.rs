@@ -207,7 +207,7 @@ fn reopen_keeps_versions_and_identity() {
 }
 
 /// Clock rows of `k` in `kv`: (cid, cv, imp).
-fn kv_clock_rows(s: &Store, k: &str) -> Vec<(String, i64, bool)> {
+fn kv_clock_rows(s: &Store, k: &str) -> Vec<(String, i64, i64)> {
     s.read(|c| {
         let mut stmt =
             c.prepare("SELECT cid, cv, imp FROM kv__crr_clock WHERE pk = ?1 ORDER BY cid")?;
@@ -225,7 +225,7 @@ fn an_inserted_row_keeps_one_clock_row_until_a_column_changes() {
     let b = node();
     exec(&a.store, "INSERT INTO kv (k, a, b) VALUES ('r', 'x', 1);");
     // Only the sentinel is stored; the columns' clocks are implicit in it.
-    assert_eq!(kv_clock_rows(&a.store, "r"), [("-1".into(), 1, true)]);
+    assert_eq!(kv_clock_rows(&a.store, "r"), [("-1".into(), 1, 1)]);
     // They still travel as cells, and the receiver ends up with the same state.
     pull(&b.store, &a.store);
     assert_eq!(get_kv(&b.store, "r"), Some((Some("x".into()), 1)));
@@ -233,18 +233,27 @@ fn an_inserted_row_keeps_one_clock_row_until_a_column_changes() {
         a.store.canonical_hash().unwrap(),
         b.store.canonical_hash().unwrap()
     );
-    // The first change writes them out: the changed column at version 2, the other at 1.
+    // A change writes the changed column's clock alone, at version 2; the other stays
+    // implicit (imp = 2).
     exec(&a.store, "UPDATE kv SET b = 2 WHERE k = 'r';");
     assert_eq!(
         kv_clock_rows(&a.store, "r"),
-        [
-            ("-1".into(), 1, false),
-            ("a".into(), 1, false),
-            ("b".into(), 2, false)
-        ]
+        [("-1".into(), 1, 2), ("b".into(), 2, 0)]
     );
     pull(&b.store, &a.store);
     assert_eq!(get_kv(&b.store, "r"), Some((Some("x".into()), 2)));
+    assert_eq!(
+        a.store.canonical_hash().unwrap(),
+        b.store.canonical_hash().unwrap()
+    );
+    // The other column's first change gives it a clock row too, at version 2.
+    exec(&a.store, "UPDATE kv SET a = 'y' WHERE k = 'r';");
+    assert_eq!(
+        kv_clock_rows(&a.store, "r"),
+        [("-1".into(), 1, 2), ("a".into(), 2, 0), ("b".into(), 2, 0)]
+    );
+    pull(&b.store, &a.store);
+    assert_eq!(get_kv(&b.store, "r"), Some((Some("y".into()), 2)));
     assert_eq!(
         a.store.canonical_hash().unwrap(),
         b.store.canonical_hash().unwrap()
@@ -270,7 +279,8 @@ fn a_database_from_before_implicit_clocks_opens_and_keeps_replicating() {
         let store = Store::open(&path, &SCHEMA, makiatto_store::Options::default()).unwrap();
         exec(
             &store,
-            "INSERT INTO kv (k, a) VALUES ('old', 'v'); UPDATE kv SET b = 3 WHERE k = 'old';",
+            // Both columns change, so every column has a clock row, as then.
+            "INSERT INTO kv (k, a) VALUES ('old', 'u'); UPDATE kv SET a = 'v', b = 3 WHERE k = 'old';",
         );
     }
     // The clock table as the previous release wrote it: no `imp` column.
@@ -286,7 +296,7 @@ fn a_database_from_before_implicit_clocks_opens_and_keeps_replicating() {
     drop(conn);
     let store = Store::open(&path, &SCHEMA, makiatto_store::Options::default()).unwrap();
     exec(&store, "INSERT INTO kv (k, a) VALUES ('new', 'w');");
-    assert_eq!(kv_clock_rows(&store, "new"), [("-1".into(), 1, true)]);
+    assert_eq!(kv_clock_rows(&store, "new"), [("-1".into(), 1, 1)]);
     let b = node();
     pull(&b.store, &store);
     assert_eq!(get_kv(&b.store, "old"), Some((Some("v".into()), 3)));

@@ -348,6 +348,8 @@ pub(crate) fn dump(store: &makiatto_store::Store) -> Dump {
             ] {
                 let mut stmt = tx.prepare(clock_sql)?;
                 let mut rows = stmt.query([])?;
+                // Sentinels with implicit column clocks, expanded once every row is read.
+                let mut implicit: Vec<(Vec<u8>, Clock, i64)> = Vec::new();
                 while let Some(r) = rows.next()? {
                     let pk: Vec<u8> = r.get(0)?;
                     let cid: String = r.get(1)?;
@@ -358,29 +360,33 @@ pub(crate) fn dump(store: &makiatto_store::Store) -> Dump {
                         seq: r.get(5)?,
                         ts: r.get::<_, i64>(6)? as u64,
                     };
-                    let row = out.entry((def.name.into(), pk)).or_default();
+                    let row = out.entry((def.name.into(), pk.clone())).or_default();
                     if cid == SENTINEL {
                         row.sentinel = Some(clock);
-                        // Implicit column clocks (see the store's clock table docs).
-                        if r.get::<_, bool>(7)? && clock.cv % 2 == 1 {
-                            for (i, (c, _)) in def.cols.iter().enumerate() {
-                                let implicit = Clock {
-                                    cv: 1,
-                                    seq: clock.seq + 1 + i as u32,
-                                    ..clock
-                                };
-                                assert!(
-                                    row.clocks.insert((*c).into(), implicit).is_none(),
-                                    "a row with implicit column clocks has a clock row"
-                                );
-                            }
+                        let imp: i64 = r.get(7)?;
+                        if imp != 0 && clock.cv % 2 == 1 {
+                            implicit.push((pk, clock, imp));
                         }
                     } else {
-                        assert!(
-                            !row.clocks.contains_key(&cid),
-                            "a row with implicit column clocks has a clock row"
-                        );
                         row.clocks.insert(cid, clock);
+                    }
+                }
+                // Implicit column clocks (see the store's clock table docs): imp = 1, every
+                // column's and no clock row; imp = 2, those of the columns without one.
+                for (pk, clock, imp) in implicit {
+                    let row = out
+                        .get_mut(&(def.name.into(), pk))
+                        .expect("the sentinel's row");
+                    assert!(
+                        imp == 2 || row.clocks.is_empty(),
+                        "a row whose column clocks are all implicit has a clock row"
+                    );
+                    for (i, (c, _)) in def.cols.iter().enumerate() {
+                        row.clocks.entry((*c).into()).or_insert(Clock {
+                            cv: 1,
+                            seq: clock.seq + 1 + i as u32,
+                            ..clock
+                        });
                     }
                 }
                 let nkey = if def.name == "kv" { 1 } else { 2 };
