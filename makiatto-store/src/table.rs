@@ -548,7 +548,13 @@ impl TableSql {
                     + &literal(c)
                     + ", 1, crr_self(), crr_ver(), crr_seq(), crr_ts() FROM "
                     + &t
-                    + " WHERE true ON CONFLICT (pk, cid) DO NOTHING"
+                    // A row already replicated may have its column clocks implicit (a
+                    // table listed again by a later migration): they exist, as they are.
+                    + " WHERE NOT EXISTS (SELECT 1 FROM "
+                    + &clock
+                    + " s WHERE s.pk = "
+                    + &pack_cols
+                    + " AND s.cid = '-1' AND s.imp <> 0) ON CONFLICT (pk, cid) DO NOTHING"
             })
             .collect();
         TableSql {

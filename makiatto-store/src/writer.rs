@@ -922,9 +922,10 @@ fn read_table_version(
 /// A capture applies to a clock row only through the row's seq: a sentinel that still
 /// carries the seq its insert reserved was written by that insert (a later write to it
 /// would have given it a new seq, and a rolled-back write restores the old one), so its
-/// values are the inserted ones while its column clocks are implicit. Once an update
-/// wrote them out (they carry seq + 1 + i, and this version), each that still has that
-/// seq was not changed since.
+/// values are the inserted ones for every column that is still implicit (a column an
+/// update changed has a clock row of this version, read back). A column clock row that
+/// carries seq + 1 + i (written out by triggers of an older version) was not changed since
+/// either.
 fn read_local(
     conn: &Connection,
     tables: &BTreeMap<String, Arc<TableInfo>>,
@@ -965,8 +966,8 @@ fn read_local(
         if entries.is_empty() {
             continue;
         }
-        // Keys with column clocks in this version: a sentinel of theirs inserted here has
-        // had its column clocks written out.
+        // The columns with a clock row in this version, by key: for a row inserted here,
+        // the ones an update in this transaction changed (the others stay implicit).
         let mut explicit: HashMap<&[u8], Vec<usize>, foldhash::fast::RandomState> =
             HashMap::default();
         for (pk, cid, _) in &entries {
@@ -1143,7 +1144,8 @@ pub(crate) fn clock_row_cells(
     if r.cid == SENTINEL {
         let pk: Arc<[u8]> = Arc::from(r.pk);
         if r.imp != 0 && r.cl % 2 == 1 && !info.cols.is_empty() {
-            // With imp = 1 no other clock row of this key exists: no caching.
+            // Not cached: with imp = 1 no other clock row of this key exists (with imp = 2
+            // its clock rows may read the row again).
             let values = rows.read(&pk)?.unwrap_or_default();
             let explicit = if r.imp == 1 {
                 Vec::new()

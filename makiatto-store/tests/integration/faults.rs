@@ -587,3 +587,83 @@ fn readers_never_see_half_of_a_version() {
         b.store.canonical_hash().unwrap()
     );
 }
+
+/// Clock rows of `k` in `kv`: (cid, cv, seq, imp).
+fn kv_clocks(s: &Store, k: &str) -> Vec<(String, i64, i64, i64)> {
+    s.read(|c| {
+        let mut stmt =
+            c.prepare("SELECT cid, cv, seq, imp FROM kv__crr_clock WHERE pk = ?1 ORDER BY cid")?;
+        let rows = stmt.query_map([pack(&[k.into()])], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    })
+    .unwrap()
+}
+
+#[test]
+fn a_column_added_after_an_update_keeps_the_clocks_rows_had() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a_path, b_path) = (dir.path().join("a"), dir.path().join("b"));
+    let a = Store::open(&a_path, &SCHEMA, Options::default()).unwrap();
+    let b = Store::open(&b_path, &SCHEMA, Options::default()).unwrap();
+    exec(&a, "INSERT INTO kv (k, a, b) VALUES ('r', 'x', 1)");
+    exec(&a, "UPDATE kv SET b = 2 WHERE k = 'r'");
+    // Column b has its own clock row; a is still implicit.
+    assert_eq!(
+        kv_clocks(&a, "r"),
+        [("-1".into(), 1, 0, 2), ("b".into(), 2, 0, 0)]
+    );
+    // The insert's version now carries the sentinel and a alone (b's cell was superseded).
+    let v1 = a.local_version(1).unwrap();
+    let cids: Vec<(&str, u32)> = v1.cells.iter().map(|c| (&*c.cid, c.seq)).collect();
+    assert_eq!(cids, [("-1", 0), ("a", 1)]);
+    pull(&b, &a);
+    drop((a, b));
+    let a = Store::open(&a_path, &SCHEMA_V2, Options::default()).unwrap();
+    let b = Store::open(&b_path, &SCHEMA_V2, Options::default()).unwrap();
+    // The migration wrote a's implicit clock out with the old column list; c has none.
+    assert_eq!(
+        kv_clocks(&a, "r"),
+        [
+            ("-1".into(), 1, 0, 0),
+            ("a".into(), 1, 1, 0),
+            ("b".into(), 2, 0, 0)
+        ]
+    );
+    assert_eq!(a.canonical_hash().unwrap(), b.canonical_hash().unwrap());
+}
+
+#[test]
+fn a_table_listed_again_by_a_later_migration_keeps_its_implicit_clocks() {
+    const RELISTED: Schema = Schema {
+        migrations: &[
+            V1[0],
+            Migration {
+                version: 2,
+                sql: "",
+                replicate: &[Replicate {
+                    table: "kv",
+                    class: TableClass::Durable,
+                }],
+            },
+        ],
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (a_path, b_path) = (dir.path().join("a"), dir.path().join("b"));
+    let a = Store::open(&a_path, &SCHEMA, Options::default()).unwrap();
+    let b = Store::open(&b_path, &SCHEMA, Options::default()).unwrap();
+    exec(
+        &a,
+        "INSERT INTO kv (k, a, b) VALUES ('r1', 'x', 1), ('r2', 'y', 2)",
+    );
+    exec(&a, "UPDATE kv SET b = 3 WHERE k = 'r2'");
+    pull(&b, &a);
+    drop((a, b));
+    let a = Store::open(&a_path, &RELISTED, Options::default()).unwrap();
+    let b = Store::open(&b_path, &RELISTED, Options::default()).unwrap();
+    assert_eq!(a.canonical_hash().unwrap(), b.canonical_hash().unwrap());
+    pull(&b, &a);
+    pull(&a, &b);
+    assert_eq!(a.canonical_hash().unwrap(), b.canonical_hash().unwrap());
+}

@@ -381,6 +381,12 @@ pub(crate) fn dump(store: &makiatto_store::Store) -> Dump {
                         imp == 2 || row.clocks.is_empty(),
                         "a row whose column clocks are all implicit has a clock row"
                     );
+                    // imp = 2 comes from a local update: its clock rows are updates.
+                    assert!(
+                        imp != 2
+                            || (!row.clocks.is_empty() && row.clocks.values().all(|c| c.cv >= 2)),
+                        "a row with imp = 2 has no clock row, or one at version 1"
+                    );
                     for (i, (c, _)) in def.cols.iter().enumerate() {
                         row.clocks.entry((*c).into()).or_insert(Clock {
                             cv: 1,
