@@ -273,7 +273,7 @@ impl Store {
                     tx.execute(&info.sql.vanished_delete, [])?;
                 }
                 for info in all.values() {
-                    tx.execute_batch(&info.trigger_ddl())?;
+                    info.install_triggers(tx)?;
                 }
                 set_meta(tx, "schema_version", &Value::Int(i64::from(m.version)))?;
                 Ok(all)
@@ -287,7 +287,7 @@ impl Store {
         // Triggers are regenerated on every open, so they always match the current code.
         writer.local(&tables, Captures::Ignore, |tx| {
             for info in tables.values() {
-                tx.execute_batch(&info.trigger_ddl())?;
+                info.install_triggers(tx)?;
             }
             Ok(())
         })?;

@@ -310,11 +310,32 @@ impl TableInfo {
             + " ADD COLUMN imp INTEGER NOT NULL DEFAULT 0"
     }
 
-    /// DDL dropping and re-creating the capture triggers (run after any schema change).
+    /// Drops every capture trigger of the table (whatever columns it had when they were
+    /// made) and creates the current ones (run after any schema change).
+    pub(crate) fn install_triggers(&self, conn: &Connection) -> Result<()> {
+        let prefix = self.name.clone() + "__crr_";
+        let names: Vec<String> = conn
+            .prepare(
+                "SELECT name FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = ?1 \
+                 AND substr(name, 1, ?2) = ?3",
+            )?
+            .query_map(
+                rusqlite::params![self.name, prefix.chars().count() as i64, prefix],
+                |r| r.get(0),
+            )?
+            .collect::<rusqlite::Result<_>>()?;
+        for name in names {
+            conn.execute_batch(&("DROP TRIGGER ".to_owned() + &ident(&name)))?;
+        }
+        conn.execute_batch(&self.trigger_ddl())?;
+        Ok(())
+    }
+
+    /// DDL creating the capture triggers (see [`TableInfo::install_triggers`]).
     ///
     /// The triggers pass the table's name to `crr_ver`, so a commit reads back only the
     /// tables it wrote.
-    pub(crate) fn trigger_ddl(&self) -> String {
+    fn trigger_ddl(&self) -> String {
         let t = ident(&self.name);
         let clock = clock_table(&self.name);
         let trig = |suffix: &str| ident(&(self.name.clone() + "__crr_" + suffix));
@@ -332,9 +353,6 @@ impl TableInfo {
             "INSERT INTO ".to_owned() + &clock + " (pk, cid, cv, site_ord, ver, seq, ts) ";
 
         let mut s = String::new();
-        for suffix in ["ins", "upd", "del", "pk"] {
-            s += &("DROP TRIGGER IF EXISTS ".to_owned() + &trig(suffix) + ";\n");
-        }
         // INSERT (also the second half of INSERT OR REPLACE): a new generation of the row.
         s += &("CREATE TRIGGER ".to_owned()
             + &trig("ins")
@@ -365,45 +383,41 @@ impl TableInfo {
             + set_meta
             + ";\n");
         s += "END;\n";
-        // UPDATE: one clock bump per column whose value changed.
-        if !self.cols.is_empty() {
+        // UPDATE: one trigger per column, which SQLite fires only for updates that set
+        // that column, loading only it and the key. A changed column gets a clock bump;
+        // one whose clock was implicit (version 1) gets a row at version 2, and the row's
+        // other columns keep theirs (imp 1 -> 2, see `clock_ddl`).
+        let first_cv = "1 + coalesce((SELECT imp <> 0 FROM ".to_owned()
+            + &clock
+            + " WHERE pk = "
+            + &pack("NEW")
+            + " AND cid = '-1'), 0)";
+        for (i, c) in self.cols.iter().enumerate() {
             s += &("CREATE TRIGGER ".to_owned()
-                + &trig("upd")
-                + " AFTER UPDATE ON "
+                + &trig(&("upd_".to_owned() + &i.to_string()))
+                + " AFTER UPDATE OF "
+                + &ident(c)
+                + " ON "
                 + &t
-                + " WHEN crr_local() BEGIN\n");
-            // A changed column whose clock is implicit (version 1) gets a row at version
-            // 2; the others keep theirs (imp 1 -> 2, see `clock_ddl`).
-            let changed = join(self.cols.iter().map(|c| differs(c)), " OR ");
-            s += &("UPDATE ".to_owned()
+                + " WHEN crr_local() AND "
+                + &differs(c)
+                + " BEGIN\nUPDATE "
                 + &clock
                 + " SET imp = 2 WHERE pk = "
                 + &pack("NEW")
-                + " AND cid = '-1' AND imp = 1 AND ("
-                + &changed
-                + ");\n");
-            let first_cv = "1 + coalesce((SELECT imp <> 0 FROM ".to_owned()
-                + &clock
-                + " WHERE pk = "
+                + " AND cid = '-1' AND imp = 1;\n"
+                + &insert_clock
+                + "SELECT "
                 + &pack("NEW")
-                + " AND cid = '-1'), 0)";
-            for c in &self.cols {
-                s += &(insert_clock.clone()
-                    + "SELECT "
-                    + &pack("NEW")
-                    + ", "
-                    + &literal(c)
-                    + ", "
-                    + &first_cv
-                    + ", "
-                    + meta
-                    + " WHERE "
-                    + &differs(c)
-                    + " ON CONFLICT (pk, cid) DO UPDATE SET cv = cv + 1, "
-                    + set_meta
-                    + ";\n");
-            }
-            s += "END;\n";
+                + ", "
+                + &literal(c)
+                + ", "
+                + &first_cv
+                + ", "
+                + meta
+                + " WHERE true ON CONFLICT (pk, cid) DO UPDATE SET cv = cv + 1, "
+                + set_meta
+                + ";\nEND;\n");
         }
         // DELETE: the sentinel becomes even; column clocks go (values are gone).
         s += &("CREATE TRIGGER ".to_owned()
@@ -433,7 +447,9 @@ impl TableInfo {
         );
         s += &("CREATE TRIGGER ".to_owned()
             + &trig("pk")
-            + " BEFORE UPDATE ON "
+            + " BEFORE UPDATE OF "
+            + &join(self.pks.iter().map(|p| ident(p)), ", ")
+            + " ON "
             + &t
             + " WHEN "
             + &changed

@@ -285,11 +285,19 @@ fn a_database_from_before_implicit_clocks_opens_and_keeps_replicating() {
     }
     // The clock table as the previous release wrote it: no `imp` column.
     let conn = rusqlite::Connection::open(&path).unwrap();
+    let triggers: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'trigger' AND name LIKE '%crr%'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    for t in triggers {
+        conn.execute_batch(&("DROP TRIGGER \"".to_owned() + &t + "\""))
+            .unwrap();
+    }
     conn.execute_batch(
-        "DROP TRIGGER kv__crr_ins; DROP TRIGGER kv__crr_upd; DROP TRIGGER kv__crr_del;
-         DROP TRIGGER pair__crr_ins; DROP TRIGGER pair__crr_upd; DROP TRIGGER pair__crr_del;
-         DROP TRIGGER ev__crr_ins; DROP TRIGGER ev__crr_upd; DROP TRIGGER ev__crr_del;
-         ALTER TABLE kv__crr_clock DROP COLUMN imp; ALTER TABLE pair__crr_clock DROP COLUMN imp;
+        "ALTER TABLE kv__crr_clock DROP COLUMN imp; ALTER TABLE pair__crr_clock DROP COLUMN imp;
          ALTER TABLE ev__crr_clock DROP COLUMN imp;",
     )
     .unwrap();

@@ -123,11 +123,15 @@ fn versions_whose_tombstones_were_pruned_are_not_reissued() {
 #[test]
 fn a_sync_answer_includes_versions_only_the_clock_rows_record() {
     let a = node();
-    for i in 0..5 {
-        exec(
-            &a.store,
-            &format!("INSERT INTO kv VALUES ('k{i}', 'v', {i})"),
-        );
+    for i in 0..5i64 {
+        a.store
+            .write(|tx| {
+                Ok(tx.execute(
+                    "INSERT INTO kv VALUES (?1, 'v', ?2)",
+                    rusqlite::params![i.to_string(), i],
+                )?)
+            })
+            .unwrap();
     }
     // The answer is built on a reader connection, from what the file says.
     let b = node();
