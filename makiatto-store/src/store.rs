@@ -229,7 +229,6 @@ impl Store {
         let hlc = Hlc::new(options.clock.clone(), hlc_last);
         let mut writer = Writer::new(conn, hlc, site, self_ver)?;
 
-        let mut pending_out = Vec::new();
         let mut tables = load_tables(&writer.conn)?;
         for info in tables.values() {
             upgrade_clock(&writer.conn, info)?;
@@ -278,11 +277,9 @@ impl Store {
                 set_meta(tx, "schema_version", &Value::Int(i64::from(m.version)))?;
                 Ok(all)
             })?;
-            // The version read back at commit must see the new tables too.
+            // The next migration's version is read back with the tables this one left.
+            // Nothing subscribes yet: migration versions reach peers by sync.
             tables = commit.value;
-            if let Some(change) = commit.change {
-                pending_out.push(change);
-            }
         }
         // Triggers are regenerated on every open, so they always match the current code.
         writer.local(&tables, Captures::Ignore, |tx| {
