@@ -45,18 +45,25 @@ fn need(bin: &str) {
     );
 }
 
-async fn wait_port(port: u16, what: &str) {
+/// Waits until `port` accepts connections; `false` if `proc` exited first (a port picked
+/// by `free_port` can be taken by someone else before the child binds it).
+async fn wait_port(port: u16, what: &str, proc: &mut Proc) -> bool {
     let deadline = Instant::now() + Duration::from_secs(30);
     while tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .is_err()
     {
+        if let Ok(Some(status)) = proc.0.try_wait() {
+            eprintln!("{what} exited ({status}) before listening on {port}; new ports");
+            return false;
+        }
         assert!(
             Instant::now() < deadline,
             "{what} did not start listening on {port}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    true
 }
 
 struct Pebble {
@@ -72,6 +79,15 @@ struct Pebble {
 async fn start_pebble(srv: &TestServer) -> Pebble {
     need("pebble");
     need("pebble-challtestsrv");
+    for _ in 0..3 {
+        if let Some(pebble) = try_start_pebble(srv).await {
+            return pebble;
+        }
+    }
+    panic!("pebble did not start with three sets of ports");
+}
+
+async fn try_start_pebble(srv: &TestServer) -> Option<Pebble> {
     let dir = srv.tree.dir.path();
     let (cert, key) = srv.ca.leaf_pem(&["127.0.0.1", "localhost"]);
     std::fs::write(dir.join("pebble-cert.pem"), cert).unwrap();
@@ -96,7 +112,7 @@ async fn start_pebble(srv: &TestServer) -> Pebble {
         "externalAccountBindingRequired": false
     }});
     std::fs::write(dir.join("pebble.json"), config.to_string()).unwrap();
-    let chall = Proc(
+    let mut chall = Proc(
         Command::new("pebble-challtestsrv")
             .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
             .args(["-dns01", &format!("127.0.0.1:{dns}")])
@@ -107,7 +123,7 @@ async fn start_pebble(srv: &TestServer) -> Pebble {
             .spawn()
             .expect("starting pebble-challtestsrv"),
     );
-    let pebble = Proc(
+    let mut pebble = Proc(
         Command::new("pebble")
             .arg("-config")
             .arg(dir.join("pebble.json"))
@@ -121,10 +137,13 @@ async fn start_pebble(srv: &TestServer) -> Pebble {
             .spawn()
             .expect("starting pebble"),
     );
-    wait_port(listen, "pebble").await;
-    wait_port(mgmt, "pebble management").await;
-    wait_port(chall_mgmt, "pebble-challtestsrv").await;
-    Pebble {
+    if !(wait_port(listen, "pebble", &mut pebble).await
+        && wait_port(mgmt, "pebble management", &mut pebble).await
+        && wait_port(chall_mgmt, "pebble-challtestsrv", &mut chall).await)
+    {
+        return None;
+    }
+    Some(Pebble {
         _ca: pebble,
         _chall: chall,
         dir_url: format!("https://127.0.0.1:{listen}/dir"),
@@ -132,7 +151,7 @@ async fn start_pebble(srv: &TestServer) -> Pebble {
         dns: format!("127.0.0.1:{dns}").parse().unwrap(),
         chall_mgmt,
         ca_pem,
-    }
+    })
 }
 
 /// Publishes DNS-01 TXT records in pebble-challtestsrv and checks them with a real DNS
