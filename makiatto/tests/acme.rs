@@ -69,19 +69,18 @@ async fn a_node_obtains_and_serves_a_certificate_from_pebble() {
     let ca_pem = d.join("pebble-cert.pem");
     std::fs::write(&ca_pem, key.cert.pem()).unwrap();
     std::fs::write(d.join("pebble-key.pem"), key.signing_key.serialize_pem()).unwrap();
-    let (listen, mgmt, tls) = (
-        free_port(Ipv4Addr::LOCALHOST),
-        free_port(Ipv4Addr::LOCALHOST),
-        free_port(Ipv4Addr::LOCALHOST),
-    );
-    let pebble_config = format!(
-        r#"{{"pebble": {{"listenAddress": "127.0.0.1:{listen}", "managementListenAddress": "127.0.0.1:{mgmt}",
+    let listen = free_port(Ipv4Addr::LOCALHOST);
+    // Pebble's other ports; picked again if Pebble exits because one was taken meanwhile.
+    let pebble_config = |mgmt: u16, tls: u16| {
+        let text = format!(
+            r#"{{"pebble": {{"listenAddress": "127.0.0.1:{listen}", "managementListenAddress": "127.0.0.1:{mgmt}",
         "certificate": "{cert}", "privateKey": "{key}", "httpPort": {http}, "tlsPort": {tls},
         "ocspResponderURL": "", "externalAccountBindingRequired": false}}}}"#,
-        cert = ca_pem.display(),
-        key = d.join("pebble-key.pem").display(),
-    );
-    std::fs::write(d.join("pebble.json"), pebble_config).unwrap();
+            cert = ca_pem.display(),
+            key = d.join("pebble-key.pem").display(),
+        );
+        std::fs::write(d.join("pebble.json"), text).unwrap();
+    };
 
     // The node: DNS on a port Pebble asks, HTTP on the port Pebble validates.
     let text = format!(
@@ -117,24 +116,39 @@ directory_root = "{ca}"
         .await
         .unwrap();
     let dns: SocketAddr = node.dns_addr().unwrap();
-    let _pebble = Proc(
-        Command::new("pebble")
-            .arg("-config")
-            .arg(d.join("pebble.json"))
-            .args(["-dnsserver", &dns.to_string()])
-            .env("PEBBLE_VA_NOSLEEP", "1")
-            .env("PEBBLE_WFE_NONCEREJECT", "0")
-            .env("PEBBLE_AUTHZREUSE", "0")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting pebble"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", listen)).is_err() {
-        assert!(Instant::now() < deadline, "pebble did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut started = None;
+    for _ in 0..3 {
+        let (mgmt, tls) = (
+            free_port(Ipv4Addr::LOCALHOST),
+            free_port(Ipv4Addr::LOCALHOST),
+        );
+        pebble_config(mgmt, tls);
+        let mut pebble = Proc(
+            Command::new("pebble")
+                .arg("-config")
+                .arg(d.join("pebble.json"))
+                .args(["-dnsserver", &dns.to_string()])
+                .env("PEBBLE_VA_NOSLEEP", "1")
+                .env("PEBBLE_WFE_NONCEREJECT", "0")
+                .env("PEBBLE_AUTHZREUSE", "0")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("starting pebble"),
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let up = |port| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+        while !(up(listen) && up(mgmt)) && pebble.0.try_wait().ok().flatten().is_none() {
+            assert!(Instant::now() < deadline, "pebble did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if up(listen) && up(mgmt) {
+            started = Some((pebble, mgmt));
+            break;
+        }
+        eprintln!("pebble exited before listening on {listen} and {mgmt}; new ports");
     }
+    let (_pebble, mgmt) = started.expect("pebble started with one of three sets of ports");
 
     // Deploy: the new domain starts an order.
     std::fs::create_dir_all(d.join("project/site")).unwrap();
