@@ -67,6 +67,8 @@ async fn wait_port(port: u16, what: &str, proc: &mut Proc) -> bool {
 }
 
 struct Pebble {
+    /// Pebble's output, shown when the test fails (what it validated, and why).
+    log: std::path::PathBuf,
     _ca: Proc,
     _chall: Proc,
     dir_url: String,
@@ -123,6 +125,8 @@ async fn try_start_pebble(srv: &TestServer) -> Option<Pebble> {
             .spawn()
             .expect("starting pebble-challtestsrv"),
     );
+    let log_path = dir.join("pebble.log");
+    let log = std::fs::File::create(&log_path).unwrap();
     let mut pebble = Proc(
         Command::new("pebble")
             .arg("-config")
@@ -132,8 +136,8 @@ async fn try_start_pebble(srv: &TestServer) -> Option<Pebble> {
             .env("PEBBLE_VA_ALWAYS_VALID", "0")
             .env("PEBBLE_WFE_NONCEREJECT", "0")
             .env("PEBBLE_AUTHZREUSE", "0")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
             .spawn()
             .expect("starting pebble"),
     );
@@ -144,6 +148,7 @@ async fn try_start_pebble(srv: &TestServer) -> Option<Pebble> {
         return None;
     }
     Some(Pebble {
+        log: log_path,
         _ca: pebble,
         _chall: chall,
         dir_url: format!("https://127.0.0.1:{listen}/dir"),
@@ -245,6 +250,19 @@ impl ChallengeStore for Sabotage {
     }
     fn remove_dns01(&self, name: &str, value: &str) -> Result<(), HttpError> {
         self.own.remove_dns01(name, value)
+    }
+}
+
+impl Drop for Pebble {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(80).collect();
+            eprintln!("--- pebble's last output lines ---");
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
     }
 }
 
