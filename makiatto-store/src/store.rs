@@ -149,8 +149,24 @@ fn retire(conn: &Connection) -> Result<()> {
 /// origin site and time.
 type HashEntry = (String, i64, i64, SiteId, i64);
 
-/// Hashes one row's clocks in column order, and empties `row`.
-fn hash_row(h: &mut blake3::Hasher, pk: &[u8], row: &mut Vec<HashEntry>) {
+/// Hashes one row's clocks in column order, and empties `row`. `implicit` is the live
+/// sentinel's (causal length, site, time) when some column clocks are implicit: every
+/// column of `cols` without a clock row in `row` has one at version 1 (a row with implicit
+/// clocks never has a demoted, version-0, clock row, which the scan leaves out).
+fn hash_row(
+    h: &mut blake3::Hasher,
+    pk: &[u8],
+    row: &mut Vec<HashEntry>,
+    implicit: Option<(i64, SiteId, i64)>,
+    cols: &[String],
+) {
+    if let Some((cl, site, ts)) = implicit {
+        for c in cols {
+            if !row.iter().any(|e| e.0 == *c) {
+                row.push((c.clone(), 1, cl, site, ts));
+            }
+        }
+    }
     row.sort_by(|a, b| a.0.cmp(&b.0));
     for (cid, cv, cl, site, ts) in row.drain(..) {
         h.update(pk);
@@ -642,7 +658,6 @@ impl Store {
         crate::writer::read_version(
             &w.conn,
             &self.inner.tables,
-            &w.sites,
             w.self_ord,
             w.self_site,
             ver,
@@ -764,31 +779,24 @@ impl Store {
                 // (implicit clocks of a sentinel interleave with the row's clock rows).
                 let mut row: Vec<HashEntry> = Vec::new();
                 let mut row_pk: Vec<u8> = Vec::new();
+                let mut implicit = None;
                 while let Some(r) = rows.next()? {
                     let pk: Vec<u8> = r.get(0)?;
                     if pk != row_pk {
-                        hash_row(&mut h, &row_pk, &mut row);
+                        hash_row(&mut h, &row_pk, &mut row, implicit.take(), &info.cols);
                         row_pk = pk;
                     }
                     let cid: String = r.get(1)?;
                     let cl: i64 = r.get(5)?;
                     let site = sites.site(r.get(3)?).unwrap_or(SiteId([0; 16]));
                     let ts: i64 = r.get(4)?;
-                    let imp: i64 = r.get(6)?;
-                    if imp != 0 && cl % 2 == 1 {
-                        // Implicit column clocks hash like the clock rows they stand for.
-                        let explicit = if imp == 1 {
-                            Vec::new()
-                        } else {
-                            crate::writer::explicit_columns(conn, info, &row_pk)?
-                        };
-                        for c in info.cols.iter().filter(|c| !explicit.contains(c)) {
-                            row.push((c.clone(), 1, cl, site, ts));
-                        }
+                    // Implicit column clocks hash like the clock rows they stand for.
+                    if r.get::<_, i64>(6)? != 0 && cl % 2 == 1 {
+                        implicit = Some((cl, site, ts));
                     }
                     row.push((cid, r.get::<_, i64>(2)?, cl, site, ts));
                 }
-                hash_row(&mut h, &row_pk, &mut row);
+                hash_row(&mut h, &row_pk, &mut row, implicit, &info.cols);
                 let sql = "SELECT * FROM ".to_owned()
                     + &ident(&info.name)
                     + " ORDER BY "

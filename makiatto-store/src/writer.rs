@@ -858,7 +858,6 @@ fn merge_row(
 pub(crate) fn read_version(
     conn: &Connection,
     tables: &BTreeMap<String, Arc<TableInfo>>,
-    _sites: &Sites,
     site_ord: i64,
     site: SiteId,
     ver: u64,
@@ -893,14 +892,7 @@ fn read_table_version(
         let pk: Vec<u8> = r.get(0)?;
         let cid: String = r.get(1)?;
         let cv: i64 = r.get(2)?;
-        let cl = if cid == SENTINEL {
-            cv
-        } else {
-            conn.prepare_cached(&info.sql.clock_cl)?
-                .query_row([&pk], |r| r.get(0))
-                .optional()?
-                .unwrap_or(0)
-        };
+        let cl = causal_length(conn, info, &pk, &cid, cv)?;
         let row = ClockRow {
             pk,
             cid,
@@ -912,6 +904,25 @@ fn read_table_version(
         clock_row_cells(info, &mut reader, row, |c| cells.push(c))?;
     }
     Ok(())
+}
+
+/// The causal length of the row a clock row `cid` with version `cv` belongs to: its own
+/// `cv` for a sentinel, else the row's sentinel's.
+fn causal_length(
+    conn: &Connection,
+    info: &TableInfo,
+    pk: &[u8],
+    cid: &str,
+    cv: i64,
+) -> Result<i64> {
+    if cid == SENTINEL {
+        return Ok(cv);
+    }
+    Ok(conn
+        .prepare_cached(&info.sql.clock_cl)?
+        .query_row([pk], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0))
 }
 
 /// The cells of this replica's version `ver` as its transaction commits: each clock row of
@@ -1025,14 +1036,7 @@ fn read_local(
                     let (cv, imp): (i64, i64) = conn
                         .prepare_cached(&info.sql.clock_cv_imp)?
                         .query_row(params![&**pk, cid], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                    let cl = if cid == SENTINEL {
-                        cv
-                    } else {
-                        conn.prepare_cached(&info.sql.clock_cl)?
-                            .query_row([&**pk], |r| r.get(0))
-                            .optional()?
-                            .unwrap_or(0)
-                    };
+                    let cl = causal_length(conn, info, pk, cid, cv)?;
                     let row = ClockRow {
                         pk: pk.to_vec(),
                         cid: cid.to_owned(),
@@ -1095,7 +1099,11 @@ impl<'c> RowReader<'c> {
 
     /// The columns of the row at `pk` that have a clock row.
     fn explicit(&self, info: &TableInfo, pk: &[u8]) -> Result<Vec<String>> {
-        explicit_columns(self.conn, info, pk)
+        Ok(self
+            .conn
+            .prepare_cached(&info.sql.clock_explicit)?
+            .query_map([pk], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?)
     }
 
     fn read(&mut self, pk: &[u8]) -> Result<Option<Vec<Value>>> {
@@ -1185,18 +1193,6 @@ pub(crate) fn clock_row_cells(
         r.seq,
     ));
     Ok(())
-}
-
-/// The columns of the row at `pk` of `info` that have a clock row.
-pub(crate) fn explicit_columns(
-    conn: &Connection,
-    info: &TableInfo,
-    pk: &[u8],
-) -> Result<Vec<String>> {
-    Ok(conn
-        .prepare_cached(&info.sql.clock_explicit)?
-        .query_map([pk], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?)
 }
 
 pub(crate) fn select_row(
