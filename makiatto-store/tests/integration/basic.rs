@@ -208,15 +208,10 @@ fn reopen_keeps_versions_and_identity() {
 
 /// Clock rows of `k` in `kv`: (cid, cv, imp).
 fn kv_clock_rows(s: &Store, k: &str) -> Vec<(String, i64, i64)> {
-    s.read(|c| {
-        let mut stmt =
-            c.prepare("SELECT cid, cv, imp FROM kv__crr_clock WHERE pk = ?1 ORDER BY cid")?;
-        let rows = stmt.query_map([pack(&[k.into()])], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    })
-    .unwrap()
+    kv_clocks(s, k)
+        .into_iter()
+        .map(|(cid, cv, _, imp)| (cid, cv, imp))
+        .collect()
 }
 
 #[test]

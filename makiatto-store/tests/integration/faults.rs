@@ -208,17 +208,14 @@ fn versions_naming_unknown_columns_wait_for_the_migration() {
 #[test]
 fn rows_inserted_before_a_column_is_added_keep_the_clocks_they_had() {
     let dir = tempfile::tempdir().unwrap();
-    let (a_path, b_path) = (dir.path().join("a"), dir.path().join("b"));
-    let a = Store::open(&a_path, &SCHEMA, Options::default()).unwrap();
-    let b = Store::open(&b_path, &SCHEMA, Options::default()).unwrap();
+    let (a, b) = pair(dir.path(), &SCHEMA);
     // Two rows in one version: their seqs are adjacent.
     exec(&a, "INSERT INTO kv (k, a) VALUES ('r1', 'x'), ('r2', 'y')");
     pull(&b, &a);
     let before = a.canonical_hash().unwrap();
     assert_eq!(before, b.canonical_hash().unwrap());
     drop((a, b));
-    let a = Store::open(&a_path, &SCHEMA_V2, Options::default()).unwrap();
-    let b = Store::open(&b_path, &SCHEMA_V2, Options::default()).unwrap();
+    let (a, b) = pair(dir.path(), &SCHEMA_V2);
     // The new column has no clock on either side: it was never written.
     assert_eq!(a.canonical_hash().unwrap(), b.canonical_hash().unwrap());
     // A replica still on the old schema takes the old version whole from the migrated one.
@@ -588,25 +585,10 @@ fn readers_never_see_half_of_a_version() {
     );
 }
 
-/// Clock rows of `k` in `kv`: (cid, cv, seq, imp).
-fn kv_clocks(s: &Store, k: &str) -> Vec<(String, i64, i64, i64)> {
-    s.read(|c| {
-        let mut stmt =
-            c.prepare("SELECT cid, cv, seq, imp FROM kv__crr_clock WHERE pk = ?1 ORDER BY cid")?;
-        let rows = stmt.query_map([pack(&[k.into()])], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    })
-    .unwrap()
-}
-
 #[test]
 fn a_column_added_after_an_update_keeps_the_clocks_rows_had() {
     let dir = tempfile::tempdir().unwrap();
-    let (a_path, b_path) = (dir.path().join("a"), dir.path().join("b"));
-    let a = Store::open(&a_path, &SCHEMA, Options::default()).unwrap();
-    let b = Store::open(&b_path, &SCHEMA, Options::default()).unwrap();
+    let (a, b) = pair(dir.path(), &SCHEMA);
     exec(&a, "INSERT INTO kv (k, a, b) VALUES ('r', 'x', 1)");
     exec(&a, "UPDATE kv SET b = 2 WHERE k = 'r'");
     // Column b has its own clock row; a is still implicit.
@@ -620,8 +602,7 @@ fn a_column_added_after_an_update_keeps_the_clocks_rows_had() {
     assert_eq!(cids, [("-1", 0), ("a", 1)]);
     pull(&b, &a);
     drop((a, b));
-    let a = Store::open(&a_path, &SCHEMA_V2, Options::default()).unwrap();
-    let b = Store::open(&b_path, &SCHEMA_V2, Options::default()).unwrap();
+    let (a, b) = pair(dir.path(), &SCHEMA_V2);
     // The migration wrote a's implicit clock out with the old column list; c has none.
     assert_eq!(
         kv_clocks(&a, "r"),
@@ -650,9 +631,7 @@ fn a_table_listed_again_by_a_later_migration_keeps_its_implicit_clocks() {
         ],
     };
     let dir = tempfile::tempdir().unwrap();
-    let (a_path, b_path) = (dir.path().join("a"), dir.path().join("b"));
-    let a = Store::open(&a_path, &SCHEMA, Options::default()).unwrap();
-    let b = Store::open(&b_path, &SCHEMA, Options::default()).unwrap();
+    let (a, b) = pair(dir.path(), &SCHEMA);
     exec(
         &a,
         "INSERT INTO kv (k, a, b) VALUES ('r1', 'x', 1), ('r2', 'y', 2)",
@@ -660,8 +639,7 @@ fn a_table_listed_again_by_a_later_migration_keeps_its_implicit_clocks() {
     exec(&a, "UPDATE kv SET b = 3 WHERE k = 'r2'");
     pull(&b, &a);
     drop((a, b));
-    let a = Store::open(&a_path, &RELISTED, Options::default()).unwrap();
-    let b = Store::open(&b_path, &RELISTED, Options::default()).unwrap();
+    let (a, b) = pair(dir.path(), &RELISTED);
     assert_eq!(a.canonical_hash().unwrap(), b.canonical_hash().unwrap());
     pull(&b, &a);
     pull(&a, &b);

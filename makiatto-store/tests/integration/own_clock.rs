@@ -23,6 +23,29 @@ fn crash(store: Store) {
     std::mem::forget(store);
 }
 
+/// A fresh database file and a settable clock for it.
+fn scratch() -> (Arc<TestClock>, tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.db");
+    (TestClock::new(1_800_000_000_000), dir, path)
+}
+
+/// Reopens the file with the clock set back and checks that the next write, `sql`, takes
+/// the version after `last` and a later time.
+fn reopen_follows(
+    path: &std::path::Path,
+    clock: &Arc<TestClock>,
+    last: &Change,
+    sql: &str,
+) -> Store {
+    clock.set(1_700_000_000_000);
+    let a = open(path, clock);
+    let next = write(&a, sql);
+    assert_eq!(next.ver, last.ver + 1, "no version number is issued twice");
+    assert!(next.ts > last.ts, "the HLC never goes back");
+    a
+}
+
 /// The version (and its HLC time) a write of `sql` broadcast.
 fn write(store: &Store, sql: &str) -> Change {
     let mut rx = store.subscribe_local();
@@ -32,9 +55,7 @@ fn write(store: &Store, sql: &str) -> Change {
 
 #[test]
 fn versions_overwritten_by_a_merge_are_not_reissued() {
-    let clock = TestClock::new(1_800_000_000_000);
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("a.db");
+    let (clock, _dir, path) = scratch();
     let b = node_with(Options {
         clock: clock.clone(),
         ..Options::default()
@@ -67,20 +88,18 @@ fn versions_overwritten_by_a_merge_are_not_reissued() {
         crash(a);
         last
     };
-    // The clock went back meanwhile.
-    clock.set(1_700_000_000_000);
-    let a = open(&path, &clock);
-    let next = write(&a, "INSERT INTO kv VALUES ('y', 'after', 4)");
-    assert_eq!(next.ver, last.ver + 1, "no version number is issued twice");
-    assert!(next.ts > last.ts, "the HLC never goes back");
-    assert_eq!(a.known().0[&a.site()], vec![(1, next.ver)]);
+    let a = reopen_follows(
+        &path,
+        &clock,
+        &last,
+        "INSERT INTO kv VALUES ('y', 'after', 4)",
+    );
+    assert_eq!(a.known().0[&a.site()], vec![(1, last.ver + 1)]);
 }
 
 #[test]
 fn a_version_left_without_clock_rows_is_not_reissued() {
-    let clock = TestClock::new(1_800_000_000_000);
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("a.db");
+    let (clock, _dir, path) = scratch();
     let empty = {
         let a = open(&path, &clock);
         write(&a, "INSERT INTO kv VALUES ('x', 'kept', 1)");
@@ -93,17 +112,17 @@ fn a_version_left_without_clock_rows_is_not_reissued() {
         crash(a);
         empty
     };
-    let a = open(&path, &clock);
-    let next = write(&a, "INSERT INTO kv VALUES ('y', 'after', 2)");
-    assert_eq!(next.ver, empty.ver + 1);
-    assert!(next.ts > empty.ts);
+    reopen_follows(
+        &path,
+        &clock,
+        &empty,
+        "INSERT INTO kv VALUES ('y', 'after', 2)",
+    );
 }
 
 #[test]
 fn versions_whose_tombstones_were_pruned_are_not_reissued() {
-    let clock = TestClock::new(1_800_000_000_000);
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("a.db");
+    let (clock, _dir, path) = scratch();
     let deleted = {
         let a = open(&path, &clock);
         write(&a, "INSERT INTO ev VALUES ('e1', 'x')");
@@ -113,11 +132,7 @@ fn versions_whose_tombstones_were_pruned_are_not_reissued() {
         crash(a);
         deleted
     };
-    clock.set(1_700_000_000_000);
-    let a = open(&path, &clock);
-    let next = write(&a, "INSERT INTO ev VALUES ('e2', 'y')");
-    assert_eq!(next.ver, deleted.ver + 1);
-    assert!(next.ts > deleted.ts);
+    reopen_follows(&path, &clock, &deleted, "INSERT INTO ev VALUES ('e2', 'y')");
 }
 
 #[test]
@@ -145,9 +160,7 @@ fn a_sync_answer_includes_versions_only_the_clock_rows_record() {
 
 #[test]
 fn a_clean_close_leaves_the_version_counter_in_the_file() {
-    let clock = TestClock::new(1_800_000_000_000);
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("a.db");
+    let (clock, _dir, path) = scratch();
     let last = {
         let a = open(&path, &clock);
         write(&a, "INSERT INTO kv VALUES ('x', 'a', 1)");

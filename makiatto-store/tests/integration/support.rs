@@ -76,3 +76,23 @@ pub(crate) fn get_kv(s: &Store, k: &str) -> Option<(Option<String>, i64)> {
     })
     .unwrap()
 }
+
+/// Clock rows of `k` in `kv`, by column: (cid, cv, seq, imp).
+pub(crate) fn kv_clocks(s: &Store, k: &str) -> Vec<(String, i64, i64, i64)> {
+    s.read(|c| {
+        let mut stmt =
+            c.prepare("SELECT cid, cv, seq, imp FROM kv__crr_clock WHERE pk = ?1 ORDER BY cid")?;
+        let rows = stmt.query_map([makiatto_store::pack(&[k.into()])], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    })
+    .unwrap()
+}
+
+/// Two stores on the files `a` and `b` in `dir`, opened with `schema` (again after a drop,
+/// to migrate them).
+pub(crate) fn pair(dir: &std::path::Path, schema: &Schema) -> (Store, Store) {
+    let open = |f: &str| Store::open(dir.join(f), schema, Options::default()).unwrap();
+    (open("a"), open("b"))
+}
