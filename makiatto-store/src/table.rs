@@ -281,12 +281,13 @@ impl TableInfo {
         let index = ident(&(self.name.clone() + "__crr_clock_ver"));
         // "cid" is the column name or the sentinel; "cv" the column version (for the
         // sentinel: the causal length). "imp" (sentinels only): the row's column clocks
-        // are implicit, as the insert that began this generation wrote them: column i has
-        // version 1 and the sentinel's origin with seq + 1 + i. imp = 1: no column has a
-        // clock row; imp = 2: the columns with a clock row have that one, the others the
-        // implicit clock (a local update writes the changed column's clock alone and sets
-        // 2); imp = 0: every column's clock is a row (or absent). A merge into a row with
-        // implicit clocks writes the missing ones out ("materialises") and clears the flag.
+        // are implicit where they have no clock row, as the insert that began this
+        // generation wrote them: column i has version 1 and the sentinel's origin with
+        // seq + 1 + i. A local update writes the changed column's clock row alone (at
+        // version 2) and leaves the flag. imp = 0: every column's clock is a row (or
+        // absent). A merge into a row with implicit clocks writes the missing ones out
+        // ("materialises") and clears the flag. (Stores before this rule set imp = 2 on
+        // a local update; 1 and 2 mean the same.)
         let mut s = String::new();
         s.push_str("CREATE TABLE IF NOT EXISTS ");
         s.push_str(&clock);
@@ -384,14 +385,11 @@ impl TableInfo {
             + ";\n");
         s += "END;\n";
         // UPDATE: one trigger per column, which SQLite fires only for updates that set
-        // that column, loading only it and the key. A changed column gets a clock bump;
-        // one whose clock was implicit (version 1) gets a row at version 2, and the row's
-        // other columns keep theirs (imp 1 -> 2, see `clock_ddl`).
-        let first_cv = "1 + coalesce((SELECT imp <> 0 FROM ".to_owned()
-            + &clock
-            + " WHERE pk = "
-            + &pack("NEW")
-            + " AND cid = '-1'), 0)";
+        // that column, loading only it and the key. A changed column's clock goes up by
+        // one; a column without a clock row (implicit at version 1, or never written)
+        // gets one at version 2. The sentinel is not touched (see `clock_ddl`). crr_capu
+        // reserves the seq and hands the writer the column's new value, crr_cv the version
+        // an existing clock row goes to, so the commit does not read them back.
         for (i, c) in self.cols.iter().enumerate() {
             s += &("CREATE TRIGGER ".to_owned()
                 + &trig(&("upd_".to_owned() + &i.to_string()))
@@ -401,21 +399,19 @@ impl TableInfo {
                 + &t
                 + " WHEN crr_local() AND "
                 + &differs(c)
-                + " BEGIN\nUPDATE "
-                + &clock
-                + " SET imp = 2 WHERE pk = "
-                + &pack("NEW")
-                + " AND cid = '-1' AND imp = 1;\n"
+                + " BEGIN\n"
                 + &insert_clock
-                + "SELECT "
+                + "VALUES ("
                 + &pack("NEW")
                 + ", "
                 + &literal(c)
-                + ", "
-                + &first_cv
-                + ", "
-                + meta
-                + " WHERE true ON CONFLICT (pk, cid) DO UPDATE SET cv = cv + 1, "
+                + ", 2, crr_self(), "
+                + &ver
+                + ", crr_capu("
+                + &i.to_string()
+                + ", NEW."
+                + &ident(c)
+                + "), crr_ts()) ON CONFLICT (pk, cid) DO UPDATE SET cv = crr_cv(cv + 1), "
                 + set_meta
                 + ";\nEND;\n");
         }

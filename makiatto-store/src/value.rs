@@ -129,6 +129,8 @@ fn pack_into<'a>(out: &mut Vec<u8>, values: impl ExactSizeIterator<Item = ValueR
                 out.extend_from_slice(&i.to_be_bytes());
             }
             ValueRef::Real(f) => {
+                // -0.0 and 0.0 are one key to SQLite (and to `==`): one packing.
+                let f = if f == 0.0 { 0.0f64 } else { f };
                 out.push(TAG_REAL);
                 out.extend_from_slice(&f.to_bits().to_be_bytes());
             }
@@ -253,6 +255,12 @@ mod tests {
         #[test]
         fn unpack_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
             let _ = unpack(&bytes);
+        }
+
+        #[test]
+        fn zero_packs_once(sign in any::<bool>()) {
+            let z = if sign { -0.0 } else { 0.0 };
+            prop_assert_eq!(pack(&[Value::Real(z)]), pack(&[Value::Real(0.0)]));
         }
 
         #[test]

@@ -38,7 +38,8 @@ struct TxState {
     ver: Option<u64>,
     seq: u32,
     ts: u64,
-    /// The rows local inserts wrote, in seq order (see [`Capture`]).
+    /// The rows local inserts and the columns local updates wrote, in seq order (see
+    /// [`Capture`]).
     caps: Vec<Capture>,
     /// The tables written (`crr_ver(name)`), unless `touched_all`.
     touched: Vec<String>,
@@ -46,16 +47,26 @@ struct TxState {
     touched_all: bool,
 }
 
-/// What an insert trigger saw (`crr_cap`): the seq it reserved for the row's sentinel
-/// (its implicit column clocks take the next ones), the causal length the sentinel got,
-/// and the inserted values in column order. At commit the version's cells are built from
-/// these instead of read back from the table, for every clock row that still carries the
-/// capture's seq (a rolled-back statement or savepoint leaves none; see [`read_local`]).
+/// What a capture trigger saw: the seq it reserved, the row's causal length (for an
+/// update: 0, looked up at commit), and the values written. At commit the version's cells are built from these instead of read
+/// back from the tables, for every clock row that still carries the capture's seq (a later
+/// write to it would have given it a new seq, and a rolled-back statement or savepoint
+/// restores the old one; see [`read_local`]).
 #[derive(Debug)]
 struct Capture {
     seq: u32,
     cl: i64,
-    vals: Vec<Value>,
+    what: Captured,
+}
+
+/// What a [`Capture`] holds.
+#[derive(Debug)]
+enum Captured {
+    /// An inserted row's values in column order (`crr_cap`): its sentinel has the seq, its
+    /// implicit column clocks the next ones.
+    Row(Vec<Value>),
+    /// An updated column (`crr_capu`): its index, the clock version it got, its new value.
+    Col { idx: usize, cv: i64, val: Value },
 }
 
 /// Whether the captures of a local transaction describe its version. They do unless the
@@ -927,16 +938,18 @@ fn causal_length(
 
 /// The cells of this replica's version `ver` as its transaction commits: each clock row of
 /// the version is found by an index-only scan, and the rows the transaction inserted are
-/// taken from `caps` instead of being read back. The rest (updates, deletes, and rows
-/// inserted with a trigger older than the capture) is read as [`read_version`] does.
+/// taken from `caps` instead of being read back. The rest (deletes, and rows or columns
+/// written by triggers older than the captures) is read as [`read_version`] does.
 ///
 /// A capture applies to a clock row only through the row's seq: a sentinel that still
 /// carries the seq its insert reserved was written by that insert (a later write to it
 /// would have given it a new seq, and a rolled-back write restores the old one), so its
 /// values are the inserted ones for every column that is still implicit (a column an
-/// update changed has a clock row of this version, read back). A column clock row that
-/// carries seq + 1 + i (written out by triggers of an older version) was not changed since
-/// either.
+/// update changed has a clock row of this version, with its own capture). A column clock
+/// row that carries seq + 1 + i (written out by triggers of an older version) was not
+/// changed since either. A column clock row that carries an update's seq holds that
+/// update's value: a later change to the column fires its trigger again, and a write of
+/// an equal value (same type and bytes) does not.
 fn read_local(
     conn: &Connection,
     tables: &BTreeMap<String, Arc<TableInfo>>,
@@ -988,12 +1001,10 @@ fn read_local(
         }
         let n = info.cols.len();
         let mut reader = None;
+        let mut last_cl: Option<(Arc<[u8]>, i64)> = None;
         for (pk, cid, seq) in &entries {
             let i = caps.partition_point(|c| c.seq <= *seq);
-            let cap = i
-                .checked_sub(1)
-                .map(|i| &mut caps[i])
-                .filter(|c| c.vals.len() == n);
+            let cap = i.checked_sub(1).map(|i| &mut caps[i]);
             let cell =
                 |pk: &Arc<[u8]>, cid: &Arc<str>, val: Value, cv: i64, cl: i64, seq: u32| Cell {
                     table: info.arc_name.clone(),
@@ -1005,9 +1016,16 @@ fn read_local(
                     seq,
                 };
             match (cap, cid) {
-                (Some(cap), Cid::Sentinel) if cap.seq == *seq => {
+                (
+                    Some(Capture {
+                        seq: at,
+                        cl,
+                        what: Captured::Row(vals),
+                    }),
+                    Cid::Sentinel,
+                ) if at == seq && vals.len() == n => {
                     let sentinel = &info.arc_sentinel;
-                    cells.push(cell(pk, sentinel, Value::Null, cap.cl, cap.cl, *seq));
+                    cells.push(cell(pk, sentinel, Value::Null, *cl, *cl, *seq));
                     // The columns an update in this transaction gave a clock row come
                     // as their own entries; the others are still implicit.
                     let own = explicit.get(&**pk).map_or(&[][..], Vec::as_slice);
@@ -1015,13 +1033,42 @@ fn read_local(
                         if own.contains(&k) {
                             continue;
                         }
-                        let val = std::mem::replace(&mut cap.vals[k], Value::Null);
-                        cells.push(cell(pk, col, val, 1, cap.cl, seq + 1 + k as u32));
+                        let val = std::mem::replace(&mut vals[k], Value::Null);
+                        cells.push(cell(pk, col, val, 1, *cl, seq + 1 + k as u32));
                     }
                 }
-                (Some(cap), &Cid::Col(k)) if *seq == cap.seq + 1 + k as u32 => {
-                    let val = std::mem::replace(&mut cap.vals[k], Value::Null);
-                    cells.push(cell(pk, &info.arc_cols[k], val, 1, cap.cl, *seq));
+                (
+                    Some(Capture {
+                        seq: at,
+                        cl,
+                        what: Captured::Row(vals),
+                    }),
+                    &Cid::Col(k),
+                ) if vals.len() == n && *seq == *at + 1 + k as u32 => {
+                    let val = std::mem::replace(&mut vals[k], Value::Null);
+                    cells.push(cell(pk, &info.arc_cols[k], val, 1, *cl, *seq));
+                }
+                (
+                    Some(Capture {
+                        seq: at,
+                        what: Captured::Col { idx, cv, val },
+                        ..
+                    }),
+                    &Cid::Col(k),
+                ) if at == seq && *idx == k => {
+                    // The row's causal length: its sentinel's, unchanged since the update
+                    // (a delete would have removed this clock row). An update's columns
+                    // come one after the other, so the last key's is often the one.
+                    let cl = match &last_cl {
+                        Some((p, cl)) if p == pk => *cl,
+                        _ => {
+                            let cl = causal_length(conn, info, pk, &info.cols[k], 0)?;
+                            last_cl = Some((pk.clone(), cl));
+                            cl
+                        }
+                    };
+                    let val = std::mem::replace(val, Value::Null);
+                    cells.push(cell(pk, &info.arc_cols[k], val, *cv, cl, *seq));
                 }
                 (_, cid) => {
                     let cid = match cid {
@@ -1152,14 +1199,9 @@ pub(crate) fn clock_row_cells(
     if r.cid == SENTINEL {
         let pk: Arc<[u8]> = Arc::from(r.pk);
         if r.imp != 0 && r.cl % 2 == 1 && !info.cols.is_empty() {
-            // Not cached: with imp = 1 no other clock row of this key exists (with imp = 2
-            // its clock rows may read the row again).
+            // Not cached: the row's column clock rows, if any, may read it again.
             let values = rows.read(&pk)?.unwrap_or_default();
-            let explicit = if r.imp == 1 {
-                Vec::new()
-            } else {
-                rows.explicit(info, &pk)?
-            };
+            let explicit = rows.explicit(info, &pk)?;
             for (i, col) in info.arc_cols.iter().enumerate() {
                 if explicit.iter().any(|e| **e == **col) {
                     continue;
@@ -1420,14 +1462,51 @@ fn register_functions(conn: &Connection, state: &Arc<Mutex<TxState>>) -> Result<
         let mut s = lock(&st);
         let seq = s.seq;
         s.seq += n;
-        s.caps.push(Capture { seq, cl: 1, vals });
+        s.caps.push(Capture {
+            seq,
+            cl: 1,
+            what: Captured::Row(vals),
+        });
         Ok(i64::from(seq))
+    })?;
+    // crr_capu(idx, value): crr_seq() for an updated column, capturing its index and new
+    // value. Its clock version is 2 unless the clock row existed (crr_cv).
+    let st = state.clone();
+    conn.create_scalar_function("crr_capu", 2, flags, move |ctx| {
+        let idx: usize = ctx.get::<i64>(0)?.try_into().map_err(|_| {
+            rusqlite::Error::UserFunctionError("crr_capu: negative column index".into())
+        })?;
+        let val = Value::from(ctx.get_raw(1));
+        let mut s = lock(&st);
+        let seq = s.seq;
+        s.seq += 1;
+        s.caps.push(Capture {
+            seq,
+            cl: 0,
+            what: Captured::Col { idx, cv: 2, val },
+        });
+        Ok(i64::from(seq))
+    })?;
+    // crr_cv(cv): the version an update gave an existing column clock; returns it.
+    let st = state.clone();
+    conn.create_scalar_function("crr_cv", 1, flags, move |ctx| {
+        let new: i64 = ctx.get(0)?;
+        if let Some(Capture {
+            what: Captured::Col { cv, .. },
+            ..
+        }) = lock(&st).caps.last_mut()
+        {
+            *cv = new;
+        }
+        Ok(new)
     })?;
     // crr_cl(cl): the causal length an insert gave an existing sentinel; returns it.
     let st = state.clone();
     conn.create_scalar_function("crr_cl", 1, flags, move |ctx| {
         let cl: i64 = ctx.get(0)?;
-        if let Some(c) = lock(&st).caps.last_mut() {
+        if let Some(c) = lock(&st).caps.last_mut()
+            && matches!(c.what, Captured::Row(_))
+        {
             c.cl = cl;
         }
         Ok(cl)
@@ -1436,8 +1515,11 @@ fn register_functions(conn: &Connection, state: &Arc<Mutex<TxState>>) -> Result<
     conn.create_scalar_function("crr_ts", 0, flags, move |_| Ok(lock(&st).ts as i64))?;
     let st = state.clone();
     conn.create_scalar_function("crr_self", 0, flags, move |_| Ok(lock(&st).self_ord))?;
-    conn.create_scalar_function("crr_pack", -1, flags, |ctx| {
-        Ok(pack_refs((0..ctx.len()).map(|i| ctx.get_raw(i))))
-    })?;
+    conn.create_scalar_function(
+        "crr_pack",
+        -1,
+        flags | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| Ok(pack_refs((0..ctx.len()).map(|i| ctx.get_raw(i)))),
+    )?;
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! Replicated-store benchmark: ours against plain rusqlite, in one run.
 //!
 //! Run with `./bench/store/run.sh` (or `cargo run --release -p makiatto-bench --bin store`;
-//! add `local` to run the local-write comparison alone).
+//! add `local` to run the local-write comparison alone, and `insert`/`update` and a
+//! number of rows per transaction to run only those shapes).
 //! Prints, for the same statements (inserts, then first updates of existing rows), the
 //! write throughput of a replicated table and of a
 //! plain rusqlite table and their ratio; the merge throughput in cells per second; and the
@@ -168,8 +169,17 @@ async fn main() {
         "{:<24} {:>14} {:>14} {:>9} {:>13}",
         "transaction shape", "plain rows/s", "ours rows/s", "overhead", "CPU overhead"
     );
+    // `store local [insert|update] [rows per tx]` runs only the shapes named.
+    let only: Vec<String> = std::env::args().skip(2).collect();
     for op in [Op::Insert, Op::Update] {
+        let what = if op == Op::Update { "update" } else { "insert" };
         for (tx_count, per_tx) in [(20_000, 1), (2_000, 10), (100, 1_000)] {
+            if only
+                .iter()
+                .any(|a| a.parse().map_or(a != what, |n: usize| n != per_tx))
+            {
+                continue;
+            }
             let n = tx_count * per_tx;
             let (mut p, mut o) = (None::<Took>, None::<Took>);
             for round in 0..ROUNDS {
@@ -185,7 +195,6 @@ async fn main() {
                 o = Some(o.map_or(to, |x| x.min(to)));
             }
             let (p, o) = (p.unwrap(), o.unwrap());
-            let what = if op == Op::Update { "update" } else { "insert" };
             println!(
                 "{:<24} {:>14.0} {:>14.0} {:>8.2}x {:>12.2}x",
                 format!("{what}, {per_tx} row(s)/tx"),

@@ -229,11 +229,11 @@ fn an_inserted_row_keeps_one_clock_row_until_a_column_changes() {
         b.store.canonical_hash().unwrap()
     );
     // A change writes the changed column's clock alone, at version 2; the other stays
-    // implicit (imp = 2).
+    // implicit, and so does the sentinel.
     exec(&a.store, "UPDATE kv SET b = 2 WHERE k = 'r';");
     assert_eq!(
         kv_clock_rows(&a.store, "r"),
-        [("-1".into(), 1, 2), ("b".into(), 2, 0)]
+        [("-1".into(), 1, 1), ("b".into(), 2, 0)]
     );
     pull(&b.store, &a.store);
     assert_eq!(get_kv(&b.store, "r"), Some((Some("x".into()), 2)));
@@ -245,7 +245,7 @@ fn an_inserted_row_keeps_one_clock_row_until_a_column_changes() {
     exec(&a.store, "UPDATE kv SET a = 'y' WHERE k = 'r';");
     assert_eq!(
         kv_clock_rows(&a.store, "r"),
-        [("-1".into(), 1, 2), ("a".into(), 2, 0), ("b".into(), 2, 0)]
+        [("-1".into(), 1, 1), ("a".into(), 2, 0), ("b".into(), 2, 0)]
     );
     pull(&b.store, &a.store);
     assert_eq!(get_kv(&b.store, "r"), Some((Some("y".into()), 2)));
@@ -308,4 +308,47 @@ fn a_database_from_before_implicit_clocks_opens_and_keeps_replicating() {
         store.canonical_hash().unwrap(),
         b.store.canonical_hash().unwrap()
     );
+}
+
+/// The build before this one marked a row's sentinel `imp = 2` on its first update; such
+/// rows read, sync, merge and update as rows with `imp = 1` do now.
+#[test]
+fn rows_an_earlier_build_marked_imp_2_replicate_as_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("imp2.sqlite");
+    let fresh = node();
+    {
+        let store = Store::open(&path, &SCHEMA, makiatto_store::Options::default()).unwrap();
+        exec(&store, "INSERT INTO kv (k, a, b) VALUES ('r', 'x', 1);");
+        exec(&store, "UPDATE kv SET b = 2 WHERE k = 'r';");
+        pull(&fresh.store, &store);
+    }
+    // As that build left it: the sentinel says some column has a clock row.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let marked = conn
+        .execute(
+            "UPDATE kv__crr_clock SET imp = 2 WHERE cid = '-1' AND imp = 1",
+            [],
+        )
+        .unwrap();
+    assert_eq!(marked, 1);
+    drop(conn);
+    let store = Store::open(&path, &SCHEMA, makiatto_store::Options::default()).unwrap();
+    // The insert's version still carries the sentinel and the implicit column a, not b.
+    let v1 = store.local_version(1).unwrap();
+    let cids: Vec<&str> = v1.cells.iter().map(|c| &*c.cid).collect();
+    assert_eq!(cids, ["-1", "a"]);
+    // A replica that syncs from scratch and one that merges later changes both agree.
+    exec(&store, "UPDATE kv SET a = 'y' WHERE k = 'r';");
+    assert_eq!(
+        kv_clock_rows(&store, "r"),
+        [("-1".into(), 1, 2), ("a".into(), 2, 0), ("b".into(), 2, 0)]
+    );
+    let b = node();
+    pull(&b.store, &store);
+    pull(&fresh.store, &store);
+    assert_eq!(get_kv(&b.store, "r"), Some((Some("y".into()), 2)));
+    let h = store.canonical_hash().unwrap();
+    assert_eq!(h, b.store.canonical_hash().unwrap());
+    assert_eq!(h, fresh.store.canonical_hash().unwrap());
 }

@@ -150,6 +150,36 @@ fn broadcast_versions_equal_their_read_back() {
     ));
     sent.push(write_and_check(
         &src.store,
+        "updates of older rows: twice, rolled back, undone half-way, equal values, then deleted",
+        |tx| {
+            batch(
+                tx,
+                "UPDATE kv SET a = 'u1' WHERE k = 'c2';
+             UPDATE kv SET a = 'u2', b = b + 1 WHERE k = 'c2';
+             SAVEPOINT sp;
+             UPDATE kv SET a = 'rolled back' WHERE k = 'c2';
+             UPDATE kv SET b = 100 WHERE k = 'h3';
+             ROLLBACK TO sp;
+             RELEASE sp;
+             UPDATE kv SET a = a, b = b WHERE k = 'h0';
+             UPDATE kv SET b = 7 WHERE k = 's3';
+             DELETE FROM kv WHERE k = 's3';
+             UPDATE pair SET v = x'0a0b' WHERE x = 2;",
+            )?;
+            // h0 is updated, then h3 breaks NOT NULL: the statement's update of h0 is undone.
+            let failed = tx.execute(
+                "UPDATE kv SET b = CASE k WHEN 'h3' THEN NULL ELSE 50 END WHERE k IN ('h0', 'h3')",
+                [],
+            );
+            assert!(
+                failed.is_err(),
+                "NULL in a NOT NULL column fails the statement"
+            );
+            batch(tx, "UPDATE kv SET b = 8 WHERE k = 'h3'")
+        },
+    ));
+    sent.push(write_and_check(
+        &src.store,
         "many rows over two tables",
         |tx| {
             for i in 0..200 {
@@ -184,6 +214,28 @@ fn broadcast_versions_equal_their_read_back() {
     assert_eq!(get_kv(&dst.store, "s2"), None);
     assert_eq!(get_kv(&dst.store, "h1"), None);
     assert_eq!(get_kv(&dst.store, "b"), Some((Some("x".into()), 9)));
+    assert_eq!(get_kv(&dst.store, "c2"), Some((Some("u2".into()), 5)));
+    assert_eq!(get_kv(&dst.store, "h0"), Some((Some("before".into()), 0)));
+    assert_eq!(get_kv(&dst.store, "h3"), Some((Some("after".into()), 8)));
+
+    // Rows a merge wrote have a clock row per column: updates there bump them.
+    let back = write_and_check(&dst.store, "updates of merged rows", |tx| {
+        batch(
+            tx,
+            "UPDATE kv SET a = 'from dst' WHERE k = 'a';
+             UPDATE kv SET b = b + 1 WHERE k IN ('c2', 'h3');",
+        )
+    });
+    assert!(
+        back.cells.iter().all(|c| c.cv >= 2),
+        "every updated clock went up from the merged one: {:?}",
+        back.cells
+    );
+    src.store.merge(&[back]).unwrap();
+    assert_eq!(
+        src.store.canonical_hash().unwrap(),
+        dst.store.canonical_hash().unwrap()
+    );
 }
 
 const EXACT: makiatto_store::Schema = makiatto_store::Schema {

@@ -594,7 +594,7 @@ fn a_column_added_after_an_update_keeps_the_clocks_rows_had() {
     // Column b has its own clock row; a is still implicit.
     assert_eq!(
         kv_clocks(&a, "r"),
-        [("-1".into(), 1, 0, 2), ("b".into(), 2, 0, 0)]
+        [("-1".into(), 1, 0, 1), ("b".into(), 2, 0, 0)]
     );
     // The insert's version now carries the sentinel and a alone (b's cell was superseded).
     let v1 = a.local_version(1).unwrap();

@@ -176,7 +176,9 @@ impl Model {
                         continue;
                     }
                     values.insert(name.into(), value.clone());
-                    let cv = row.clocks.get(name).map_or(1, |c| c.cv + 1);
+                    // A column without a clock row (implicit at version 1, or never
+                    // written) goes to version 2.
+                    let cv = row.clocks.get(name).map_or(2, |c| c.cv + 1);
                     row.clocks.insert(name.into(), stamp(cv));
                     wrote = true;
                 }
@@ -349,7 +351,7 @@ pub(crate) fn dump(store: &makiatto_store::Store) -> Dump {
                 let mut stmt = tx.prepare(clock_sql)?;
                 let mut rows = stmt.query([])?;
                 // Sentinels with implicit column clocks, expanded once every row is read.
-                let mut implicit: Vec<(Vec<u8>, Clock, i64)> = Vec::new();
+                let mut implicit: Vec<(Vec<u8>, Clock)> = Vec::new();
                 while let Some(r) = rows.next()? {
                     let pk: Vec<u8> = r.get(0)?;
                     let cid: String = r.get(1)?;
@@ -365,27 +367,22 @@ pub(crate) fn dump(store: &makiatto_store::Store) -> Dump {
                         row.sentinel = Some(clock);
                         let imp: i64 = r.get(7)?;
                         if imp != 0 && clock.cv % 2 == 1 {
-                            implicit.push((pk, clock, imp));
+                            implicit.push((pk, clock));
                         }
                     } else {
                         row.clocks.insert(cid, clock);
                     }
                 }
-                // Implicit column clocks (see the store's clock table docs): imp = 1, every
-                // column's and no clock row; imp = 2, those of the columns without one.
-                for (pk, clock, imp) in implicit {
+                // Implicit column clocks (see the store's clock table docs): those of the
+                // columns without a clock row.
+                for (pk, clock) in implicit {
                     let row = out
                         .get_mut(&(def.name.into(), pk))
                         .expect("the sentinel's row");
+                    // The clock rows of such a row come from local updates.
                     assert!(
-                        imp == 2 || row.clocks.is_empty(),
-                        "a row whose column clocks are all implicit has a clock row"
-                    );
-                    // imp = 2 comes from a local update: its clock rows are updates.
-                    assert!(
-                        imp != 2
-                            || (!row.clocks.is_empty() && row.clocks.values().all(|c| c.cv >= 2)),
-                        "a row with imp = 2 has no clock row, or one at version 1"
+                        row.clocks.values().all(|c| c.cv >= 2),
+                        "a row with implicit column clocks has a clock row at version 1"
                     );
                     for (i, (c, _)) in def.cols.iter().enumerate() {
                         row.clocks.entry((*c).into()).or_insert(Clock {
