@@ -37,7 +37,8 @@ pub(crate) struct TableSql {
     pub(crate) clock_delete_cols: String,
     pub(crate) clock_zero_cols: String,
     pub(crate) clock_by_version: String,
-    /// The key, column and seq of a version's clock rows, from the version index alone.
+    /// The key, column and seq of a version's clock rows, from the version index alone,
+    /// and for a column's clock row the row's causal length (its sentinel's `cv`).
     pub(crate) clock_seqs_by_version: String,
     /// One clock row's version and `imp` flag (parameters: pk, cid).
     pub(crate) clock_cv_imp: String,
@@ -594,9 +595,13 @@ impl TableSql {
             clock_by_version: "SELECT pk, cid, cv, seq, imp FROM ".to_owned()
                 + &clock
                 + " WHERE site_ord = ?1 AND ver = ?2",
-            clock_seqs_by_version: "SELECT pk, cid, seq FROM ".to_owned()
-                + &clock
-                + " WHERE site_ord = ?1 AND ver = ?2",
+            clock_seqs_by_version:
+                "SELECT c.pk, c.cid, c.seq, CASE WHEN c.cid <> '-1' THEN (SELECT s.cv FROM "
+                    .to_owned()
+                    + &clock
+                    + " s WHERE s.pk = c.pk AND s.cid = '-1') END FROM "
+                    + &clock
+                    + " c WHERE c.site_ord = ?1 AND c.ver = ?2",
             clock_cv_imp: "SELECT cv, imp FROM ".to_owned()
                 + &clock
                 + " WHERE pk = ?1 AND cid = ?2",

@@ -984,6 +984,7 @@ fn read_local(
                     Arc::<[u8]>::from(r.get_ref(0)?.as_blob()?),
                     cid,
                     r.get::<_, u32>(2)?,
+                    r.get::<_, Option<i64>>(3)?,
                 ))
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -994,15 +995,14 @@ fn read_local(
         // the ones an update in this transaction changed (the others stay implicit).
         let mut explicit: HashMap<&[u8], Vec<usize>, foldhash::fast::RandomState> =
             HashMap::default();
-        for (pk, cid, _) in &entries {
+        for (pk, cid, _, _) in &entries {
             if let Cid::Col(k) = cid {
                 explicit.entry(&**pk).or_default().push(*k);
             }
         }
         let n = info.cols.len();
         let mut reader = None;
-        let mut last_cl: Option<(Arc<[u8]>, i64)> = None;
-        for (pk, cid, seq) in &entries {
+        for (pk, cid, seq, row_cl) in &entries {
             let i = caps.partition_point(|c| c.seq <= *seq);
             let cap = i.checked_sub(1).map(|i| &mut caps[i]);
             let cell =
@@ -1057,16 +1057,8 @@ fn read_local(
                     &Cid::Col(k),
                 ) if at == seq && *idx == k => {
                     // The row's causal length: its sentinel's, unchanged since the update
-                    // (a delete would have removed this clock row). An update's columns
-                    // come one after the other, so the last key's is often the one.
-                    let cl = match &last_cl {
-                        Some((p, cl)) if p == pk => *cl,
-                        _ => {
-                            let cl = causal_length(conn, info, pk, &info.cols[k], 0)?;
-                            last_cl = Some((pk.clone(), cl));
-                            cl
-                        }
-                    };
+                    // (a delete would have removed this clock row).
+                    let cl = row_cl.unwrap_or(0);
                     let val = std::mem::replace(val, Value::Null);
                     cells.push(cell(pk, &info.arc_cols[k], val, *cv, cl, *seq));
                 }
@@ -1083,7 +1075,12 @@ fn read_local(
                     let (cv, imp): (i64, i64) = conn
                         .prepare_cached(&info.sql.clock_cv_imp)?
                         .query_row(params![&**pk, cid], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                    let cl = causal_length(conn, info, pk, cid, cv)?;
+                    // A column's row: its sentinel's, from the scan.
+                    let cl = if cid == SENTINEL {
+                        cv
+                    } else {
+                        row_cl.unwrap_or(0)
+                    };
                     let row = ClockRow {
                         pk: pk.to_vec(),
                         cid: cid.to_owned(),
