@@ -149,6 +149,14 @@ fn differs(col: &str) -> String {
         + "))"
 }
 
+/// [`differs`] for a column's value, where a zero real also counts as changed: `0.0` and
+/// `-0.0` compare equal but are different bytes in an `ANY` column, so writing one over
+/// the other must replicate too (a key packs both the same way).
+fn value_differs(col: &str) -> String {
+    let new = "NEW.".to_owned() + &ident(col);
+    "(".to_owned() + &differs(col) + " OR (typeof(" + &new + ") = 'real' AND " + &new + " = 0))"
+}
+
 fn join(parts: impl IntoIterator<Item = String>, sep: &str) -> String {
     parts.into_iter().collect::<Vec<_>>().join(sep)
 }
@@ -256,6 +264,23 @@ impl TableInfo {
         )?;
         if fks > 0 {
             return Err(invalid("FOREIGN KEY clauses are not allowed".into()));
+        }
+        // A trigger of the embedder's would run on merged writes too (uncaptured), and one
+        // that rewrites a row after the capture trigger saw it would make the broadcast
+        // differ from the table.
+        let prefix = name.to_owned() + "__crr_";
+        let foreign: Option<String> = conn
+            .query_row(
+                "SELECT name FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = ?1 \
+                 AND substr(name, 1, ?2) <> ?3 LIMIT 1",
+                rusqlite::params![name, prefix.chars().count() as i64, prefix],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(trigger) = foreign {
+            return Err(invalid(format!(
+                "triggers are not allowed on replicated tables (found {trigger})"
+            )));
         }
         let sql = TableSql::generate(name, &pks, &cols);
         let col_index = cols
@@ -399,7 +424,7 @@ impl TableInfo {
                 + " ON "
                 + &t
                 + " WHEN crr_local() AND "
-                + &differs(c)
+                + &value_differs(c)
                 + " BEGIN\n"
                 + &insert_clock
                 + "VALUES ("

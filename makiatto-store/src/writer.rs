@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use rusqlite::functions::FunctionFlags;
+use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::{
     Connection, OptionalExtension, Transaction, TransactionBehavior, params, params_from_iter,
 };
@@ -45,6 +46,8 @@ struct TxState {
     touched: Vec<String>,
     /// A write whose trigger did not say its table (`crr_ver()`, as in a migration).
     touched_all: bool,
+    /// The transaction may create triggers (a migration, or the store's own set-up).
+    ddl: bool,
 }
 
 /// What a capture trigger saw: the seq it reserved, the row's causal length (for an
@@ -197,8 +200,24 @@ impl Writer {
             caps: Vec::new(),
             touched: Vec::new(),
             touched_all: false,
+            ddl: false,
         }));
         register_functions(&conn, &state)?;
+        // Triggers are made by migrations only (see `TableInfo::introspect`): one made in
+        // `Store::write` would run before the capture triggers are made again.
+        let st = state.clone();
+        let mut conn = conn;
+        conn.authorizer(Some(move |ctx: AuthContext<'_>| match ctx.action {
+            AuthAction::CreateTrigger { .. } | AuthAction::CreateTempTrigger { .. } => {
+                let s = lock(&st);
+                if s.mode == Mode::Local && !s.ddl {
+                    Authorization::Deny
+                } else {
+                    Authorization::Allow
+                }
+            }
+            _ => Authorization::Allow,
+        }))?;
         let known = load_known(&conn, &sites)?;
         let pending = pending::load(&conn, &sites)?;
         Ok(Writer {
@@ -238,6 +257,7 @@ impl Writer {
                 caps,
                 touched,
                 touched_all: false,
+                ddl: captures == Captures::Ignore,
             };
         }
         let _guard = ModeGuard(&self.state);

@@ -293,10 +293,32 @@ fn changes_equal_under_a_collation_or_numerically_replicate() {
         "case-only update of an older row",
         |tx| batch(tx, "UPDATE ci SET name = 'DEF', v = 2.0 WHERE k = 'y'"),
     ));
+    // 0.0 and -0.0 compare equal; an ANY column keeps the sign.
+    sent.push(write_and_check(
+        &a,
+        "a zero real's sign, twice in one write",
+        |tx| {
+            batch(
+                tx,
+                "INSERT INTO ci VALUES ('z', 'zero', 0.0); UPDATE ci SET v = -0.0 WHERE k = 'z';
+             UPDATE ci SET v = 0.0 WHERE k = 'y'; UPDATE ci SET v = -0.0 WHERE k = 'y';",
+            )
+        },
+    ));
+    sent.push(write_and_check(&a, "a zero real's sign, alone", |tx| {
+        batch(tx, "UPDATE ci SET v = 0.0 WHERE k = 'z'")
+    }));
     b.merge(&sent).unwrap();
-    for k in ["x", "y"] {
+    for k in ["x", "y", "z"] {
         assert_eq!(row(&b, k), row(&a, k), "row {k} on the peer");
     }
+    let negative = |s: &Store, k: &str| -> bool {
+        s.read(|c| Ok(c.query_row("SELECT v FROM ci WHERE k = ?1", [k], |r| r.get::<_, f64>(0))?))
+            .unwrap()
+            .is_sign_negative()
+    };
+    assert!(negative(&a, "y") && negative(&b, "y"), "-0.0 on both");
+    assert!(!negative(&a, "z") && !negative(&b, "z"), "0.0 on both");
     assert_eq!(row(&b, "x"), ("ABC".into(), "real".into()));
     assert_eq!(a.canonical_hash().unwrap(), b.canonical_hash().unwrap());
     // A key's case is part of the key: changing it is a key change, refused.

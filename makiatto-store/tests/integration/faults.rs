@@ -78,7 +78,7 @@ fn another_cluster_id_refuses_to_open() {
 
 #[test]
 fn tables_that_break_the_rules_are_refused() {
-    let cases: [(&str, &str); 5] = [
+    let cases: [(&str, &str); 6] = [
         (
             "CREATE TABLE t (k TEXT PRIMARY KEY NOT NULL, v TEXT)",
             "STRICT",
@@ -96,6 +96,14 @@ fn tables_that_break_the_rules_are_refused() {
             "FOREIGN KEY",
         ),
         ("CREATE TABLE t (k TEXT, v TEXT) STRICT", "PRIMARY KEY"),
+        (
+            // It would rewrite the row after the capture trigger saw it, and run on merges.
+            "CREATE TABLE t (k TEXT PRIMARY KEY NOT NULL, v TEXT, n INTEGER NOT NULL DEFAULT 0) STRICT;
+             CREATE TRIGGER bump BEFORE UPDATE OF v ON t BEGIN
+               UPDATE t SET n = n + 1 WHERE k = NEW.k;
+             END;",
+            "triggers are not allowed",
+        ),
     ];
     for (sql, why) in cases {
         let migrations = vec![Migration {
@@ -116,6 +124,33 @@ fn tables_that_break_the_rules_are_refused() {
             "{sql}: {err}"
         );
     }
+}
+
+/// Triggers come from migrations (which check them); one made inside a write is refused,
+/// and the write with it.
+#[test]
+fn a_write_cannot_create_triggers() {
+    let a = node();
+    for sql in [
+        "CREATE TRIGGER bump AFTER UPDATE OF a ON kv BEGIN UPDATE kv SET b = b + 100 WHERE k = NEW.k; END",
+        "CREATE TEMP TRIGGER bump AFTER UPDATE OF a ON kv BEGIN UPDATE kv SET b = b + 100 WHERE k = NEW.k; END",
+    ] {
+        let err = a
+            .store
+            .write(|tx| {
+                tx.execute("INSERT INTO kv (k, a) VALUES ('t', 'x')", [])?;
+                tx.execute_batch(sql)?;
+                Ok(())
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("not authorized"), "{sql}: {err}");
+        assert_eq!(get_kv(&a.store, "t"), None, "the write was rolled back");
+    }
+    exec(
+        &a.store,
+        "INSERT INTO kv (k, a) VALUES ('t', 'x'); UPDATE kv SET a = 'y' WHERE k = 't';",
+    );
+    assert_eq!(get_kv(&a.store, "t"), Some((Some("y".into()), 0)));
 }
 
 #[test]
