@@ -254,6 +254,7 @@ impl Membership {
         let mut seq = 0u64;
         let mut ticks = 0u64;
         let mut buf = vec![0u8; MAX_DATAGRAM];
+        let mut orphaned = OrphanedSuspicions::default();
         let mut reannounce = tokio::time::interval(options.reannounce_every);
         reannounce.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
@@ -263,6 +264,7 @@ impl Membership {
             generation: 0,
         };
         loop {
+            orphaned.expire(&mut foca, Instant::now(), &mut rt);
             // Flush what foca asked for.
             while let Some((to, data)) = rt.to_send() {
                 if let Err(error) = socket.send_to(&data, to.addr).await {
@@ -279,6 +281,7 @@ impl Membership {
                     OwnedNotification::MemberDown(m) => info!(peer = %m.name, "member down"),
                     OwnedNotification::Rejoin(m) => {
                         info!(generation = m.generation, "rejoined the cluster");
+                        orphaned.on_rejoin(&foca, Instant::now(), options.suspect_to_down_after);
                     }
                     OwnedNotification::Idle => info!("no active members left"),
                     other => debug!(?other, "membership"),
@@ -287,7 +290,13 @@ impl Membership {
             // Suspect transitions emit no notification: rebuild the (small) view each
             // turn and publish it only when it differs.
             publish(&view, &foca, &id.name);
-            let next_timer = timers.keys().next().map(|(at, _)| *at);
+            let next_timer = timers
+                .keys()
+                .next()
+                .map(|(at, _)| *at)
+                .into_iter()
+                .chain(orphaned.next_due())
+                .min();
             tokio::select! {
                 () = &mut shutdown => break,
                 received = socket.recv_from(&mut buf) => match received {
@@ -359,6 +368,52 @@ impl Membership {
 }
 
 type Swim = Foca<MemberId, PostcardCodec, StdRng, foca::NoCustomBroadcast>;
+
+/// Suspicions this node held when it rejoined with a new identity. foca's rejoin resets
+/// its timer token, so the timers that would turn them into `Down` are dropped and a
+/// member nobody told it was suspected stays `Suspect` here for good (seen as a member
+/// missing from a node's view after a stall at start-up). This watch stands in for those
+/// timers: a suspicion still unrefuted `suspect_to_down_after` after the rejoin is
+/// declared down, as the timer would have done, and the member renews its identity when
+/// it hears of it.
+#[derive(Debug, Default)]
+struct OrphanedSuspicions(Vec<(Instant, Member<MemberId>)>);
+
+impl OrphanedSuspicions {
+    /// Records the members suspected at a rejoin.
+    fn on_rejoin(&mut self, foca: &Swim, now: Instant, after: Duration) {
+        for m in foca.iter_members().filter(|m| m.state() == State::Suspect) {
+            self.0.push((now + after, m.clone()));
+        }
+    }
+
+    /// When the next recorded suspicion falls due.
+    fn next_due(&self) -> Option<Instant> {
+        self.0.iter().map(|(at, _)| *at).min()
+    }
+
+    /// Declares down every suspicion due by `now` that is still the same (same
+    /// identity, suspect, same incarnation: a refutation raises the incarnation).
+    fn expire(&mut self, foca: &mut Swim, now: Instant, rt: &mut AccumulatingRuntime<MemberId>) {
+        let (due, keep): (Vec<_>, Vec<_>) = self.0.drain(..).partition(|(at, _)| *at <= now);
+        self.0 = keep;
+        for (_, m) in due {
+            let unrefuted = foca.iter_members().any(|c| {
+                c.id() == m.id()
+                    && c.state() == State::Suspect
+                    && c.incarnation() == m.incarnation()
+            });
+            if !unrefuted {
+                continue;
+            }
+            info!(peer = %m.id().name, "suspicion held across a rejoin timed out");
+            let down = Member::new(m.id().clone(), m.incarnation(), State::Down);
+            if let Err(error) = foca.apply_many(std::iter::once(down), true, &mut *rt) {
+                debug!(%error, "declaring a suspect down failed");
+            }
+        }
+    }
+}
 
 /// Screens one datagram received `from` against the cluster's `nodes` before foca sees
 /// it.
@@ -690,5 +745,77 @@ mod tests {
         assert!(renewed.win_addr_conflict(&id));
         assert!(!id.win_addr_conflict(&renewed));
         assert_eq!(renewed.addr(), id.addr());
+    }
+
+    /// foca drops the suspect-to-down timers when it rejoins with a new identity; the
+    /// driver's watch declares such a suspicion down after `suspect_to_down_after`, unless
+    /// it was refuted.
+    #[test]
+    fn a_suspicion_held_across_a_rejoin_still_times_out() {
+        let id = |name: &str, ip: &str| MemberId {
+            name: name.into(),
+            addr: (ip.to_owned() + ":7947").parse().unwrap(),
+            generation: 5,
+        };
+        let (a, b, c) = (
+            id("a", "127.0.0.1"),
+            id("b", "127.0.0.2"),
+            id("c", "127.0.0.3"),
+        );
+        let options = MembershipOptions::default();
+        let mut foca: Swim = Foca::new(
+            a.clone(),
+            options.foca_config(),
+            StdRng::from_seed([7; 32]),
+            PostcardCodec,
+        );
+        let mut rt = AccumulatingRuntime::new();
+        let apply = |foca: &mut Swim, rt: &mut AccumulatingRuntime<MemberId>, m| {
+            foca.apply_many(std::iter::once(m), true, rt).unwrap();
+        };
+        for m in [&b, &c] {
+            apply(&mut foca, &mut rt, Member::alive(m.clone()));
+            apply(
+                &mut foca,
+                &mut rt,
+                Member::new(m.clone(), 0, State::Suspect),
+            );
+        }
+        let mut timers = Vec::new();
+        while let Some((_, t)) = rt.to_schedule() {
+            timers.push(t);
+        }
+        // The cluster says this node is down: it rejoins as a new identity.
+        apply(&mut foca, &mut rt, Member::new(a.clone(), 0, State::Down));
+        let mut rejoined = false;
+        while let Some(n) = rt.to_notify() {
+            rejoined |= matches!(n, OwnedNotification::Rejoin(_));
+        }
+        assert!(rejoined, "the node rejoined");
+        let t0 = Instant::now();
+        let mut orphaned = OrphanedSuspicions::default();
+        orphaned.on_rejoin(&foca, t0, options.suspect_to_down_after);
+        // The timers scheduled before the rejoin no longer do anything.
+        for t in timers {
+            foca.handle_timer(t, &mut rt).unwrap();
+        }
+        let state = |foca: &Swim, m: &MemberId| {
+            foca.iter_membership_state()
+                .find(|x| x.id() == m)
+                .map(Member::state)
+        };
+        assert_eq!(
+            state(&foca, &b),
+            Some(State::Suspect),
+            "foca kept b suspect"
+        );
+        // c refutes meanwhile; b does not.
+        apply(&mut foca, &mut rt, Member::new(c.clone(), 1, State::Alive));
+        orphaned.expire(&mut foca, t0 + options.suspect_to_down_after / 2, &mut rt);
+        assert_eq!(state(&foca, &b), Some(State::Suspect), "not due yet");
+        orphaned.expire(&mut foca, t0 + options.suspect_to_down_after, &mut rt);
+        assert_eq!(state(&foca, &b), Some(State::Down));
+        assert_eq!(state(&foca, &c), Some(State::Alive));
+        assert_eq!(orphaned.next_due(), None);
     }
 }
