@@ -288,6 +288,9 @@ impl Store {
                     tx.execute(&info.sql.vanished_delete, [])?;
                 }
                 for info in all.values() {
+                    tx.execute(&info.sql.backfill_unseen, [])?;
+                }
+                for info in all.values() {
                     info.install_triggers(tx)?;
                 }
                 set_meta(tx, "schema_version", &Value::Int(i64::from(m.version)))?;

@@ -74,6 +74,10 @@ pub(crate) struct TableSql {
     pk_list: String,
     pub(crate) backfill_sentinel: String,
     pub(crate) backfill_col: Vec<String>,
+    /// Rows with no sentinel at all, which only a migration can make (a rebuilt table's
+    /// copy with rows the old one did not have): they replicate like a local insert
+    /// (sentinel with implicit column clocks, seqs reserved).
+    pub(crate) backfill_unseen: String,
     /// Remove the column clocks of live rows that are gone from the table (dropped by a
     /// migration, which fires no delete trigger) ...
     pub(crate) vanished_cols: String,
@@ -575,6 +579,11 @@ impl TableSql {
             ", ",
         );
         let pack_cols = "crr_pack(".to_owned() + &pk_list + ")";
+        // The same, qualified: inside a subquery on the clock table, a key column named
+        // like one of its columns (`pk`, `cid`, ...) would resolve to the clock's.
+        let pack_qualified = "crr_pack(".to_owned()
+            + &join(pks.iter().map(|p| t.clone() + "." + &ident(p)), ", ")
+            + ")";
         let backfill_col = cols
             .iter()
             .map(|c| {
@@ -591,7 +600,7 @@ impl TableSql {
                     + " WHERE NOT EXISTS (SELECT 1 FROM "
                     + &clock
                     + " s WHERE s.pk = "
-                    + &pack_cols
+                    + &pack_qualified
                     + " AND s.cid = '-1' AND s.imp <> 0) ON CONFLICT (pk, cid) DO NOTHING"
             })
             .collect();
@@ -673,6 +682,19 @@ impl TableSql {
                 + &t
                 + " WHERE true ON CONFLICT (pk, cid) DO NOTHING",
             backfill_col,
+            backfill_unseen: "INSERT INTO ".to_owned()
+                + &clock
+                + " (pk, cid, cv, site_ord, ver, seq, ts, imp) SELECT "
+                + &pack_qualified
+                + ", '-1', 1, crr_self(), crr_ver(), crr_seqs("
+                + &(cols.len() + 1).to_string()
+                + "), crr_ts(), 1 FROM "
+                + &t
+                + " WHERE NOT EXISTS (SELECT 1 FROM "
+                + &clock
+                + " s WHERE s.pk = "
+                + &pack_qualified
+                + " AND s.cid = '-1')",
             vanished_cols: "DELETE FROM ".to_owned()
                 + &clock
                 + " WHERE cid <> '-1' AND pk IN (SELECT pk FROM "

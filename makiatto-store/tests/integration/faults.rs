@@ -306,6 +306,75 @@ fn rows_a_migration_drops_without_a_trigger_replicate_as_deletes() {
     assert_eq!(cids, ["-1", "a", "b"]);
 }
 
+/// A rebuilt table's copy may hold rows the old table did not have: with no sentinel,
+/// their later updates named causal length 0 and every peer refused those versions.
+/// They now replicate like an insert, and a key column named like a clock column (`pk`)
+/// is no trouble.
+#[test]
+fn rows_a_migration_adds_to_a_rebuilt_table_replicate_like_an_insert() {
+    const ODD: Schema = Schema {
+        migrations: &[
+            Migration {
+                version: 1,
+                sql: "CREATE TABLE odd (pk TEXT PRIMARY KEY NOT NULL, cid TEXT) STRICT;",
+                replicate: &[Replicate {
+                    table: "odd",
+                    class: TableClass::Durable,
+                }],
+            },
+            Migration {
+                version: 2,
+                sql: "CREATE TABLE odd_new (pk TEXT PRIMARY KEY NOT NULL, cid TEXT) STRICT;
+                      INSERT INTO odd_new SELECT * FROM odd;
+                      INSERT INTO odd_new VALUES ('seeded', 'by the migration');
+                      DROP TABLE odd;
+                      ALTER TABLE odd_new RENAME TO odd;",
+                replicate: &[],
+            },
+        ],
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = pair(dir.path(), &ODD);
+    exec(
+        &a,
+        "UPDATE odd SET cid = 'changed on a' WHERE pk = 'seeded'",
+    );
+    let fresh = Store::open(
+        dir.path().join("fresh"),
+        &SCHEMA_EMPTY_ODD,
+        Options::default(),
+    )
+    .unwrap();
+    // b ran the same migration; fresh never had the row at all.
+    pull(&b, &a);
+    pull(&fresh, &a);
+    let cid = |s: &Store| -> Option<String> {
+        s.read(|c| {
+            Ok(rusqlite::OptionalExtension::optional(c.query_row(
+                "SELECT cid FROM odd WHERE pk = 'seeded'",
+                [],
+                |r| r.get(0),
+            ))?)
+        })
+        .unwrap()
+    };
+    assert_eq!(cid(&b).as_deref(), Some("changed on a"));
+    assert_eq!(cid(&fresh).as_deref(), Some("changed on a"));
+    assert_eq!(a.canonical_hash().unwrap(), b.canonical_hash().unwrap());
+}
+
+/// [`ODD`]'s first migration alone.
+const SCHEMA_EMPTY_ODD: Schema = Schema {
+    migrations: &[Migration {
+        version: 1,
+        sql: "CREATE TABLE odd (pk TEXT PRIMARY KEY NOT NULL, cid TEXT) STRICT;",
+        replicate: &[Replicate {
+            table: "odd",
+            class: TableClass::Durable,
+        }],
+    }],
+};
+
 #[test]
 fn rows_present_before_replication_replicate_like_a_write() {
     let dir = tempfile::tempdir().unwrap();
