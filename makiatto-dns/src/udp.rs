@@ -680,7 +680,8 @@ impl Sender {
     }
 }
 
-#[cfg(all(test, target_os = "linux"))]
+#[cfg(test)]
+#[cfg(target_os = "linux")]
 mod tests {
     //! The sender's reaction to refused segmented sends, against the real kernel: in a
     //! network namespace whose loopback MTU (1000) is below the segment size (1100), the
