@@ -395,6 +395,9 @@ impl OrphanedSuspicions {
     /// Declares down every suspicion due by `now` that is still the same (same
     /// identity, suspect, same incarnation: a refutation raises the incarnation).
     fn expire(&mut self, foca: &mut Swim, now: Instant, rt: &mut AccumulatingRuntime<MemberId>) {
+        if self.0.is_empty() {
+            return;
+        }
         let (due, keep): (Vec<_>, Vec<_>) = self.0.drain(..).partition(|(at, _)| *at <= now);
         self.0 = keep;
         for (_, m) in due {

@@ -161,6 +161,22 @@ fn value_differs(col: &str) -> String {
     "(".to_owned() + &differs(col) + " OR (typeof(" + &new + ") = 'real' AND " + &new + " = 0))"
 }
 
+/// The triggers on `table`, each with whether it is one of the store's (named
+/// `<table>__crr_…`).
+fn triggers_on(conn: &Connection, table: &str) -> Result<Vec<(String, bool)>> {
+    let prefix = table.to_owned() + "__crr_";
+    Ok(conn
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = ?1")?
+        .query_map([table], |r| r.get::<_, String>(0))?
+        .map(|name| {
+            name.map(|n| {
+                let ours = n.starts_with(&prefix);
+                (n, ours)
+            })
+        })
+        .collect::<rusqlite::Result<_>>()?)
+}
+
 fn join(parts: impl IntoIterator<Item = String>, sep: &str) -> String {
     parts.into_iter().collect::<Vec<_>>().join(sep)
 }
@@ -272,16 +288,7 @@ impl TableInfo {
         // A trigger of the embedder's would run on merged writes too (uncaptured), and one
         // that rewrites a row after the capture trigger saw it would make the broadcast
         // differ from the table.
-        let prefix = name.to_owned() + "__crr_";
-        let foreign: Option<String> = conn
-            .query_row(
-                "SELECT name FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = ?1 \
-                 AND substr(name, 1, ?2) <> ?3 LIMIT 1",
-                rusqlite::params![name, prefix.chars().count() as i64, prefix],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if let Some(trigger) = foreign {
+        if let Some((trigger, _)) = triggers_on(conn, name)?.into_iter().find(|(_, ours)| !ours) {
             return Err(invalid(format!(
                 "triggers are not allowed on replicated tables (found {trigger})"
             )));
@@ -344,19 +351,10 @@ impl TableInfo {
     /// Drops every capture trigger of the table (whatever columns it had when they were
     /// made) and creates the current ones (run after any schema change).
     pub(crate) fn install_triggers(&self, conn: &Connection) -> Result<()> {
-        let prefix = self.name.clone() + "__crr_";
-        let names: Vec<String> = conn
-            .prepare(
-                "SELECT name FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = ?1 \
-                 AND substr(name, 1, ?2) = ?3",
-            )?
-            .query_map(
-                rusqlite::params![self.name, prefix.chars().count() as i64, prefix],
-                |r| r.get(0),
-            )?
-            .collect::<rusqlite::Result<_>>()?;
-        for name in names {
-            conn.execute_batch(&("DROP TRIGGER ".to_owned() + &ident(&name)))?;
+        for (name, ours) in triggers_on(conn, &self.name)? {
+            if ours {
+                conn.execute_batch(&("DROP TRIGGER ".to_owned() + &ident(&name)))?;
+            }
         }
         conn.execute_batch(&self.trigger_ddl())?;
         Ok(())

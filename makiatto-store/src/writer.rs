@@ -50,25 +50,25 @@ struct TxState {
     ddl: bool,
 }
 
-/// What a capture trigger saw: the seq it reserved, the row's causal length (for an
-/// update: 0, looked up at commit), and the values written. At commit the version's cells are built from these instead of read
-/// back from the tables, for every clock row that still carries the capture's seq (a later
+/// What a capture trigger saw: the seq it reserved and what it wrote. At commit the
+/// version's cells are built from these instead of read back from the tables, for every clock row that still carries the capture's seq (a later
 /// write to it would have given it a new seq, and a rolled-back statement or savepoint
 /// restores the old one; see [`read_local`]).
 #[derive(Debug)]
 struct Capture {
     seq: u32,
-    cl: i64,
     what: Captured,
 }
 
 /// What a [`Capture`] holds.
 #[derive(Debug)]
 enum Captured {
-    /// An inserted row's values in column order (`crr_cap`): its sentinel has the seq, its
-    /// implicit column clocks the next ones.
-    Row(Vec<Value>),
+    /// An inserted row (`crr_cap`): its causal length (`crr_cl` for a re-insert) and its
+    /// values in column order. Its sentinel has the seq, its implicit column clocks the
+    /// next ones.
+    Row { cl: i64, vals: Vec<Value> },
     /// An updated column (`crr_capu`): its index, the clock version it got, its new value.
+    /// The row's causal length comes with the commit's scan.
     Col { idx: usize, cv: i64, val: Value },
 }
 
@@ -1039,8 +1039,7 @@ fn read_local(
                 (
                     Some(Capture {
                         seq: at,
-                        cl,
-                        what: Captured::Row(vals),
+                        what: Captured::Row { cl, vals },
                     }),
                     Cid::Sentinel,
                 ) if at == seq && vals.len() == n => {
@@ -1060,8 +1059,7 @@ fn read_local(
                 (
                     Some(Capture {
                         seq: at,
-                        cl,
-                        what: Captured::Row(vals),
+                        what: Captured::Row { cl, vals },
                     }),
                     &Cid::Col(k),
                 ) if vals.len() == n && *seq == *at + 1 + k as u32 => {
@@ -1072,7 +1070,6 @@ fn read_local(
                     Some(Capture {
                         seq: at,
                         what: Captured::Col { idx, cv, val },
-                        ..
                     }),
                     &Cid::Col(k),
                 ) if at == seq && *idx == k => {
@@ -1481,8 +1478,7 @@ fn register_functions(conn: &Connection, state: &Arc<Mutex<TxState>>) -> Result<
         s.seq += n;
         s.caps.push(Capture {
             seq,
-            cl: 1,
-            what: Captured::Row(vals),
+            what: Captured::Row { cl: 1, vals },
         });
         Ok(i64::from(seq))
     })?;
@@ -1499,7 +1495,6 @@ fn register_functions(conn: &Connection, state: &Arc<Mutex<TxState>>) -> Result<
         s.seq += 1;
         s.caps.push(Capture {
             seq,
-            cl: 0,
             what: Captured::Col { idx, cv: 2, val },
         });
         Ok(i64::from(seq))
@@ -1521,10 +1516,12 @@ fn register_functions(conn: &Connection, state: &Arc<Mutex<TxState>>) -> Result<
     let st = state.clone();
     conn.create_scalar_function("crr_cl", 1, flags, move |ctx| {
         let cl: i64 = ctx.get(0)?;
-        if let Some(c) = lock(&st).caps.last_mut()
-            && matches!(c.what, Captured::Row(_))
+        if let Some(Capture {
+            what: Captured::Row { cl: last, .. },
+            ..
+        }) = lock(&st).caps.last_mut()
         {
-            c.cl = cl;
+            *last = cl;
         }
         Ok(cl)
     })?;
@@ -1532,11 +1529,8 @@ fn register_functions(conn: &Connection, state: &Arc<Mutex<TxState>>) -> Result<
     conn.create_scalar_function("crr_ts", 0, flags, move |_| Ok(lock(&st).ts as i64))?;
     let st = state.clone();
     conn.create_scalar_function("crr_self", 0, flags, move |_| Ok(lock(&st).self_ord))?;
-    conn.create_scalar_function(
-        "crr_pack",
-        -1,
-        flags | FunctionFlags::SQLITE_DETERMINISTIC,
-        |ctx| Ok(pack_refs((0..ctx.len()).map(|i| ctx.get_raw(i)))),
-    )?;
+    conn.create_scalar_function("crr_pack", -1, flags, |ctx| {
+        Ok(pack_refs((0..ctx.len()).map(|i| ctx.get_raw(i))))
+    })?;
     Ok(())
 }
