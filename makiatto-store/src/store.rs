@@ -251,6 +251,11 @@ impl Store {
         }
         for m in schema.migrations.iter().filter(|m| m.version > found) {
             let commit = writer.local(&tables.clone(), Captures::Ignore, |tx| {
+                // The migration runs without capture triggers; what it wrote is recorded
+                // below, from the tables.
+                for info in tables.values() {
+                    info.drop_triggers(tx)?;
+                }
                 tx.execute_batch(m.sql)?;
                 for r in m.replicate {
                     let info = TableInfo::introspect(tx, r.table, r.class)?;
@@ -273,19 +278,22 @@ impl Store {
                 // Implicit column clocks stand for the columns a table had when its rows
                 // were inserted: where the migration changed them, write them out with the
                 // old list (the statements read only the clock table, which survives).
+                // Then the clocks of columns the table no longer has go.
                 for (name, old) in &tables {
-                    if all.get(name).is_some_and(|new| new.cols != old.cols) {
+                    if let Some(new) = all.get(name).filter(|new| new.cols != old.cols) {
                         if let Some(sql) = &old.sql.materialize_all {
                             tx.execute(sql, [])?;
                         }
                         tx.execute(&old.sql.clear_all_imp, [])?;
+                        tx.execute(&new.sql.prune_cols, [])?;
                     }
                 }
-                // Rows the migration dropped without a trigger (a rebuilt table) replicate
-                // like a delete, as rows that predate replication replicate like a write.
+                // Rows the migration deleted replicate like a delete, keys it brought back
+                // like a re-insert, as rows that predate replication replicate like a write.
                 for info in all.values().filter(|i| tables.contains_key(&i.name)) {
                     tx.execute(&info.sql.vanished_cols, [])?;
                     tx.execute(&info.sql.vanished_delete, [])?;
+                    tx.execute(&info.sql.backfill_revived, [])?;
                 }
                 for info in all.values() {
                     tx.execute(&info.sql.backfill_unseen, [])?;
@@ -300,6 +308,7 @@ impl Store {
             // Nothing subscribes yet: migration versions reach peers by sync.
             tables = commit.value;
         }
+        writer.set_replicated(tables.keys().cloned());
         // Triggers are regenerated on every open, so they always match the current code.
         writer.local(&tables, Captures::Ignore, |tx| {
             for info in tables.values() {
@@ -1002,7 +1011,7 @@ fn meta_int(conn: &Connection, key: &str) -> Result<i64> {
     })
 }
 
-fn load_tables(conn: &Connection) -> Result<BTreeMap<String, Arc<TableInfo>>> {
+pub(crate) fn load_tables(conn: &Connection) -> Result<BTreeMap<String, Arc<TableInfo>>> {
     let mut stmt = conn.prepare("SELECT name, class FROM crr_tables ORDER BY name")?;
     let rows: Vec<(String, String)> = stmt
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?

@@ -56,6 +56,11 @@ pub(crate) struct TableSql {
     /// columns the rows were inserted with.
     pub(crate) materialize_all: Option<String>,
     pub(crate) clear_all_imp: String,
+    /// Removes the clock rows of columns the table no longer has (run after a migration
+    /// that changed its columns, once the old implicit clocks are written out): a dropped
+    /// column's clocks would otherwise stay behind on the replicas that had it, and not on
+    /// one that synced later.
+    pub(crate) prune_cols: String,
     pub(crate) row_delete: String,
     pub(crate) row_insert_pk: String,
     pub(crate) row_select: String,
@@ -78,6 +83,10 @@ pub(crate) struct TableSql {
     /// copy with rows the old one did not have): they replicate like a local insert
     /// (sentinel with implicit column clocks, seqs reserved).
     pub(crate) backfill_unseen: String,
+    /// Rows whose sentinel is a tombstone but which are in the table (a migration, which
+    /// fires no trigger, brought the key back): they replicate like a local re-insert
+    /// (causal length + 1, implicit column clocks, seqs reserved).
+    pub(crate) backfill_revived: String,
     /// Remove the column clocks of live rows that are gone from the table (dropped by a
     /// migration, which fires no delete trigger) ...
     pub(crate) vanished_cols: String,
@@ -351,12 +360,20 @@ impl TableInfo {
     /// Drops every capture trigger of the table (whatever columns it had when they were
     /// made) and creates the current ones (run after any schema change).
     pub(crate) fn install_triggers(&self, conn: &Connection) -> Result<()> {
+        self.drop_triggers(conn)?;
+        conn.execute_batch(&self.trigger_ddl())?;
+        Ok(())
+    }
+
+    /// Drops every capture trigger of the table. A migration runs without them (they name
+    /// the columns, so SQLite would refuse `ALTER TABLE … DROP COLUMN`); what it wrote is
+    /// found by comparing the table with its clocks afterwards.
+    pub(crate) fn drop_triggers(&self, conn: &Connection) -> Result<()> {
         for (name, ours) in triggers_on(conn, &self.name)? {
             if ours {
                 conn.execute_batch(&("DROP TRIGGER ".to_owned() + &ident(&name)))?;
             }
         }
-        conn.execute_batch(&self.trigger_ddl())?;
         Ok(())
     }
 
@@ -622,6 +639,16 @@ impl TableSql {
             clear_all_imp: "UPDATE ".to_owned()
                 + &clock
                 + " SET imp = 0 WHERE cid = '-1' AND imp <> 0",
+            prune_cols: "DELETE FROM ".to_owned()
+                + &clock
+                + " WHERE cid <> '-1'"
+                + &if cols.is_empty() {
+                    String::new()
+                } else {
+                    " AND cid NOT IN (".to_owned()
+                        + &join(cols.iter().map(|c| literal(c)), ", ")
+                        + ")"
+                },
             // No join with the sentinel here: with it, SQLite re-prepared the statement on
             // every run on the writer connection (its cost showed in every local commit).
             clock_by_version: "SELECT pk, cid, cv, seq, imp FROM ".to_owned()
@@ -693,6 +720,15 @@ impl TableSql {
                 + " s WHERE s.pk = "
                 + &pack_qualified
                 + " AND s.cid = '-1')",
+            backfill_revived: "UPDATE ".to_owned()
+                + &clock
+                + " SET cv = cv + 1, site_ord = crr_self(), ver = crr_ver(), seq = crr_seqs("
+                + &(cols.len() + 1).to_string()
+                + "), ts = crr_ts(), imp = 1 WHERE cid = '-1' AND cv % 2 = 0 AND pk IN (SELECT "
+                + &pack_cols
+                + " FROM "
+                + &t
+                + ")",
             vanished_cols: "DELETE FROM ".to_owned()
                 + &clock
                 + " WHERE cid <> '-1' AND pk IN (SELECT pk FROM "

@@ -46,8 +46,11 @@ struct TxState {
     touched: Vec<String>,
     /// A write whose trigger did not say its table (`crr_ver()`, as in a migration).
     touched_all: bool,
-    /// The transaction may create triggers (a migration, or the store's own set-up).
+    /// The transaction may change the schema of replicated tables and create triggers (a
+    /// migration, or the store's own set-up).
     ddl: bool,
+    /// The replicated tables, whose schema only migrations change.
+    replicated: Arc<std::collections::HashSet<String>>,
 }
 
 /// What a capture trigger saw: the seq it reserved and what it wrote. At commit the
@@ -201,22 +204,46 @@ impl Writer {
             touched: Vec::new(),
             touched_all: false,
             ddl: false,
+            replicated: Arc::default(),
         }));
         register_functions(&conn, &state)?;
         // Triggers are made by migrations only (see `TableInfo::introspect`): one made in
         // `Store::write` would run before the capture triggers are made again.
         let st = state.clone();
         let mut conn = conn;
-        conn.authorizer(Some(move |ctx: AuthContext<'_>| match ctx.action {
-            AuthAction::CreateTrigger { .. } | AuthAction::CreateTempTrigger { .. } => {
-                let s = lock(&st);
-                if s.mode == Mode::Local && !s.ddl {
-                    Authorization::Deny
-                } else {
-                    Authorization::Allow
+        // Inside `Store::write` the embedder's statements may not change a replicated
+        // table's schema (the captures and triggers describe it as it was at open) nor
+        // touch the store's own tables except through its triggers.
+        conn.authorizer(Some(move |ctx: AuthContext<'_>| {
+            let (table, schema) = match ctx.action {
+                AuthAction::CreateTrigger { .. } | AuthAction::CreateTempTrigger { .. } => {
+                    (None, true)
                 }
+                AuthAction::AlterTable { table_name, .. }
+                | AuthAction::DropTable { table_name }
+                | AuthAction::CreateIndex { table_name, .. }
+                | AuthAction::DropIndex { table_name, .. }
+                | AuthAction::DropTrigger { table_name, .. } => (Some(table_name), true),
+                AuthAction::Insert { table_name }
+                | AuthAction::Delete { table_name }
+                | AuthAction::Update { table_name, .. }
+                    if !ctx.accessor.is_some_and(|a| a.contains("__crr_")) =>
+                {
+                    (Some(table_name), false)
+                }
+                _ => return Authorization::Allow,
+            };
+            let internal = table.is_some_and(|t| t.starts_with("crr_") || t.contains("__crr_"));
+            let s = lock(&st);
+            let guarded = match table {
+                None => true,
+                Some(t) => internal || (schema && s.replicated.contains(t)),
+            };
+            if guarded && s.mode == Mode::Local && !s.ddl {
+                Authorization::Deny
+            } else {
+                Authorization::Allow
             }
-            _ => Authorization::Allow,
         }))?;
         let known = load_known(&conn, &sites)?;
         let pending = pending::load(&conn, &sites)?;
@@ -247,6 +274,7 @@ impl Writer {
             caps.clear();
             let mut touched = std::mem::take(&mut st.touched);
             touched.clear();
+            let replicated = st.replicated.clone();
             *st = TxState {
                 mode: Mode::Local,
                 self_ord: self.self_ord,
@@ -258,6 +286,7 @@ impl Writer {
                 touched,
                 touched_all: false,
                 ddl: captures == Captures::Ignore,
+                replicated,
             };
         }
         let _guard = ModeGuard(&self.state);
@@ -271,11 +300,17 @@ impl Writer {
             let touched = (!st.touched_all).then(|| std::mem::take(&mut st.touched));
             (st.ver, std::mem::take(&mut st.caps), touched)
         };
-        if captures == Captures::Ignore {
-            // The schema may have changed: every table is read back whole.
+        // The schema may have changed: every table is read back whole, as it is now (a
+        // column a migration dropped can no longer be read).
+        let migrated;
+        let tables = if captures == Captures::Ignore {
             caps.clear();
             touched = None;
-        }
+            migrated = crate::store::load_tables(&tx)?;
+            &migrated
+        } else {
+            tables
+        };
         let Some(ver) = ver else {
             tx.commit()?;
             return Ok(LocalCommit {
@@ -465,6 +500,11 @@ impl Writer {
             self.pending = groups;
         }
         Ok(())
+    }
+
+    /// Names the replicated tables, whose schema `Store::write` may not change.
+    pub(crate) fn set_replicated(&mut self, names: impl IntoIterator<Item = String>) {
+        lock(&self.state).replicated = Arc::new(names.into_iter().collect());
     }
 
     /// Drops the cached state after a failed transaction so it is re-read from disk.

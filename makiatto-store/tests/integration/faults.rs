@@ -129,11 +129,21 @@ fn tables_that_break_the_rules_are_refused() {
 /// Triggers come from migrations (which check them); one made inside a write is refused,
 /// and the write with it.
 #[test]
-fn a_write_cannot_create_triggers() {
+fn a_write_cannot_change_a_replicated_schema_nor_the_stores_tables() {
     let a = node();
     for sql in [
         "CREATE TRIGGER bump AFTER UPDATE OF a ON kv BEGIN UPDATE kv SET b = b + 100 WHERE k = NEW.k; END",
         "CREATE TEMP TRIGGER bump AFTER UPDATE OF a ON kv BEGIN UPDATE kv SET b = b + 100 WHERE k = NEW.k; END",
+        "ALTER TABLE kv ADD COLUMN z TEXT",
+        "ALTER TABLE kv RENAME COLUMN a TO z",
+        "ALTER TABLE kv RENAME TO kv2",
+        "DROP TABLE kv",
+        "CREATE UNIQUE INDEX kv_a ON kv (a)",
+        "DROP TRIGGER kv__crr_ins",
+        "DROP INDEX kv__crr_clock_ver",
+        "UPDATE kv__crr_clock SET cv = 9",
+        "DELETE FROM crr_known",
+        "INSERT INTO crr_meta (key, value) VALUES ('self_ver', 0)",
     ] {
         let err = a
             .store
@@ -146,9 +156,13 @@ fn a_write_cannot_create_triggers() {
         assert!(err.to_string().contains("not authorized"), "{sql}: {err}");
         assert_eq!(get_kv(&a.store, "t"), None, "the write was rolled back");
     }
+    // The embedder's own tables are its business, in the same transaction.
     exec(
         &a.store,
-        "INSERT INTO kv (k, a) VALUES ('t', 'x'); UPDATE kv SET a = 'y' WHERE k = 't';",
+        "INSERT INTO kv (k, a) VALUES ('t', 'x'); UPDATE kv SET a = 'y' WHERE k = 't';
+         CREATE TABLE scratch (n INTEGER); CREATE INDEX scratch_n ON scratch (n);
+         ALTER TABLE scratch ADD COLUMN m TEXT; DROP TABLE scratch;
+         DELETE FROM kv WHERE k = 'none';",
     );
     assert_eq!(get_kv(&a.store, "t"), Some((Some("y".into()), 0)));
 }
@@ -748,4 +762,154 @@ fn a_table_listed_again_by_a_later_migration_keeps_its_implicit_clocks() {
     pull(&b, &a);
     pull(&a, &b);
     assert_eq!(a.canonical_hash().unwrap(), b.canonical_hash().unwrap());
+}
+
+/// A column a migration drops leaves no clocks behind, implicit or written out: a replica
+/// that synced after the migration must hold the same state as one that had the column.
+#[test]
+fn a_column_a_migration_drops_leaves_no_clocks_behind() {
+    const M1: Migration = Migration {
+        version: 1,
+        sql: "CREATE TABLE m (k TEXT PRIMARY KEY NOT NULL, a TEXT, b TEXT) STRICT;",
+        replicate: &[Replicate {
+            table: "m",
+            class: TableClass::Durable,
+        }],
+    };
+    const S1: Schema = Schema { migrations: &[M1] };
+    const DROP: Schema = Schema {
+        migrations: &[
+            M1,
+            Migration {
+                version: 2,
+                sql: "ALTER TABLE m DROP COLUMN a;",
+                replicate: &[],
+            },
+        ],
+    };
+    const REBUILD: Schema = Schema {
+        migrations: &[
+            M1,
+            Migration {
+                version: 2,
+                sql: "CREATE TABLE m_new (k TEXT PRIMARY KEY NOT NULL, b TEXT) STRICT;
+                      INSERT INTO m_new SELECT k, b FROM m;
+                      DROP TABLE m;
+                      ALTER TABLE m_new RENAME TO m;",
+                replicate: &[],
+            },
+        ],
+    };
+    for (drop_a, s2) in [("drop column", &DROP), ("rebuild", &REBUILD)] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            let s = Store::open(&path, &S1, Options::default()).unwrap();
+            // One row with implicit clocks, one whose `a` has a clock row of its own.
+            exec(&s, "INSERT INTO m VALUES ('implicit', 'a1', 'b1')");
+            exec(&s, "INSERT INTO m VALUES ('explicit', 'a2', 'b2')");
+            exec(&s, "UPDATE m SET a = 'a3' WHERE k = 'explicit'");
+        }
+        let s = Store::open(&path, s2, Options::default()).unwrap();
+        let clocks = s
+            .read(|c| {
+                Ok(c.query_row(
+                    "SELECT count(*) FROM m__crr_clock WHERE cid = 'a'",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )?)
+            })
+            .unwrap();
+        assert_eq!(clocks, 0, "{drop_a}");
+        let fresh = Store::open(dir.path().join("fresh"), s2, Options::default()).unwrap();
+        pull(&fresh, &s);
+        assert_eq!(
+            s.canonical_hash().unwrap(),
+            fresh.canonical_hash().unwrap(),
+            "{drop_a}"
+        );
+    }
+}
+
+/// A migration runs without the capture triggers; afterwards the store records what it
+/// wrote from the tables: a row it adds replicates with every column it has then (one
+/// added by the same migration too), a key it brings back from a tombstone like a
+/// re-insert, a row it deletes like a delete.
+#[test]
+fn what_a_migration_writes_replicates_like_a_write() {
+    const M1: Migration = Migration {
+        version: 1,
+        sql: "CREATE TABLE m (k TEXT PRIMARY KEY NOT NULL, a TEXT, b TEXT) STRICT;",
+        replicate: &[Replicate {
+            table: "m",
+            class: TableClass::Durable,
+        }],
+    };
+    const S1: Schema = Schema { migrations: &[M1] };
+    const S2: Schema = Schema {
+        migrations: &[
+            M1,
+            Migration {
+                version: 2,
+                sql: "ALTER TABLE m ADD COLUMN c TEXT;
+                      INSERT INTO m (k, a, b, c) VALUES ('new', 'a', 'b', 'c');
+                      INSERT INTO m (k, c) VALUES ('dead', 'back');
+                      DELETE FROM m WHERE k = 'gone';",
+                replicate: &[],
+            },
+        ],
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let before = {
+        let s = Store::open(&path, &S1, Options::default()).unwrap();
+        exec(&s, "INSERT INTO m VALUES ('gone', 'a1', 'b1')");
+        exec(&s, "INSERT INTO m VALUES ('dead', 'a2', 'b2')");
+        exec(&s, "DELETE FROM m WHERE k = 'dead'");
+        s.known()
+    };
+    let s = Store::open(&path, &S2, Options::default()).unwrap();
+    // The migration's version: the one version this replica made since.
+    let own = |k: &Known| {
+        k.0.get(&s.site())
+            .and_then(|r| r.iter().map(|&(_, hi)| hi).max())
+            .unwrap_or(0)
+    };
+    let ver = own(&s.known());
+    assert_eq!(ver, own(&before) + 1);
+    let cells = s.local_version(ver).unwrap().cells;
+    let has = |k: &str, cid: &str| {
+        cells
+            .iter()
+            .any(|c| *c.pk == *pack(&[Value::Text(k.into())]) && &*c.cid == cid)
+    };
+    assert!(has("new", "c"), "{cells:?}");
+    assert!(has("dead", "c"), "{cells:?}");
+    assert!(has("gone", "-1"), "{cells:?}");
+    // A replica that never had the rows, which ran the same migration on its own.
+    let fresh = Store::open(dir.path().join("fresh"), &S2, Options::default()).unwrap();
+    pull(&fresh, &s);
+    pull(&s, &fresh);
+    let rows = |st: &Store| {
+        st.read(|c| {
+            let mut q = c.prepare("SELECT k, a, b, c FROM m ORDER BY k")?;
+            let v: Vec<[Option<String>; 4]> = q
+                .query_map([], |r| Ok([r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?]))?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(v)
+        })
+        .unwrap()
+    };
+    let want = |k: &str, a: Option<&str>, b: Option<&str>, c: &str| {
+        [Some(k), a, b, Some(c)].map(|v| v.map(str::to_owned))
+    };
+    assert_eq!(
+        rows(&s),
+        vec![
+            want("dead", None, None, "back"),
+            want("new", Some("a"), Some("b"), "c")
+        ]
+    );
+    assert_eq!(rows(&fresh), rows(&s));
+    assert_eq!(s.canonical_hash().unwrap(), fresh.canonical_hash().unwrap());
 }
