@@ -255,8 +255,12 @@ impl Store {
                 // below, from the tables.
                 for info in tables.values() {
                     info.drop_triggers(tx)?;
+                    tx.execute_batch(&info.migration_trigger_ddl())?;
                 }
                 tx.execute_batch(m.sql)?;
+                for info in tables.values() {
+                    tx.execute_batch(&info.drop_migration_trigger_sql())?;
+                }
                 for r in m.replicate {
                     let info = TableInfo::introspect(tx, r.table, r.class)?;
                     tx.execute_batch(&info.clock_ddl())?;
@@ -298,6 +302,8 @@ impl Store {
                 for info in all.values() {
                     tx.execute(&info.sql.backfill_unseen, [])?;
                 }
+                // Rows it updated: each column of each, as a local update would write it.
+                record_migrated_updates(tx, &tables, &all)?;
                 for info in all.values() {
                     info.install_triggers(tx)?;
                 }
@@ -989,6 +995,39 @@ fn change_ts(
         }
     }
     Ok(0)
+}
+
+/// Records the rows a migration updated (noted by the trigger of
+/// [`TableInfo::migration_trigger_ddl`]): each current column of each row that is still live
+/// gets a write in the migration's version. Which columns changed is not known (the
+/// trigger cannot name columns the migration may drop), so all of them are written.
+fn record_migrated_updates(
+    tx: &Connection,
+    before: &BTreeMap<String, Arc<TableInfo>>,
+    after: &BTreeMap<String, Arc<TableInfo>>,
+) -> Result<()> {
+    if before.is_empty() {
+        return Ok(());
+    }
+    for info in after.values().filter(|i| before.contains_key(&i.name)) {
+        let keys: Vec<Vec<u8>> = tx
+            .prepare("SELECT pk FROM temp.crr_migrated WHERE tbl = ?1")?
+            .query_map([&info.name], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for pk in keys {
+            // The row's implicit clocks first (the columns the write leaves alone keep
+            // theirs); a no-op where the migration changed the columns (written out above).
+            if let Some(sql) = &info.sql.materialize {
+                tx.execute(sql, [&pk])?;
+            }
+            tx.execute(&info.sql.clear_imp, [&pk])?;
+            for col in &info.cols {
+                tx.execute(&info.sql.migrated_col, params![&pk, col])?;
+            }
+        }
+    }
+    tx.execute_batch("DROP TABLE temp.crr_migrated")?;
+    Ok(())
 }
 
 /// Adds the `imp` column to a clock table written by an older version of this crate.

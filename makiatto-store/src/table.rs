@@ -83,6 +83,11 @@ pub(crate) struct TableSql {
     /// copy with rows the old one did not have): they replicate like a local insert
     /// (sentinel with implicit column clocks, seqs reserved).
     pub(crate) backfill_unseen: String,
+    /// A write of one column (`?2`) of a live row (`?1`, packed key) in the transaction's
+    /// version, as a local update writes it (a column without a clock row goes to 2),
+    /// unless the row's sentinel is of that version already (then its implicit clocks
+    /// hold the row's values). Run for the rows a migration updated.
+    pub(crate) migrated_col: String,
     /// Rows whose sentinel is a tombstone but which are in the table (a migration, which
     /// fires no trigger, brought the key back): they replicate like a local re-insert
     /// (causal length + 1, implicit column clocks, seqs reserved).
@@ -363,6 +368,32 @@ impl TableInfo {
         self.drop_triggers(conn)?;
         conn.execute_batch(&self.trigger_ddl())?;
         Ok(())
+    }
+
+    /// The trigger a migration runs with instead of the capture triggers: it names only
+    /// the key (a migration may drop any other column) and notes each updated row's key in
+    /// `temp.crr_migrated`; [`TableSql::migrated_col`] then records the row's columns.
+    pub(crate) fn migration_trigger_ddl(&self) -> String {
+        let name = ident(&(self.name.clone() + "__crr_migrated"));
+        let key = join(self.pks.iter().map(|p| "NEW.".to_owned() + &ident(p)), ", ");
+        "CREATE TEMP TABLE IF NOT EXISTS crr_migrated (tbl TEXT NOT NULL, pk BLOB NOT NULL, \
+         PRIMARY KEY (tbl, pk)) WITHOUT ROWID;\nDROP TRIGGER IF EXISTS temp."
+            .to_owned()
+            + &name
+            + ";\nCREATE TEMP TRIGGER "
+            + &name
+            + " AFTER UPDATE ON "
+            + &ident(&self.name)
+            + " BEGIN INSERT OR IGNORE INTO temp.crr_migrated (tbl, pk) VALUES ("
+            + &literal(&self.name)
+            + ", crr_pack("
+            + &key
+            + ")); END;"
+    }
+
+    /// Drops the trigger of [`TableInfo::migration_trigger_ddl`] if the migration left it.
+    pub(crate) fn drop_migration_trigger_sql(&self) -> String {
+        "DROP TRIGGER IF EXISTS temp.".to_owned() + &ident(&(self.name.clone() + "__crr_migrated"))
     }
 
     /// Drops every capture trigger of the table. A migration runs without them (they name
@@ -720,6 +751,15 @@ impl TableSql {
                 + " s WHERE s.pk = "
                 + &pack_qualified
                 + " AND s.cid = '-1')",
+            migrated_col: "INSERT INTO ".to_owned()
+                + &clock
+                + " (pk, cid, cv, site_ord, ver, seq, ts) SELECT s.pk, ?2, 2, crr_self(), crr_ver(), \
+                   crr_seq(), crr_ts() FROM "
+                + &clock
+                + " s WHERE s.pk = ?1 AND s.cid = '-1' AND s.cv % 2 = 1 \
+                   AND NOT (s.site_ord = crr_self() AND s.ver = crr_ver()) \
+                   ON CONFLICT (pk, cid) DO UPDATE SET cv = cv + 1, site_ord = excluded.site_ord, \
+                   ver = excluded.ver, seq = excluded.seq, ts = excluded.ts",
             backfill_revived: "UPDATE ".to_owned()
                 + &clock
                 + " SET cv = cv + 1, site_ord = crr_self(), ver = crr_ver(), seq = crr_seqs("
