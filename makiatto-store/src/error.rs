@@ -37,6 +37,17 @@ pub enum StoreError {
         /// Which rule it breaks.
         reason: String,
     },
+    /// Another connection changed a replicated table (its columns, or the store's triggers
+    /// on it) while the store was open. Writes fail until the store is opened again, which
+    /// records what the change did.
+    #[error(
+        "table {table} was changed outside a migration while the store was open; \
+         reopen the store to reconcile it"
+    )]
+    SchemaChanged {
+        /// The table.
+        table: String,
+    },
     /// A frame or message from a peer could not be decoded or is not acceptable.
     #[error("malformed message from peer: {0}")]
     Malformed(String),

@@ -117,6 +117,8 @@ CREATE TABLE IF NOT EXISTS crr_known (site_ord INTEGER NOT NULL, lo INTEGER NOT 
 CREATE TABLE IF NOT EXISTS crr_pending (grp INTEGER NOT NULL, kind INTEGER NOT NULL, site_ord INTEGER NOT NULL,
     lo INTEGER NOT NULL, hi INTEGER NOT NULL, PRIMARY KEY (grp, kind, site_ord, lo)) WITHOUT ROWID, STRICT;
 CREATE TABLE IF NOT EXISTS crr_tables (name TEXT PRIMARY KEY NOT NULL, class TEXT NOT NULL) STRICT;
+CREATE TABLE IF NOT EXISTS crr_columns (tbl TEXT NOT NULL, pos INTEGER NOT NULL, name TEXT NOT NULL,
+    pk INTEGER NOT NULL, PRIMARY KEY (tbl, pos)) WITHOUT ROWID, STRICT;
 CREATE TABLE IF NOT EXISTS crr_buffer (site_ord INTEGER NOT NULL, ver INTEGER NOT NULL, seq_lo INTEGER NOT NULL,
     seq_hi INTEGER NOT NULL, last_seq INTEGER NOT NULL, received_ms INTEGER NOT NULL, frame BLOB NOT NULL,
     PRIMARY KEY (site_ord, ver, seq_lo)) WITHOUT ROWID, STRICT;
@@ -249,6 +251,7 @@ impl Store {
         for info in tables.values() {
             upgrade_clock(&writer.conn, info)?;
         }
+        repair_outside_changes(&mut writer, &tables)?;
         for m in schema.migrations.iter().filter(|m| m.version > found) {
             let commit = writer.local(&tables.clone(), Captures::Ignore, |tx| {
                 // The migration runs without capture triggers; what it wrote is recorded
@@ -279,29 +282,7 @@ impl Store {
                     }
                 }
                 let all = load_tables(tx)?;
-                // Implicit column clocks stand for the columns a table had when its rows
-                // were inserted: where the migration changed them, write them out with the
-                // old list (the statements read only the clock table, which survives).
-                // Then the clocks of columns the table no longer has go.
-                for (name, old) in &tables {
-                    if let Some(new) = all.get(name).filter(|new| new.cols != old.cols) {
-                        if let Some(sql) = &old.sql.materialize_all {
-                            tx.execute(sql, [])?;
-                        }
-                        tx.execute(&old.sql.clear_all_imp, [])?;
-                        tx.execute(&new.sql.prune_cols, [])?;
-                    }
-                }
-                // Rows the migration deleted replicate like a delete, keys it brought back
-                // like a re-insert, as rows that predate replication replicate like a write.
-                for info in all.values().filter(|i| tables.contains_key(&i.name)) {
-                    tx.execute(&info.sql.vanished_cols, [])?;
-                    tx.execute(&info.sql.vanished_delete, [])?;
-                    tx.execute(&info.sql.backfill_revived, [])?;
-                }
-                for info in all.values() {
-                    tx.execute(&info.sql.backfill_unseen, [])?;
-                }
+                reconcile(tx, &tables, &all)?;
                 // Rows it updated: each column of each, as a local update would write it.
                 record_migrated_updates(tx, &tables, &all)?;
                 for info in all.values() {
@@ -319,9 +300,11 @@ impl Store {
         writer.local(&tables, Captures::Ignore, |tx| {
             for info in tables.values() {
                 info.install_triggers(tx)?;
+                info.record_layout(tx)?;
             }
             Ok(())
         })?;
+        writer.note_schema()?;
 
         let known = writer.known.clone();
         let pending = RwLock::new(pending::to_wire(&writer.pending));
@@ -995,6 +978,73 @@ fn change_ts(
         }
     }
     Ok(0)
+}
+
+/// What a migration (or a change outside one) did to the replicated tables, recorded from
+/// the tables and their clocks, `before` and `after` it.
+///
+/// Implicit column clocks stand for the columns a table had when its rows were inserted:
+/// where the columns changed, they are written out with the old list (the statements read
+/// only the clock table, which survives), then the clocks of columns the table no longer
+/// has go. Rows that are gone replicate like a delete, keys brought back from a tombstone
+/// like a re-insert, rows without a sentinel like an insert, as rows that predate
+/// replication replicate like a write.
+fn reconcile(
+    tx: &Connection,
+    before: &BTreeMap<String, Arc<TableInfo>>,
+    after: &BTreeMap<String, Arc<TableInfo>>,
+) -> Result<()> {
+    for (name, old) in before {
+        if let Some(new) = after.get(name).filter(|new| new.cols != old.cols) {
+            if let Some(sql) = &old.sql.materialize_all {
+                tx.execute(sql, [])?;
+            }
+            tx.execute(&old.sql.clear_all_imp, [])?;
+            tx.execute(&new.sql.prune_cols, [])?;
+        }
+    }
+    for info in after.values().filter(|i| before.contains_key(&i.name)) {
+        tx.execute(&info.sql.vanished_cols, [])?;
+        tx.execute(&info.sql.vanished_delete, [])?;
+        tx.execute(&info.sql.backfill_revived, [])?;
+    }
+    for info in after.values() {
+        tx.execute(&info.sql.backfill_unseen, [])?;
+    }
+    Ok(())
+}
+
+/// Finds what another connection changed in the replicated tables since the store last
+/// ran (columns added, dropped or reordered; capture triggers dropped, by which its writes
+/// went uncaptured) and records it in one version, as [`reconcile`] does for a migration.
+/// The shape each table had is the one [`TableInfo::record_layout`] left (a table from
+/// before that record is taken as it is). A changed primary key cannot be reconciled.
+fn repair_outside_changes(
+    writer: &mut Writer,
+    tables: &BTreeMap<String, Arc<TableInfo>>,
+) -> Result<()> {
+    let mut before = BTreeMap::new();
+    let mut changed = false;
+    for (name, info) in tables {
+        let old = match TableInfo::recorded(&writer.conn, name, info.class)? {
+            Some(old) => Arc::new(old),
+            None => info.clone(),
+        };
+        if old.pks != info.pks {
+            return Err(StoreError::InvalidTable {
+                table: name.clone(),
+                reason: "its primary key was changed outside a migration".into(),
+            });
+        }
+        changed |= old.cols != info.cols || !info.triggers_in_place(&writer.conn)?;
+        before.insert(name.clone(), old);
+    }
+    if changed {
+        writer.local(tables, Captures::Ignore, |tx| {
+            reconcile(tx, &before, tables)
+        })?;
+    }
+    Ok(())
 }
 
 /// Records the rows a migration updated (noted by the trigger of

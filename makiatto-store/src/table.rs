@@ -307,13 +307,24 @@ impl TableInfo {
                 "triggers are not allowed on replicated tables (found {trigger})"
             )));
         }
+        Ok(Self::from_parts(name, class, pks, cols))
+    }
+
+    /// A table of this shape (no checks: [`TableInfo::introspect`] made them, or the
+    /// shape is one it recorded).
+    pub(crate) fn from_parts(
+        name: &str,
+        class: TableClass,
+        pks: Vec<String>,
+        cols: Vec<String>,
+    ) -> Self {
         let sql = TableSql::generate(name, &pks, &cols);
         let col_index = cols
             .iter()
             .enumerate()
             .map(|(i, c)| (c.clone(), i))
             .collect();
-        Ok(TableInfo {
+        TableInfo {
             name: name.to_owned(),
             arc_name: Arc::from(name),
             arc_cols: cols.iter().map(|c| Arc::from(c.as_str())).collect(),
@@ -323,7 +334,65 @@ impl TableInfo {
             cols,
             col_index,
             sql,
-        })
+        }
+    }
+
+    /// Records the table's columns in `crr_columns`, as the store last saw them: a change
+    /// made outside a migration is found (and reconciled) at the next open.
+    pub(crate) fn record_layout(&self, conn: &Connection) -> Result<()> {
+        conn.execute("DELETE FROM crr_columns WHERE tbl = ?1", [&self.name])?;
+        let mut insert = conn.prepare_cached(
+            "INSERT INTO crr_columns (tbl, pos, name, pk) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        let keys = (1i64..).zip(&self.pks).map(|(i, p)| (p, i));
+        for (pos, (col, pk)) in (0i64..).zip(keys.chain(self.cols.iter().map(|c| (c, 0)))) {
+            insert.execute(rusqlite::params![&self.name, pos, col, pk])?;
+        }
+        Ok(())
+    }
+
+    /// The table as [`TableInfo::record_layout`] recorded it, if it did.
+    pub(crate) fn recorded(
+        conn: &Connection,
+        name: &str,
+        class: TableClass,
+    ) -> Result<Option<Self>> {
+        let mut pks: Vec<(i64, String)> = Vec::new();
+        let mut cols = Vec::new();
+        let mut stmt =
+            conn.prepare("SELECT name, pk FROM crr_columns WHERE tbl = ?1 ORDER BY pos")?;
+        for row in stmt.query_map([name], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })? {
+            let (col, pk) = row?;
+            if pk > 0 {
+                pks.push((pk, col));
+            } else {
+                cols.push(col);
+            }
+        }
+        if pks.is_empty() {
+            return Ok(None);
+        }
+        pks.sort();
+        let pks = pks.into_iter().map(|(_, c)| c).collect();
+        Ok(Some(Self::from_parts(name, class, pks, cols)))
+    }
+
+    /// Whether every capture trigger of the table is in place under its name.
+    pub(crate) fn triggers_in_place(&self, conn: &Connection) -> Result<bool> {
+        let ours: std::collections::HashSet<String> = triggers_on(conn, &self.name)?
+            .into_iter()
+            .filter_map(|(name, ours)| ours.then_some(name))
+            .collect();
+        let prefix = self.name.clone() + "__crr_";
+        let want = ["ins".to_owned(), "del".to_owned(), "pk".to_owned()]
+            .into_iter()
+            .chain((0..self.cols.len()).map(|i| "upd_".to_owned() + &i.to_string()));
+        Ok(want
+            .into_iter()
+            .all(|w| ours.contains(&(prefix.clone() + &w)))
+            && ours.len() == self.cols.len() + 3)
     }
 
     /// DDL for the clock table and its index.

@@ -175,6 +175,9 @@ pub(crate) struct Writer {
     pub(crate) known: BTreeMap<SiteId, Ranges>,
     /// Known versions whose copy may lack cells (see [`crate::pending`]).
     pub(crate) pending: Vec<Group>,
+    /// The database's schema cookie as the store last checked it (see
+    /// [`Writer::check_schema`]); `None` while the store opens.
+    schema_cookie: Option<i64>,
 }
 
 impl Writer {
@@ -212,34 +215,48 @@ impl Writer {
         let st = state.clone();
         let mut conn = conn;
         // Inside `Store::write` the embedder's statements may not change a replicated
-        // table's schema (the captures and triggers describe it as it was at open) nor
-        // touch the store's own tables except through its triggers.
+        // table's schema (the captures and triggers describe it as it was at open), nor
+        // shadow one or the store's own tables with a temporary one, nor write the store's
+        // tables except through its triggers.
         conn.authorizer(Some(move |ctx: AuthContext<'_>| {
-            let (table, schema) = match ctx.action {
+            let (name, schema) = match ctx.action {
                 AuthAction::CreateTrigger { .. } | AuthAction::CreateTempTrigger { .. } => {
                     (None, true)
                 }
                 AuthAction::AlterTable { table_name, .. }
                 | AuthAction::DropTable { table_name }
+                | AuthAction::CreateTable { table_name }
+                | AuthAction::CreateTempTable { table_name }
                 | AuthAction::CreateIndex { table_name, .. }
+                | AuthAction::CreateTempIndex { table_name, .. }
                 | AuthAction::DropIndex { table_name, .. }
                 | AuthAction::DropTrigger { table_name, .. } => (Some(table_name), true),
+                AuthAction::CreateView { view_name } | AuthAction::CreateTempView { view_name } => {
+                    (Some(view_name), true)
+                }
                 AuthAction::Insert { table_name }
                 | AuthAction::Delete { table_name }
-                | AuthAction::Update { table_name, .. }
-                    if !ctx.accessor.is_some_and(|a| a.contains("__crr_")) =>
-                {
-                    (Some(table_name), false)
-                }
+                | AuthAction::Update { table_name, .. } => (Some(table_name), false),
                 _ => return Authorization::Allow,
             };
-            let internal = table.is_some_and(|t| t.starts_with("crr_") || t.contains("__crr_"));
             let s = lock(&st);
-            let guarded = match table {
+            if s.mode != Mode::Local || s.ddl {
+                return Authorization::Allow;
+            }
+            let internal = |t: &str| t.starts_with("crr_") || t.contains("__crr_");
+            let deny = match name {
                 None => true,
-                Some(t) => internal || (schema && s.replicated.contains(t)),
+                Some(t) if schema => internal(t) || s.replicated.contains(t),
+                // A capture trigger (`<table>__crr_…`) writes the clock tables.
+                Some(t) => {
+                    internal(t)
+                        && !ctx.accessor.is_some_and(|a| {
+                            a.split_once("__crr_")
+                                .is_some_and(|(table, _)| s.replicated.contains(table))
+                        })
+                }
             };
-            if guarded && s.mode == Mode::Local && !s.ddl {
+            if deny {
                 Authorization::Deny
             } else {
                 Authorization::Allow
@@ -257,7 +274,14 @@ impl Writer {
             self_ver,
             known,
             pending,
+            schema_cookie: None,
         })
+    }
+
+    /// Notes the schema as the store leaves it at open.
+    pub(crate) fn note_schema(&mut self) -> Result<()> {
+        self.schema_cookie = Some(schema_cookie(&self.conn)?);
+        Ok(())
     }
 
     /// Runs `f` in a local IMMEDIATE transaction with capture on.
@@ -293,6 +317,9 @@ impl Writer {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if captures == Captures::Use {
+            check_schema(&tx, &mut self.schema_cookie, tables)?;
+        }
         let value = f(&tx)?;
         let (ver, mut caps, mut touched) = {
             let mut st = lock(&self.state);
@@ -312,6 +339,11 @@ impl Writer {
             tables
         };
         let Some(ver) = ver else {
+            if captures == Captures::Ignore {
+                // A migration may remove the last clock rows of an own version (those of a
+                // column it drops), from which the version counter is recovered at open.
+                write_own_clock(&tx, self.self_ver, self.hlc.last())?;
+            }
             tx.commit()?;
             return Ok(LocalCommit {
                 value,
@@ -380,6 +412,7 @@ impl Writer {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        check_schema(&tx, &mut self.schema_cookie, tables)?;
         let mut touched: Vec<SiteId> = Vec::new();
         let mut max_ts = 0;
         for c in changes {
@@ -525,6 +558,43 @@ impl Drop for Writer {
             tracing::warn!(error = %e, "could not record the version counter at close");
         }
     }
+}
+
+fn schema_cookie(conn: &Connection) -> Result<i64> {
+    Ok(conn
+        .prepare_cached("PRAGMA schema_version")?
+        .query_row([], |r| r.get(0))?)
+}
+
+/// Checks, at the start of a write or merge, that no other connection changed a
+/// replicated table since the store last looked: the captures, triggers and generated SQL
+/// describe the tables as they were at open. SQLite's schema cookie moves with every schema
+/// change; when it has, each table is looked at again (another change, such as a table of
+/// the embedder's, is fine).
+fn check_schema(
+    conn: &Connection,
+    cookie: &mut Option<i64>,
+    tables: &BTreeMap<String, Arc<TableInfo>>,
+) -> Result<()> {
+    let Some(known) = *cookie else {
+        return Ok(());
+    };
+    let now = schema_cookie(conn)?;
+    if now == known {
+        return Ok(());
+    }
+    for info in tables.values() {
+        let same = TableInfo::introspect(conn, &info.name, info.class)
+            .is_ok_and(|t| t.pks == info.pks && t.cols == info.cols)
+            && info.triggers_in_place(conn)?;
+        if !same {
+            return Err(StoreError::SchemaChanged {
+                table: info.name.clone(),
+            });
+        }
+    }
+    *cookie = Some(now);
+    Ok(())
 }
 
 fn validate(c: &Change) -> Result<()> {

@@ -126,8 +126,9 @@ fn tables_that_break_the_rules_are_refused() {
     }
 }
 
-/// Triggers come from migrations (which check them); one made inside a write is refused,
-/// and the write with it.
+/// Schema changes of replicated tables and triggers come from migrations (which check
+/// them); inside a write they are refused, as are writes to the store's own tables and
+/// temporary objects that would shadow them, and the write with them.
 #[test]
 fn a_write_cannot_change_a_replicated_schema_nor_the_stores_tables() {
     let a = node();
@@ -144,6 +145,10 @@ fn a_write_cannot_change_a_replicated_schema_nor_the_stores_tables() {
         "UPDATE kv__crr_clock SET cv = 9",
         "DELETE FROM crr_known",
         "INSERT INTO crr_meta (key, value) VALUES ('self_ver', 0)",
+        // Temporary objects that would shadow the store's tables for its own statements.
+        "CREATE TEMP TABLE kv__crr_clock (x)",
+        "CREATE TEMP TABLE crr_meta (key, value)",
+        "CREATE TEMP VIEW kv AS SELECT 1 AS k",
     ] {
         let err = a
             .store
@@ -970,5 +975,100 @@ fn rows_a_migration_updates_in_place_replicate() {
             .iter()
             .all(|c| *c.pk == *pack(&[Value::Text("x".into())]) && &*c.cid == "b"),
         "{cells:?}"
+    );
+}
+
+/// Another connection that changes a replicated table's columns while the store is open
+/// stops its writes (the captures and triggers describe the table as it was) until the
+/// store is opened again, which reconciles the change as a migration would: the rows'
+/// implicit clocks keep standing for the columns they were written with. Another schema
+/// change (a table of the embedder's) is fine.
+#[test]
+fn a_column_another_connection_adds_is_reconciled_at_the_next_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let store = Store::open(&path, &SCHEMA, Options::default()).unwrap();
+    exec(&store, "INSERT INTO kv (k, a, b) VALUES ('x', 'ax', 1)");
+    let written = store.local_version(1).unwrap().cells;
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other.execute_batch("CREATE TABLE notes (n TEXT)").unwrap();
+    exec(&store, "INSERT INTO kv (k, a) VALUES ('y', 'ay')");
+    other
+        .execute_batch("ALTER TABLE kv ADD COLUMN c TEXT")
+        .unwrap();
+    let err = store
+        .write(|tx| Ok(tx.execute("INSERT INTO kv (k, a) VALUES ('z', 'az')", [])?))
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::SchemaChanged { table } if table == "kv"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("reopen"), "{err}");
+    drop(store);
+    let store = Store::open(&path, &SCHEMA, Options::default()).unwrap();
+    assert_eq!(store.local_version(1).unwrap().cells, written);
+    exec(&store, "INSERT INTO kv (k, a, c) VALUES ('z', 'az', 'cz')");
+    // A replica that synced after the change holds the same state.
+    let fresh = Store::open(dir.path().join("fresh"), &SCHEMA, Options::default()).unwrap();
+    let other = rusqlite::Connection::open(dir.path().join("fresh")).unwrap();
+    other
+        .execute_batch("ALTER TABLE kv ADD COLUMN c TEXT")
+        .unwrap();
+    drop((fresh, other));
+    let fresh = Store::open(dir.path().join("fresh"), &SCHEMA, Options::default()).unwrap();
+    pull(&fresh, &store);
+    assert_eq!(
+        store.canonical_hash().unwrap(),
+        fresh.canonical_hash().unwrap()
+    );
+}
+
+/// Writes another connection makes after dropping the capture triggers are not captured;
+/// the next open finds them (rows without a sentinel, live sentinels without a row) and
+/// records them like a migration's.
+#[test]
+fn writes_another_connection_made_without_the_triggers_replicate_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let (store, peer) = (
+        Store::open(&path, &SCHEMA, Options::default()).unwrap(),
+        Store::open(dir.path().join("peer"), &SCHEMA, Options::default()).unwrap(),
+    );
+    exec(
+        &store,
+        "INSERT INTO kv (k, a) VALUES ('x', 'ax'), ('y', 'ay')",
+    );
+    pull(&peer, &store);
+    let other = rusqlite::Connection::open(&path).unwrap();
+    let triggers: Vec<String> = other
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = 'kv'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    assert!(!triggers.is_empty());
+    for t in &triggers {
+        other
+            .execute_batch(&format!("DROP TRIGGER \"{t}\""))
+            .unwrap();
+    }
+    // While the store is open, its writes stop.
+    let err = store
+        .write(|tx| Ok(tx.execute("INSERT INTO kv (k) VALUES ('w')", [])?))
+        .unwrap_err();
+    assert!(matches!(err, StoreError::SchemaChanged { .. }), "{err}");
+    other
+        .execute_batch("INSERT INTO kv (k, a) VALUES ('z', 'az'); DELETE FROM kv WHERE k = 'y';")
+        .unwrap();
+    drop((store, other));
+    let store = Store::open(&path, &SCHEMA, Options::default()).unwrap();
+    pull(&peer, &store);
+    assert_eq!(get_kv(&peer, "z"), Some((Some("az".into()), 0)));
+    assert_eq!(get_kv(&peer, "y"), None);
+    assert_eq!(get_kv(&peer, "x"), Some((Some("ax".into()), 0)));
+    assert_eq!(
+        store.canonical_hash().unwrap(),
+        peer.canonical_hash().unwrap()
     );
 }

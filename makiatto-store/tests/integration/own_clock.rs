@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use makiatto_store::{Change, Options, Store};
+use makiatto_store::{Change, Migration, Options, Schema, Store};
 
 use crate::support::*;
 
@@ -175,4 +175,38 @@ fn a_clean_close_leaves_the_version_counter_in_the_file() {
     };
     assert_eq!(meta("self_ver"), last.ver as i64);
     assert_eq!(meta("hlc_last"), last.ts as i64);
+}
+
+#[test]
+fn versions_whose_clocks_a_migration_drops_are_not_reissued() {
+    const DROP_A: Schema = Schema {
+        migrations: &[
+            SCHEMA.migrations[0],
+            Migration {
+                version: 2,
+                sql: "ALTER TABLE kv DROP COLUMN a;",
+                replicate: &[],
+            },
+        ],
+    };
+    let (clock, _dir, path) = scratch();
+    let options = || Options {
+        clock: clock.clone(),
+        ..Options::default()
+    };
+    let last = {
+        let a = open(&path, &clock);
+        write(&a, "INSERT INTO kv VALUES ('x', 'a1', 1)");
+        // This version's only clock row is x's `a`.
+        let last = write(&a, "UPDATE kv SET a = 'a2' WHERE k = 'x'");
+        crash(a);
+        last
+    };
+    // The migration drops column `a`, and with it that clock row; it writes nothing else.
+    crash(Store::open(&path, &DROP_A, options()).unwrap());
+    clock.set(1_700_000_000_000);
+    let a = Store::open(&path, &DROP_A, options()).unwrap();
+    let next = write(&a, "INSERT INTO kv (k, b) VALUES ('y', 2)");
+    assert_eq!(next.ver, last.ver + 1, "no version number is issued twice");
+    assert!(next.ts > last.ts, "the HLC never goes back");
 }
