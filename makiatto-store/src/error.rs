@@ -41,12 +41,14 @@ pub enum StoreError {
     /// on it) while the store was open. Writes fail until the store is opened again, which
     /// records what the change did.
     #[error(
-        "table {table} was changed outside a migration while the store was open; \
+        "table {table} was changed outside a migration while the store was open ({reason}); \
          reopen the store to reconcile it"
     )]
     SchemaChanged {
         /// The table.
         table: String,
+        /// What changed.
+        reason: String,
     },
     /// A frame or message from a peer could not be decoded or is not acceptable.
     #[error("malformed message from peer: {0}")]

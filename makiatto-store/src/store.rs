@@ -258,12 +258,8 @@ impl Store {
                 // below, from the tables.
                 for info in tables.values() {
                     info.drop_triggers(tx)?;
-                    tx.execute_batch(&info.migration_trigger_ddl())?;
                 }
-                tx.execute_batch(m.sql)?;
-                for info in tables.values() {
-                    tx.execute_batch(&info.drop_migration_trigger_sql())?;
-                }
+                run_migration(tx, m.sql, &tables)?;
                 for r in m.replicate {
                     let info = TableInfo::introspect(tx, r.table, r.class)?;
                     tx.execute_batch(&info.clock_ddl())?;
@@ -288,6 +284,7 @@ impl Store {
                 for info in all.values() {
                     info.install_triggers(tx)?;
                 }
+                record_layouts(tx, &all)?;
                 set_meta(tx, "schema_version", &Value::Int(i64::from(m.version)))?;
                 Ok(all)
             })?;
@@ -300,9 +297,8 @@ impl Store {
         writer.local(&tables, Captures::Ignore, |tx| {
             for info in tables.values() {
                 info.install_triggers(tx)?;
-                info.record_layout(tx)?;
             }
-            Ok(())
+            record_layouts(tx, &tables)
         })?;
         writer.note_schema()?;
 
@@ -1041,39 +1037,82 @@ fn repair_outside_changes(
     }
     if changed {
         writer.local(tables, Captures::Ignore, |tx| {
-            reconcile(tx, &before, tables)
+            reconcile(tx, &before, tables)?;
+            for info in tables.values() {
+                info.install_triggers(tx)?;
+            }
+            record_layouts(tx, tables)
         })?;
     }
     Ok(())
 }
 
-/// Records the rows a migration updated (noted by the trigger of
-/// [`TableInfo::migration_trigger_ddl`]): each current column of each row that is still live
-/// gets a write in the migration's version. Which columns changed is not known (the
-/// trigger cannot name columns the migration may drop), so all of them are written.
+/// Records every replicated table's columns (see [`TableInfo::record_layout`]), in the
+/// transaction that made them so, and forgets tables no longer replicated.
+fn record_layouts(tx: &Connection, tables: &BTreeMap<String, Arc<TableInfo>>) -> Result<()> {
+    tx.execute(
+        "DELETE FROM crr_columns WHERE tbl NOT IN (SELECT name FROM crr_tables)",
+        [],
+    )?;
+    for info in tables.values() {
+        info.record_layout(tx)?;
+    }
+    Ok(())
+}
+
+/// Runs a migration's SQL statement by statement, with the triggers that note the rows it
+/// writes (see [`TableInfo::arm_migration_triggers`]) put in place again before each, on
+/// every table replicated before it that exists then, and dropped after.
+fn run_migration(
+    tx: &Connection,
+    sql: &str,
+    before: &BTreeMap<String, Arc<TableInfo>>,
+) -> Result<()> {
+    use rusqlite::fallible_iterator::FallibleIterator as _;
+    let mut batch = rusqlite::Batch::new(tx, sql);
+    loop {
+        for name in before.keys() {
+            TableInfo::arm_migration_triggers(tx, name)?;
+        }
+        let Some(mut stmt) = batch.next()? else {
+            break;
+        };
+        let mut rows = stmt.query([])?;
+        while rows.next()?.is_some() {}
+    }
+    for name in before.keys() {
+        tx.execute_batch(&TableInfo::disarm_migration_triggers_sql(name))?;
+    }
+    Ok(())
+}
+
+/// Records the rows a migration wrote (noted by the triggers of
+/// [`TableInfo::arm_migration_triggers`]): each current column of each row that is still
+/// live and that the migration did not insert anew gets a write in the migration's
+/// version. Which columns changed is not known (the triggers cannot name columns the
+/// migration may drop), so all of them are written.
 fn record_migrated_updates(
     tx: &Connection,
     before: &BTreeMap<String, Arc<TableInfo>>,
     after: &BTreeMap<String, Arc<TableInfo>>,
 ) -> Result<()> {
-    if before.is_empty() {
+    let noted: bool = tx.query_row(
+        "SELECT count(*) > 0 FROM temp.sqlite_schema WHERE name = 'crr_migrated'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !noted {
         return Ok(());
     }
     for info in after.values().filter(|i| before.contains_key(&i.name)) {
-        let keys: Vec<Vec<u8>> = tx
-            .prepare("SELECT pk FROM temp.crr_migrated WHERE tbl = ?1")?
-            .query_map([&info.name], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        for pk in keys {
-            // The row's implicit clocks first (the columns the write leaves alone keep
-            // theirs); a no-op where the migration changed the columns (written out above).
-            if let Some(sql) = &info.sql.materialize {
-                tx.execute(sql, [&pk])?;
-            }
-            tx.execute(&info.sql.clear_imp, [&pk])?;
-            for col in &info.cols {
-                tx.execute(&info.sql.migrated_col, params![&pk, col])?;
-            }
+        // The rows' implicit clocks first (the columns the write leaves alone keep theirs);
+        // a no-op where the migration changed the columns (written out already).
+        if let Some(sql) = &info.sql.migrated_materialize {
+            tx.execute(sql, [&info.name])?;
+        }
+        tx.execute(&info.sql.migrated_clear_imp, [&info.name])?;
+        if let Some(sql) = &info.sql.migrated_cols {
+            tx.execute(sql, [&info.name])?;
         }
     }
     tx.execute_batch("DROP TABLE temp.crr_migrated")?;

@@ -83,11 +83,16 @@ pub(crate) struct TableSql {
     /// copy with rows the old one did not have): they replicate like a local insert
     /// (sentinel with implicit column clocks, seqs reserved).
     pub(crate) backfill_unseen: String,
-    /// A write of one column (`?2`) of a live row (`?1`, packed key) in the transaction's
-    /// version, as a local update writes it (a column without a clock row goes to 2),
-    /// unless the row's sentinel is of that version already (then its implicit clocks
-    /// hold the row's values). Run for the rows a migration updated.
-    pub(crate) migrated_col: String,
+    /// For the rows a migration wrote (`temp.crr_migrated`, parameter: the table name):
+    /// their implicit clocks written out ...
+    pub(crate) migrated_materialize: Option<String>,
+    /// ... their `imp` flags cleared ...
+    pub(crate) migrated_clear_imp: String,
+    /// ... and a write of every column of each live one in the transaction's version, as
+    /// a local update writes it (a column without a clock row goes to 2), unless its
+    /// sentinel is of that version already (an insert or re-insert the migration made,
+    /// whose implicit clocks hold the row's values).
+    pub(crate) migrated_cols: Option<String>,
     /// Rows whose sentinel is a tombstone but which are in the table (a migration, which
     /// fires no trigger, brought the key back): they replicate like a local re-insert
     /// (causal length + 1, implicit column clocks, seqs reserved).
@@ -439,30 +444,66 @@ impl TableInfo {
         Ok(())
     }
 
-    /// The trigger a migration runs with instead of the capture triggers: it names only
-    /// the key (a migration may drop any other column) and notes each updated row's key in
-    /// `temp.crr_migrated`; [`TableSql::migrated_col`] then records the row's columns.
-    pub(crate) fn migration_trigger_ddl(&self) -> String {
-        let name = ident(&(self.name.clone() + "__crr_migrated"));
-        let key = join(self.pks.iter().map(|p| "NEW.".to_owned() + &ident(p)), ", ");
-        "CREATE TEMP TABLE IF NOT EXISTS crr_migrated (tbl TEXT NOT NULL, pk BLOB NOT NULL, \
-         PRIMARY KEY (tbl, pk)) WITHOUT ROWID;\nDROP TRIGGER IF EXISTS temp."
-            .to_owned()
-            + &name
-            + ";\nCREATE TEMP TRIGGER "
-            + &name
-            + " AFTER UPDATE ON "
-            + &ident(&self.name)
+    /// Puts in place, if `table` exists and they are not, the triggers a migration runs
+    /// with instead of the capture triggers: they name only the key (a migration may drop
+    /// any other column) and note the key of each row an `UPDATE` or `INSERT` (a
+    /// `REPLACE` too) wrote in `temp.crr_migrated`; [`TableSql::migrated_cols`] then
+    /// records those rows' columns. Run before each statement of a migration, so a table
+    /// the migration rebuilt gets them again under its name.
+    pub(crate) fn arm_migration_triggers(conn: &Connection, table: &str) -> Result<()> {
+        let (upd, ins) = (
+            table.to_owned() + "__crr_migrated_upd",
+            table.to_owned() + "__crr_migrated_ins",
+        );
+        let armed: i64 = conn.query_row(
+            "SELECT count(*) FROM temp.sqlite_schema WHERE type = 'trigger' AND name IN (?1, ?2)",
+            [&upd, &ins],
+            |r| r.get(0),
+        )?;
+        if armed == 2 {
+            return Ok(());
+        }
+        let mut key: Vec<(i64, String)> = conn
+            .prepare("SELECT pk, name FROM main.pragma_table_info(?1) WHERE pk > 0")?
+            .query_map([table], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        if key.is_empty() {
+            // Not there (dropped, or not yet renamed back), or a table without a key.
+            return Ok(());
+        }
+        key.sort();
+        let key = join(key.iter().map(|(_, p)| "NEW.".to_owned() + &ident(p)), ", ");
+        let note = " ON ".to_owned()
+            + &ident(table)
             + " BEGIN INSERT OR IGNORE INTO temp.crr_migrated (tbl, pk) VALUES ("
-            + &literal(&self.name)
+            + &literal(table)
             + ", crr_pack("
             + &key
-            + ")); END;"
+            + ")); END;\n";
+        conn.execute_batch(
+            &("CREATE TEMP TABLE IF NOT EXISTS crr_migrated (tbl TEXT NOT NULL, pk BLOB NOT NULL, \
+               PRIMARY KEY (tbl, pk)) WITHOUT ROWID;\n"
+                .to_owned()
+                + &Self::disarm_migration_triggers_sql(table)
+                + "CREATE TEMP TRIGGER "
+                + &ident(&upd)
+                + " AFTER UPDATE"
+                + &note
+                + "CREATE TEMP TRIGGER "
+                + &ident(&ins)
+                + " AFTER INSERT" + &note),
+        )?;
+        Ok(())
     }
 
-    /// Drops the trigger of [`TableInfo::migration_trigger_ddl`] if the migration left it.
-    pub(crate) fn drop_migration_trigger_sql(&self) -> String {
-        "DROP TRIGGER IF EXISTS temp.".to_owned() + &ident(&(self.name.clone() + "__crr_migrated"))
+    /// Drops the triggers of [`TableInfo::arm_migration_triggers`] if the migration left
+    /// them.
+    pub(crate) fn disarm_migration_triggers_sql(table: &str) -> String {
+        "DROP TRIGGER IF EXISTS temp.".to_owned()
+            + &ident(&(table.to_owned() + "__crr_migrated_upd"))
+            + ";\nDROP TRIGGER IF EXISTS temp."
+            + &ident(&(table.to_owned() + "__crr_migrated_ins"))
+            + ";\n"
     }
 
     /// Drops every capture trigger of the table. A migration runs without them (they name
@@ -820,15 +861,33 @@ impl TableSql {
                 + " s WHERE s.pk = "
                 + &pack_qualified
                 + " AND s.cid = '-1')",
-            migrated_col: "INSERT INTO ".to_owned()
+            migrated_materialize: (!cols.is_empty()).then(|| {
+                materialize_sql(name, cols, "s.pk")
+                    + " AND s.pk IN (SELECT pk FROM temp.crr_migrated WHERE tbl = ?1) \
+                       ON CONFLICT (pk, cid) DO NOTHING"
+            }),
+            migrated_clear_imp: "UPDATE ".to_owned()
                 + &clock
-                + " (pk, cid, cv, site_ord, ver, seq, ts) SELECT s.pk, ?2, 2, crr_self(), crr_ver(), \
-                   crr_seq(), crr_ts() FROM "
-                + &clock
-                + " s WHERE s.pk = ?1 AND s.cid = '-1' AND s.cv % 2 = 1 \
-                   AND NOT (s.site_ord = crr_self() AND s.ver = crr_ver()) \
-                   ON CONFLICT (pk, cid) DO UPDATE SET cv = cv + 1, site_ord = excluded.site_ord, \
-                   ver = excluded.ver, seq = excluded.seq, ts = excluded.ts",
+                + " SET imp = 0 WHERE cid = '-1' AND imp <> 0 \
+                   AND pk IN (SELECT pk FROM temp.crr_migrated WHERE tbl = ?1)",
+            migrated_cols: (!cols.is_empty()).then(|| {
+                "INSERT INTO ".to_owned()
+                    + &clock
+                    + " (pk, cid, cv, site_ord, ver, seq, ts) SELECT s.pk, c.column1, 2, \
+                       crr_self(), crr_ver(), crr_seq(), crr_ts() FROM "
+                    + &clock
+                    + " s, (VALUES "
+                    + &join(
+                        cols.iter().map(|c| "(".to_owned() + &literal(c) + ")"),
+                        ", ",
+                    )
+                    + ") c WHERE s.cid = '-1' AND s.cv % 2 = 1 \
+                       AND NOT (s.site_ord = crr_self() AND s.ver = crr_ver()) \
+                       AND s.pk IN (SELECT pk FROM temp.crr_migrated WHERE tbl = ?1) \
+                       ON CONFLICT (pk, cid) DO UPDATE SET cv = cv + 1, \
+                       site_ord = excluded.site_ord, ver = excluded.ver, seq = excluded.seq, \
+                       ts = excluded.ts"
+            }),
             backfill_revived: "UPDATE ".to_owned()
                 + &clock
                 + " SET cv = cv + 1, site_ord = crr_self(), ver = crr_ver(), seq = crr_seqs("

@@ -230,10 +230,15 @@ impl Writer {
                 | AuthAction::CreateIndex { table_name, .. }
                 | AuthAction::CreateTempIndex { table_name, .. }
                 | AuthAction::DropIndex { table_name, .. }
-                | AuthAction::DropTrigger { table_name, .. } => (Some(table_name), true),
-                AuthAction::CreateView { view_name } | AuthAction::CreateTempView { view_name } => {
-                    (Some(view_name), true)
+                | AuthAction::DropTrigger { table_name, .. }
+                | AuthAction::CreateVtable { table_name, .. }
+                | AuthAction::DropVtable { table_name, .. }
+                | AuthAction::CreateView {
+                    view_name: table_name,
                 }
+                | AuthAction::CreateTempView {
+                    view_name: table_name,
+                } => (Some(table_name), true),
                 AuthAction::Insert { table_name }
                 | AuthAction::Delete { table_name }
                 | AuthAction::Update { table_name, .. } => (Some(table_name), false),
@@ -584,12 +589,18 @@ fn check_schema(
         return Ok(());
     }
     for info in tables.values() {
-        let same = TableInfo::introspect(conn, &info.name, info.class)
-            .is_ok_and(|t| t.pks == info.pks && t.cols == info.cols)
-            && info.triggers_in_place(conn)?;
-        if !same {
+        let changed = match TableInfo::introspect(conn, &info.name, info.class) {
+            Err(e) => Some(e.to_string()),
+            Ok(t) if t.pks != info.pks || t.cols != info.cols => Some("its columns changed".into()),
+            Ok(_) if !info.triggers_in_place(conn)? => {
+                Some("the store's triggers on it are gone".into())
+            }
+            Ok(_) => None,
+        };
+        if let Some(reason) = changed {
             return Err(StoreError::SchemaChanged {
                 table: info.name.clone(),
+                reason,
             });
         }
     }

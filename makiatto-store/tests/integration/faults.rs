@@ -149,6 +149,7 @@ fn a_write_cannot_change_a_replicated_schema_nor_the_stores_tables() {
         "CREATE TEMP TABLE kv__crr_clock (x)",
         "CREATE TEMP TABLE crr_meta (key, value)",
         "CREATE TEMP VIEW kv AS SELECT 1 AS k",
+        "CREATE VIRTUAL TABLE temp.kv USING fts5(k)",
     ] {
         let err = a
             .store
@@ -919,11 +920,12 @@ fn what_a_migration_writes_replicates_like_a_write() {
     assert_eq!(s.canonical_hash().unwrap(), fresh.canonical_hash().unwrap());
 }
 
-/// Rows a migration updates in place replicate: every column of each, in the migration's
-/// version, even when the same migration drops a column (which the capture triggers, which
-/// name every column, would make SQLite refuse).
+/// Rows a migration writes in place replicate: every column of each, in the migration's
+/// version, whether it updates them, replaces them, deletes and re-inserts them, or
+/// updates them after rebuilding the table; and even when the same migration drops a
+/// column (which the capture triggers, which name every column, would make SQLite refuse).
 #[test]
-fn rows_a_migration_updates_in_place_replicate() {
+fn rows_a_migration_writes_in_place_replicate() {
     const M1: Migration = Migration {
         version: 1,
         sql: "CREATE TABLE m (k TEXT PRIMARY KEY NOT NULL, a TEXT, b TEXT) STRICT;",
@@ -939,7 +941,15 @@ fn rows_a_migration_updates_in_place_replicate() {
             Migration {
                 version: 2,
                 sql: "ALTER TABLE m DROP COLUMN a;
-                      UPDATE m SET b = 'migrated' WHERE k = 'x';",
+                      UPDATE m SET b = 'updated' WHERE k = 'x';
+                      REPLACE INTO m (k, b) VALUES ('y', 'replaced');
+                      DELETE FROM m WHERE k = 'z';
+                      INSERT INTO m (k, b) VALUES ('z', 'reinserted');
+                      CREATE TABLE m_new (k TEXT PRIMARY KEY NOT NULL, b TEXT) STRICT;
+                      INSERT INTO m_new SELECT k, b FROM m;
+                      DROP TABLE m;
+                      ALTER TABLE m_new RENAME TO m;
+                      UPDATE m SET b = 'after the rebuild' WHERE k = 'w';",
                 replicate: &[],
             },
         ],
@@ -950,8 +960,12 @@ fn rows_a_migration_updates_in_place_replicate() {
     let old = Store::open(dir.path().join("old"), &S1, Options::default()).unwrap();
     {
         let s = Store::open(&path, &S1, Options::default()).unwrap();
-        exec(&s, "INSERT INTO m VALUES ('x', 'a1', 'b1')");
-        exec(&s, "INSERT INTO m VALUES ('y', 'a2', 'b2')");
+        for k in ["v", "w", "x", "y", "z"] {
+            exec(
+                &s,
+                &format!("INSERT INTO m VALUES ('{k}', 'a-{k}', 'b-{k}')"),
+            );
+        }
         pull(&old, &s);
     }
     let s = Store::open(&path, &S2, Options::default()).unwrap();
@@ -960,22 +974,98 @@ fn rows_a_migration_updates_in_place_replicate() {
         st.read(|c| Ok(c.query_row("SELECT b FROM m WHERE k = ?1", [k], |r| r.get(0))?))
             .unwrap()
     };
-    assert_eq!(b(&old, "x").as_deref(), Some("migrated"));
-    assert_eq!(b(&old, "y").as_deref(), Some("b2"));
-    // Only the updated row is in the migration's version.
+    for (k, want) in [
+        ("v", "b-v"),
+        ("w", "after the rebuild"),
+        ("x", "updated"),
+        ("y", "replaced"),
+        ("z", "reinserted"),
+    ] {
+        assert_eq!(b(&s, k).as_deref(), Some(want), "{k} here");
+        assert_eq!(b(&old, k).as_deref(), Some(want), "{k} on the replica");
+    }
+    // Only the rows written are in the migration's version.
     let ver = s.known().0[&s.site()]
         .iter()
         .map(|&(_, hi)| hi)
         .max()
         .unwrap();
     let cells = s.local_version(ver).unwrap().cells;
-    assert!(!cells.is_empty());
-    assert!(
-        cells
-            .iter()
-            .all(|c| *c.pk == *pack(&[Value::Text("x".into())]) && &*c.cid == "b"),
-        "{cells:?}"
-    );
+    let keys: std::collections::BTreeSet<Vec<u8>> = cells.iter().map(|c| c.pk.to_vec()).collect();
+    let want: std::collections::BTreeSet<Vec<u8>> = ["w", "x", "y", "z"]
+        .iter()
+        .map(|k| pack(&[Value::Text((*k).into())]))
+        .collect();
+    assert_eq!(keys, want, "{cells:?}");
+    assert!(cells.iter().all(|c| &*c.cid == "b"), "{cells:?}");
+}
+
+/// A migration that fails leaves the ones before it recorded: the columns they left are
+/// the store's record of the table, so the next open does not take their changes for
+/// changes made outside a migration (and rewrite the clocks of rows they inserted).
+#[test]
+fn migrations_before_one_that_fails_stay_recorded() {
+    const M1: Migration = Migration {
+        version: 1,
+        sql: "CREATE TABLE m (k TEXT PRIMARY KEY NOT NULL, a TEXT, b TEXT) STRICT;",
+        replicate: &[Replicate {
+            table: "m",
+            class: TableClass::Durable,
+        }],
+    };
+    const M2: Migration = Migration {
+        version: 2,
+        // A rebuild without `a` that adds a row: the new table has no trigger, so the row
+        // is found afterwards and keeps implicit clocks (for `b` alone).
+        sql: "CREATE TABLE m_new (k TEXT PRIMARY KEY NOT NULL, b TEXT) STRICT;
+              INSERT INTO m_new SELECT k, b FROM m;
+              INSERT INTO m_new VALUES ('new', 'b');
+              DROP TABLE m;
+              ALTER TABLE m_new RENAME TO m;",
+        replicate: &[],
+    };
+    const BROKEN: Schema = Schema {
+        migrations: &[
+            M1,
+            M2,
+            Migration {
+                version: 3,
+                sql: "this is not SQL",
+                replicate: &[],
+            },
+        ],
+    };
+    const FIXED: Schema = Schema {
+        migrations: &[
+            M1,
+            M2,
+            Migration {
+                version: 3,
+                sql: "CREATE TABLE unrelated (x INTEGER);",
+                replicate: &[],
+            },
+        ],
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    drop(Store::open(&path, &Schema { migrations: &[M1] }, Options::default()).unwrap());
+    assert!(Store::open(&path, &BROKEN, Options::default()).is_err());
+    let s = Store::open(&path, &FIXED, Options::default()).unwrap();
+    // The row migration 2 inserted: its sentinel, then `b`, the one column it had.
+    let new = pack(&[Value::Text("new".into())]);
+    let ver = s.known().0[&s.site()]
+        .iter()
+        .map(|&(_, hi)| hi)
+        .max()
+        .unwrap();
+    let cells = s.local_version(ver).unwrap().cells;
+    let seqs: Vec<(&str, u32)> = cells
+        .iter()
+        .filter(|c| *c.pk == *new)
+        .map(|c| (&*c.cid, c.seq))
+        .collect();
+    let base = seqs.first().map_or(0, |&(_, seq)| seq);
+    assert_eq!(seqs, [("-1", base), ("b", base + 1)], "{cells:?}");
 }
 
 /// Another connection that changes a replicated table's columns while the store is open
@@ -1000,7 +1090,7 @@ fn a_column_another_connection_adds_is_reconciled_at_the_next_open() {
         .write(|tx| Ok(tx.execute("INSERT INTO kv (k, a) VALUES ('z', 'az')", [])?))
         .unwrap_err();
     assert!(
-        matches!(&err, StoreError::SchemaChanged { table } if table == "kv"),
+        matches!(&err, StoreError::SchemaChanged { table, .. } if table == "kv"),
         "{err}"
     );
     assert!(err.to_string().contains("reopen"), "{err}");
