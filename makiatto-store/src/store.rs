@@ -15,7 +15,7 @@ use crate::table::{SENTINEL, TableInfo, ident};
 use crate::wire::{Cell, Change, Chunk, Frame, SyncReq};
 use crate::writer::{
     Captures, ClockRow, LocalCommit, MergeCommit, RowReader, Sites, Writer, clock_row_cells,
-    get_meta, load_known, own_clock, select_row, set_meta, write_own_clock,
+    get_meta, load_known, local_event, own_clock, select_row, set_meta, write_own_clock,
 };
 use crate::{Result, Schema, SiteId, StoreError, TableClass, Value};
 
@@ -372,16 +372,22 @@ impl Store {
     /// Do not call `write` from inside `f` (it would deadlock).
     pub fn write<R>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<R>) -> Result<R> {
         let mut w = lock(&self.inner.writer);
-        let LocalCommit {
-            value,
-            change,
-            event,
-        } = w.local(&self.inner.tables, Captures::Use, f)?;
+        let LocalCommit { value, change } = w.local(&self.inner.tables, Captures::Use, f)?;
         if let Some(change) = change {
             self.set_known(&w);
             drop(w);
-            if let Some(event) = event {
-                self.publish(vec![event]);
+            // Row events are built only for someone to receive them; the table watches
+            // need only the tables.
+            if self.inner.events.receiver_count() > 0 {
+                self.publish(local_event(&change).into_iter().collect());
+            } else {
+                let mut tables: Vec<&str> = Vec::new();
+                for cell in &change.cells {
+                    if tables.last() != Some(&&*cell.table) && !tables.contains(&&*cell.table) {
+                        tables.push(&cell.table);
+                    }
+                }
+                self.bump_watches(tables);
             }
             let _ = self.inner.outbox.send(Arc::new(change));
         }
@@ -837,18 +843,21 @@ impl Store {
     }
 
     fn publish(&self, events: Vec<CommitEvent>) {
-        let mut bumped: Vec<&str> = Vec::new();
+        let mut tables: Vec<String> = Vec::new();
         for e in events {
             for c in &e.changes {
-                if !bumped.contains(&&*c.table)
-                    && let Some((name, _)) = self.inner.watches.get_key_value(&*c.table)
-                {
-                    bumped.push(name);
+                if !tables.iter().any(|t| **t == *c.table) {
+                    tables.push(c.table.to_string());
                 }
             }
             let _ = self.inner.events.send(Arc::new(e));
         }
-        for t in bumped {
+        self.bump_watches(tables.iter().map(String::as_str));
+    }
+
+    /// Moves the generation counter of each of `tables` (each named once) that is watched.
+    fn bump_watches<'t>(&self, tables: impl IntoIterator<Item = &'t str>) {
+        for t in tables {
             if let Some(w) = self.inner.watches.get(t) {
                 w.send_modify(|g| *g += 1);
             }

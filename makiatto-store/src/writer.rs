@@ -143,7 +143,6 @@ impl Sites {
 pub(crate) struct LocalCommit<R> {
     pub(crate) value: R,
     pub(crate) change: Option<Change>,
-    pub(crate) event: Option<CommitEvent>,
 }
 
 /// The outcome of a committed merge batch.
@@ -353,7 +352,6 @@ impl Writer {
             return Ok(LocalCommit {
                 value,
                 change: None,
-                event: None,
             });
         };
         let change = read_local(
@@ -385,11 +383,9 @@ impl Writer {
         tx.commit()?;
         self.self_ver = ver;
         self.known.insert(self.self_site, ranges);
-        let event = local_event(&change);
         Ok(LocalCommit {
             value,
             change: Some(change),
-            event,
         })
     }
 
@@ -1388,7 +1384,8 @@ pub(crate) fn select_row(
         .optional()?)
 }
 
-fn local_event(change: &Change) -> Option<CommitEvent> {
+/// The row events of a local version (every cell of one is a visible change).
+pub(crate) fn local_event(change: &Change) -> Option<CommitEvent> {
     let mut rows: Vec<RowChange> = Vec::new();
     // Keys of this replica's own writes: the fast hasher is enough.
     let mut index: HashMap<(&str, &[u8]), usize, foldhash::fast::RandomState> = HashMap::default();

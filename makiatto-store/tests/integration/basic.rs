@@ -352,3 +352,30 @@ fn rows_an_earlier_build_marked_imp_2_replicate_as_before() {
     assert_eq!(h, b.store.canonical_hash().unwrap());
     assert_eq!(h, fresh.store.canonical_hash().unwrap());
 }
+
+/// With nobody subscribed to row events (as on a node), a local write still moves the
+/// watches of exactly the tables it changed.
+#[test]
+fn local_writes_move_the_watches_of_the_tables_they_changed() {
+    let a = node();
+    let mut kv = a.store.watch_table("kv").unwrap();
+    let mut pair = a.store.watch_table("pair").unwrap();
+    let mut ev = a.store.watch_table("ev").unwrap();
+    exec(
+        &a.store,
+        "INSERT INTO kv (k) VALUES ('x'); INSERT INTO ev (id) VALUES ('e'); \
+         INSERT INTO kv (k) VALUES ('y');",
+    );
+    assert!(kv.has_changed().unwrap());
+    assert!(ev.has_changed().unwrap());
+    assert!(!pair.has_changed().unwrap());
+    assert_eq!(*kv.borrow_and_update(), 1, "one version, one move");
+    ev.borrow_and_update();
+    exec(&a.store, "UPDATE kv SET a = NULL WHERE k = 'x';");
+    assert!(!kv.has_changed().unwrap(), "a write that changed nothing");
+    exec(&a.store, "DELETE FROM ev WHERE id = 'e';");
+    assert!(ev.has_changed().unwrap());
+    assert!(!kv.has_changed().unwrap());
+    assert!(!pair.has_changed().unwrap());
+    pair.borrow_and_update();
+}
