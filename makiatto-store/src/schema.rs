@@ -22,15 +22,19 @@ pub struct Replicate {
 /// One numbered migration: SQL run once, in order, inside the writer transaction, and the
 /// tables it makes replicated.
 ///
-/// Allowed changes (replication.md §3.13): new tables, new nullable or DEFAULT columns,
-/// non-unique indexes. Replicated tables must be `STRICT`, have an explicit `NOT NULL`
-/// primary key, no `UNIQUE` constraint besides it, no foreign keys, no `AUTOINCREMENT`,
-/// and a `DEFAULT` on every non-key `NOT NULL` column.
+/// A migration may add tables, columns and non-unique indexes, drop columns, rebuild a
+/// table, and write rows; what it writes to replicated tables is recorded from the tables
+/// afterwards (docs/replication.md, "Tables"). Values it changes while copying rows into a
+/// rebuilt table are not recorded, so they must be deterministic: every node runs the
+/// migration. Replicated tables must be `STRICT`, have an explicit `NOT NULL` primary key,
+/// no `UNIQUE` constraint besides it, no foreign keys, no `AUTOINCREMENT`, and a `DEFAULT`
+/// on every non-key `NOT NULL` column.
 #[derive(Debug, Clone, Copy)]
 pub struct Migration {
     /// 1, 2, 3… without gaps.
     pub version: u32,
-    /// SQL statements (a batch).
+    /// SQL statements, run one after the other; none may take parameters, and the rows a
+    /// statement returns (a `SELECT`, a `PRAGMA`) are read to the end and dropped.
     pub sql: &'static str,
     /// Tables that become replicated with this migration (an `ALTER TABLE` of an already
     /// replicated table needs no entry: its triggers are regenerated automatically).

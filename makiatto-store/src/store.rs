@@ -279,8 +279,8 @@ impl Store {
                 }
                 let all = load_tables(tx)?;
                 reconcile(tx, &tables, &all)?;
-                // Rows it updated: each column of each, as a local update would write it.
-                record_migrated_updates(tx, &tables, &all)?;
+                // Rows it wrote in place: each column of each, as a local update would.
+                record_migrated_writes(tx, &tables, &all)?;
                 for info in all.values() {
                     info.install_triggers(tx)?;
                 }
@@ -1100,7 +1100,7 @@ fn run_migration(
 /// live and that the migration did not insert anew gets a write in the migration's
 /// version. Which columns changed is not known (the triggers cannot name columns the
 /// migration may drop), so all of them are written.
-fn record_migrated_updates(
+fn record_migrated_writes(
     tx: &Connection,
     before: &BTreeMap<String, Arc<TableInfo>>,
     after: &BTreeMap<String, Arc<TableInfo>>,

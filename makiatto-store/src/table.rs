@@ -94,7 +94,7 @@ pub(crate) struct TableSql {
     /// whose implicit clocks hold the row's values).
     pub(crate) migrated_cols: Option<String>,
     /// Rows whose sentinel is a tombstone but which are in the table (a migration, which
-    /// fires no trigger, brought the key back): they replicate like a local re-insert
+    /// fires no capture trigger, brought the key back): they replicate like a local re-insert
     /// (causal length + 1, implicit column clocks, seqs reserved).
     pub(crate) backfill_revived: String,
     /// Remove the column clocks of live rows that are gone from the table (dropped by a
@@ -455,9 +455,11 @@ impl TableInfo {
             table.to_owned() + "__crr_migrated_upd",
             table.to_owned() + "__crr_migrated_ins",
         );
+        // On this table: `ALTER TABLE … RENAME TO` takes triggers along to the new name.
         let armed: i64 = conn.query_row(
-            "SELECT count(*) FROM temp.sqlite_schema WHERE type = 'trigger' AND name IN (?1, ?2)",
-            [&upd, &ins],
+            "SELECT count(*) FROM temp.sqlite_schema \
+             WHERE type = 'trigger' AND name IN (?1, ?2) AND tbl_name = ?3",
+            [&upd, &ins, &table.to_owned()],
             |r| r.get(0),
         )?;
         if armed == 2 {

@@ -1000,6 +1000,55 @@ fn rows_a_migration_writes_in_place_replicate() {
     assert!(cells.iter().all(|c| &*c.cid == "b"), "{cells:?}");
 }
 
+/// A rebuild that first renames the old table away (`ALTER TABLE m RENAME TO m_old`, which
+/// takes triggers along) still records what the migration then writes to the new `m`.
+#[test]
+fn a_rebuild_that_renames_the_old_table_first_records_writes_to_the_new_one() {
+    const M1: Migration = Migration {
+        version: 1,
+        sql: "CREATE TABLE m (k TEXT PRIMARY KEY NOT NULL, a TEXT, b TEXT) STRICT;",
+        replicate: &[Replicate {
+            table: "m",
+            class: TableClass::Durable,
+        }],
+    };
+    const S1: Schema = Schema { migrations: &[M1] };
+    const S2: Schema = Schema {
+        migrations: &[
+            M1,
+            Migration {
+                version: 2,
+                sql: "ALTER TABLE m RENAME TO m_old;
+                      CREATE TABLE m (k TEXT PRIMARY KEY NOT NULL, b TEXT) STRICT;
+                      INSERT INTO m SELECT k, b FROM m_old;
+                      UPDATE m SET b = 'updated' WHERE k = 'w';
+                      DROP TABLE m_old;",
+                replicate: &[],
+            },
+        ],
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let old = Store::open(dir.path().join("old"), &S1, Options::default()).unwrap();
+    {
+        let s = Store::open(&path, &S1, Options::default()).unwrap();
+        exec(
+            &s,
+            "INSERT INTO m VALUES ('v', 'a-v', 'b-v'), ('w', 'a-w', 'b-w')",
+        );
+        pull(&old, &s);
+    }
+    let s = Store::open(&path, &S2, Options::default()).unwrap();
+    pull(&old, &s);
+    let b = |st: &Store, k: &str| -> Option<String> {
+        st.read(|c| Ok(c.query_row("SELECT b FROM m WHERE k = ?1", [k], |r| r.get(0))?))
+            .unwrap()
+    };
+    assert_eq!(b(&old, "w").as_deref(), Some("updated"));
+    assert_eq!(b(&old, "v").as_deref(), Some("b-v"));
+    assert_eq!(b(&s, "v").as_deref(), Some("b-v"));
+}
+
 /// A migration that fails leaves the ones before it recorded: the columns they left are
 /// the store's record of the table, so the next open does not take their changes for
 /// changes made outside a migration (and rewrite the clocks of rows they inserted).
