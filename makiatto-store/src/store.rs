@@ -1016,6 +1016,19 @@ fn reconcile(
     for info in after.values() {
         tx.execute(&info.sql.backfill_unseen, [])?;
     }
+    // Columns a table did not have: values other than the default were written (a rename,
+    // or a copy into a rebuilt table) and must reach replicas that sync later.
+    for (name, old) in before {
+        let Some(new) = after.get(name) else { continue };
+        for col in new.cols.iter().filter(|c| !old.cols.contains(c)) {
+            let default: Option<String> = tx.query_row(
+                "SELECT dflt_value FROM pragma_table_info(?1) WHERE name = ?2",
+                [name, col],
+                |r| r.get(0),
+            )?;
+            tx.execute(&new.new_column_sql(col, default.as_deref()), [])?;
+        }
+    }
     Ok(())
 }
 

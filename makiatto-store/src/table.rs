@@ -508,6 +508,39 @@ impl TableInfo {
             + ";\n"
     }
 
+    /// The statement recording, for a column `col` the table did not have before a
+    /// migration, a write of it in every live row where its value is not the column's
+    /// default (a renamed column, or one a rebuild copied values into), unless the row's
+    /// sentinel is of the migration's version (its implicit clocks cover the column) or the
+    /// column has a clock row already. A column added with its default needs nothing: every
+    /// replica computes the same value. `default` is SQLite's text of the column's `DEFAULT`
+    /// expression, from the table's own description.
+    pub(crate) fn new_column_sql(&self, col: &str, default: Option<&str>) -> String {
+        let t = ident(&self.name);
+        let clock = clock_table(&self.name);
+        let pack = "crr_pack(".to_owned()
+            + &join(self.pks.iter().map(|p| t.clone() + "." + &ident(p)), ", ")
+            + ")";
+        "INSERT INTO ".to_owned()
+            + &clock
+            + " (pk, cid, cv, site_ord, ver, seq, ts) SELECT s.pk, "
+            + &literal(col)
+            + ", 2, crr_self(), crr_ver(), crr_seq(), crr_ts() FROM "
+            + &t
+            + " JOIN "
+            + &clock
+            + " s ON s.pk = "
+            + &pack
+            + " AND s.cid = '-1' WHERE s.cv % 2 = 1 AND "
+            + &t
+            + "."
+            + &ident(col)
+            + " IS NOT ("
+            + default.unwrap_or("NULL")
+            + ") AND NOT (s.site_ord = crr_self() AND s.ver = crr_ver()) \
+               ON CONFLICT (pk, cid) DO NOTHING"
+    }
+
     /// Drops every capture trigger of the table. A migration runs without them (they name
     /// the columns, so SQLite would refuse `ALTER TABLE … DROP COLUMN`); what it wrote is
     /// found by comparing the table with its clocks afterwards.

@@ -1049,6 +1049,70 @@ fn a_rebuild_that_renames_the_old_table_first_records_writes_to_the_new_one() {
     assert_eq!(b(&s, "v").as_deref(), Some("b-v"));
 }
 
+/// A column a migration renames keeps its values on replicas that sync later: they were
+/// written under the old name, so the migration records them under the new one. A column
+/// added with its default gets no clocks (every replica computes the same value).
+#[test]
+fn a_renamed_column_reaches_replicas_that_sync_later() {
+    const M1: Migration = Migration {
+        version: 1,
+        sql: "CREATE TABLE m (k TEXT PRIMARY KEY NOT NULL, a TEXT, b TEXT) STRICT;",
+        replicate: &[Replicate {
+            table: "m",
+            class: TableClass::Durable,
+        }],
+    };
+    const S1: Schema = Schema { migrations: &[M1] };
+    const S2: Schema = Schema {
+        migrations: &[
+            M1,
+            Migration {
+                version: 2,
+                sql: "ALTER TABLE m RENAME COLUMN a TO c;
+                      ALTER TABLE m ADD COLUMN d TEXT NOT NULL DEFAULT 'dd';",
+                replicate: &[],
+            },
+        ],
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    {
+        let s = Store::open(&path, &S1, Options::default()).unwrap();
+        exec(
+            &s,
+            "INSERT INTO m VALUES ('x', 'a-x', 'b-x'), ('n', NULL, 'b-n')",
+        );
+        exec(&s, "UPDATE m SET a = 'a-x2' WHERE k = 'x'");
+    }
+    let s = Store::open(&path, &S2, Options::default()).unwrap();
+    let fresh = Store::open(dir.path().join("fresh"), &S2, Options::default()).unwrap();
+    pull(&fresh, &s);
+    let row = |st: &Store, k: &str| -> (Option<String>, String, String) {
+        st.read(|c| {
+            Ok(c.query_row("SELECT c, b, d FROM m WHERE k = ?1", [k], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?)
+        })
+        .unwrap()
+    };
+    assert_eq!(
+        row(&fresh, "x"),
+        (Some("a-x2".into()), "b-x".into(), "dd".into())
+    );
+    assert_eq!(row(&fresh, "n"), (None, "b-n".into(), "dd".into()));
+    assert_eq!(s.canonical_hash().unwrap(), fresh.canonical_hash().unwrap());
+    let d_clocks: i64 = s
+        .read(|c| {
+            Ok(c.query_row(
+                "SELECT count(*) FROM m__crr_clock WHERE cid = 'd'",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .unwrap();
+    assert_eq!(d_clocks, 0);
+}
+
 /// A migration that fails leaves the ones before it recorded: the columns they left are
 /// the store's record of the table, so the next open does not take their changes for
 /// changes made outside a migration (and rewrite the clocks of rows they inserted).
