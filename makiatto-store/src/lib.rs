@@ -10,7 +10,9 @@
 //! # Design
 //! - Local writes go through [`Store::write`] on the single writer connection; generated
 //!   triggers call Rust functions registered only on that connection, so a write to a
-//!   replicated table from any other connection fails. Primary keys are immutable.
+//!   replicated table from any other connection fails (one that drops the triggers first
+//!   stops the store's writes until it is reopened; see `docs/replication.md`). Primary
+//!   keys are immutable.
 //! - Each local transaction that touches replicated tables becomes one **origin version**
 //!   `(site, ver)`, dense per site and never re-stamped. Remote versions are applied whole
 //!   ([`Store::merge`]) or not at all, and the set of known versions is persisted in the

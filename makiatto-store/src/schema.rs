@@ -24,11 +24,13 @@ pub struct Replicate {
 ///
 /// A migration may add tables, columns and non-unique indexes, drop columns, rebuild a
 /// table, and write rows; what it writes to replicated tables is recorded from the tables
-/// afterwards (docs/replication.md, "Tables"). Values it changes while copying rows into a
-/// rebuilt table are not recorded, so they must be deterministic: every node runs the
-/// migration. Replicated tables must be `STRICT`, have an explicit `NOT NULL` primary key,
-/// no `UNIQUE` constraint besides it, no foreign keys, no `AUTOINCREMENT`, and a `DEFAULT`
-/// on every non-key `NOT NULL` column.
+/// afterwards (docs/replication.md, "Tables"). Values it changes in kept columns while
+/// copying rows into a rebuilt table are not recorded, so they must be deterministic:
+/// every node runs the migration. Replicated tables must be `STRICT`, have an explicit
+/// `NOT NULL` primary key, no `UNIQUE` constraint besides it, no foreign keys, a `DEFAULT`
+/// on every non-key `NOT NULL` column, and no triggers of the embedder's (the store checks
+/// these). Keys must be unique across nodes: a random or content-derived id, not an
+/// auto-incremented integer, which two nodes would hand out alike.
 #[derive(Debug, Clone, Copy)]
 pub struct Migration {
     /// 1, 2, 3… without gaps.

@@ -175,8 +175,9 @@ fn hash_row(
         h.update(cid.as_bytes());
         h.update(&cv.to_le_bytes());
         h.update(&cl.to_le_bytes());
-        // Live rows' sentinels may carry either concurrent writer's metadata (see the
-        // crate docs); tombstones' and columns' converge exactly.
+        // Live rows' sentinels may carry either concurrent writer's metadata (see
+        // docs/replication.md, "What converges, exactly"); tombstones' and columns'
+        // converge exactly.
         if cid != SENTINEL || cl % 2 == 0 {
             h.update(&site.0);
             h.update(&ts.to_le_bytes());

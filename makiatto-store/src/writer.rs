@@ -1423,8 +1423,9 @@ pub(crate) fn local_event(change: &Change) -> Option<CommitEvent> {
 /// clock rows carry both, so they are the greater of `crr_meta`'s `self_ver` / `hlc_last`
 /// and the newest own clock row of any table (one index seek per table). `crr_meta` is
 /// written wherever an own version could lose its last clock row without a newer own one
-/// taking its place: a merge (remote cells overwrite), tombstone GC, and a local version
-/// that ends with no clock rows at all.
+/// taking its place: a merge (remote cells overwrite), tombstone GC, a local version that
+/// ends with no clock rows at all, a transaction of the open (a migration or reconciliation
+/// may remove clock rows) that issues no version, and a clean close.
 pub(crate) fn own_clock(conn: &Connection) -> Result<(u64, u64)> {
     let meta = |key| -> Result<u64> {
         Ok(match get_meta(conn, key)? {
