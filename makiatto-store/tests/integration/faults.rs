@@ -342,15 +342,13 @@ fn rows_a_migration_adds_to_a_rebuilt_table_replicate_like_an_insert() {
                     class: TableClass::Durable,
                 }],
             },
-            Migration {
-                version: 2,
-                sql: "CREATE TABLE odd_new (pk TEXT PRIMARY KEY NOT NULL, cid TEXT) STRICT;
+            then(
+                "CREATE TABLE odd_new (pk TEXT PRIMARY KEY NOT NULL, cid TEXT) STRICT;
                       INSERT INTO odd_new SELECT * FROM odd;
                       INSERT INTO odd_new VALUES ('seeded', 'by the migration');
                       DROP TABLE odd;
                       ALTER TABLE odd_new RENAME TO odd;",
-                replicate: &[],
-            },
+            ),
         ],
     };
     let dir = tempfile::tempdir().unwrap();
@@ -770,40 +768,50 @@ fn a_table_listed_again_by_a_later_migration_keeps_its_implicit_clocks() {
     assert_eq!(a.canonical_hash().unwrap(), b.canonical_hash().unwrap());
 }
 
+/// The table the migration tests below start from: `m (k, a, b)`, replicated.
+const M1: Migration = Migration {
+    version: 1,
+    sql: "CREATE TABLE m (k TEXT PRIMARY KEY NOT NULL, a TEXT, b TEXT) STRICT;",
+    replicate: &[Replicate {
+        table: "m",
+        class: TableClass::Durable,
+    }],
+};
+
+/// [`M1`] alone: a replica that has not migrated.
+const S1: Schema = Schema { migrations: &[M1] };
+
+/// Migration 2, replicating no new table.
+const fn then(sql: &'static str) -> Migration {
+    Migration {
+        version: 2,
+        sql,
+        replicate: &[],
+    }
+}
+
+/// Column `b` of row `k` of table `m`.
+fn m_b(st: &Store, k: &str) -> Option<String> {
+    st.read(|c| Ok(c.query_row("SELECT b FROM m WHERE k = ?1", [k], |r| r.get(0))?))
+        .unwrap()
+}
+
 /// A column a migration drops leaves no clocks behind, implicit or written out: a replica
 /// that synced after the migration must hold the same state as one that had the column.
 #[test]
 fn a_column_a_migration_drops_leaves_no_clocks_behind() {
-    const M1: Migration = Migration {
-        version: 1,
-        sql: "CREATE TABLE m (k TEXT PRIMARY KEY NOT NULL, a TEXT, b TEXT) STRICT;",
-        replicate: &[Replicate {
-            table: "m",
-            class: TableClass::Durable,
-        }],
-    };
-    const S1: Schema = Schema { migrations: &[M1] };
     const DROP: Schema = Schema {
-        migrations: &[
-            M1,
-            Migration {
-                version: 2,
-                sql: "ALTER TABLE m DROP COLUMN a;",
-                replicate: &[],
-            },
-        ],
+        migrations: &[M1, then("ALTER TABLE m DROP COLUMN a;")],
     };
     const REBUILD: Schema = Schema {
         migrations: &[
             M1,
-            Migration {
-                version: 2,
-                sql: "CREATE TABLE m_new (k TEXT PRIMARY KEY NOT NULL, b TEXT) STRICT;
+            then(
+                "CREATE TABLE m_new (k TEXT PRIMARY KEY NOT NULL, b TEXT) STRICT;
                       INSERT INTO m_new SELECT k, b FROM m;
                       DROP TABLE m;
                       ALTER TABLE m_new RENAME TO m;",
-                replicate: &[],
-            },
+            ),
         ],
     };
     for (drop_a, s2) in [("drop column", &DROP), ("rebuild", &REBUILD)] {
@@ -843,26 +851,15 @@ fn a_column_a_migration_drops_leaves_no_clocks_behind() {
 /// re-insert, a row it deletes like a delete.
 #[test]
 fn what_a_migration_writes_replicates_like_a_write() {
-    const M1: Migration = Migration {
-        version: 1,
-        sql: "CREATE TABLE m (k TEXT PRIMARY KEY NOT NULL, a TEXT, b TEXT) STRICT;",
-        replicate: &[Replicate {
-            table: "m",
-            class: TableClass::Durable,
-        }],
-    };
-    const S1: Schema = Schema { migrations: &[M1] };
     const S2: Schema = Schema {
         migrations: &[
             M1,
-            Migration {
-                version: 2,
-                sql: "ALTER TABLE m ADD COLUMN c TEXT;
+            then(
+                "ALTER TABLE m ADD COLUMN c TEXT;
                       INSERT INTO m (k, a, b, c) VALUES ('new', 'a', 'b', 'c');
                       INSERT INTO m (k, c) VALUES ('dead', 'back');
                       DELETE FROM m WHERE k = 'gone';",
-                replicate: &[],
-            },
+            ),
         ],
     };
     let dir = tempfile::tempdir().unwrap();
@@ -926,21 +923,11 @@ fn what_a_migration_writes_replicates_like_a_write() {
 /// column (which the capture triggers, which name every column, would make SQLite refuse).
 #[test]
 fn rows_a_migration_writes_in_place_replicate() {
-    const M1: Migration = Migration {
-        version: 1,
-        sql: "CREATE TABLE m (k TEXT PRIMARY KEY NOT NULL, a TEXT, b TEXT) STRICT;",
-        replicate: &[Replicate {
-            table: "m",
-            class: TableClass::Durable,
-        }],
-    };
-    const S1: Schema = Schema { migrations: &[M1] };
     const S2: Schema = Schema {
         migrations: &[
             M1,
-            Migration {
-                version: 2,
-                sql: "ALTER TABLE m DROP COLUMN a;
+            then(
+                "ALTER TABLE m DROP COLUMN a;
                       UPDATE m SET b = 'updated' WHERE k = 'x';
                       REPLACE INTO m (k, b) VALUES ('y', 'replaced');
                       DELETE FROM m WHERE k = 'z';
@@ -950,8 +937,7 @@ fn rows_a_migration_writes_in_place_replicate() {
                       DROP TABLE m;
                       ALTER TABLE m_new RENAME TO m;
                       UPDATE m SET b = 'after the rebuild' WHERE k = 'w';",
-                replicate: &[],
-            },
+            ),
         ],
     };
     let dir = tempfile::tempdir().unwrap();
@@ -961,19 +947,16 @@ fn rows_a_migration_writes_in_place_replicate() {
     {
         let s = Store::open(&path, &S1, Options::default()).unwrap();
         for k in ["v", "w", "x", "y", "z"] {
-            exec(
-                &s,
-                &format!("INSERT INTO m VALUES ('{k}', 'a-{k}', 'b-{k}')"),
-            );
+            s.write(|tx| {
+                let (a, b) = (["a-", k].concat(), ["b-", k].concat());
+                Ok(tx.execute("INSERT INTO m VALUES (?1, ?2, ?3)", [k, &a, &b])?)
+            })
+            .unwrap();
         }
         pull(&old, &s);
     }
     let s = Store::open(&path, &S2, Options::default()).unwrap();
     pull(&old, &s);
-    let b = |st: &Store, k: &str| -> Option<String> {
-        st.read(|c| Ok(c.query_row("SELECT b FROM m WHERE k = ?1", [k], |r| r.get(0))?))
-            .unwrap()
-    };
     for (k, want) in [
         ("v", "b-v"),
         ("w", "after the rebuild"),
@@ -981,8 +964,8 @@ fn rows_a_migration_writes_in_place_replicate() {
         ("y", "replaced"),
         ("z", "reinserted"),
     ] {
-        assert_eq!(b(&s, k).as_deref(), Some(want), "{k} here");
-        assert_eq!(b(&old, k).as_deref(), Some(want), "{k} on the replica");
+        assert_eq!(m_b(&s, k).as_deref(), Some(want), "{k} here");
+        assert_eq!(m_b(&old, k).as_deref(), Some(want), "{k} on the replica");
     }
     // Only the rows written are in the migration's version.
     let ver = s.known().0[&s.site()]
@@ -1004,27 +987,16 @@ fn rows_a_migration_writes_in_place_replicate() {
 /// takes triggers along) still records what the migration then writes to the new `m`.
 #[test]
 fn a_rebuild_that_renames_the_old_table_first_records_writes_to_the_new_one() {
-    const M1: Migration = Migration {
-        version: 1,
-        sql: "CREATE TABLE m (k TEXT PRIMARY KEY NOT NULL, a TEXT, b TEXT) STRICT;",
-        replicate: &[Replicate {
-            table: "m",
-            class: TableClass::Durable,
-        }],
-    };
-    const S1: Schema = Schema { migrations: &[M1] };
     const S2: Schema = Schema {
         migrations: &[
             M1,
-            Migration {
-                version: 2,
-                sql: "ALTER TABLE m RENAME TO m_old;
+            then(
+                "ALTER TABLE m RENAME TO m_old;
                       CREATE TABLE m (k TEXT PRIMARY KEY NOT NULL, b TEXT) STRICT;
                       INSERT INTO m SELECT k, b FROM m_old;
                       UPDATE m SET b = 'updated' WHERE k = 'w';
                       DROP TABLE m_old;",
-                replicate: &[],
-            },
+            ),
         ],
     };
     let dir = tempfile::tempdir().unwrap();
@@ -1040,13 +1012,9 @@ fn a_rebuild_that_renames_the_old_table_first_records_writes_to_the_new_one() {
     }
     let s = Store::open(&path, &S2, Options::default()).unwrap();
     pull(&old, &s);
-    let b = |st: &Store, k: &str| -> Option<String> {
-        st.read(|c| Ok(c.query_row("SELECT b FROM m WHERE k = ?1", [k], |r| r.get(0))?))
-            .unwrap()
-    };
-    assert_eq!(b(&old, "w").as_deref(), Some("updated"));
-    assert_eq!(b(&old, "v").as_deref(), Some("b-v"));
-    assert_eq!(b(&s, "v").as_deref(), Some("b-v"));
+    assert_eq!(m_b(&old, "w").as_deref(), Some("updated"));
+    assert_eq!(m_b(&old, "v").as_deref(), Some("b-v"));
+    assert_eq!(m_b(&s, "v").as_deref(), Some("b-v"));
 }
 
 /// A column a migration renames keeps its values on replicas that sync later: they were
@@ -1054,24 +1022,13 @@ fn a_rebuild_that_renames_the_old_table_first_records_writes_to_the_new_one() {
 /// added with its default gets no clocks (every replica computes the same value).
 #[test]
 fn a_renamed_column_reaches_replicas_that_sync_later() {
-    const M1: Migration = Migration {
-        version: 1,
-        sql: "CREATE TABLE m (k TEXT PRIMARY KEY NOT NULL, a TEXT, b TEXT) STRICT;",
-        replicate: &[Replicate {
-            table: "m",
-            class: TableClass::Durable,
-        }],
-    };
-    const S1: Schema = Schema { migrations: &[M1] };
     const S2: Schema = Schema {
         migrations: &[
             M1,
-            Migration {
-                version: 2,
-                sql: "ALTER TABLE m RENAME COLUMN a TO c;
+            then(
+                "ALTER TABLE m RENAME COLUMN a TO c;
                       ALTER TABLE m ADD COLUMN d TEXT NOT NULL DEFAULT 'dd';",
-                replicate: &[],
-            },
+            ),
         ],
     };
     let dir = tempfile::tempdir().unwrap();
@@ -1118,14 +1075,6 @@ fn a_renamed_column_reaches_replicas_that_sync_later() {
 /// changes made outside a migration (and rewrite the clocks of rows they inserted).
 #[test]
 fn migrations_before_one_that_fails_stay_recorded() {
-    const M1: Migration = Migration {
-        version: 1,
-        sql: "CREATE TABLE m (k TEXT PRIMARY KEY NOT NULL, a TEXT, b TEXT) STRICT;",
-        replicate: &[Replicate {
-            table: "m",
-            class: TableClass::Durable,
-        }],
-    };
     const M2: Migration = Migration {
         version: 2,
         // A rebuild without `a` that adds a row: the new table has no trigger, so the row
@@ -1161,7 +1110,7 @@ fn migrations_before_one_that_fails_stay_recorded() {
     };
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
-    drop(Store::open(&path, &Schema { migrations: &[M1] }, Options::default()).unwrap());
+    drop(Store::open(&path, &S1, Options::default()).unwrap());
     assert!(Store::open(&path, &BROKEN, Options::default()).is_err());
     let s = Store::open(&path, &FIXED, Options::default()).unwrap();
     // The row migration 2 inserted: its sentinel, then `b`, the one column it had.
