@@ -377,19 +377,20 @@ impl Store {
         if let Some(change) = change {
             self.set_known(&w);
             drop(w);
-            // Row events are built only for someone to receive them; the table watches
-            // need only the tables.
-            if self.inner.events.receiver_count() > 0 {
-                self.publish(local_event(&change).into_iter().collect());
-            } else {
-                let mut tables: Vec<&str> = Vec::new();
-                for cell in &change.cells {
-                    if tables.last() != Some(&&*cell.table) && !tables.contains(&&*cell.table) {
-                        tables.push(&cell.table);
-                    }
-                }
-                self.bump_watches(tables);
+            // Row events are built only for someone to receive them (every cell of a local
+            // version is a visible change); the table watches need only the tables.
+            if self.inner.events.receiver_count() > 0
+                && let Some(event) = local_event(&change)
+            {
+                let _ = self.inner.events.send(Arc::new(event));
             }
+            let mut tables: Vec<&str> = Vec::new();
+            for cell in &change.cells {
+                if !tables.contains(&&*cell.table) {
+                    tables.push(&cell.table);
+                }
+            }
+            self.bump_watches(tables);
             let _ = self.inner.outbox.send(Arc::new(change));
         }
         Ok(value)

@@ -77,6 +77,8 @@ pub(crate) struct TableSql {
     clocks_insert: Mutex<HashMap<usize, Arc<str>>>,
     clock: String,
     pk_list: String,
+    /// The packed key of a row of the table, with key columns qualified by its name.
+    pack_qualified: String,
     pub(crate) backfill_sentinel: String,
     pub(crate) backfill_col: Vec<String>,
     /// Rows with no sentinel at all, which only a migration can make (a rebuilt table's
@@ -198,6 +200,26 @@ fn triggers_on(conn: &Connection, table: &str) -> Result<Vec<(String, bool)>> {
 
 fn join(parts: impl IntoIterator<Item = String>, sep: &str) -> String {
     parts.into_iter().collect::<Vec<_>>().join(sep)
+}
+
+/// The statement a migration's reconciliation records writes with: for each row `from`
+/// yields (its sentinel as `s`) that is live, where `cond` holds, and whose sentinel is not
+/// of the transaction's version already (an insert the migration made, whose implicit
+/// clocks cover every column), a write of column `cid` (an SQL expression) in that version
+/// as a local update writes it (a column without a clock row goes to 2); `conflict` says
+/// what to do where the column has a clock row.
+fn migrated_write_sql(clock: &str, cid: &str, from: &str, cond: &str, conflict: &str) -> String {
+    "INSERT INTO ".to_owned()
+        + clock
+        + " (pk, cid, cv, site_ord, ver, seq, ts) SELECT s.pk, "
+        + cid
+        + ", 2, crr_self(), crr_ver(), crr_seq(), crr_ts() FROM "
+        + from
+        + " WHERE s.cid = '-1' AND s.cv % 2 = 1 \
+           AND NOT (s.site_ord = crr_self() AND s.ver = crr_ver()) AND "
+        + cond
+        + " ON CONFLICT (pk, cid) DO "
+        + conflict
 }
 
 /// The `INSERT … SELECT` writing the implicit column clocks (see [`TableInfo::clock_ddl`])
@@ -517,28 +539,13 @@ impl TableInfo {
     /// expression, from the table's own description.
     pub(crate) fn new_column_sql(&self, col: &str, default: Option<&str>) -> String {
         let t = ident(&self.name);
-        let clock = clock_table(&self.name);
-        let pack = "crr_pack(".to_owned()
-            + &join(self.pks.iter().map(|p| t.clone() + "." + &ident(p)), ", ")
-            + ")";
-        "INSERT INTO ".to_owned()
-            + &clock
-            + " (pk, cid, cv, site_ord, ver, seq, ts) SELECT s.pk, "
-            + &literal(col)
-            + ", 2, crr_self(), crr_ver(), crr_seq(), crr_ts() FROM "
-            + &t
-            + " JOIN "
-            + &clock
-            + " s ON s.pk = "
-            + &pack
-            + " AND s.cid = '-1' WHERE s.cv % 2 = 1 AND "
-            + &t
-            + "."
-            + &ident(col)
-            + " IS NOT ("
-            + default.unwrap_or("NULL")
-            + ") AND NOT (s.site_ord = crr_self() AND s.ver = crr_ver()) \
-               ON CONFLICT (pk, cid) DO NOTHING"
+        migrated_write_sql(
+            &self.sql.clock,
+            &literal(col),
+            &(t.clone() + " JOIN " + &self.sql.clock + " s ON s.pk = " + &self.sql.pack_qualified),
+            &(t + "." + &ident(col) + " IS NOT (" + default.unwrap_or("NULL") + ")"),
+            "NOTHING",
+        )
     }
 
     /// Drops every capture trigger of the table. A migration runs without them (they name
@@ -875,6 +882,7 @@ impl TableSql {
             clocks_insert: Mutex::default(),
             clock: clock.clone(),
             pk_list,
+            pack_qualified: pack_qualified.clone(),
             backfill_sentinel: "INSERT INTO ".to_owned()
                 + &clock
                 + " (pk, cid, cv, site_ord, ver, seq, ts) SELECT "
@@ -906,22 +914,18 @@ impl TableSql {
                 + " SET imp = 0 WHERE cid = '-1' AND imp <> 0 \
                    AND pk IN (SELECT pk FROM temp.crr_migrated WHERE tbl = ?1)",
             migrated_cols: (!cols.is_empty()).then(|| {
-                "INSERT INTO ".to_owned()
-                    + &clock
-                    + " (pk, cid, cv, site_ord, ver, seq, ts) SELECT s.pk, c.column1, 2, \
-                       crr_self(), crr_ver(), crr_seq(), crr_ts() FROM "
-                    + &clock
-                    + " s, (VALUES "
-                    + &join(
-                        cols.iter().map(|c| "(".to_owned() + &literal(c) + ")"),
-                        ", ",
-                    )
-                    + ") c WHERE s.cid = '-1' AND s.cv % 2 = 1 \
-                       AND NOT (s.site_ord = crr_self() AND s.ver = crr_ver()) \
-                       AND s.pk IN (SELECT pk FROM temp.crr_migrated WHERE tbl = ?1) \
-                       ON CONFLICT (pk, cid) DO UPDATE SET cv = cv + 1, \
-                       site_ord = excluded.site_ord, ver = excluded.ver, seq = excluded.seq, \
-                       ts = excluded.ts"
+                let values = join(
+                    cols.iter().map(|c| "(".to_owned() + &literal(c) + ")"),
+                    ", ",
+                );
+                migrated_write_sql(
+                    &clock,
+                    "c.column1",
+                    &(clock.clone() + " s, (VALUES " + &values + ") c"),
+                    "s.pk IN (SELECT pk FROM temp.crr_migrated WHERE tbl = ?1)",
+                    "UPDATE SET cv = cv + 1, site_ord = excluded.site_ord, ver = excluded.ver, \
+                     seq = excluded.seq, ts = excluded.ts",
+                )
             }),
             backfill_revived: "UPDATE ".to_owned()
                 + &clock

@@ -209,14 +209,13 @@ impl Writer {
             replicated: Arc::default(),
         }));
         register_functions(&conn, &state)?;
-        // Triggers are made by migrations only (see `TableInfo::introspect`): one made in
-        // `Store::write` would run before the capture triggers are made again.
+        // Inside `Store::write` the embedder's statements may not create triggers (only
+        // migrations do, and `TableInfo::introspect` checks them), change a replicated
+        // table's schema (the captures and triggers describe it as it was at open), shadow
+        // one or the store's own tables with a temporary one, or write the store's tables
+        // except through its triggers.
         let st = state.clone();
         let mut conn = conn;
-        // Inside `Store::write` the embedder's statements may not change a replicated
-        // table's schema (the captures and triggers describe it as it was at open), nor
-        // shadow one or the store's own tables with a temporary one, nor write the store's
-        // tables except through its triggers.
         conn.authorizer(Some(move |ctx: AuthContext<'_>| {
             let (name, schema) = match ctx.action {
                 AuthAction::CreateTrigger { .. } | AuthAction::CreateTempTrigger { .. } => {
@@ -331,17 +330,6 @@ impl Writer {
             let touched = (!st.touched_all).then(|| std::mem::take(&mut st.touched));
             (st.ver, std::mem::take(&mut st.caps), touched)
         };
-        // The schema may have changed: every table is read back whole, as it is now (a
-        // column a migration dropped can no longer be read).
-        let migrated;
-        let tables = if captures == Captures::Ignore {
-            caps.clear();
-            touched = None;
-            migrated = crate::store::load_tables(&tx)?;
-            &migrated
-        } else {
-            tables
-        };
         let Some(ver) = ver else {
             if captures == Captures::Ignore {
                 // A migration may remove the last clock rows of an own version (those of a
@@ -353,6 +341,17 @@ impl Writer {
                 value,
                 change: None,
             });
+        };
+        // The schema may have changed: every table is read back whole, as it is now (a
+        // column a migration dropped can no longer be read).
+        let migrated;
+        let tables = if captures == Captures::Ignore {
+            caps.clear();
+            touched = None;
+            migrated = crate::store::load_tables(&tx)?;
+            &migrated
+        } else {
+            tables
         };
         let change = read_local(
             &tx,
