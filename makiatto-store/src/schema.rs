@@ -26,7 +26,9 @@ pub struct Replicate {
 /// table, and write rows; what it writes to replicated tables is recorded from the tables
 /// afterwards (docs/replication.md, "Tables"). Values it changes in kept columns while
 /// copying rows into a rebuilt table are not recorded, so they must be deterministic:
-/// every node runs the migration. Replicated tables must be `STRICT`, have an explicit
+/// every node runs the migration. A replicated table it drops (or renames away) stops
+/// replicating: its clocks go, and cells of it from replicas that have not migrated yet are
+/// skipped. Replicated tables must be `STRICT`, have an explicit
 /// `NOT NULL` primary key, no `UNIQUE` constraint besides it, no foreign keys, a `DEFAULT`
 /// on every non-key `NOT NULL` column, and no triggers of the embedder's (the store checks
 /// these). Keys must be unique across nodes: a random or content-derived id, not an

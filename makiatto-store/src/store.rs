@@ -1,6 +1,6 @@
 //! The replicated store: one writer connection, a pool of readers, change notifications.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
@@ -124,6 +124,7 @@ CREATE TABLE IF NOT EXISTS crr_buffer (site_ord INTEGER NOT NULL, ver INTEGER NO
     PRIMARY KEY (site_ord, ver, seq_lo)) WITHOUT ROWID, STRICT;
 CREATE TABLE IF NOT EXISTS crr_deferred (site_ord INTEGER NOT NULL, ver INTEGER NOT NULL, frame BLOB NOT NULL,
     PRIMARY KEY (site_ord, ver)) WITHOUT ROWID, STRICT;
+CREATE TABLE IF NOT EXISTS crr_dropped (name TEXT PRIMARY KEY NOT NULL) STRICT;
 ";
 
 /// Node-local `crr_meta` keys, never copied into a snapshot.
@@ -261,7 +262,13 @@ impl Store {
                     info.drop_triggers(tx)?;
                 }
                 run_migration(tx, m.sql, &tables)?;
+                for name in tables.keys() {
+                    if !table_exists(tx, name)? {
+                        forget_table(tx, name)?;
+                    }
+                }
                 for r in m.replicate {
+                    tx.execute("DELETE FROM crr_dropped WHERE name = ?1", [r.table])?;
                     let info = TableInfo::introspect(tx, r.table, r.class)?;
                     tx.execute_batch(&info.clock_ddl())?;
                     let class = match r.class {
@@ -294,6 +301,7 @@ impl Store {
             tables = commit.value;
         }
         writer.set_replicated(tables.keys().cloned());
+        writer.dropped = load_dropped(&writer.conn)?;
         // Triggers are regenerated on every open, so they always match the current code.
         writer.local(&tables, Captures::Ignore, |tx| {
             for info in tables.values() {
@@ -1141,6 +1149,38 @@ fn record_migrated_writes(
     }
     tx.execute_batch("DROP TABLE temp.crr_migrated")?;
     Ok(())
+}
+
+/// Whether `name` is a table of the main database.
+fn table_exists(conn: &Connection, name: &str) -> Result<bool> {
+    Ok(conn.query_row(
+        "SELECT count(*) > 0 FROM main.sqlite_schema WHERE type = 'table' AND name = ?1",
+        [name],
+        |r| r.get(0),
+    )?)
+}
+
+/// Stops replicating a table a migration dropped (or renamed away): its clock table and
+/// registry rows go, and its name is kept in `crr_dropped`, so that cells naming it, from
+/// replicas that have not run the migration yet, are skipped instead of deferred. Every
+/// replica runs the same migration, so the rows it had are not recorded as deletes.
+fn forget_table(tx: &Connection, name: &str) -> Result<()> {
+    tx.execute_batch(&("DROP TABLE IF EXISTS ".to_owned() + &crate::table::clock_table(name)))?;
+    tx.execute("DELETE FROM crr_tables WHERE name = ?1", [name])?;
+    tx.execute("DELETE FROM crr_columns WHERE tbl = ?1", [name])?;
+    tx.execute(
+        "INSERT OR IGNORE INTO crr_dropped (name) VALUES (?1)",
+        [name],
+    )?;
+    Ok(())
+}
+
+/// The tables migrations dropped (see [`forget_table`]).
+fn load_dropped(conn: &Connection) -> Result<BTreeSet<String>> {
+    Ok(conn
+        .prepare("SELECT name FROM crr_dropped")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?)
 }
 
 /// Adds the `imp` column to a clock table written by an older version of this crate.

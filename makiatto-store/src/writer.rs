@@ -2,7 +2,7 @@
 //! remote versions (replication.md §3.5, §3.6).
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use rusqlite::functions::FunctionFlags;
@@ -177,6 +177,8 @@ pub(crate) struct Writer {
     /// The database's schema cookie as the store last checked it (see
     /// [`Writer::check_schema`]); `None` while the store opens.
     schema_cookie: Option<i64>,
+    /// Tables a migration dropped: cells naming them are skipped, not deferred.
+    pub(crate) dropped: BTreeSet<String>,
 }
 
 impl Writer {
@@ -278,6 +280,7 @@ impl Writer {
             known,
             pending,
             schema_cookie: None,
+            dropped: BTreeSet::new(),
         })
     }
 
@@ -431,10 +434,12 @@ impl Writer {
                 continue;
             }
             let ord = sites.ord_or_insert(&tx, c.site)?;
+            // Cells of a table a migration dropped are skipped (`merge_change`).
             if !c.cells.iter().all(|cell| {
-                tables
-                    .get(&*cell.table)
-                    .is_some_and(|t| cell.is_sentinel() || t.col_index.contains_key(&*cell.cid))
+                tables.get(&*cell.table).map_or_else(
+                    || self.dropped.contains(&*cell.table),
+                    |t| cell.is_sentinel() || t.col_index.contains_key(&*cell.cid),
+                )
             }) {
                 let frame =
                     postcard::to_allocvec(c).map_err(|e| StoreError::Malformed(e.to_string()))?;
