@@ -268,7 +268,21 @@ impl Store {
                     }
                 }
                 for r in m.replicate {
-                    tx.execute("DELETE FROM crr_dropped WHERE name = ?1", [r.table])?;
+                    // Cells name tables by name alone: a replica that has not migrated
+                    // yet could send cells of the old table into the new one.
+                    let dropped: bool = tx.query_row(
+                        "SELECT count(*) > 0 FROM crr_dropped WHERE name = ?1",
+                        [r.table],
+                        |row| row.get(0),
+                    )?;
+                    if dropped {
+                        return Err(StoreError::InvalidTable {
+                            table: r.table.to_owned(),
+                            reason: "a migration dropped this replicated table before; \
+                                     replicate the new one under another name"
+                                .into(),
+                        });
+                    }
                     let info = TableInfo::introspect(tx, r.table, r.class)?;
                     tx.execute_batch(&info.clock_ddl())?;
                     let class = match r.class {
