@@ -28,10 +28,10 @@ pub struct Replicate {
 /// copying rows into a rebuilt table are not recorded, so they must be deterministic:
 /// every node runs the migration. A replicated table it drops (or renames away) stops
 /// replicating: its clocks go, cells of it from replicas that have not migrated yet are
-/// skipped, and its name cannot be replicated again. Replicated tables must be `STRICT`, have an explicit
-/// `NOT NULL` primary key, no `UNIQUE` constraint besides it, no foreign keys, a `DEFAULT`
-/// on every non-key `NOT NULL` column, and no triggers of the embedder's (the store checks
-/// these). Keys must be unique across nodes: a random or content-derived id, not an
+/// skipped, and its name cannot be replicated again. Replicated tables must be `STRICT`,
+/// have an explicit `NOT NULL` primary key, no `UNIQUE` constraint besides it, no foreign
+/// keys, a `DEFAULT` on every non-key `NOT NULL` column, and no triggers of the embedder's
+/// (the store checks these). Keys must be unique across nodes: a random or content-derived id, not an
 /// auto-incremented integer, which two nodes would hand out alike.
 #[derive(Debug, Clone, Copy)]
 pub struct Migration {

@@ -867,16 +867,19 @@ impl Store {
     }
 
     fn publish(&self, events: Vec<CommitEvent>) {
-        let mut tables: Vec<String> = Vec::new();
+        // The watched names, borrowed from the watch map (the events move on).
+        let mut tables: Vec<&str> = Vec::new();
         for e in events {
             for c in &e.changes {
-                if !tables.iter().any(|t| **t == *c.table) {
-                    tables.push(c.table.to_string());
+                if !tables.contains(&&*c.table)
+                    && let Some((name, _)) = self.inner.watches.get_key_value(&*c.table)
+                {
+                    tables.push(name);
                 }
             }
             let _ = self.inner.events.send(Arc::new(e));
         }
-        self.bump_watches(tables.iter().map(String::as_str));
+        self.bump_watches(tables);
     }
 
     /// Moves the generation counter of each of `tables` (each named once) that is watched.
@@ -1180,8 +1183,8 @@ fn table_exists(conn: &Connection, name: &str) -> Result<bool> {
 /// replica runs the same migration, so the rows it had are not recorded as deletes.
 fn forget_table(tx: &Connection, name: &str) -> Result<()> {
     tx.execute_batch(&("DROP TABLE IF EXISTS ".to_owned() + &crate::table::clock_table(name)))?;
+    // (Its `crr_columns` rows go with `record_layouts`, later in the transaction.)
     tx.execute("DELETE FROM crr_tables WHERE name = ?1", [name])?;
-    tx.execute("DELETE FROM crr_columns WHERE tbl = ?1", [name])?;
     tx.execute(
         "INSERT OR IGNORE INTO crr_dropped (name) VALUES (?1)",
         [name],

@@ -240,10 +240,7 @@ fn versions_naming_unknown_columns_wait_for_the_migration() {
     // The version touching the new column and table is deferred, not known; the other
     // one is applied.
     assert_eq!(get_kv(&old, "r"), None);
-    let pairs = |s: &Store| {
-        s.read(|c| Ok(c.query_row("SELECT count(*) FROM pair", [], |r| r.get::<_, i64>(0))?))
-            .unwrap()
-    };
+    let pairs = |s: &Store| count(s, "SELECT count(*) FROM pair");
     assert_eq!(pairs(&old), 1);
     assert!(!old.is_known(new.site(), 1));
     assert!(old.is_known(new.site(), 2));
@@ -452,10 +449,7 @@ fn chunks_buffer_until_complete_across_a_restart() {
     for &i in &order[1..] {
         assert_eq!(b.receive_chunk(&chunks[i]).unwrap(), ChunkOutcome::Buffered);
     }
-    let n = |s: &Store| {
-        s.read(|c| Ok(c.query_row("SELECT count(*) FROM pair", [], |r| r.get::<_, i64>(0))?))
-            .unwrap()
-    };
+    let n = |s: &Store| count(s, "SELECT count(*) FROM pair");
     assert_eq!(n(&b), 0, "nothing visible before the version is whole");
     assert_eq!(
         b.receive_chunk(&chunks[last]).unwrap(),
@@ -466,9 +460,7 @@ fn chunks_buffer_until_complete_across_a_restart() {
         b.receive_chunk(&chunks[last]).unwrap(),
         ChunkOutcome::Duplicate
     );
-    let buffered: i64 = b
-        .read(|c| Ok(c.query_row("SELECT count(*) FROM crr_buffer", [], |r| r.get(0))?))
-        .unwrap();
+    let buffered = count(&b, "SELECT count(*) FROM crr_buffer");
     assert_eq!(buffered, 0);
     // A chunk whose cells lie outside its seq range is refused.
     let mut bad = chunks[0].clone();
@@ -619,15 +611,11 @@ fn ephemeral_tombstones_are_pruned_only_when_every_member_has_them() {
         "INSERT INTO ev (id, note) VALUES ('e1', 'x'), ('e2', 'y')",
     );
     exec(&a.store, "DELETE FROM ev WHERE id = 'e1'");
-    let tombstones = |s: &Store| -> i64 {
-        s.read(|c| {
-            Ok(c.query_row(
-                "SELECT count(*) FROM ev__crr_clock WHERE cid = '-1' AND cv % 2 = 0",
-                [],
-                |r| r.get(0),
-            )?)
-        })
-        .unwrap()
+    let tombstones = |s: &Store| {
+        count(
+            s,
+            "SELECT count(*) FROM ev__crr_clock WHERE cid = '-1' AND cv % 2 = 0",
+        )
     };
     assert_eq!(tombstones(&a.store), 1);
     clock.set(1_800_000_000_000 + 8 * 86_400_000);
@@ -643,10 +631,7 @@ fn ephemeral_tombstones_are_pruned_only_when_every_member_has_them() {
     // A fresh node syncing from the pruned replica never sees the row come back.
     let c = node_with(opts());
     pull(&c.store, &a.store);
-    let n: i64 = c
-        .store
-        .read(|c| Ok(c.query_row("SELECT count(*) FROM ev", [], |r| r.get(0))?))
-        .unwrap();
+    let n = count(&c.store, "SELECT count(*) FROM ev");
     assert_eq!(n, 1);
     assert!(c.store.known().is_superset(&a.store.known()));
     // Durable tables keep their tombstones.
@@ -688,8 +673,10 @@ fn readers_never_see_half_of_a_version() {
         std::thread::spawn(move || {
             let mut checks = 0;
             while !stop.load(Ordering::Relaxed) || checks == 0 {
-                let bad: i64 = b.store.read(|c| Ok(c.query_row(
-                    "SELECT count(*) FROM (SELECT y FROM pair GROUP BY y HAVING count(*) <> 8)", [], |r| r.get(0))?)).unwrap();
+                let bad = count(
+                    &b.store,
+                    "SELECT count(*) FROM (SELECT y FROM pair GROUP BY y HAVING count(*) <> 8)",
+                );
                 assert_eq!(bad, 0, "a reader saw part of a version");
                 checks += 1;
             }
@@ -790,6 +777,17 @@ const fn then(sql: &'static str) -> Migration {
     }
 }
 
+/// The store at `path` written by `before` under [`S1`], then opened with `s2` (migrated),
+/// with what `before` returned.
+fn migrated<R>(
+    path: &std::path::Path,
+    s2: &Schema,
+    before: impl FnOnce(&Store) -> R,
+) -> (Store, R) {
+    let r = before(&Store::open(path, &S1, Options::default()).unwrap());
+    (Store::open(path, s2, Options::default()).unwrap(), r)
+}
+
 /// Column `b` of row `k` of table `m`.
 fn m_b(st: &Store, k: &str) -> Option<String> {
     st.read(|c| Ok(c.query_row("SELECT b FROM m WHERE k = ?1", [k], |r| r.get(0))?))
@@ -816,24 +814,13 @@ fn a_column_a_migration_drops_leaves_no_clocks_behind() {
     };
     for (drop_a, s2) in [("drop column", &DROP), ("rebuild", &REBUILD)] {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db");
-        {
-            let s = Store::open(&path, &S1, Options::default()).unwrap();
+        let (s, ()) = migrated(&dir.path().join("db"), s2, |s| {
             // One row with implicit clocks, one whose `a` has a clock row of its own.
-            exec(&s, "INSERT INTO m VALUES ('implicit', 'a1', 'b1')");
-            exec(&s, "INSERT INTO m VALUES ('explicit', 'a2', 'b2')");
-            exec(&s, "UPDATE m SET a = 'a3' WHERE k = 'explicit'");
-        }
-        let s = Store::open(&path, s2, Options::default()).unwrap();
-        let clocks = s
-            .read(|c| {
-                Ok(c.query_row(
-                    "SELECT count(*) FROM m__crr_clock WHERE cid = 'a'",
-                    [],
-                    |r| r.get::<_, i64>(0),
-                )?)
-            })
-            .unwrap();
+            exec(s, "INSERT INTO m VALUES ('implicit', 'a1', 'b1')");
+            exec(s, "INSERT INTO m VALUES ('explicit', 'a2', 'b2')");
+            exec(s, "UPDATE m SET a = 'a3' WHERE k = 'explicit'");
+        });
+        let clocks = count(&s, "SELECT count(*) FROM m__crr_clock WHERE cid = 'a'");
         assert_eq!(clocks, 0, "{drop_a}");
         let fresh = Store::open(dir.path().join("fresh"), s2, Options::default()).unwrap();
         pull(&fresh, &s);
@@ -863,15 +850,12 @@ fn what_a_migration_writes_replicates_like_a_write() {
         ],
     };
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("db");
-    let before = {
-        let s = Store::open(&path, &S1, Options::default()).unwrap();
-        exec(&s, "INSERT INTO m VALUES ('gone', 'a1', 'b1')");
-        exec(&s, "INSERT INTO m VALUES ('dead', 'a2', 'b2')");
-        exec(&s, "DELETE FROM m WHERE k = 'dead'");
+    let (s, before) = migrated(&dir.path().join("db"), &S2, |s| {
+        exec(s, "INSERT INTO m VALUES ('gone', 'a1', 'b1')");
+        exec(s, "INSERT INTO m VALUES ('dead', 'a2', 'b2')");
+        exec(s, "DELETE FROM m WHERE k = 'dead'");
         s.known()
-    };
-    let s = Store::open(&path, &S2, Options::default()).unwrap();
+    });
     // The migration's version: the one version this replica made since.
     let own = |k: &Known| {
         k.0.get(&s.site())
@@ -941,11 +925,9 @@ fn rows_a_migration_writes_in_place_replicate() {
         ],
     };
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("db");
     // A replica that has not migrated yet.
     let old = Store::open(dir.path().join("old"), &S1, Options::default()).unwrap();
-    {
-        let s = Store::open(&path, &S1, Options::default()).unwrap();
+    let (s, ()) = migrated(&dir.path().join("db"), &S2, |s| {
         for k in ["v", "w", "x", "y", "z"] {
             s.write(|tx| {
                 let (a, b) = (["a-", k].concat(), ["b-", k].concat());
@@ -953,9 +935,8 @@ fn rows_a_migration_writes_in_place_replicate() {
             })
             .unwrap();
         }
-        pull(&old, &s);
-    }
-    let s = Store::open(&path, &S2, Options::default()).unwrap();
+        pull(&old, s);
+    });
     pull(&old, &s);
     for (k, want) in [
         ("v", "b-v"),
@@ -1000,17 +981,14 @@ fn a_rebuild_that_renames_the_old_table_first_records_writes_to_the_new_one() {
         ],
     };
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("db");
     let old = Store::open(dir.path().join("old"), &S1, Options::default()).unwrap();
-    {
-        let s = Store::open(&path, &S1, Options::default()).unwrap();
+    let (s, ()) = migrated(&dir.path().join("db"), &S2, |s| {
         exec(
-            &s,
+            s,
             "INSERT INTO m VALUES ('v', 'a-v', 'b-v'), ('w', 'a-w', 'b-w')",
         );
-        pull(&old, &s);
-    }
-    let s = Store::open(&path, &S2, Options::default()).unwrap();
+        pull(&old, s);
+    });
     pull(&old, &s);
     assert_eq!(m_b(&old, "w").as_deref(), Some("updated"));
     assert_eq!(m_b(&old, "v").as_deref(), Some("b-v"));
@@ -1032,16 +1010,13 @@ fn a_renamed_column_reaches_replicas_that_sync_later() {
         ],
     };
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("db");
-    {
-        let s = Store::open(&path, &S1, Options::default()).unwrap();
+    let (s, ()) = migrated(&dir.path().join("db"), &S2, |s| {
         exec(
-            &s,
+            s,
             "INSERT INTO m VALUES ('x', 'a-x', 'b-x'), ('n', NULL, 'b-n')",
         );
-        exec(&s, "UPDATE m SET a = 'a-x2' WHERE k = 'x'");
-    }
-    let s = Store::open(&path, &S2, Options::default()).unwrap();
+        exec(s, "UPDATE m SET a = 'a-x2' WHERE k = 'x'");
+    });
     let fresh = Store::open(dir.path().join("fresh"), &S2, Options::default()).unwrap();
     pull(&fresh, &s);
     let row = |st: &Store, k: &str| -> (Option<String>, String, String) {
@@ -1058,15 +1033,7 @@ fn a_renamed_column_reaches_replicas_that_sync_later() {
     );
     assert_eq!(row(&fresh, "n"), (None, "b-n".into(), "dd".into()));
     assert_eq!(s.canonical_hash().unwrap(), fresh.canonical_hash().unwrap());
-    let d_clocks: i64 = s
-        .read(|c| {
-            Ok(c.query_row(
-                "SELECT count(*) FROM m__crr_clock WHERE cid = 'd'",
-                [],
-                |r| r.get(0),
-            )?)
-        })
-        .unwrap();
+    let d_clocks = count(&s, "SELECT count(*) FROM m__crr_clock WHERE cid = 'd'");
     assert_eq!(d_clocks, 0);
 }
 
@@ -1280,15 +1247,10 @@ fn a_table_a_migration_drops_stops_replicating() {
             ["ev", "kv", "pair"],
             "{what}"
         );
-        let clock_tables: i64 = b
-            .read(|c| {
-                Ok(c.query_row(
-                    "SELECT count(*) FROM sqlite_schema WHERE name LIKE 'm\\_\\_crr%' ESCAPE '\\'",
-                    [],
-                    |r| r.get(0),
-                )?)
-            })
-            .unwrap();
+        let clock_tables = count(
+            &b,
+            "SELECT count(*) FROM sqlite_schema WHERE name LIKE 'm\\_\\_crr%' ESCAPE '\\'",
+        );
         assert_eq!(clock_tables, 0, "{what}");
         // `a` has not migrated: one version with cells of both tables, one of `m` alone.
         exec(

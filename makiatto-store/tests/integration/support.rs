@@ -66,6 +66,11 @@ pub(crate) fn exec(s: &Store, sql: &str) {
     s.write(|tx| Ok(tx.execute_batch(sql)?)).unwrap();
 }
 
+/// The integer one query returns (a `count(*)`), read from `s`.
+pub(crate) fn count(s: &Store, sql: &str) -> i64 {
+    s.read(|c| Ok(c.query_row(sql, [], |r| r.get(0))?)).unwrap()
+}
+
 pub(crate) fn get_kv(s: &Store, k: &str) -> Option<(Option<String>, i64)> {
     s.read(|c| {
         use rusqlite::OptionalExtension;
